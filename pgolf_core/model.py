@@ -1,0 +1,269 @@
+"""The naive-baseline GPT of the challenge, with named slots that plugins fill at build time.
+
+Math, shapes, init and `state_dict` names follow the baseline record's `train_gpt.py`
+(TECHNIQUES.md T06), so an official checkpoint loads with strict key matching. The slots
+(embedding modules, per-layer rotary, per-layer attention post-processing, linear factory) are
+filled once, before optimizers and `torch.compile`; `forward` contains no hook calls.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# `enable_gqa` arrived in torch 2.5; older versions get K/V heads expanded by hand.
+_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
+
+
+@dataclass
+class ModelSpec:
+    """Everything needed to build the model; handed to plugins' build hooks."""
+
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_hidden: int = 1024
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    attention: str = "sdpa"  # sdpa | flash (resolved; never "auto" here)
+    train_seq_len: int = 1024
+    control_patterns: list[str] = field(default_factory=list)
+
+    @property
+    def head_dim(self) -> int:
+        return self.model_dim // self.num_heads
+
+    @property
+    def kv_dim(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+
+class CastedLinear(nn.Linear):
+    """Linear without bias whose fp32 master weight is cast to the activation dtype (bf16 on GPU)."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__(in_features, out_features, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight.to(x.dtype))
+
+
+class Rotary(nn.Module):
+    """Full RoPE over the head dimension, half-split convention, fp32 angles cast to the activation dtype."""
+
+    def __init__(self, dim: int, base: float = 10000.0) -> None:
+        super().__init__()
+        inv_freq = 1.0 / (base ** (torch.arange(0, dim, 2, dtype=torch.float32) / dim))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        t = torch.arange(q.size(-2), device=q.device, dtype=self.inv_freq.dtype)
+        freqs = torch.outer(t, self.inv_freq)
+        cos, sin = freqs.cos()[None, None].to(q.dtype), freqs.sin()[None, None].to(q.dtype)
+        return apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+
+
+def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+    half = x.size(-1) // 2
+    x1, x2 = x[..., :half], x[..., half:]
+    return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
+
+
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
+    """Causal GQA attention. Inputs [B, H|Hkv, T, D]; output [B, T, H, D]."""
+    if backend == "flash":
+        from pgolf_core.attention import flash_attn_func
+
+        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+    if k.size(1) != q.size(1) and not _SDPA_HAS_GQA:  # torch < 2.5: expand KV heads by hand
+        rep = q.size(1) // k.size(1)
+        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    elif k.size(1) != q.size(1):
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    else:
+        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    return y.transpose(1, 2)
+
+
+class CausalSelfAttention(nn.Module):
+    def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
+        super().__init__()
+        d, self.num_heads, self.num_kv_heads, self.head_dim = (
+            spec.model_dim, spec.num_heads, spec.num_kv_heads, spec.head_dim
+        )
+        self.backend = spec.attention
+        self.c_q = parts.linear("attn.c_q", d, d)
+        self.c_k = parts.linear("attn.c_k", d, spec.kv_dim)
+        self.c_v = parts.linear("attn.c_v", d, spec.kv_dim)
+        self.proj = parts.linear("attn.proj", d, d)
+        self.proj._zero_init = True
+        self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
+        self.rotary = parts.rotary(layer)
+        self.post = nn.ModuleList(parts.attention_post(layer))
+
+    def forward(self, x: Tensor) -> Tensor:
+        bsz, seqlen, dim = x.shape
+        q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
+        k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
+        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
+        q = F.rms_norm(q, (q.size(-1),))
+        k = F.rms_norm(k, (k.size(-1),))
+        q, k = self.rotary(q, k)
+        q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
+        y = causal_attention(q, k, v.transpose(1, 2), self.backend)
+        for module in self.post:
+            y = module(y, v)
+        return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
+
+
+class MLP(nn.Module):
+    """relu² MLP (from modded-nanogpt)."""
+
+    def __init__(self, spec: ModelSpec, parts: ModelParts) -> None:
+        super().__init__()
+        self.fc = parts.linear("mlp.fc", spec.model_dim, spec.mlp_hidden)
+        self.proj = parts.linear("mlp.proj", spec.mlp_hidden, spec.model_dim)
+        self.proj._zero_init = True
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.proj(torch.relu(self.fc(x)).square())
+
+
+class Block(nn.Module):
+    def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
+        super().__init__()
+        d = spec.model_dim
+        self.attn = CausalSelfAttention(spec, parts, layer)
+        self.mlp = MLP(spec, parts)
+        self.attn_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
+        self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
+        self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
+
+    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+        mix = self.resid_mix.to(dtype=x.dtype)
+        x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
+        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(F.rms_norm(x, (x.size(-1),)))
+        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(F.rms_norm(x, (x.size(-1),)))
+        return x
+
+
+@dataclass
+class ModelParts:
+    """The build-time slot fillers. The defaults build the naive baseline; the registry replaces
+    them with the answers of the enabled plugins' build hooks."""
+
+    spec: ModelSpec
+    embed: Callable[[], list[nn.Module]] = lambda: []
+    rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
+    attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
+    linear_factory: Callable[[str, int, int], nn.Module | None] = lambda role, i, o: None
+
+    def rotary(self, layer: int) -> nn.Module:
+        return self.rotary_factory(layer) or Rotary(self.spec.head_dim, base=self.spec.rope_base)
+
+    def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
+        return self.linear_factory(role, in_features, out_features) or CastedLinear(in_features, out_features)
+
+
+class GPT(nn.Module):
+    """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights."""
+
+    def __init__(self, spec: ModelSpec, parts: ModelParts | None = None) -> None:
+        super().__init__()
+        parts = parts or ModelParts(spec)
+        self.spec = spec
+        self.logit_softcap = spec.logit_softcap
+        self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
+        self.num_encoder_layers = spec.num_layers // 2
+        self.num_decoder_layers = spec.num_layers - self.num_encoder_layers
+        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
+        self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
+        self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size)
+        if self.lm_head is not None:
+            self.lm_head._zero_init = True
+        pre, post = [], []
+        for module in parts.embed():
+            name = getattr(module, "state_dict_prefix")
+            self.add_module(name, module)
+            (pre if getattr(module, "stage", "post_norm") == "pre_norm" else post).append(name)
+        self.embed_pre_names, self.embed_post_names = tuple(pre), tuple(post)
+        self._init_weights()
+
+    def _init_weights(self) -> None:
+        if self.spec.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.spec.tied_embed_init_std)
+        for module in self.modules():
+            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
+                nn.init.zeros_(module.weight)
+
+    def hidden(self, input_ids: Tensor) -> Tensor:
+        """Final-normed hidden states [B, T, d]."""
+        x = self.tok_emb(input_ids)
+        for name in self.embed_pre_names:
+            x = getattr(self, name)(x, input_ids)
+        x = F.rms_norm(x, (x.size(-1),))
+        for name in self.embed_post_names:
+            x = getattr(self, name)(x, input_ids)
+        x0 = x
+        skips: list[Tensor] = []
+        for i in range(self.num_encoder_layers):
+            x = self.blocks[i](x, x0)
+            skips.append(x)
+        for i in range(self.num_decoder_layers):
+            if skips:
+                x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
+            x = self.blocks[self.num_encoder_layers + i](x, x0)
+        return F.rms_norm(x, (x.size(-1),))
+
+    def logits_of(self, x: Tensor) -> Tensor:
+        logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
+        return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+
+    def forward_logits(self, input_ids: Tensor) -> Tensor:
+        """Soft-capped logits [B, T, V] (sliding-window eval and analysis)."""
+        return self.logits_of(self.hidden(input_ids))
+
+    def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
+        """Mean cross-entropy (fp32) of the soft-capped logits."""
+        x = self.hidden(input_ids)
+        logits = self.logits_of(x.reshape(-1, x.size(-1)))
+        return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean")
+
+
+def apply_training_precision(model: nn.Module, control_patterns: list[str]) -> None:
+    """The records' GPU precision policy: cast everything to bf16, then restore every Linear and
+    every small/control parameter to fp32. Embedding tables therefore train as bf16 (T06)."""
+    model.bfloat16()
+    for module in model.modules():
+        if isinstance(module, nn.Linear):
+            module.float()
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.ndim < 2 or any(p in name for p in control_patterns):
+                param.data = param.data.float()
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def mlp_hidden_of(model_dim: int, mlp_mult: float, mlp_hidden: int) -> int:
+    """`mlp_hidden` when set, else `int(mlp_mult * model_dim)` as the records compute it."""
+    return mlp_hidden if mlp_hidden > 0 else int(mlp_mult * model_dim)
+
+
+__all__ = [
+    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "Rotary", "apply_rotary", "causal_attention",
+    "apply_training_precision", "count_parameters", "mlp_hidden_of",
+]

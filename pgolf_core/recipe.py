@@ -1,0 +1,419 @@
+"""Recipes: TOML files turned into typed, validated configuration.
+
+A recipe has one table per core section (`[run]`, `[model]`, `[train]`, `[eval]`, `[export]`,
+`[data]`) and one `[plugins.<name>]` table per plugin. Every value is checked against the
+dataclass that owns it, so a typo fails loudly (file, table, key, expected type, nearest
+valid key) instead of silently training the wrong model. Defaults are those of the naive
+baseline record (`train_gpt.py` at the root of openai/parameter-golf).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import sys
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from pgolf_core.errors import RecipeError, did_you_mean
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised on Python 3.10 only
+    import tomli as tomllib
+
+# Substrings that mark small "control" tensors: Adam instead of Muon, kept fp32, fp32 passthrough
+# in the int8 exporter (TECHNIQUES.md T07). Plugins append their own through `pgolf_configure`.
+BASELINE_CONTROL_PATTERNS = [
+    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
+    "q_gain", "skip_weight", "skip_weights",
+]
+
+
+@dataclass
+class RunConfig:
+    name: str = "run"
+    seed: int = 1337
+    device: str = "auto"  # auto | cpu | cuda
+    compile: str = "auto"  # auto (on for CUDA, off for CPU) | on | off
+    out_dir: str = "runs"
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int = 1024
+    num_layers: int = 9
+    model_dim: int = 512
+    num_heads: int = 8
+    num_kv_heads: int = 4
+    mlp_mult: float = 2.0
+    mlp_hidden: int = 0  # > 0 overrides mlp_mult * model_dim (PR #63 uses 1344)
+    tie_embeddings: bool = True
+    tied_embed_init_std: float = 0.005
+    logit_softcap: float = 30.0
+    rope_base: float = 10000.0
+    qk_gain_init: float = 1.5
+    attention: str = "auto"  # auto | sdpa | flash
+
+
+@dataclass
+class TrainConfig:
+    iterations: int = 20000
+    warmup_steps: int = 20
+    train_batch_tokens: int = 524_288
+    train_seq_len: int = 1024
+    max_wallclock_seconds: float = 600.0
+    warmdown_iters: int = 1200
+    val_loss_every: int = 200
+    train_log_every: int = 50
+    grad_accum_steps: int = 0  # 0 = 8 // world_size, as in the records
+    grad_clip_norm: float = 0.0
+    tied_embed_lr: float = 0.05
+    embed_lr: float = 0.6
+    head_lr: float = 0.008
+    matrix_lr: float = 0.04
+    scalar_lr: float = 0.04
+    beta1: float = 0.9
+    beta2: float = 0.95
+    adam_eps: float = 1e-8
+    adam_weight_decay: float = 0.0  # > 0 switches the token and scalar groups to AdamW
+    muon_momentum: float = 0.95
+    muon_momentum_warmup_start: float = 0.85
+    muon_momentum_warmup_steps: int = 500
+    muon_backend_steps: int = 5
+    muon_weight_decay: float = 0.0
+    control_patterns: list[str] = field(default_factory=lambda: list(BASELINE_CONTROL_PATTERNS))
+
+
+@dataclass
+class EvalConfig:
+    seq_len: int = 0  # 0 = train_seq_len
+    batch_tokens: int = 524_288
+    sliding_stride: int = 0  # 0 = no sliding-window eval
+    sliding_batch_seqs: int = 32
+    # "record": as the records (windows clipped at the end re-score the last positions);
+    # "once": every position scored exactly once (TECHNIQUES.md T05, tail-duplication quirk).
+    sliding_tail: str = "record"
+    max_tokens: int = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
+
+
+@dataclass
+class ExportConfig:
+    compressor: str = "zlib"  # zlib | zstd
+    level: int = 9
+    keep_float_max_numel: int = 65_536
+    clip_quantile: float = 0.9999984
+    artifact_limit_bytes: int = 16_000_000
+
+
+@dataclass
+class DataConfig:
+    path: str = ""  # directory of fineweb_{train,val}_*.bin; empty = the embedded sample data
+    tokenizer: str = ""  # SentencePiece .model; empty = the sample tokenizer / <path>/tokenizer.model
+    train_pattern: str = "fineweb_train_*.bin"
+    val_pattern: str = "fineweb_val_*.bin"
+
+
+CORE_SECTIONS: dict[str, type] = {
+    "run": RunConfig,
+    "model": ModelConfig,
+    "train": TrainConfig,
+    "eval": EvalConfig,
+    "export": ExportConfig,
+    "data": DataConfig,
+}
+
+
+@dataclass
+class PluginEntry:
+    """One `[plugins.<name>]` table: whether it is enabled and its validated config object."""
+
+    name: str
+    enabled: bool
+    config: Any
+
+
+@dataclass
+class Recipe:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    plugins: dict[str, PluginEntry] = field(default_factory=dict)
+    source: str = "<defaults>"
+
+    @property
+    def enabled_plugins(self) -> list[str]:
+        return [name for name, entry in self.plugins.items() if entry.enabled]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}
+        out["plugins"] = {
+            name: {"enabled": entry.enabled, **_config_dict(entry.config)}
+            for name, entry in sorted(self.plugins.items())
+        }
+        return out
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+    def sha256(self) -> str:
+        return hashlib.sha256(self.to_toml().encode("utf-8")).hexdigest()
+
+
+def _config_dict(config: Any) -> dict[str, Any]:
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+# Overrides applied by `--smoke`: every enabled plugin stays, the model, sequence and step
+# counts shrink so that a 2-core CPU finishes in about a minute. User `--set`s still win.
+SMOKE_OVERRIDES: dict[str, Any] = {
+    "model.model_dim": 128,
+    "model.num_heads": 4,
+    "model.num_kv_heads": 2,
+    "train.iterations": 300,
+    "train.warmup_steps": 2,
+    "train.train_batch_tokens": 8 * 128,
+    "train.train_seq_len": 128,
+    "train.max_wallclock_seconds": 45.0,
+    "train.warmdown_iters": 100,
+    "train.val_loss_every": 100,
+    "train.train_log_every": 25,
+    "train.grad_accum_steps": 1,
+    "train.muon_momentum_warmup_steps": 50,
+    "eval.batch_tokens": 16 * 128,
+    "eval.max_tokens": 32_768,
+    "eval.sliding_batch_seqs": 16,
+}
+
+
+def load_recipe(
+    path: str | Path | None,
+    overrides: typing.Sequence[str] = (),
+    *,
+    enable: typing.Sequence[str] = (),
+    disable: typing.Sequence[str] = (),
+    smoke: bool = False,
+    plugin_classes: typing.Callable[[list[str], str], dict[str, type]] | None = None,
+) -> Recipe:
+    """Read a TOML recipe, apply smoke settings and overrides, and validate every value.
+
+    `overrides` are `section.key=value` strings (`plugins.ema.decay=0.998` for plugins); the value
+    is parsed as a TOML literal and falls back to a plain string. `plugin_classes(names, source)`
+    returns the plugin classes for the named plugins; it defaults to the entry-point registry.
+    """
+    source = str(path) if path is not None else "<defaults>"
+    raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
+    if smoke:
+        for key, value in SMOKE_OVERRIDES.items():
+            _set_dotted(raw, key, value, source)
+    for item in overrides:
+        key, value = _parse_override(item)
+        _set_dotted(raw, key, value, f"--set {item}")
+    plugin_tables = raw.setdefault("plugins", {})
+    if not isinstance(plugin_tables, dict):
+        raise RecipeError(f"{source}: [plugins] must be a table of [plugins.<name>] tables")
+    for name in enable:
+        _plugin_table(plugin_tables, name, f"--enable {name}")["enabled"] = True
+    for name in disable:
+        if name not in plugin_tables:
+            raise RecipeError(
+                f"--disable {name}: plugin {name!r} is not in {source}"
+                f"{did_you_mean(name, plugin_tables)}"
+            )
+        _plugin_table(plugin_tables, name, f"--disable {name}")["enabled"] = False
+
+    unknown = [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]
+    if unknown:
+        raise RecipeError(
+            f"{source}: unknown table [{unknown[0]}]{did_you_mean(unknown[0], [*CORE_SECTIONS, 'plugins'])}; "
+            f"valid tables: {', '.join(f'[{s}]' for s in CORE_SECTIONS)}, [plugins.<name>]"
+        )
+    recipe = Recipe(source=source)
+    for section, cls in CORE_SECTIONS.items():
+        table = raw.get(section, {})
+        if not isinstance(table, dict):
+            raise RecipeError(f"{source}: {section} must be a table ([{section}]), got {_type_name(table)}")
+        setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))
+    _check_core(recipe)
+
+    if plugin_tables:
+        if plugin_classes is None:
+            from pgolf_core.registry import plugin_classes as default_plugin_classes
+
+            plugin_classes = default_plugin_classes
+        classes = plugin_classes(sorted(plugin_tables), source)
+        for name in sorted(plugin_tables):
+            table = dict(plugin_tables[name])
+            if not isinstance(plugin_tables[name], dict):
+                raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}])")
+            enabled = table.pop("enabled", True)
+            if not isinstance(enabled, bool):
+                raise RecipeError(
+                    f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}"
+                )
+            config_cls = getattr(classes[name], "Config", None)
+            config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
+            if config_cls is None and table:
+                raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
+            recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
+    return recipe
+
+
+def _check_core(recipe: Recipe) -> None:
+    """Cross-field checks that a single type check cannot express."""
+    m, t, where = recipe.model, recipe.train, recipe.source
+    if m.model_dim % m.num_heads:
+        raise RecipeError(f"{where}: [model] model_dim={m.model_dim} must be divisible by num_heads={m.num_heads}")
+    if m.num_heads % m.num_kv_heads:
+        raise RecipeError(
+            f"{where}: [model] num_heads={m.num_heads} must be divisible by num_kv_heads={m.num_kv_heads}"
+        )
+    if (m.model_dim // m.num_heads) % 2:
+        raise RecipeError(f"{where}: [model] head_dim = model_dim / num_heads must be even for RoPE")
+    choices = {
+        ("model", "attention"): ("auto", "sdpa", "flash"),
+        ("run", "device"): ("auto", "cpu", "cuda"),
+        ("run", "compile"): ("auto", "on", "off"),
+        ("export", "compressor"): ("zlib", "zstd"),
+        ("eval", "sliding_tail"): ("record", "once"),
+    }
+    for (section, key), allowed in choices.items():
+        value = getattr(getattr(recipe, section), key)
+        if value not in allowed:
+            raise RecipeError(
+                f"{where}: [{section}] {key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}"
+                f"{did_you_mean(str(value), allowed)}"
+            )
+    if t.train_seq_len <= 0 or t.train_batch_tokens % t.train_seq_len:
+        raise RecipeError(
+            f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a positive multiple of "
+            f"train_seq_len={t.train_seq_len}"
+        )
+
+
+def build_config(cls: type, table: dict[str, Any], where: str) -> Any:
+    """Instantiate dataclass `cls` from a TOML table, checking keys and value types."""
+    hints = typing.get_type_hints(cls)
+    valid = {f.name for f in fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in table.items():
+        if key not in valid:
+            raise RecipeError(
+                f"{where} unknown key {key!r}{did_you_mean(key, valid)}; valid keys: {', '.join(sorted(valid))}"
+            )
+        kwargs[key] = _coerce(value, hints[key], f"{where} {key}")
+    return cls(**kwargs)
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(value, args[0], where)
+    if origin is list:
+        (item,) = typing.get_args(hint) or (Any,)
+        if not isinstance(value, list):
+            raise RecipeError(f"{where}: expected a list of {_hint_name(item)}, got {_type_name(value)} {value!r}")
+        return [_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value)]
+    if hint is Any:
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is bool and not isinstance(value, bool):
+        raise RecipeError(f"{where}: expected bool (true/false), got {_type_name(value)} {value!r}")
+    if hint is int and (isinstance(value, bool) or not isinstance(value, int)):
+        raise RecipeError(f"{where}: expected int, got {_type_name(value)} {value!r}")
+    if not isinstance(value, hint):
+        raise RecipeError(f"{where}: expected {_hint_name(hint)}, got {_type_name(value)} {value!r}")
+    return value
+
+
+def _hint_name(hint: Any) -> str:
+    return getattr(hint, "__name__", str(hint))
+
+
+def _type_name(value: Any) -> str:
+    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "table"}.get(
+        type(value), type(value).__name__
+    )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        with path.open("rb") as f:
+            return tomllib.load(f)
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+
+
+def _parse_override(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise RecipeError(f"--set {item}: expected section.key=value (e.g. train.matrix_lr=0.02)")
+    key, text = item.split("=", 1)
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = text  # bare words are strings: --set data.path=/data/fineweb10B_sp1024
+    return key, value
+
+
+def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    parts = key.split(".")
+    if len(parts) < 2 or not all(parts):
+        raise RecipeError(f"{where}: expected section.key (e.g. train.matrix_lr), got {key!r}")
+    node = raw
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise RecipeError(f"{where}: {part!r} is a value, not a table")
+        node = child
+    node[parts[-1]] = value
+
+
+def _plugin_table(tables: dict[str, Any], name: str, where: str) -> dict[str, Any]:
+    table = tables.setdefault(name, {})
+    if not isinstance(table, dict):
+        raise RecipeError(f"{where}: plugins.{name} is not a table")
+    return table
+
+
+def dump_toml(data: dict[str, Any]) -> str:
+    """Write nested dicts of scalars and lists as TOML (tables for dicts, dotted for nesting)."""
+    lines: list[str] = []
+
+    def emit(prefix: str, table: dict[str, Any]) -> None:
+        scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
+        if prefix and (scalars or not table):
+            lines.append(f"\n[{prefix}]")
+        for key, value in scalars.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        for key, value in table.items():
+            if isinstance(value, dict):
+                emit(f"{prefix}.{key}" if prefix else key, value)
+
+    emit("", data)
+    return "\n".join(lines).lstrip("\n") + "\n"
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if value is None:
+        return '""'
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")

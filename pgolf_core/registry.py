@@ -1,0 +1,171 @@
+"""Plugin discovery and the per-run plugin manager.
+
+Built-in and third-party plugins are found the same way: the `pgolf.plugins` entry-point group,
+whose values point at plugin classes. A plugin class has `name`, `version`, `order` (lower runs
+first in collecting hooks; ties broken by name), an optional `Config` dataclass, and takes its
+validated config in `__init__`. Its methods decorated with `pgolf_core.hookimpl` are its hooks.
+
+Only plugins named (and enabled) in the recipe are registered: "disabled" means "not
+registered", so an ablation cannot leave half-active state behind.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.metadata
+import importlib.util
+import inspect
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pluggy
+
+from pgolf_core import hookspecs
+from pgolf_core.errors import PgolfError, RecipeError, did_you_mean
+
+ENTRY_POINT_GROUP = "pgolf.plugins"
+
+
+@dataclass
+class PluginSource:
+    """Where a plugin comes from: an entry point of a distribution, or a local file."""
+
+    name: str
+    origin: str  # distribution name or file path
+    load: Any  # zero-argument callable returning the plugin class
+
+
+def discover(plugin_dirs: Sequence[str | Path] = ()) -> dict[str, PluginSource]:
+    """All installed plugins (entry points) plus those in `plugin_dirs` (one class per `*.py`
+    file, exported as `PLUGIN`). Nothing is imported yet."""
+    found: dict[str, PluginSource] = {}
+    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "?"
+        found[ep.name] = PluginSource(ep.name, dist, ep.load)
+    for directory in plugin_dirs:
+        path = Path(directory)
+        if not path.is_dir():
+            raise PgolfError(f"--plugins-dir {directory}: not a directory")
+        for file in sorted(path.glob("*.py")):
+            found[file.stem] = PluginSource(file.stem, str(file), _file_loader(file))
+    return found
+
+
+def _file_loader(file: Path) -> Any:
+    def load() -> type:
+        spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        if not hasattr(module, "PLUGIN"):
+            raise AttributeError(f"{file} defines no PLUGIN class")
+        return module.PLUGIN
+
+    return load
+
+
+def load_class(source: PluginSource) -> type:
+    """Import one plugin class; a failure is a clear error naming the distribution."""
+    try:
+        cls = source.load()
+    except Exception as exc:  # noqa: BLE001 - any import error of third-party code
+        raise PgolfError(
+            f"plugin {source.name!r} (from {source.origin}) failed to load: {type(exc).__name__}: {exc}"
+        ) from None
+    if not inspect.isclass(cls):
+        raise PgolfError(f"plugin {source.name!r} (from {source.origin}) is not a class: {cls!r}")
+    return cls
+
+
+def plugin_classes(names: Iterable[str], source: str, plugin_dirs: Sequence[str | Path] = ()) -> dict[str, type]:
+    """Load the classes of the plugins a recipe names; unknown names are recipe errors."""
+    available = discover(plugin_dirs)
+    out: dict[str, type] = {}
+    for name in names:
+        if name not in available:
+            raise RecipeError(
+                f"{source}: [plugins.{name}] unknown plugin {name!r}{did_you_mean(name, available)}; "
+                f"installed: {', '.join(sorted(available)) or 'none'} (see `pgolf plugins`)"
+            )
+        out[name] = load_class(available[name])
+    return out
+
+
+def plugin_order(plugin: Any) -> tuple[int, str]:
+    return (int(getattr(plugin, "order", 100)), str(getattr(plugin, "name", type(plugin).__name__)))
+
+
+def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> pluggy.PluginManager:
+    """One plugin manager per run, holding the recipe's enabled plugins in `(order, name)` order.
+
+    Two enabled plugins answering the same exclusive hook is an error naming both.
+    """
+    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm.add_hookspecs(hookspecs)
+    enabled = recipe.enabled_plugins
+    classes = plugin_classes(enabled, recipe.source, plugin_dirs) if enabled else {}
+    plugins = [classes[name](recipe.plugins[name].config) for name in enabled]
+    for plugin in plugins:
+        if not getattr(plugin, "name", None):
+            plugin.name = type(plugin).__name__
+    # pluggy calls the most recently registered implementation first: register in reverse.
+    for plugin in sorted(plugins, key=plugin_order, reverse=True):
+        pm.register(plugin, name=plugin.name)
+    for hook_name in hookspecs.EXCLUSIVE_HOOKS:
+        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        if len(impls) > 1:
+            names = sorted(impl.plugin_name for impl in impls)
+            raise RecipeError(
+                f"{recipe.source}: plugins {' and '.join(repr(n) for n in names)} both implement the "
+                f"exclusive hook {hook_name}; enable only one of them"
+            )
+    return pm
+
+
+def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
+    """The registered plugins in hook-call order."""
+    return sorted((p for p in pm.get_plugins()), key=plugin_order)
+
+
+def hooks_of(cls_or_plugin: Any) -> list[str]:
+    """Names of the hooks a plugin class implements."""
+    return sorted(
+        name
+        for name in dir(cls_or_plugin)
+        if name.startswith("pgolf_") and hasattr(getattr(cls_or_plugin, name), "pgolf_impl")
+    )
+
+
+def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
+    """One record per installed plugin for `pgolf plugins`; a broken plugin is reported, not fatal."""
+    rows: list[dict[str, Any]] = []
+    for name, source in sorted(discover(plugin_dirs).items()):
+        row: dict[str, Any] = {"name": name, "origin": source.origin}
+        try:
+            cls = load_class(source)
+        except PgolfError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        config = getattr(cls, "Config", None)
+        row.update(
+            version=str(getattr(cls, "version", "?")),
+            order=int(getattr(cls, "order", 100)),
+            hooks=hooks_of(cls),
+            config=(
+                {f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}
+            ),
+            doc=(inspect.getdoc(cls) or "").split("\n")[0],
+        )
+        rows.append(row)
+    return rows
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
+        return f.default_factory()  # type: ignore[misc]
+    return None
