@@ -98,13 +98,15 @@ def pgolf_pre_export(state: Any, weights: dict, plan: dict) -> None:
 
 @hookspec(firstresult=True)
 def pgolf_quantize(state: Any, weights: dict, plan: dict) -> Any:
-    """Exclusive. Return `(quantized_object, dequantize_fn)` for the weights. Default: the
-    baseline's per-row int8 quantizer."""
+    """Exclusive. Return `(label, quantized_object, dequantize_fn)`: `label` names the format in
+    log lines (e.g. "int6"), `quantized_object` is what gets `torch.save`d and compressed, and
+    `dequantize_fn(quantized_object)` returns a state dict. Default: the baseline's int8."""
 
 
 @hookspec(firstresult=True)
 def pgolf_compress(raw: bytes) -> Any:
-    """Exclusive. Return `(codec_name, compressed_bytes)`. Default: the recipe's `[export]`
+    """Exclusive. Return `(codec_name, compressed_bytes)`; `codec_name` must be one that
+    `pgolf_core.export.decompress` reads back ("zlib", "zstd"). Default: the recipe's `[export]`
     compressor (zlib level 9 in the baseline)."""
 
 

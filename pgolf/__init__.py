@@ -1,0 +1,1 @@
+"""`python -m pgolf` (and `torchrun -m pgolf`) entry point; the code lives in `pgolf_core`."""

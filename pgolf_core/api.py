@@ -1,0 +1,85 @@
+"""Library entry points beyond training: evaluate a checkpoint, export weights to an artifact."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from pgolf_core import evaluation, export as export_lib
+from pgolf_core.build import build_model_with, configure, model_spec
+from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
+from pgolf_core.data.loader import load_validation_tokens
+from pgolf_core.errors import PgolfError
+from pgolf_core.optim import Optimizers
+from pgolf_core.recipe import Recipe
+from pgolf_core.registry import create_manager, ordered_plugins
+from pgolf_core.runlog import RunLog
+from pgolf_core.train import Env, TrainState, export_model, load_weights, resolve_data
+
+
+def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
+    """A raw state dict (`final_model.pt`, as the records save it) or a pgolf/record int8 artifact."""
+    path = Path(path)
+    if not path.is_file():
+        raise PgolfError(f"{path}: checkpoint not found")
+    data = path.read_bytes()
+    for codec in ("raw", "zlib", "zstd"):
+        try:
+            raw = data if codec == "raw" else export_lib.decompress(data, codec)
+            obj = export_lib.deserialize(raw)
+        except Exception:  # noqa: BLE001 - try the next container format
+            continue
+        if isinstance(obj, dict) and obj.get("__quant_format__") == "int8_clean_per_row_v1":
+            return export_lib.dequantize_int8(obj)
+        if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+            return obj
+    raise PgolfError(f"{path}: not a state dict (torch.save) nor an int8 artifact (zlib/zstd)")
+
+
+def evaluate(recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None,
+             log: Any = print) -> dict[str, Any]:
+    """Score weights on the recipe's validation data (standard eval, plus sliding if configured), CPU/GPU."""
+    env = Env(torch.device("cuda" if torch.cuda.is_available() and recipe.run.device != "cpu" else "cpu"))
+    pm = create_manager(recipe)
+    run = configure(recipe, pm, log=log)
+    if model is None:
+        model = build_model_with(model_spec(recipe, run.control_patterns), pm, recipe.run.seed)
+    if checkpoint is not None:
+        weights = load_checkpoint(checkpoint)
+        missing = set(model.state_dict()) ^ set(weights)
+        if missing:
+            raise PgolfError(f"{checkpoint}: keys do not match the recipe's model: {sorted(missing)[:5]} ...")
+        load_weights(model, weights)
+    model.to(env.device)
+    runlog = RunLog(None)
+    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    _, val_files, tok = resolve_data(recipe, env, runlog)
+    seq = recipe.eval.seq_len or recipe.train.train_seq_len
+    val = load_validation_tokens(val_files, max(seq, recipe.train.train_seq_len), recipe.eval.max_tokens)
+    tables = build_byte_tables(load_tokenizer(tok), recipe.model.vocab_size).to(env.device)
+    amp = torch.bfloat16 if env.is_cuda else None
+    rows = max(recipe.eval.batch_tokens // seq, 1)
+    std = evaluation.eval_standard(model, val, seq, rows, tables, device=env.device, autocast_dtype=amp)
+    out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
+    log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")
+    if recipe.eval.sliding_stride > 0:
+        sl = evaluation.eval_sliding(model, val, seq, recipe.eval.sliding_stride, recipe.eval.sliding_batch_seqs,
+                                     tables, device=env.device, autocast_dtype=amp, tail=recipe.eval.sliding_tail)
+        out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)
+        log(f"sliding_window val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
+    return out
+
+
+def export(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
+    """Quantize and compress `model`'s weights as the recipe's plugins say; returns byte counts."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    pm = create_manager(recipe)
+    runlog = RunLog(None)
+    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    state = TrainState(recipe, model, Optimizers([], None), Env(torch.device("cpu")), runlog, out_dir=out)
+    exported = export_model(state, pm, out, ordered_plugins(pm))
+    return {"path": str(exported.path), "model_bytes": exported.model_bytes, "code_bytes": exported.code_bytes,
+            "artifact_bytes": exported.model_bytes + exported.code_bytes, "format": exported.label}

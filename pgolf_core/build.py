@@ -1,0 +1,74 @@
+"""Build the model of a recipe: the baseline GPT with its slots filled by the enabled plugins."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pluggy
+import torch
+
+from pgolf_core.model import GPT, ModelParts, ModelSpec, mlp_hidden_of
+from pgolf_core.recipe import Recipe
+from pgolf_core.registry import create_manager
+
+
+@dataclass
+class RunContext:
+    """Run-level settings that plugins may adjust in `pgolf_configure` (before the build)."""
+
+    recipe: Recipe
+    control_patterns: list[str] = field(default_factory=list)
+    log: Any = print
+
+
+def model_spec(recipe: Recipe, control_patterns: list[str], attention: str = "sdpa") -> ModelSpec:
+    m = recipe.model
+    return ModelSpec(
+        vocab_size=m.vocab_size,
+        num_layers=m.num_layers,
+        model_dim=m.model_dim,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        mlp_hidden=mlp_hidden_of(m.model_dim, m.mlp_mult, m.mlp_hidden),
+        tie_embeddings=m.tie_embeddings,
+        tied_embed_init_std=m.tied_embed_init_std,
+        logit_softcap=m.logit_softcap,
+        rope_base=m.rope_base,
+        qk_gain_init=m.qk_gain_init,
+        attention=attention,
+        train_seq_len=recipe.train.train_seq_len,
+        control_patterns=list(control_patterns),
+    )
+
+
+def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> RunContext:
+    run = RunContext(recipe=recipe, control_patterns=list(recipe.train.control_patterns), log=log)
+    pm.hook.pgolf_configure(run=run)
+    return run
+
+
+def parts_from_plugins(spec: ModelSpec, pm: pluggy.PluginManager) -> ModelParts:
+    hook = pm.hook
+    return ModelParts(
+        spec=spec,
+        embed=lambda: [m for m in hook.pgolf_embed(spec=spec) if m is not None],
+        rotary_factory=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
+        attention_post=lambda layer: [m for m in hook.pgolf_attention_post(spec=spec, layer=layer) if m is not None],
+        linear_factory=lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o),
+    )
+
+
+def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
+    """Seeded CPU fp32 construction, then `pgolf_model_built` (init schemes)."""
+    torch.manual_seed(seed)
+    model = GPT(spec, parts_from_plugins(spec, pm))
+    pm.hook.pgolf_model_built(model=model, spec=spec)
+    return model
+
+
+def build_model(recipe: Recipe, pm: pluggy.PluginManager | None = None) -> GPT:
+    """The recipe's model on CPU in fp32 with its plugins applied; deterministic for `run.seed`."""
+    pm = pm or create_manager(recipe)
+    run = configure(recipe, pm, log=lambda msg: None)
+    return build_model_with(model_spec(recipe, run.control_patterns), pm, recipe.run.seed)

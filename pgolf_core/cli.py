@@ -1,0 +1,121 @@
+"""`pgolf` command line: run, eval, plugins, data. User errors exit 2 with one clear message."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from functools import partial
+from typing import Any
+
+from pgolf_core.errors import PgolfError
+
+
+def _recipe_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
+    p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998")
+    p.add_argument("--enable", action="append", default=[], metavar="PLUGIN", help="turn a plugin on")
+    p.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="turn a plugin off")
+    p.add_argument("--seed", type=int, help="shortcut for --set run.seed=N")
+    p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
+                   help="also load plugins from *.py files in DIR (each exporting PLUGIN)")
+
+
+def _load(args: argparse.Namespace) -> Any:
+    from pgolf_core.recipe import load_recipe
+    from pgolf_core.registry import plugin_classes
+
+    overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
+    return load_recipe(args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke,
+                       plugin_classes=partial(plugin_classes, plugin_dirs=args.plugins_dir))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from pgolf_core.train import train
+
+    recipe = _load(args)
+    summary = train(recipe, args.out, plugin_dirs=tuple(args.plugins_dir))
+    return 1 if summary.get("over_limit") and not args.smoke else 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from pgolf_core.api import evaluate
+
+    evaluate(_load(args), checkpoint=args.checkpoint)
+    return 0
+
+
+def cmd_plugins(args: argparse.Namespace) -> int:
+    from pgolf_core import registry
+
+    if args.order:
+        recipe = _load(args)
+        pm = registry.create_manager(recipe, args.plugins_dir)
+        rows = [{"name": p.name, "order": int(getattr(p, "order", 100)), "version": str(getattr(p, "version", "?")),
+                 "hooks": registry.hooks_of(p)} for p in registry.ordered_plugins(pm)]
+        if args.json:
+            print(json.dumps(rows, indent=2))
+        for i, row in enumerate(rows if not args.json else []):
+            print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
+        return 0
+    rows = registry.describe(args.plugins_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if not rows:
+        print("no plugins installed (entry-point group 'pgolf.plugins')")
+    for row in rows:
+        if "error" in row:
+            print(f"{row['name']}  BROKEN: {row['error']}")
+            continue
+        print(f"{row['name']} {row['version']}  (order {row['order']}, from {row['origin']})  {row['doc']}")
+        print(f"    hooks:  {', '.join(row['hooks']) or '-'}")
+        if row["config"]:
+            print("    config: " + ", ".join(f"{k}={v!r}" for k, v in row["config"].items()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf as parts: core + plugins + recipes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("run", help="train, export and score a recipe")
+    _recipe_args(p)
+    p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-seed<seed>)")
+    p.set_defaults(func=cmd_run)
+    p = sub.add_parser("eval", help="score a checkpoint (final_model.pt or an int8 artifact) with a recipe")
+    _recipe_args(p)
+    p.add_argument("--checkpoint", required=True, help="state dict saved with torch.save, or .ptz artifact")
+    p.set_defaults(func=cmd_eval)
+    p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--order", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
+    p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR")
+    p.set_defaults(func=cmd_plugins, overrides=[], enable=[], disable=[], smoke=False, seed=None)
+    try:
+        from pgolf_core.data.commands import register
+    except ImportError:  # pragma: no cover - data package incomplete
+        pass
+    else:
+        register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "order", None):
+        args.recipe = args.order
+    try:
+        return int(args.func(args) or 0)
+    except PgolfError as exc:
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("pgolf: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,182 @@
+"""Run records: the summary (`summary.json`, schema in docs/summary.md), the provenance manifest,
+the resolved recipe, code-byte accounting, and the up-front warning for full-scale CPU runs."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import math
+import platform
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import pgolf_core
+from pgolf_core.data.shards import read_shard
+
+CORE_DIR = Path(pgolf_core.__file__).resolve().parent
+# Tools that are not part of a training run's code path (data preparation, the CLI front end).
+NOT_COUNTED = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
+
+
+def code_files(plugins: list[Any]) -> list[Path]:
+    """The source files a submission would need: the core's training path plus enabled plugins.
+
+    The challenge counts the bytes of one `train_gpt.py`; pgolf counts the UTF-8 bytes of the
+    core modules used by a run and of each enabled plugin's module (data-preparation tools and
+    the CLI front end are excluded), an upper bound on what an exported single script needs.
+    """
+    core = [p for p in sorted(CORE_DIR.rglob("*.py")) if p.relative_to(CORE_DIR).as_posix() not in NOT_COUNTED]
+    extra = {Path(inspect.getfile(type(p))).resolve() for p in plugins}
+    return core + sorted(extra - set(core))
+
+
+def git_sha() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=CORE_DIR, capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any, max_train_tokens: int = 20_000_000) -> float:
+    """BPB of a unigram model (add-one smoothed counts from the first train tokens) on the val
+    targets: the floor any trained model must clear."""
+    vocab = int(tables.base_bytes.numel())
+    counts = np.ones(vocab, dtype=np.float64)
+    seen = 0
+    for f in train_files:
+        toks = read_shard(f).numpy()[: max_train_tokens - seen]
+        counts += np.bincount(toks.astype(np.int64), minlength=vocab)[:vocab]
+        seen += toks.size
+        if seen >= max_train_tokens:
+            break
+    logp = np.log(counts / counts.sum())
+    y = val_tokens[1:].numpy().astype(np.int64)
+    x = val_tokens[:-1].numpy().astype(np.int64)
+    base = tables.base_bytes.cpu().numpy().astype(np.float64)
+    lead = tables.has_leading_space.cpu().numpy()
+    boundary = tables.is_boundary.cpu().numpy()
+    n_bytes = (base[y] + (lead[y] & ~boundary[x])).sum()
+    return float(-logp[y].sum() / (math.log(2) * n_bytes))
+
+
+def summarize(*, recipe: Any, env: Any, plugins: list[Any], pre: Any, roundtrip: Any, sliding: Any, exported: Any,
+              steps: int, train_seconds: float, eval_seconds: float, n_params: int, train_files: list[Path],
+              val_tokens: torch.Tensor, tables: Any, tokenizer_path: Path, reports: dict[str, Any],
+              total_seconds: float) -> dict[str, Any]:
+    final = sliding or roundtrip
+    return {
+        "schema": "pgolf.summary/1",
+        "name": recipe.run.name,
+        "seed": recipe.run.seed,
+        "val_loss": pre.val_loss,
+        "val_bpb": pre.val_bpb,
+        "roundtrip_val_loss": roundtrip.val_loss,
+        "roundtrip_val_bpb": roundtrip.val_bpb,
+        "sliding_val_loss": sliding.val_loss if sliding else None,
+        "sliding_val_bpb": sliding.val_bpb if sliding else None,
+        "score_val_bpb": final.val_bpb,
+        "unigram_val_bpb": unigram_bpb(train_files, val_tokens.cpu(), tables),
+        "artifact_bytes": exported.model_bytes + exported.code_bytes,
+        "model_bytes": exported.model_bytes,
+        "code_bytes": exported.code_bytes,
+        "artifact_limit_bytes": recipe.export.artifact_limit_bytes,
+        "over_limit": exported.model_bytes + exported.code_bytes > recipe.export.artifact_limit_bytes,
+        "artifact_format": exported.label,
+        "model_params": n_params,
+        "steps": steps,
+        "step_ms": 1000.0 * train_seconds / max(steps, 1),
+        "train_seconds": train_seconds,
+        "eval_seconds": eval_seconds,
+        "total_seconds": total_seconds,
+        "plugins": [
+            {"name": p.name, "version": str(getattr(p, "version", "?")), "order": int(getattr(p, "order", 100))}
+            for p in plugins
+        ],
+        "plugin_reports": reports,
+        "manifest": {
+            "git_sha": git_sha(),
+            "recipe_sha256": recipe.sha256(),
+            "recipe_source": recipe.source,
+            "pgolf_version": getattr(pgolf_core, "__version__", "?"),
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "cuda": torch.version.cuda,
+            "device": torch.cuda.get_device_name(env.device) if env.is_cuda else platform.processor() or "cpu",
+            "device_count": env.world_size,
+            "data": {
+                "train_shards": len(train_files),
+                "train_dir": str(train_files[0].parent),
+                "val_tokens": int(val_tokens.numel() - 1),
+                "tokenizer": str(tokenizer_path),
+                "tokenizer_sha256": sha256_file(tokenizer_path),
+                "val_bytes_per_token": float(roundtrip.bytes / max(roundtrip.tokens, 1)),
+            },
+            "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        },
+    }
+
+
+def resolved_recipe_text(recipe: Any, plugins: list[Any], summary: dict[str, Any]) -> str:
+    header = [
+        f"# Resolved recipe of {recipe.source} (defaults filled in, overrides applied).",
+        f"# git_sha: {summary['manifest']['git_sha']}",
+        f"# recipe_sha256: {summary['manifest']['recipe_sha256']}",
+        "# hook order: " + (", ".join(f"{p.name} {getattr(p, 'version', '?')}" for p in plugins) or "(no plugins)"),
+        "",
+    ]
+    return "\n".join(header) + recipe.to_toml()
+
+
+def print_summary(summary: dict[str, Any], log: Any) -> None:
+    s = summary
+    lines = [
+        "",
+        "=" * 60,
+        f"summary: {s['name']} seed {s['seed']}  ({s['steps']} steps, {s['step_ms']:.1f} ms/step)",
+        f"  val_bpb (pre-export)      {s['val_bpb']:.4f}   val_loss {s['val_loss']:.4f}",
+        f"  val_bpb (round trip)      {s['roundtrip_val_bpb']:.4f}   ({s['artifact_format']})",
+    ]
+    if s["sliding_val_bpb"] is not None:
+        lines.append(f"  val_bpb (sliding window)  {s['sliding_val_bpb']:.4f}")
+    lines += [
+        f"  unigram baseline val_bpb  {s['unigram_val_bpb']:.4f}",
+        f"  artifact {s['artifact_bytes']:,} bytes = model {s['model_bytes']:,} + code {s['code_bytes']:,}"
+        f"  (limit {s['artifact_limit_bytes']:,}{', OVER' if s['over_limit'] else ''})",
+        f"  train {s['train_seconds']:.1f} s, eval {s['eval_seconds']:.1f} s",
+        "=" * 60,
+    ]
+    for line in lines:
+        log.log(line)
+
+
+def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any) -> None:
+    """Say up front when a recipe sized for 8×H100 is started on a CPU, with a time estimate."""
+    tokens = recipe.train.train_batch_tokens
+    flops_per_step = 6.0 * n_params * tokens
+    a = torch.randn(512, 512)
+    t0 = time.perf_counter()
+    for _ in range(8):
+        a @ a
+    cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
+    step_s = flops_per_step / cpu_flops
+    if step_s < 10.0:
+        return
+    cap = recipe.train.max_wallclock_seconds
+    record_steps = 7000
+    log(
+        f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
+        f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "
+        f"take about {record_steps * step_s / 86400:.0f} days"
+        + (f", and the {cap:.0f} s wallclock cap will stop training after ~{max(int(cap / step_s), 1)} step(s)" if cap else "")
+        + ". Add --smoke for a one-minute run of the same recipe at small size."
+    )

@@ -1,0 +1,197 @@
+"""Optimizers and schedules of the records (TECHNIQUES.md T07, T08).
+
+Muon (Newton–Schulz orthogonalized momentum) for the block matrices, Adam/AdamW for the token
+embedding and the small control tensors, a wallclock-aware linear warmdown and a Muon momentum
+warm-up. Parameter groups are decided by name rules; a plugin places its own parameters by
+setting `param._pgolf_group` to "token", "matrix", "scalar" or "head".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from pgolf_core.errors import PgolfError
+from pgolf_core.recipe import TrainConfig
+
+NS_COEFFS = (3.4445, -4.7750, 2.0315)
+
+
+def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
+    """Approximately orthogonalize a matrix in bf16 (quintic Newton–Schulz iteration)."""
+    a, b, c = NS_COEFFS
+    x = grad.bfloat16()
+    x = x / (x.norm() + eps)
+    tall = grad.size(0) > grad.size(1)
+    if tall:
+        x = x.T
+    for _ in range(steps):
+        gram = x @ x.T
+        x = a * x + (b * gram + c * gram @ gram) @ x
+    return x.T if tall else x
+
+
+class Muon(torch.optim.Optimizer):
+    """Muon with Nesterov momentum and decoupled weight decay (`W *= 1 - lr * wd` before the update).
+
+    Under DDP parameter i is orthogonalized by rank `i % world_size`; the bf16 updates are summed
+    across ranks in one flat buffer, so every rank applies identical updates.
+    """
+
+    def __init__(
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        backend_steps: int = 5,
+        weight_decay: float = 0.0,
+        orthogonalize: Callable[[Tensor, int], Tensor] = newton_schulz5,
+    ) -> None:
+        super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
+        self.orthogonalize = orthogonalize
+
+    @torch.no_grad()
+    def step(self, closure=None):  # type: ignore[override]
+        distributed = dist.is_available() and dist.is_initialized()
+        world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
+        for group in self.param_groups:
+            params: list[Tensor] = group["params"]
+            if not params:
+                continue
+            flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
+            offset = 0
+            for i, p in enumerate(params):
+                if i % world == rank and p.grad is not None:
+                    state = self.state[p]
+                    if "momentum_buffer" not in state:
+                        state["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = state["momentum_buffer"]
+                    buf.mul_(group["momentum"]).add_(p.grad)
+                    update = self.orthogonalize(p.grad.add(buf, alpha=group["momentum"]), group["backend_steps"])
+                    update = update * max(1.0, update.size(0) / update.size(1)) ** 0.5
+                    flat[offset : offset + p.numel()] = update.reshape(-1)
+                offset += p.numel()
+            if distributed:
+                dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+            offset = 0
+            for p in params:
+                if group["weight_decay"] > 0:
+                    p.mul_(1.0 - group["lr"] * group["weight_decay"])
+                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
+                offset += p.numel()
+        return None
+
+
+def param_group_of(name: str, param: Tensor, control_patterns: list[str]) -> str:
+    """Which optimizer group a parameter belongs to, by the records' rules (T07)."""
+    tagged = getattr(param, "_pgolf_group", None)
+    if tagged:
+        return str(tagged)
+    if name == "tok_emb.weight":
+        return "token"
+    if name.startswith("lm_head."):
+        return "head"
+    if name == "skip_weights" or any(p in name for p in control_patterns):
+        return "scalar"
+    if name.startswith("blocks."):
+        return "matrix" if param.ndim == 2 else "scalar"
+    raise PgolfError(
+        f"parameter {name!r} has no optimizer group: a plugin must tag it with "
+        "`param._pgolf_group = 'token' | 'matrix' | 'scalar' | 'head'`"
+    )
+
+
+@dataclass
+class Optimizers:
+    """All optimizers of a run; `muon` is also in `all` (its momentum follows a schedule)."""
+
+    all: list[torch.optim.Optimizer]
+    muon: Muon | None
+
+    def zero_grad(self) -> None:
+        for opt in self.all:
+            opt.zero_grad(set_to_none=True)
+
+    def set_lr_scale(self, scale: float) -> None:
+        for opt in self.all:
+            for group in opt.param_groups:
+                group["lr"] = group["base_lr"] * scale
+
+    def set_muon_momentum(self, momentum: float) -> None:
+        if self.muon is not None:
+            for group in self.muon.param_groups:
+                group["momentum"] = momentum
+
+    def step(self) -> None:
+        for opt in self.all:
+            opt.step()
+
+    def state_dicts(self) -> list[dict]:
+        return [opt.state_dict() for opt in self.all]
+
+    def load_state_dicts(self, states: list[dict]) -> None:
+        for opt, state in zip(self.all, states, strict=True):
+            opt.load_state_dict(state)
+
+
+def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[str], device_type: str) -> Optimizers:
+    """Token / head / scalar groups with Adam (AdamW when `adam_weight_decay > 0`), matrices with Muon."""
+    groups: dict[str, list[Tensor]] = {"token": [], "head": [], "matrix": [], "scalar": []}
+    for name, param in model.named_parameters():
+        group = param_group_of(name, param, control_patterns)
+        if group not in groups:
+            raise PgolfError(f"parameter {name!r}: unknown optimizer group {group!r}")
+        groups[group].append(param)
+    tied = getattr(getattr(model, "spec", None), "tie_embeddings", True)
+    adam_lrs = {"token": cfg.tied_embed_lr if tied else cfg.embed_lr, "head": cfg.head_lr, "scalar": cfg.scalar_lr}
+    adam_cls = torch.optim.AdamW if cfg.adam_weight_decay > 0 else torch.optim.Adam
+    fused = {"fused": True} if device_type == "cuda" else {}
+    optimizers: list[torch.optim.Optimizer] = []
+    muon: Muon | None = None
+    for name in ("token", "head", "matrix", "scalar"):  # the records' optimizer order
+        params = groups[name]
+        if not params:
+            continue
+        if name == "matrix":
+            muon = Muon(params, lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
+                        backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_weight_decay)
+            for group in muon.param_groups:
+                group["base_lr"] = cfg.matrix_lr
+            optimizers.append(muon)
+            continue
+        lr = adam_lrs[name]
+        optimizers.append(
+            adam_cls(
+                [{"params": params, "lr": lr, "base_lr": lr}],
+                betas=(cfg.beta1, cfg.beta2),
+                eps=cfg.adam_eps,
+                weight_decay=cfg.adam_weight_decay,
+                **fused,
+            )
+        )
+    return Optimizers(all=optimizers, muon=muon)
+
+
+def lr_scale(step: int, elapsed_ms: float, cfg: TrainConfig) -> float:
+    """Warmdown multiplier in [0, 1]: linear to 0 over the last `warmdown_iters` steps, where with a
+    wallclock cap the remaining steps are estimated from the average step time so far."""
+    if cfg.warmdown_iters <= 0:
+        return 1.0
+    if cfg.max_wallclock_seconds <= 0:
+        start = max(cfg.iterations - cfg.warmdown_iters, 0)
+        if start <= step < cfg.iterations:
+            return max((cfg.iterations - step) / max(cfg.warmdown_iters, 1), 0.0)
+        return 1.0
+    step_ms = elapsed_ms / max(step, 1)
+    warmdown_ms = cfg.warmdown_iters * step_ms
+    remaining_ms = max(1000.0 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
+    return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
+
+
+def muon_momentum(step: int, cfg: TrainConfig) -> float:
+    frac = min(step / cfg.muon_momentum_warmup_steps, 1.0) if cfg.muon_momentum_warmup_steps > 0 else 1.0
+    return (1 - frac) * cfg.muon_momentum_warmup_start + frac * cfg.muon_momentum

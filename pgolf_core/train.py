@@ -1,0 +1,411 @@
+"""The training run, top to bottom like the records' `main()`: set up, build, compile, untimed
+warm-up and restore, wallclock-capped loop, final weights, export, round-trip eval, summary.
+
+Plugins act only at the phase boundaries below (configure, build, step start/end, final
+weights, pre-export/quantize/compress, eval adapt); nothing of theirs runs inside `forward`.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from pgolf_core import evaluation, export, manifest
+from pgolf_core.attention import resolve_backend
+from pgolf_core.build import build_model_with, configure, model_spec
+from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
+from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
+from pgolf_core.data.shards import shard_files
+from pgolf_core.errors import PgolfError
+from pgolf_core.model import apply_training_precision, count_parameters
+from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum, newton_schulz5
+from pgolf_core.recipe import Recipe
+from pgolf_core.registry import create_manager, ordered_plugins
+from pgolf_core.runlog import RunLog, write_json_atomic
+
+
+@dataclass
+class Env:
+    """Where the run executes: device, precision and the process group."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    distributed: bool = False
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def autocast(self) -> Any:
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.is_cuda else nullcontext()
+
+    def sync(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
+
+
+@dataclass
+class TrainState:
+    """What step/export hooks see. `report(key, value)` logs `key:value` and records a metric."""
+
+    recipe: Recipe
+    model: torch.nn.Module  # the uncompiled base model (its parameters are the trained ones)
+    optimizers: Optimizers
+    env: Env
+    log: RunLog
+    step: int = 0
+    lr_scale: float = 1.0
+    elapsed_ms: float = 0.0
+    out_dir: Path | None = None
+    reports: dict[str, Any] = field(default_factory=dict)
+
+    def report(self, key: str, value: Any) -> None:
+        self.reports[key] = value
+        self.log.log(f"{key}:{value}")
+        self.log.metric(event="plugin", step=self.step, key=key, value=value)
+
+
+def setup_env(device_pref: str) -> Env:
+    """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
+    distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
+    rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
+    if device_pref == "cuda" and not torch.cuda.is_available():
+        raise PgolfError("[run] device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
+    use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
+    if use_cuda:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    else:
+        device = torch.device("cpu")
+    if distributed and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if use_cuda else "gloo")
+    return Env(device=device, rank=rank, world_size=world, distributed=distributed)
+
+
+def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
+    if recipe.train.grad_accum_steps > 0:
+        return recipe.train.grad_accum_steps
+    if 8 % world_size:
+        raise PgolfError(f"world size {world_size} must divide 8 (or set train.grad_accum_steps explicitly)")
+    return 8 // world_size
+
+
+def resolve_data(recipe: Recipe, env: Env, log: RunLog) -> tuple[list[Path], list[Path], Path]:
+    """The recipe's shards and tokenizer; the embedded sample data when `data.path` is empty."""
+    cfg = recipe.data
+    if not cfg.path:
+        from pgolf_core.data.sample import ensure_sample_data
+
+        if env.rank != 0:
+            env.barrier()
+        sample = ensure_sample_data(log=log.log)
+        if env.rank == 0:
+            env.barrier()
+        root, tokenizer = Path(sample.path), Path(cfg.tokenizer or sample.tokenizer)
+    else:
+        root = Path(cfg.path).expanduser()
+        candidates = [Path(cfg.tokenizer).expanduser()] if cfg.tokenizer else [
+            root / "tokenizer.model", root.parent.parent / "tokenizers" / "fineweb_1024_bpe.model"
+        ]
+        tokenizer = next((c for c in candidates if c.is_file()), candidates[0])
+        if not tokenizer.is_file():
+            raise PgolfError(
+                f"[data] tokenizer not found (looked at {', '.join(map(str, candidates))}); "
+                "set data.tokenizer to the SentencePiece .model used to make the shards"
+            )
+    return shard_files(root, cfg.train_pattern), shard_files(root, cfg.val_pattern), tokenizer
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    if torch.cuda.is_available():
+        torch.cuda.manual_seed_all(seed)
+
+
+def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tuple = (),
+          interactive: bool | None = None) -> dict[str, Any]:
+    """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`)."""
+    t_start = time.perf_counter()
+    env = setup_env(recipe.run.device)
+    out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"{recipe.run.name}-seed{recipe.run.seed}"
+    if env.rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "summary.json").unlink(missing_ok=True)  # a run is finished only when this reappears
+        for stale in ("train.log", "metrics.jsonl"):
+            (out / stale).unlink(missing_ok=True)
+    log = RunLog(out, env.rank, interactive)
+    cfg = recipe.train
+
+    # Plugins, data, tokenizer and the BPB byte tables.
+    pm = create_manager(recipe, plugin_dirs)
+    plugins = ordered_plugins(pm)
+    run = configure(recipe, pm, log=log.log)
+    train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
+    sp = load_tokenizer(tokenizer_path)
+    if int(sp.vocab_size()) != recipe.model.vocab_size:
+        raise PgolfError(
+            f"[model] vocab_size={recipe.model.vocab_size} but tokenizer {tokenizer_path} has "
+            f"{int(sp.vocab_size())} pieces"
+        )
+    eval_seq = recipe.eval.seq_len or cfg.train_seq_len
+    val_tokens = load_validation_tokens(val_files, max(cfg.train_seq_len, eval_seq), recipe.eval.max_tokens)
+    tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
+    log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={tokenizer_path}")
+    log.log(f"train_loader:dataset:{train_files[0].parent.name} train_shards:{len(train_files)}")
+    log.log(f"val_loader:shards pattern={recipe.data.val_pattern} tokens:{val_tokens.numel() - 1}")
+
+    # Model: built on CPU in fp32 with the plugins' modules, then moved, cast and compiled.
+    backend, why = resolve_backend(recipe.model.attention, env.device.type)
+    log.log(f"attention_backend:{backend} ({why})")
+    seed_everything(recipe.run.seed)
+    base_model = build_model_with(model_spec(recipe, run.control_patterns, backend), pm, recipe.run.seed)
+    base_model.to(env.device)
+    if env.is_cuda:
+        apply_training_precision(base_model, run.control_patterns)
+    use_compile = recipe.run.compile == "on" or (recipe.run.compile == "auto" and env.is_cuda)
+    compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
+    model: torch.nn.Module = (
+        DDP(compiled, device_ids=[env.device.index] if env.is_cuda else None, broadcast_buffers=False)
+        if env.distributed else compiled
+    )
+    optimizers = build_optimizers(base_model, cfg, run.control_patterns, env.device.type)
+    if optimizers.muon is not None and use_compile:
+        optimizers.muon.orthogonalize = torch.compile(newton_schulz5)
+    accum = grad_accum_steps(recipe, env.world_size)
+    n_params = count_parameters(base_model)
+    log.log(f"model_params:{n_params}")
+    log.log(f"world_size:{env.world_size} grad_accum_steps:{accum} device:{env.device} compile:{use_compile}")
+    log.log(f"plugins:{','.join(p.name for p in plugins) or '-'}")
+    log.log(
+        f"train_batch_tokens:{cfg.train_batch_tokens} train_seq_len:{cfg.train_seq_len} "
+        f"iterations:{cfg.iterations} warmup_steps:{cfg.warmup_steps} "
+        f"max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}"
+    )
+    log.log(f"seed:{recipe.run.seed}")
+    if not env.is_cuda:
+        manifest.warn_if_full_scale_on_cpu(recipe, n_params, accum, log.log)
+
+    state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out)
+    val_rows = max(recipe.eval.batch_tokens // (env.world_size * accum) // eval_seq, 1)
+
+    def run_eval(m: torch.nn.Module) -> evaluation.EvalResult:
+        return evaluation.eval_standard(
+            m, val_tokens, eval_seq, val_rows, tables, device=env.device, rank=env.rank,
+            world_size=env.world_size, autocast_dtype=torch.bfloat16 if env.is_cuda else None,
+        )
+
+    def train_step(loader: DistributedTokenLoader) -> torch.Tensor:
+        optimizers.zero_grad()
+        loss_sum = torch.zeros((), device=env.device)
+        for micro in range(accum):
+            if env.distributed:
+                model.require_backward_grad_sync = micro == accum - 1  # type: ignore[assignment]
+            x, y = loader.next_batch(cfg.train_batch_tokens, cfg.train_seq_len, accum)
+            with env.autocast():
+                loss = model(x, y)
+            loss_sum += loss.detach()
+            (loss / accum).backward()
+        if cfg.grad_clip_norm > 0:
+            torch.nn.utils.clip_grad_norm_(base_model.parameters(), cfg.grad_clip_norm)
+        optimizers.step()
+        optimizers.zero_grad()
+        return loss_sum / accum
+
+    def new_loader() -> DistributedTokenLoader:
+        return DistributedTokenLoader(train_files, env.rank, env.world_size, env.device)
+
+    # Untimed warm-up (compilation, autotuning), then restore weights, optimizer and loader state.
+    loader = new_loader()
+    if cfg.warmup_steps > 0:
+        initial_model = {k: v.detach().cpu().clone() for k, v in base_model.state_dict().items()}
+        initial_opt = [copy.deepcopy(s) for s in optimizers.state_dicts()]
+        model.train()
+        for i in range(cfg.warmup_steps):
+            train_step(loader)
+            if cfg.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == cfg.warmup_steps:
+                log.log(f"warmup_step:{i + 1}/{cfg.warmup_steps}")
+        base_model.load_state_dict(initial_model, strict=True)
+        optimizers.load_state_dicts(initial_opt)
+        optimizers.zero_grad()
+        loader = new_loader()
+
+    # Main loop: the timer pauses during periodic validation; the warmdown follows elapsed time.
+    cap_ms = 1000.0 * cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else None
+    tokens_per_step = cfg.train_batch_tokens
+    training_ms, stop_after, last_val = 0.0, None, None
+    log.start_progress(cfg.iterations, cfg.max_wallclock_seconds)
+    env.sync()
+    t0 = time.perf_counter()
+    step = 0
+    while True:
+        last_step = step == cfg.iterations or (stop_after is not None and step >= stop_after)
+        if last_step or (cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0):
+            env.sync()
+            training_ms += 1000.0 * (time.perf_counter() - t0)
+            last_val = run_eval(model)
+            log.log(
+                f"step:{step}/{cfg.iterations} val_loss:{last_val.val_loss:.4f} val_bpb:{last_val.val_bpb:.4f} "
+                f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms"
+            )
+            log.metric(event="val", step=step, val_loss=last_val.val_loss, val_bpb=last_val.val_bpb,
+                       train_time_ms=training_ms)
+            env.sync()
+            t0 = time.perf_counter()
+        if last_step:
+            if stop_after is not None and step < cfg.iterations:
+                log.log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}")
+            break
+        state.step, state.elapsed_ms = step, training_ms + 1000.0 * (time.perf_counter() - t0)
+        state.lr_scale = lr_scale(step, state.elapsed_ms, cfg)
+        pm.hook.pgolf_step_start(state=state)
+        optimizers.set_lr_scale(state.lr_scale)
+        optimizers.set_muon_momentum(muon_momentum(step, cfg))
+        train_loss = train_step(loader)
+        step += 1
+        state.step = step
+        pm.hook.pgolf_post_step(state=state)
+        approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+        if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
+            loss_value = train_loss.item()
+            log.log(
+                f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} "
+                f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms"
+            )
+            log.metric(event="train", step=step, train_loss=loss_value, train_time_ms=approx_ms,
+                       lr_scale=state.lr_scale)
+            log.update_progress(step, loss_value, tokens_per_step * step / max(approx_ms / 1000.0, 1e-9), approx_ms)
+        reached = cap_ms is not None and approx_ms >= cap_ms
+        if env.distributed and cap_ms is not None:
+            flag = torch.tensor(int(reached), device=env.device)
+            dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+            reached = bool(flag.item())
+        if stop_after is None and reached:
+            stop_after = step
+    log.stop_progress()
+    train_seconds = training_ms / 1000.0
+    if env.is_cuda:
+        log.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+                f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+
+    # Final weights (EMA/SWA plugins), then the pre-export score on exactly those weights.
+    t_eval = time.perf_counter()
+    final = pm.hook.pgolf_final_weights(state=state)
+    if final is not None:
+        load_weights(base_model, final)
+        last_val = run_eval(model)
+        log.log(f"final_weights val_loss:{last_val.val_loss:.4f} val_bpb:{last_val.val_bpb:.4f}")
+    assert last_val is not None
+
+    # Export: quantize, compress, write; then read the file back and score the round trip.
+    exported = export_model(state, pm, out, plugins)
+    env.barrier()
+    load_weights(base_model, exported.dequantize(exported.read_back()))
+    roundtrip = run_eval(model)
+    label = exported.label
+    log.log(f"final_{label}_roundtrip val_loss:{roundtrip.val_loss:.4f} val_bpb:{roundtrip.val_bpb:.4f} "
+            f"eval_time:{1000 * roundtrip.seconds:.0f}ms")
+    log.log(f"final_{label}_roundtrip_exact val_loss:{roundtrip.val_loss:.8f} val_bpb:{roundtrip.val_bpb:.8f}")
+    sliding = None
+    if recipe.eval.sliding_stride > 0:
+        sliding = evaluation.eval_sliding(
+            base_model, val_tokens, eval_seq, recipe.eval.sliding_stride, recipe.eval.sliding_batch_seqs, tables,
+            device=env.device, rank=env.rank, world_size=env.world_size,
+            autocast_dtype=torch.bfloat16 if env.is_cuda else None, tail=recipe.eval.sliding_tail,
+        )
+        log.log(f"final_{label}_sliding_window val_loss:{sliding.val_loss:.4f} val_bpb:{sliding.val_bpb:.4f} "
+                f"stride:{recipe.eval.sliding_stride} eval_time:{1000 * sliding.seconds:.0f}ms")
+        log.log(f"final_{label}_sliding_window_exact val_loss:{sliding.val_loss:.8f} val_bpb:{sliding.val_bpb:.8f}")
+    eval_seconds = time.perf_counter() - t_eval
+
+    summary = manifest.summarize(
+        recipe=recipe, env=env, plugins=plugins, pre=last_val, roundtrip=roundtrip, sliding=sliding,
+        exported=exported, steps=step, train_seconds=train_seconds, eval_seconds=eval_seconds,
+        n_params=n_params, train_files=train_files, val_tokens=val_tokens, tables=tables,
+        tokenizer_path=tokenizer_path, reports=state.reports, total_seconds=time.perf_counter() - t_start,
+    )
+    if env.rank == 0:
+        (out / "recipe.resolved.toml").write_text(manifest.resolved_recipe_text(recipe, plugins, summary))
+        manifest.print_summary(summary, log)
+        write_json_atomic(out / "summary.json", summary)
+    if env.distributed:
+        dist.destroy_process_group()
+    return summary
+
+
+def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
+    """Load a state dict, casting each tensor to the live parameter's dtype and device."""
+    live = model.state_dict()
+    model.load_state_dict({k: v.to(dtype=live[k].dtype, device=live[k].device) for k, v in weights.items()},
+                          strict=True)
+
+
+@dataclass
+class Exported:
+    label: str
+    path: Path
+    model_bytes: int
+    code_bytes: int
+    raw_bytes: int
+    codec: str
+    dequantize: Any
+
+    def read_back(self) -> Any:
+        return export.deserialize(export.decompress(self.path.read_bytes(), self.codec))
+
+
+def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> Exported:
+    """Quantize (plugin or the baseline int8), compress (plugin or `[export]` codec), write atomically."""
+    recipe, log = state.recipe, state.log
+    weights = {k: v.detach().to("cpu").contiguous() for k, v in state.model.state_dict().items()}
+    if state.env.rank == 0:
+        export.write_atomic(out / "final_model.pt", export.serialize(weights))
+    plan: dict[str, dict[str, Any]] = {name: {} for name in weights}
+    pm.hook.pgolf_pre_export(state=state, weights=weights, plan=plan)
+    answer = pm.hook.pgolf_quantize(state=state, weights=weights, plan=plan)
+    if answer is None:
+        obj, _ = export.quantize_int8(
+            weights, keep_float_max_numel=recipe.export.keep_float_max_numel,
+            clip_quantile=recipe.export.clip_quantile, control_patterns=tuple(state.recipe.train.control_patterns),
+        )
+        quant_label, dequantize = "int8", export.dequantize_int8
+    else:
+        quant_label, obj, dequantize = answer
+    raw = export.serialize(obj)
+    compressed = pm.hook.pgolf_compress(raw=raw)
+    codec, blob = compressed if compressed is not None else (
+        recipe.export.compressor, export.compress(raw, recipe.export.compressor, recipe.export.level)
+    )
+    path = out / "final_model.ptz"
+    if state.env.rank == 0:
+        export.write_atomic(path, blob)
+    code_files = manifest.code_files(plugins)
+    code_bytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in code_files)
+    model_bytes = path.stat().st_size if state.env.rank == 0 else len(blob)
+    label = f"{quant_label}_{codec}"
+    log.log(f"Serialized model {quant_label}+{codec}: {model_bytes} bytes (raw_torch:{len(raw)})")
+    log.log(f"Code size: {code_bytes} bytes ({len(code_files)} files: core + enabled plugins)")
+    log.log(f"Total submission size {quant_label}+{codec}: {model_bytes + code_bytes} bytes")
+    if model_bytes + code_bytes > recipe.export.artifact_limit_bytes:
+        log.log(f"WARNING: artifact {model_bytes + code_bytes} bytes is over the "
+                f"{recipe.export.artifact_limit_bytes:,}-byte limit")
+    return Exported(label, path, model_bytes, code_bytes, len(raw), codec, dequantize)
