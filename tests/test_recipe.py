@@ -1,0 +1,121 @@
+"""Recipe loading: defaults, overrides, and clear errors (file, table, key, expected, did-you-mean)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from pgolf_core.errors import RecipeError
+from pgolf_core.recipe import SMOKE_OVERRIDES, dump_toml, load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclasses.dataclass
+class DemoConfig:
+    decay: float = 0.997
+    layers: list[int] = dataclasses.field(default_factory=lambda: [9, 10])
+
+
+class DemoPlugin:
+    name = "demo"
+    Config = DemoConfig
+
+
+def classes(names, source):
+    known = {"demo": DemoPlugin}
+    for n in names:
+        if n not in known:
+            raise RecipeError(f"{source}: [plugins.{n}] unknown plugin {n!r}")
+    return {n: known[n] for n in names}
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    return path
+
+
+def test_baseline_recipe_has_the_record_values():
+    r = load_recipe(ROOT / "recipes" / "baseline.toml")
+    assert (r.model.num_layers, r.model.model_dim, r.model.num_heads, r.model.num_kv_heads) == (9, 512, 8, 4)
+    assert (r.train.tied_embed_lr, r.train.matrix_lr, r.train.scalar_lr) == (0.05, 0.04, 0.04)
+    assert (r.train.warmdown_iters, r.train.train_batch_tokens, r.train.train_seq_len) == (1200, 524288, 1024)
+    assert r.export.compressor == "zlib" and r.export.level == 9
+    assert r.plugins == {}
+
+
+def test_overrides_smoke_and_seed(tmp_path):
+    r = load_recipe(write(tmp_path, "[train]\nmatrix_lr = 0.02\n"), ["train.matrix_lr=0.03", "run.name=x y"],
+                    smoke=True)
+    assert r.train.matrix_lr == 0.03
+    assert r.run.name == "x y"  # bare words become strings
+    assert r.model.model_dim == SMOKE_OVERRIDES["model.model_dim"]
+    assert r.train.warmdown_iters == SMOKE_OVERRIDES["train.warmdown_iters"]
+
+
+def test_int_accepted_for_float_but_not_the_reverse(tmp_path):
+    r = load_recipe(write(tmp_path, "[train]\nmatrix_lr = 1\n"))
+    assert r.train.matrix_lr == 1.0 and isinstance(r.train.matrix_lr, float)
+    with pytest.raises(RecipeError, match=r"\[train\] iterations: expected int, got float 1.5"):
+        load_recipe(write(tmp_path, "[train]\niterations = 1.5\n"))
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[train]\nmatrx_lr = 0.1\n", r"r.toml: \[train\] unknown key 'matrx_lr' \(did you mean \"matrix_lr\"\?\)"),
+        ("[train]\nmatrix_lr = \"fast\"\n", r"r.toml: \[train\] matrix_lr: expected float, got string 'fast'"),
+        ("[model]\ntie_embeddings = 1\n", r"\[model\] tie_embeddings: expected bool"),
+        ("[trian]\n", r"unknown table \[trian\] \(did you mean \"train\"\?\)"),
+        ("[train\nx=1", r"r.toml: invalid TOML"),
+        ("[plugins.dmeo]\n", r"\[plugins.dmeo\] unknown plugin 'dmeo'"),
+        ("[plugins.demo]\ndecay = \"x\"\n", r"\[plugins.demo\] decay: expected float, got string"),
+        ("[plugins.demo]\nlayers = [1, \"a\"]\n", r"\[plugins.demo\] layers\[1\]: expected int"),
+        ("[plugins.demo]\ndeacy = 0.9\n", r"unknown key 'deacy' \(did you mean \"decay\"\?\)"),
+        ("[model]\nattention = \"flsh\"\n", r"\[model\] attention: expected one of 'auto', 'sdpa', 'flash'"),
+        ("[model]\nmodel_dim = 100\nnum_heads = 8\n", r"model_dim=100 must be divisible by num_heads=8"),
+    ],
+)
+def test_malformed_recipes_name_file_table_key(tmp_path, text, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(write(tmp_path, text), plugin_classes=classes)
+
+
+def test_missing_file_and_bad_override(tmp_path):
+    with pytest.raises(RecipeError, match="recipe file not found"):
+        load_recipe(tmp_path / "nope.toml")
+    with pytest.raises(RecipeError, match="expected section.key=value"):
+        load_recipe(None, ["train.matrix_lr"])
+    with pytest.raises(RecipeError, match=r"--set train.matrx_lr=1 unknown|unknown key 'matrx_lr'"):
+        load_recipe(None, ["train.matrx_lr=1"])
+
+
+def test_plugins_enable_disable_keep_settings(tmp_path):
+    path = write(tmp_path, "[plugins.demo]\ndecay = 0.9\n")
+    r = load_recipe(path, plugin_classes=classes)
+    assert r.enabled_plugins == ["demo"] and r.plugins["demo"].config.decay == 0.9
+    r = load_recipe(path, disable=["demo"], plugin_classes=classes)
+    assert r.enabled_plugins == [] and r.plugins["demo"].config.decay == 0.9
+    r = load_recipe(write(tmp_path, "[plugins.demo]\nenabled = false\n"), enable=["demo"], plugin_classes=classes)
+    assert r.enabled_plugins == ["demo"]
+    r = load_recipe(path, ["plugins.demo.decay=0.5"], plugin_classes=classes)
+    assert r.plugins["demo"].config.decay == 0.5
+    with pytest.raises(RecipeError, match=r"--disable dmo: plugin 'dmo' is not in .*did you mean \"demo\""):
+        load_recipe(path, disable=["dmo"], plugin_classes=classes)
+
+
+def test_resolved_recipe_round_trips_through_toml(tmp_path):
+    r = load_recipe(write(tmp_path, "[plugins.demo]\nlayers = [3]\n"), ["train.adam_eps=1e-10"],
+                    plugin_classes=classes)
+    text = r.to_toml()
+    again = load_recipe(write(tmp_path, text), plugin_classes=classes)
+    assert again.to_dict() == r.to_dict()
+    assert again.sha256() == r.sha256()
+    assert "[plugins.demo]\nenabled = true\ndecay = 0.997\nlayers = [3]" in text
+
+
+def test_dump_toml_nested():
+    assert dump_toml({"a": {"x": 1, "b": {"y": "q\""}}}) == '[a]\nx = 1\n\n[a.b]\ny = "q\\""\n'

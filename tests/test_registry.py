@@ -1,0 +1,158 @@
+"""Plugin discovery, per-run registration order, exclusive-hook conflicts, broken plugins."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from functools import partial
+from pathlib import Path
+
+import pytest
+import torch
+
+from pgolf_core import registry
+from pgolf_core.build import build_model, build_model_with, model_spec
+from pgolf_core.cli import main
+from pgolf_core.errors import PgolfError, RecipeError
+from pgolf_core.recipe import load_recipe
+
+PLUGIN_TEMPLATE = '''
+import dataclasses
+from torch import nn
+from pgolf_core import hookimpl
+
+
+@dataclasses.dataclass
+class Config:
+    scale: float = 2.0
+
+
+class Scale(nn.Module):
+    """Multiplies the attention output by a constant (a stand-in for a real technique)."""
+
+    def __init__(self, scale):
+        super().__init__()
+        self.scale = scale
+
+    def forward(self, y, v):
+        return y * self.scale
+
+
+class Plugin:
+    """{doc}"""
+
+    name = "{name}"
+    version = "1.2.3"
+    order = {order}
+    Config = Config
+
+    def __init__(self, config):
+        self.config = config
+
+    @hookimpl
+    def pgolf_attention_post(self, spec, layer):
+        return Scale(self.config.scale) if layer == spec.num_layers - 1 else None
+
+    @hookimpl
+    def pgolf_configure(self, run):
+        run.log("configured {name}")
+        run.control_patterns.append("{name}")
+{extra}
+
+PLUGIN = Plugin
+'''
+
+ROTARY = '''
+    @hookimpl
+    def pgolf_rotary(self, spec, layer):
+        return None
+'''
+
+
+def make_plugin(directory: Path, name: str, order: int = 100, extra: str = "") -> None:
+    text = PLUGIN_TEMPLATE.format(name=name, order=order, doc=f"Demo plugin {name}.", extra=extra)
+    (directory / f"{name}.py").write_text(textwrap.dedent(text))
+
+
+def recipe_with(directory: Path, tmp_path: Path, body: str, **kwargs):
+    path = tmp_path / "r.toml"
+    path.write_text("[model]\nvocab_size = 64\nnum_layers = 2\nmodel_dim = 32\nnum_heads = 4\nnum_kv_heads = 2\n" + body)
+    return load_recipe(path, plugin_classes=partial(registry.plugin_classes, plugin_dirs=[directory]), **kwargs)
+
+
+def test_collecting_hooks_follow_order_then_name(tmp_path):
+    make_plugin(tmp_path, "zeta", order=10)
+    make_plugin(tmp_path, "alpha", order=50)
+    make_plugin(tmp_path, "beta", order=50)
+    r = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\n[plugins.beta]\n[plugins.zeta]\n")
+    pm = registry.create_manager(r, [tmp_path])
+    assert [p.name for p in registry.ordered_plugins(pm)] == ["zeta", "alpha", "beta"]
+    seen: list[str] = []
+    from pgolf_core.build import RunContext
+
+    run = RunContext(recipe=r, log=seen.append)
+    pm.hook.pgolf_configure(run=run)
+    assert seen == ["configured zeta", "configured alpha", "configured beta"]
+    assert run.control_patterns == ["zeta", "alpha", "beta"]
+
+
+def test_disabled_plugin_is_not_registered_and_has_no_effect(tmp_path):
+    make_plugin(tmp_path, "alpha")
+    on = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\nscale = 3.0\n")
+    off = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\nscale = 3.0\n", disable=["alpha"])
+    assert registry.create_manager(off, [tmp_path]).get_plugins() == set()
+    pm = registry.create_manager(on, [tmp_path])
+    m_on = build_model_with(model_spec(on, []), pm, seed=0)
+    m_off = build_model_with(model_spec(off, []), registry.create_manager(off, [tmp_path]), seed=0)
+    assert [len(b.attn.post) for b in m_on.blocks] == [0, 1]
+    assert [len(b.attn.post) for b in m_off.blocks] == [0, 0]
+    assert m_on.blocks[1].attn.post[0].scale == 3.0
+
+
+def test_two_plugins_on_an_exclusive_hook_is_an_error_naming_both(tmp_path):
+    make_plugin(tmp_path, "rope_a", extra=ROTARY)
+    make_plugin(tmp_path, "rope_b", extra=ROTARY)
+    r = recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
+    with pytest.raises(RecipeError, match="plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary"):
+        registry.create_manager(r, [tmp_path])
+
+
+def test_broken_plugin_is_reported_not_fatal(tmp_path, capsys):
+    make_plugin(tmp_path, "alpha")
+    (tmp_path / "broken.py").write_text("raise ImportError('needs libfoo')\n")
+    rows = {row["name"]: row for row in registry.describe([tmp_path])}
+    assert "needs libfoo" in rows["broken"]["error"]
+    assert rows["alpha"]["hooks"] == ["pgolf_attention_post", "pgolf_configure"]
+    assert rows["alpha"]["config"] == {"scale": 2.0} and rows["alpha"]["version"] == "1.2.3"
+    assert main(["plugins", "--plugins-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "broken  BROKEN: plugin 'broken'" in out and "alpha 1.2.3" in out
+    assert main(["plugins", "--json", "--plugins-dir", str(tmp_path)]) == 0
+    assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= {"alpha", "broken"}
+    # A recipe that names the broken plugin fails with a clear error.
+    with pytest.raises(PgolfError, match="plugin 'broken' .* failed to load: ImportError: needs libfoo"):
+        recipe_with(tmp_path, tmp_path, "[plugins.broken]\n")
+
+
+def test_plugins_order_command(tmp_path, capsys):
+    make_plugin(tmp_path, "alpha", order=20)
+    make_plugin(tmp_path, "beta", order=10)
+    path = tmp_path / "r.toml"
+    path.write_text("[plugins.alpha]\n[plugins.beta]\n")
+    assert main(["plugins", "--order", str(path), "--plugins-dir", str(tmp_path)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split()[:2] == ["1.", "beta"] and lines[1].split()[:2] == ["2.", "alpha"]
+
+
+def test_cli_reports_recipe_errors_with_exit_2(tmp_path, capsys):
+    path = tmp_path / "r.toml"
+    path.write_text("[train]\nmatrx_lr = 0.1\n")
+    assert main(["run", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgolf: error: ") and "matrx_lr" in err and "Traceback" not in err
+
+
+def test_build_model_is_deterministic_for_the_seed(tmp_path):
+    r = load_recipe(None, ["model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2"])
+    a, b = build_model(r), build_model(r)
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True))
