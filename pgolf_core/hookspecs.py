@@ -40,8 +40,17 @@ def pgolf_embed(spec: Any) -> Any:
     The module has `forward(x, input_ids) -> x` and a `stage` attribute: `"pre_norm"` modules run
     on the raw embedding before the embedding RMSNorm (BigramHash adds), `"post_norm"` modules
     after it (SmearGate mixes); the result of the last post-norm module is the residual anchor x0.
-    The module is registered as `model.<attr_name>` where `attr_name` is the module's
-    `state_dict_prefix` attribute (default: the plugin name), so record checkpoints can load.
+    The module is registered as `model.<state_dict_prefix>` (a required attribute), so that its
+    state-dict keys match the record scripts' and record checkpoints load.
+    """
+
+
+@hookspec
+def pgolf_value_embed(spec: Any) -> Any:
+    """Return a module (or None) computed once per forward: `forward(input_ids) -> {layer: tensor}`
+    of shape [B, T, Hkv * D], added to that block's flat value projection before the heads split
+    (so it flows through attention and attention post-processing). Registered like `pgolf_embed`
+    modules; an empty `state_dict_prefix` puts the module's children at the model's top level.
     """
 
 
@@ -70,7 +79,7 @@ def pgolf_linear(spec: Any, role: str, in_features: int, out_features: int) -> A
 @hookspec
 def pgolf_model_built(model: Any, spec: Any) -> None:
     """Called once after the model is built (fp32, CPU, before the precision cast, optimizers and
-    compile): init schemes, extra parameters' group tags."""
+    compile): init schemes, parameter group tags, static slots such as `block.norm_scale`."""
 
 
 @hookspec

@@ -111,11 +111,14 @@ class CausalSelfAttention(nn.Module):
         self.rotary = parts.rotary(layer)
         self.post = nn.ModuleList(parts.attention_post(layer))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, v_extra: Tensor | None = None) -> Tensor:
         bsz, seqlen, dim = x.shape
         q = self.c_q(x).reshape(bsz, seqlen, self.num_heads, self.head_dim).transpose(1, 2)
         k = self.c_k(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim).transpose(1, 2)
-        v = self.c_v(x).reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
+        v = self.c_v(x)
+        if v_extra is not None:  # value embeddings join the flat values before the head split
+            v = v + v_extra
+        v = v.reshape(bsz, seqlen, self.num_kv_heads, self.head_dim)
         q = F.rms_norm(q, (q.size(-1),))
         k = F.rms_norm(k, (k.size(-1),))
         q, k = self.rotary(q, k)
@@ -140,6 +143,9 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
+    # Slot: a constant that multiplies both pre-norm outputs (LN scale sets 1/sqrt(layer+1)).
+    norm_scale: float = 1.0
+
     def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
         super().__init__()
         d = spec.model_dim
@@ -149,11 +155,15 @@ class Block(nn.Module):
         self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
 
-    def forward(self, x: Tensor, x0: Tensor) -> Tensor:
+    def _norm(self, x: Tensor) -> Tensor:
+        x = F.rms_norm(x, (x.size(-1),))
+        return x * self.norm_scale if self.norm_scale != 1.0 else x
+
+    def forward(self, x: Tensor, x0: Tensor, v_extra: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(F.rms_norm(x, (x.size(-1),)))
-        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(F.rms_norm(x, (x.size(-1),)))
+        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self._norm(x), v_extra)
+        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self._norm(x))
         return x
 
 
@@ -164,6 +174,7 @@ class ModelParts:
 
     spec: ModelSpec
     embed: Callable[[], list[nn.Module]] = lambda: []
+    value_embed: Callable[[], list[nn.Module]] = lambda: []
     rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
     attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
     linear_factory: Callable[[str, int, int], nn.Module | None] = lambda role, i, o: None
@@ -194,11 +205,27 @@ class GPT(nn.Module):
             self.lm_head._zero_init = True
         pre, post = [], []
         for module in parts.embed():
-            name = getattr(module, "state_dict_prefix")
-            self.add_module(name, module)
+            name = self._attach(module)
             (pre if getattr(module, "stage", "post_norm") == "pre_norm" else post).append(name)
         self.embed_pre_names, self.embed_post_names = tuple(pre), tuple(post)
+        self.value_embed_names = tuple(self._attach(module) for module in parts.value_embed())
         self._init_weights()
+
+    def _attach(self, module: nn.Module) -> str:
+        """Register a plugin module as `self.<state_dict_prefix>`, or, when the prefix is empty, its
+        children directly on the model (so its state-dict keys match a record's top-level names)."""
+        name = str(module.state_dict_prefix)
+        if name:
+            self.add_module(name, module)
+            return name
+        for child_name, child in module.named_children():
+            self.add_module(child_name, child)
+        name = f"_flat_{len(self.__dict__.setdefault('_flat_modules', {}))}"
+        self.__dict__["_flat_modules"][name] = module
+        return name
+
+    def _plugin_module(self, name: str) -> nn.Module:
+        return self.__dict__["_flat_modules"][name] if name.startswith("_flat_") else getattr(self, name)
 
     def _init_weights(self) -> None:
         if self.spec.tie_embeddings:
@@ -211,20 +238,30 @@ class GPT(nn.Module):
         """Final-normed hidden states [B, T, d]."""
         x = self.tok_emb(input_ids)
         for name in self.embed_pre_names:
-            x = getattr(self, name)(x, input_ids)
+            x = self._plugin_module(name)(x, input_ids)
         x = F.rms_norm(x, (x.size(-1),))
         for name in self.embed_post_names:
-            x = getattr(self, name)(x, input_ids)
+            x = self._plugin_module(name)(x, input_ids)
         x0 = x
+        extra = self._value_extras(input_ids)
         skips: list[Tensor] = []
         for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0)
+            x = self.blocks[i](x, x0, extra.get(i))
             skips.append(x)
         for i in range(self.num_decoder_layers):
             if skips:
                 x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            x = self.blocks[self.num_encoder_layers + i](x, x0)
+            layer = self.num_encoder_layers + i
+            x = self.blocks[layer](x, x0, extra.get(layer))
         return F.rms_norm(x, (x.size(-1),))
+
+    def _value_extras(self, input_ids: Tensor) -> dict[int, Tensor]:
+        """Per-layer additions to the flat value projection, summed over value-embedding modules."""
+        extra: dict[int, Tensor] = {}
+        for name in self.value_embed_names:
+            for layer, value in self._plugin_module(name)(input_ids).items():
+                extra[layer] = extra[layer] + value if layer in extra else value
+        return extra
 
     def logits_of(self, x: Tensor) -> Tensor:
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
