@@ -3,7 +3,8 @@
 Muon (Newton–Schulz orthogonalized momentum) for the block matrices, Adam/AdamW for the token
 embedding and the small control tensors, a wallclock-aware linear warmdown and a Muon momentum
 warm-up. Parameter groups are decided by name rules; a plugin places its own parameters by
-setting `param._pgolf_group` to "token", "matrix", "scalar" or "head".
+setting `param._pgolf_group` to "token", "matrix", "scalar" or "head", and may give a parameter an
+Adam of its own with `param._pgolf_adam = {"lr": ..., "betas_2": ..., "weight_decay": ...}`.
 """
 
 from __future__ import annotations
@@ -141,7 +142,12 @@ class Optimizers:
 def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[str], device_type: str) -> Optimizers:
     """Token / head / scalar groups with Adam (AdamW when `adam_weight_decay > 0`), matrices with Muon."""
     groups: dict[str, list[Tensor]] = {"token": [], "head": [], "matrix": [], "scalar": []}
+    own: dict[tuple, list[Tensor]] = {}
     for name, param in model.named_parameters():
+        custom = getattr(param, "_pgolf_adam", None)
+        if custom:
+            own.setdefault(tuple(sorted(custom.items())), []).append(param)
+            continue
         group = param_group_of(name, param, control_patterns)
         if group not in groups:
             raise PgolfError(f"parameter {name!r}: unknown optimizer group {group!r}")
@@ -170,6 +176,17 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[
                 betas=(cfg.beta1, cfg.beta2),
                 eps=cfg.adam_eps,
                 weight_decay=cfg.adam_weight_decay,
+                **fused,
+            )
+        )
+    for key, params in own.items():  # e.g. PR #194's SmearGate Adam (lr 0.02, betas (0.9, 0.99))
+        c = dict(key)
+        optimizers.append(
+            torch.optim.Adam(
+                [{"params": params, "lr": c["lr"], "base_lr": c["lr"]}],
+                betas=(cfg.beta1, c.get("betas_2", cfg.beta2)),
+                eps=cfg.adam_eps,
+                weight_decay=c.get("weight_decay", 0.0),
                 **fused,
             )
         )

@@ -1,0 +1,83 @@
+"""BigramHash: a hashed (previous token, token) embedding added to the token embedding.
+
+What: bucket `h_0 = B − 1`, `h_i = ((36313·t_i) XOR (27191·t_{i−1})) mod (B − 1)` (int32); table
+E ∈ R^{B×k} zero-init, projection k→d, scalar `scale` (init 0.05); `scale · P(E[h])` is added to
+the token embedding before the embedding RMSNorm (TECHNIQUES.md T16, v2).
+Why: bigram statistics for the price of a small table. Source: PR #297 (4096×128), PR #374/#414
+(2048×128). The projection is zeroed here and overwritten by `ortho_init` when that plugin is on
+(as in the records). Reported Δbpb: not isolated in any record log.
+Groups: E → token group, P → Muon, scale → scalar group (name contains "bigram.scale").
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core import CastedLinear, hookimpl
+
+
+@dataclass
+class Config:
+    buckets: int = 2048
+    dim: int = 128
+    scale_init: float = 0.05
+
+
+def bigram_buckets(tokens: Tensor, buckets: int) -> Tensor:
+    t = tokens.to(torch.int32)
+    mod = buckets - 1
+    rest = torch.bitwise_xor(36313 * t[..., 1:], 27191 * t[..., :-1]) % mod
+    first = torch.full_like(t[..., :1], mod)
+    return torch.cat([first, rest], dim=-1).long()
+
+
+class BigramHashEmbedding(nn.Module):
+    state_dict_prefix = "bigram"
+    stage = "pre_norm"
+
+    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float) -> None:
+        super().__init__()
+        self.buckets = buckets
+        self.embed = nn.Embedding(buckets, dim)
+        nn.init.zeros_(self.embed.weight)
+        self.proj = CastedLinear(dim, model_dim) if dim != model_dim else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+
+    def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
+        h = self.embed(bigram_buckets(input_ids, self.buckets))
+        if self.proj is not None:
+            h = self.proj(h)
+        return x + h * self.scale.to(dtype=h.dtype)
+
+
+class BigramHash:
+    """Hashed bigram embedding added before the embedding norm."""
+
+    name = "bigram_hash"
+    version = "0.1.0"
+    order = 10
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        if config.buckets < 2:
+            raise ValueError("bigram_hash: buckets must be >= 2")
+        self.config = config
+
+    @hookimpl
+    def pgolf_configure(self, run) -> None:
+        run.control_patterns.append("bigram.scale")
+
+    @hookimpl
+    def pgolf_embed(self, spec):
+        c = self.config
+        module = BigramHashEmbedding(c.buckets, c.dim, spec.model_dim, c.scale_init)
+        module.embed.weight._pgolf_group = "token"
+        if module.proj is not None:
+            module.proj.weight._pgolf_group = "matrix"
+        module.scale._pgolf_group = "scalar"
+        return module

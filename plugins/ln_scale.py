@@ -1,0 +1,30 @@
+"""LN scale: multiply block i's two pre-norm outputs by 1/sqrt(i+1).
+
+What: `attn(RMSNorm(x)·s_i)`, `mlp(RMSNorm(x)·s_i)` with `s_i = 1/√(i+1)` (TECHNIQUES.md T22).
+With QK-norm the factor cancels in q and k, so it scales V (attention output ∝ s_i) and the relu²
+MLP output by s_i². No parameters. Source: R-PRP, PR #374/#414. Reported Δbpb: not isolated.
+It fills the model's static `norm_scale` slot before compilation.
+"""
+
+from __future__ import annotations
+
+import math
+
+from pgolf_core import hookimpl
+
+
+class LnScale:
+    """Scale block i's normed inputs by 1/sqrt(i+1)."""
+
+    name = "ln_scale"
+    version = "0.1.0"
+    order = 50
+    Config = None
+
+    def __init__(self, config: None) -> None:
+        self.config = config
+
+    @hookimpl
+    def pgolf_model_built(self, model, spec) -> None:
+        for i, block in enumerate(model.blocks):
+            block.norm_scale = 1.0 / math.sqrt(i + 1)

@@ -1,0 +1,61 @@
+"""OrthoInit: orthogonal init of the large linear layers, with the records' output scaling.
+
+What (PR #297/#374/#414 rule, TECHNIQUES.md T17): for every Linear, flagged zero-init → zeros;
+else if both dims ≥ `min_dim` (64) → `orthogonal_(gain=1)`, and if its name contains ".proj." or
+ends with ".proj" → × 1/√(2L). Record quirk: the block output projections are zero-init flagged,
+so the 1/√(2L) scaling reaches only `bigram.proj` and `ve_shared.proj`. `scale_zero_init_proj =
+true` is the fix the READMEs describe (orthogonal × 1/√(2L) on attn.proj/mlp.proj too), off in
+the record recipes. PR #194's rule: `min_dim = 1` (every non-zero-init Linear).
+Runs late (order 900) so that it sees every plugin's layers, as the records' `_init_weights` does.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from pgolf_core import hookimpl
+
+
+@dataclass
+class Config:
+    min_dim: int = 64
+    scale_proj: bool = True
+    scale_zero_init_proj: bool = False
+
+
+def is_output_projection(name: str) -> bool:
+    return ".proj." in name or name.endswith(".proj")
+
+
+class OrthoInit:
+    """Orthogonal init for large matrices; 1/sqrt(2L) on output projections."""
+
+    name = "ortho_init"
+    version = "0.1.0"
+    order = 900
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def pgolf_model_built(self, model, spec) -> None:
+        c = self.config
+        gain = 1.0 / math.sqrt(2 * spec.num_layers)
+        with torch.no_grad():
+            for name, module in model.named_modules():
+                if not isinstance(module, nn.Linear):
+                    continue
+                w = module.weight
+                zero = getattr(module, "_zero_init", False)
+                if zero and not c.scale_zero_init_proj:
+                    nn.init.zeros_(w)
+                    continue
+                if w.ndim == 2 and min(w.shape) >= c.min_dim:
+                    nn.init.orthogonal_(w, gain=1.0)
+                    if c.scale_proj and is_output_projection(name):
+                        w.mul_(gain)

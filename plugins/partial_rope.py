@@ -1,0 +1,72 @@
+"""Partial RoPE: rotate only the first `dims` of each head's dimensions, with NTK base scaling.
+
+What: half-split rotary inside the first `dims` (dims 0..dims/2−1 pair with dims/2..dims−1), the
+rest pass through; frequencies `base^(−2i/dims)`. When the sequence is longer than the reference
+length, `base' = base·(T/ref)^(dims/(dims−2))` (TECHNIQUES.md T21).
+Record quirk (#374/#414/#415): the reference length is hard-coded to 1024 while training at 2048,
+so the NTK branch always fires (effective base ≈ 22,082 for dims 16). `ntk_ref_len = 1024`
+reproduces it; `ntk_ref_len = 0` uses the recipe's train_seq_len (the fix: plain base at 2048).
+Source: R-PRP, PR #374/#414. Reported Δbpb: not isolated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core import hookimpl
+
+
+@dataclass
+class Config:
+    dims: int = 16
+    ntk_ref_len: int = 1024  # the records' hard-coded value; 0 = train_seq_len
+
+
+class PartialRotary(nn.Module):
+    def __init__(self, head_dim: int, dims: int, base: float, ref_len: int) -> None:
+        super().__init__()
+        self.dims, self.base, self.ref_len = min(dims, head_dim), base, ref_len
+        inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+
+    def frequencies(self, seq_len: int, device: torch.device) -> Tensor:
+        if seq_len <= self.ref_len:
+            return self.inv_freq.to(device)
+        rd = self.dims
+        base = self.base * ((seq_len / self.ref_len) ** (rd / (rd - 2)))
+        return 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd))
+
+    def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
+        rot, rest = x[..., : self.dims], x[..., self.dims :]
+        half = self.dims // 2
+        x1, x2 = rot[..., :half], rot[..., half:]
+        return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos, rest), dim=-1)
+
+    def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
+        seq_len = q.size(-2)
+        inv_freq = self.frequencies(seq_len, q.device)
+        freqs = torch.outer(torch.arange(seq_len, device=q.device, dtype=inv_freq.dtype), inv_freq)
+        cos, sin = freqs.cos()[None, None].to(q.dtype), freqs.sin()[None, None].to(q.dtype)
+        return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
+
+
+class PartialRope:
+    """Rotary embedding on the first `dims` head dimensions (NTK-scaled past the reference length)."""
+
+    name = "partial_rope"
+    version = "0.1.0"
+    order = 50
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        if config.dims < 4 or config.dims % 2:
+            raise ValueError("partial_rope: dims must be even and >= 4")
+        self.config = config
+
+    @hookimpl
+    def pgolf_rotary(self, spec, layer: int):
+        ref = self.config.ntk_ref_len or spec.train_seq_len
+        return PartialRotary(spec.head_dim, self.config.dims, spec.rope_base, ref)

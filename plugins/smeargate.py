@@ -1,0 +1,90 @@
+"""SmearGate: blend each position's embedding with the previous position's.
+
+What: per-dimension gate `g` (zero-init, so σ(g) = 0.5): `x'_t = (1 − σ(g)) ⊙ x_t + σ(g) ⊙ x_{t−1}`,
+`x_{−1} = 0` (TECHNIQUES.md T15, "v2"). The scalar, input-dependent variant of PR #192 is
+selectable (`variant = "scalar"`: `x'_t = x_t + λ·σ(w·x_t)·x_{t−1}`, w and λ zero-init).
+Why: a cheap bigram-like signal at the input, applied once (not per layer).
+Source: PR #194 (before the embedding RMSNorm, own Adam β=(0.9, 0.99)), PR #297/#414 (after the
+RMSNorm, scalar AdamW group). Reported Δbpb: not isolated in any record log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core import hookimpl
+
+
+@dataclass
+class Config:
+    variant: str = "per_dim"  # per_dim | scalar
+    placement: str = "post_norm"  # post_norm (#297/#414) | pre_norm (#194)
+    gate_init: float = 0.0
+    # When > 0, the gate gets its own Adam (PR #194: lr 0.02, betas (0.9, 0.99)); else the scalar group.
+    own_adam_lr: float = 0.0
+    own_adam_beta2: float = 0.99
+
+
+def shift_right(x: Tensor) -> Tensor:
+    """x_{t-1} for every t in the same row, zeros at t = 0."""
+    return torch.cat([torch.zeros_like(x[:, :1]), x[:, :-1]], dim=1)
+
+
+class PerDimSmear(nn.Module):
+    state_dict_prefix = "smear"
+
+    def __init__(self, dim: int, stage: str, gate_init: float) -> None:
+        super().__init__()
+        self.stage = stage
+        self.gate = nn.Parameter(torch.full((dim,), gate_init, dtype=torch.float32))
+
+    def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
+        g = torch.sigmoid(self.gate.to(dtype=x.dtype))[None, None, :]
+        return (1 - g) * x + g * shift_right(x)
+
+
+class ScalarSmear(nn.Module):
+    state_dict_prefix = "smear"
+
+    def __init__(self, dim: int, stage: str) -> None:
+        super().__init__()
+        self.stage = stage
+        self.gate = nn.Linear(dim, 1, bias=False)
+        nn.init.zeros_(self.gate.weight)
+        self.lam = nn.Parameter(torch.zeros((), dtype=torch.float32))
+
+    def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
+        gate = torch.sigmoid(nn.functional.linear(x, self.gate.weight.to(x.dtype)))
+        return x + self.lam.to(x.dtype) * gate * shift_right(x)
+
+
+class SmearGate:
+    """Gate each position's embedding with the previous one (per-dim or scalar)."""
+
+    name = "smeargate"
+    version = "0.1.0"
+    order = 20
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        if config.variant not in ("per_dim", "scalar") or config.placement not in ("post_norm", "pre_norm"):
+            raise ValueError("smeargate: variant must be per_dim|scalar, placement post_norm|pre_norm")
+        self.config = config
+
+    @hookimpl
+    def pgolf_configure(self, run) -> None:
+        run.control_patterns.append("smear")
+
+    @hookimpl
+    def pgolf_embed(self, spec):
+        c = self.config
+        module = (PerDimSmear(spec.model_dim, c.placement, c.gate_init) if c.variant == "per_dim"
+                  else ScalarSmear(spec.model_dim, c.placement))
+        for p in module.parameters():
+            p._pgolf_group = "scalar"
+            if c.own_adam_lr > 0:
+                p._pgolf_adam = {"lr": c.own_adam_lr, "betas_2": c.own_adam_beta2, "weight_decay": 0.0}
+        return module

@@ -1,0 +1,90 @@
+"""Value embeddings (VE128): a shared token table added to the attention values of chosen layers.
+
+What: `ve = P(E_ve[ids]) · scale` once per forward (E_ve ∈ R^{V×dim} ~ N(0, 0.01²), P: dim → Hkv·D,
+zeroed here and made orthogonal by `ortho_init` as in the records, `scale` init 0.1); at layer ℓ
+the block's flat value projection gets `ve · layer_scale[ℓ]` (init 1.0) before the heads split, so
+it flows through attention and XSA (TECHNIQUES.md T23).
+Why: re-injects token identity deep in the network. Source: PR #374/#414 (dim 128, layers 9, 10).
+State-dict keys match the records: `ve_shared.{embed,proj}.weight`, `ve_shared.scale`,
+`ve_layer_scales.{k}`. Reported Δbpb: not isolated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core import CastedLinear, hookimpl
+
+
+@dataclass
+class Config:
+    dim: int = 128
+    layers: list[int] = field(default_factory=lambda: [9, 10])
+    init_std: float = 0.01
+    scale_init: float = 0.1
+    layer_scale_init: float = 1.0
+
+
+class SharedValueTable(nn.Module):
+    def __init__(self, vocab: int, dim: int, kv_dim: int, init_std: float, scale_init: float) -> None:
+        super().__init__()
+        self.embed = nn.Embedding(vocab, dim)
+        nn.init.normal_(self.embed.weight, std=init_std)
+        self.proj = CastedLinear(dim, kv_dim) if dim != kv_dim else None
+        if self.proj is not None:
+            nn.init.zeros_(self.proj.weight)
+        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+
+    def forward(self, input_ids: Tensor) -> Tensor:
+        h = self.embed(input_ids)
+        if self.proj is not None:
+            h = self.proj(h)
+        return h * self.scale.to(dtype=h.dtype)
+
+
+class ValueEmbeddings(nn.Module):
+    state_dict_prefix = ""  # children at the model's top level, as in the records
+
+    def __init__(self, spec, c: Config) -> None:
+        super().__init__()
+        self.layers = tuple(c.layers)
+        self.ve_shared = SharedValueTable(spec.vocab_size, c.dim, spec.kv_dim, c.init_std, c.scale_init)
+        self.ve_layer_scales = nn.ParameterList(
+            [nn.Parameter(torch.full((1,), c.layer_scale_init, dtype=torch.float32)) for _ in self.layers]
+        )
+
+    def forward(self, input_ids: Tensor) -> dict[int, Tensor]:
+        base = self.ve_shared(input_ids)
+        return {layer: base * self.ve_layer_scales[k].to(dtype=base.dtype) for k, layer in enumerate(self.layers)}
+
+
+class ValueEmbed:
+    """Shared value-embedding table added to the values of selected layers."""
+
+    name = "value_embed"
+    version = "0.1.0"
+    order = 60
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def pgolf_configure(self, run) -> None:
+        run.control_patterns.extend(["ve_layer_scales", "ve_shared.scale"])
+        bad = [i for i in self.config.layers if not 0 <= i < run.recipe.model.num_layers]
+        if bad:
+            raise ValueError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
+
+    @hookimpl
+    def pgolf_value_embed(self, spec):
+        module = ValueEmbeddings(spec, self.config)
+        module.ve_shared.embed.weight._pgolf_group = "token"
+        if module.ve_shared.proj is not None:
+            module.ve_shared.proj.weight._pgolf_group = "matrix"
+        for p in [module.ve_shared.scale, *module.ve_layer_scales]:
+            p._pgolf_group = "scalar"
+        return module

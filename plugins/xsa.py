@@ -1,0 +1,47 @@
+"""XSA (exclusive self attention) on the last N layers.
+
+What: after attention, remove from each head's output its component along the token's own
+(normalized) value vector: `y ← y − (y·v̂) v̂`, with v̂ from the KV head serving that query head
+(TECHNIQUES.md T20). GQA-aware through a [B, T, Hkv, H/Hkv, D] view, no repeat_interleave.
+Why: stops a token from attending to itself as a shortcut. Source: R-XSA (last 3), R-EMA/#374/#414
+(last 4). No parameters. Reported Δbpb: not isolated in the #414 log.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf_core import hookimpl
+
+
+@dataclass
+class Config:
+    last_n: int = 4
+
+
+class ExclusiveSelfAttention(nn.Module):
+    def forward(self, y: Tensor, v: Tensor) -> Tensor:
+        b, t, h, d = y.shape
+        hkv = v.size(-2)
+        grouped = y.reshape(b, t, hkv, h // hkv, d)
+        v_hat = F.normalize(v, dim=-1).unsqueeze(-2)
+        return (grouped - (grouped * v_hat).sum(dim=-1, keepdim=True) * v_hat).reshape(b, t, h, d)
+
+
+class XSA:
+    """Exclusive self attention on the last `last_n` blocks."""
+
+    name = "xsa"
+    version = "0.1.0"
+    order = 50
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    @hookimpl
+    def pgolf_attention_post(self, spec, layer: int):
+        return ExclusiveSelfAttention() if layer >= spec.num_layers - self.config.last_n else None
