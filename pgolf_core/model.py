@@ -220,6 +220,8 @@ class GPT(nn.Module):
             return name
         for child_name, child in module.named_children():
             self.add_module(child_name, child)
+        for param_name, param in module.named_parameters(recurse=False):
+            self.register_parameter(param_name, param)
         name = f"_flat_{len(self.__dict__.setdefault('_flat_modules', {}))}"
         self.__dict__["_flat_modules"][name] = module
         return name

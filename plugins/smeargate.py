@@ -26,6 +26,8 @@ class Config:
     # When > 0, the gate gets its own Adam (PR #194: lr 0.02, betas (0.9, 0.99)); else the scalar group.
     own_adam_lr: float = 0.0
     own_adam_beta2: float = 0.99
+    # State-dict name of the per-dim gate: "smear.gate" (#297/#414) or "smear_gate_param" (#194).
+    state_key: str = "smear.gate"
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -36,13 +38,17 @@ def shift_right(x: Tensor) -> Tensor:
 class PerDimSmear(nn.Module):
     state_dict_prefix = "smear"
 
-    def __init__(self, dim: int, stage: str, gate_init: float) -> None:
+    def __init__(self, dim: int, stage: str, gate_init: float, flat_name: str = "") -> None:
         super().__init__()
         self.stage = stage
-        self.gate = nn.Parameter(torch.full((dim,), gate_init, dtype=torch.float32))
+        self.param_name = flat_name or "gate"
+        if flat_name:  # a top-level parameter, e.g. PR #194's `smear_gate_param`
+            self.state_dict_prefix = ""
+        self.register_parameter(self.param_name, nn.Parameter(torch.full((dim,), gate_init, dtype=torch.float32)))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
-        g = torch.sigmoid(self.gate.to(dtype=x.dtype))[None, None, :]
+        gate = getattr(self, self.param_name)
+        g = torch.sigmoid(gate.to(dtype=x.dtype))[None, None, :]
         return (1 - g) * x + g * shift_right(x)
 
 
@@ -81,7 +87,8 @@ class SmearGate:
     @hookimpl
     def pgolf_embed(self, spec):
         c = self.config
-        module = (PerDimSmear(spec.model_dim, c.placement, c.gate_init) if c.variant == "per_dim"
+        flat = "" if c.state_key == "smear.gate" else c.state_key
+        module = (PerDimSmear(spec.model_dim, c.placement, c.gate_init, flat) if c.variant == "per_dim"
                   else ScalarSmear(spec.model_dim, c.placement))
         for p in module.parameters():
             p._pgolf_group = "scalar"

@@ -42,3 +42,46 @@ def test_pr414_architecture_matches_record(tmp_path):
     golden = torch.load(FIXTURES / "pr414_golden.pt")
     model.load_state_dict(randomize(model.state_dict(), 414), strict=True)
     assert_matches_golden(model, golden)
+
+
+PR194_SMALL = """
+[model]
+vocab_size = 128
+num_layers = 11
+model_dim = 128
+num_heads = 4
+num_kv_heads = 2
+mlp_mult = 3.0
+[plugins.smeargate]
+placement = "pre_norm"
+state_key = "smear_gate_param"
+[plugins.ortho_init]
+min_dim = 1
+"""
+
+PR63_SMALL = """
+[model]
+vocab_size = 128
+num_layers = 10
+model_dim = 128
+num_heads = 4
+num_kv_heads = 2
+mlp_hidden = 336
+"""
+
+
+def _check(tmp_path, text: str, fixture: str, seed: int) -> None:
+    path = tmp_path / "r.toml"
+    path.write_text(text)
+    model = build_model(load_recipe(path))
+    golden = torch.load(FIXTURES / fixture)
+    model.load_state_dict(randomize(model.state_dict(), seed), strict=True)
+    assert_matches_golden(model, golden)
+
+
+def test_pr194_architecture_matches_record(tmp_path):
+    _check(tmp_path, PR194_SMALL, "pr194_golden.pt", 194)
+
+
+def test_pr63_architecture_matches_record(tmp_path):
+    _check(tmp_path, PR63_SMALL, "pr63_golden.pt", 63)
