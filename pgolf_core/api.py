@@ -77,9 +77,11 @@ def export(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     pm = create_manager(recipe)
+    run = configure(recipe, pm, log=log)
     runlog = RunLog(None)
     runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
-    state = TrainState(recipe, model, Optimizers([], None), Env(torch.device("cpu")), runlog, out_dir=out)
+    state = TrainState(recipe, model, Optimizers([], None), Env(torch.device("cpu")), runlog, out_dir=out,
+                       control_patterns=run.control_patterns)
     exported = export_model(state, pm, out, ordered_plugins(pm))
     return {"path": str(exported.path), "model_bytes": exported.model_bytes, "code_bytes": exported.code_bytes,
             "artifact_bytes": exported.model_bytes + exported.code_bytes, "format": exported.label}

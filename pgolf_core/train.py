@@ -73,6 +73,7 @@ class TrainState:
     lr_scale: float = 1.0
     elapsed_ms: float = 0.0
     out_dir: Path | None = None
+    control_patterns: list[str] = field(default_factory=list)  # core + what plugins appended
     reports: dict[str, Any] = field(default_factory=dict)
 
     def report(self, key: str, value: Any) -> None:
@@ -205,7 +206,7 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
     if not env.is_cuda:
         manifest.warn_if_full_scale_on_cpu(recipe, n_params, accum, log.log)
 
-    state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out)
+    state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out, control_patterns=run.control_patterns)
     val_rows = max(recipe.eval.batch_tokens // (env.world_size * accum) // eval_seq, 1)
 
     def run_eval(m: torch.nn.Module) -> evaluation.EvalResult:
@@ -385,7 +386,7 @@ def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> E
     if answer is None:
         obj, _ = export.quantize_int8(
             weights, keep_float_max_numel=recipe.export.keep_float_max_numel,
-            clip_quantile=recipe.export.clip_quantile, control_patterns=tuple(state.recipe.train.control_patterns),
+            clip_quantile=recipe.export.clip_quantile, control_patterns=tuple(state.control_patterns),
         )
         quant_label, dequantize = "int8", export.dequantize_int8
     else:
