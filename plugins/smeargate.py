@@ -28,6 +28,8 @@ class Config:
     own_adam_beta2: float = 0.99
     # State-dict name of the per-dim gate: "smear.gate" (#297/#414) or "smear_gate_param" (#194).
     state_key: str = "smear.gate"
+    # Name it a control tensor (fp32 passthrough in the int8 exporter, #414's pattern list); #194 did not.
+    as_control: bool = True
 
 
 def shift_right(x: Tensor) -> Tensor:
@@ -82,7 +84,8 @@ class SmearGate:
 
     @hookimpl
     def pgolf_configure(self, run) -> None:
-        run.control_patterns.append("smear")
+        if self.config.as_control:
+            run.control_patterns.append("smear")
 
     @hookimpl
     def pgolf_embed(self, spec):
