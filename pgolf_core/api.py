@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from pgolf_core import evaluation, export as export_lib
+from pgolf_core import artifact, evaluation
 from pgolf_core.build import build_model_with, configure, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
@@ -27,12 +27,12 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     data = path.read_bytes()
     for codec in ("raw", "zlib", "zstd"):
         try:
-            raw = data if codec == "raw" else export_lib.decompress(data, codec)
-            obj = export_lib.deserialize(raw)
+            raw = data if codec == "raw" else artifact.decompress(data, codec)
+            obj = artifact.deserialize(raw)
         except Exception:  # noqa: BLE001 - try the next container format
             continue
         if isinstance(obj, dict) and obj.get("__quant_format__") == "int8_clean_per_row_v1":
-            return export_lib.dequantize_int8(obj)
+            return artifact.dequantize_int8(obj)
         if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
     raise PgolfError(f"{path}: not a state dict (torch.save) nor an int8 artifact (zlib/zstd)")

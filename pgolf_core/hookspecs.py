@@ -115,7 +115,7 @@ def pgolf_quantize(state: Any, weights: dict, plan: dict) -> Any:
 @hookspec(firstresult=True)
 def pgolf_compress(raw: bytes) -> Any:
     """Exclusive. Return `(codec_name, compressed_bytes)`; `codec_name` must be one that
-    `pgolf_core.export.decompress` reads back ("zlib", "zstd"). Default: the recipe's `[export]`
+    `pgolf_core.artifact.decompress` reads back ("zlib", "zstd"). Default: the recipe's `[export]`
     compressor (zlib level 9 in the baseline)."""
 
 

@@ -47,7 +47,9 @@ def sha256_file(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any, max_train_tokens: int = 20_000_000) -> float:
+def unigram_bpb(
+    train_files: list[Path], val_tokens: torch.Tensor, tables: Any, max_train_tokens: int = 20_000_000
+) -> float:
     """BPB of a unigram model (add-one smoothed counts from the first train tokens) on the val
     targets: the floor any trained model must clear."""
     vocab = int(tables.base_bytes.numel())
@@ -177,6 +179,6 @@ def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any) 
         f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
         f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "
         f"take about {record_steps * step_s / 86400:.0f} days"
-        + (f", and the {cap:.0f} s wallclock cap will stop training after ~{max(int(cap / step_s), 1)} step(s)" if cap else "")
+        + (f", and the {cap:.0f} s wallclock cap stops it after ~{max(int(cap / step_s), 1)} step(s)" if cap else "")
         + ". Add --smoke for a one-minute run of the same recipe at small size."
     )

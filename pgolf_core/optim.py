@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
@@ -22,10 +23,10 @@ from pgolf_core.recipe import TrainConfig
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 
 
-def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7) -> Tensor:
-    """Approximately orthogonalize a matrix in bf16 (quintic Newton–Schulz iteration)."""
+def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:
+    """Approximately orthogonalize a matrix (quintic Newton–Schulz iteration; bf16 as the records)."""
     a, b, c = NS_COEFFS
-    x = grad.bfloat16()
+    x = grad.to(dtype)
     x = x / (x.norm() + eps)
     tall = grad.size(0) > grad.size(1)
     if tall:
@@ -164,7 +165,8 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[
             continue
         if name == "matrix":
             muon = Muon(params, lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
-                        backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_weight_decay)
+                        backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_weight_decay,
+                        orthogonalize=partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype)))
             for group in muon.param_groups:
                 group["base_lr"] = cfg.matrix_lr
             optimizers.append(muon)

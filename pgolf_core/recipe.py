@@ -84,6 +84,9 @@ class TrainConfig:
     muon_momentum_warmup_steps: int = 500
     muon_backend_steps: int = 5
     muon_weight_decay: float = 0.0
+    # The records orthogonalize in bfloat16 (fast on GPUs). CPUs without bf16 matmul units run it
+    # 30-100x slower than float32, so `--smoke` switches to float32; full recipes keep the record's.
+    muon_ns_dtype: str = "bfloat16"
     control_patterns: list[str] = field(default_factory=lambda: list(BASELINE_CONTROL_PATTERNS))
 
 
@@ -185,6 +188,7 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "train.train_log_every": 25,
     "train.grad_accum_steps": 1,
     "train.muon_momentum_warmup_steps": 50,
+    "train.muon_ns_dtype": "float32",
     "eval.batch_tokens": 16 * 128,
     "eval.max_tokens": 32_768,
     "eval.sliding_batch_seqs": 16,
@@ -281,6 +285,7 @@ def _check_core(recipe: Recipe) -> None:
         ("run", "compile"): ("auto", "on", "off"),
         ("export", "compressor"): ("zlib", "zstd"),
         ("eval", "sliding_tail"): ("record", "once"),
+        ("train", "muon_ns_dtype"): ("bfloat16", "float32"),
     }
     for (section, key), allowed in choices.items():
         value = getattr(getattr(recipe, section), key)

@@ -15,6 +15,7 @@ import dataclasses
 import importlib.metadata
 import importlib.util
 import inspect
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,6 +59,7 @@ def _file_loader(file: Path) -> Any:
         spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
         assert spec is not None and spec.loader is not None
         module = importlib.util.module_from_spec(spec)
+        sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
         spec.loader.exec_module(module)
         if not hasattr(module, "PLUGIN"):
             raise AttributeError(f"{file} defines no PLUGIN class")

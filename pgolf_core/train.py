@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pgolf_core import evaluation, export, manifest
+from pgolf_core import artifact, evaluation, manifest
 from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, configure, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
@@ -287,6 +287,9 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
         pm.hook.pgolf_post_step(state=state)
         approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
+            if env.distributed:  # the mean over all ranks: the loss of the global batch, not rank 0's share
+                dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)  # (gloo has no AVG)
+                train_loss /= env.world_size
             loss_value = train_loss.item()
             log.log(
                 f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} "
@@ -371,7 +374,7 @@ class Exported:
     dequantize: Any
 
     def read_back(self) -> Any:
-        return export.deserialize(export.decompress(self.path.read_bytes(), self.codec))
+        return artifact.deserialize(artifact.decompress(self.path.read_bytes(), self.codec))
 
 
 def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> Exported:
@@ -379,26 +382,26 @@ def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> E
     recipe, log = state.recipe, state.log
     weights = {k: v.detach().to("cpu").contiguous() for k, v in state.model.state_dict().items()}
     if state.env.rank == 0:
-        export.write_atomic(out / "final_model.pt", export.serialize(weights))
+        artifact.write_atomic(out / "final_model.pt", artifact.serialize(weights))
     plan: dict[str, dict[str, Any]] = {name: {} for name in weights}
     pm.hook.pgolf_pre_export(state=state, weights=weights, plan=plan)
     answer = pm.hook.pgolf_quantize(state=state, weights=weights, plan=plan)
     if answer is None:
-        obj, _ = export.quantize_int8(
+        obj, _ = artifact.quantize_int8(
             weights, keep_float_max_numel=recipe.export.keep_float_max_numel,
             clip_quantile=recipe.export.clip_quantile, control_patterns=tuple(state.control_patterns),
         )
-        quant_label, dequantize = "int8", export.dequantize_int8
+        quant_label, dequantize = "int8", artifact.dequantize_int8
     else:
         quant_label, obj, dequantize = answer
-    raw = export.serialize(obj)
+    raw = artifact.serialize(obj)
     compressed = pm.hook.pgolf_compress(raw=raw)
     codec, blob = compressed if compressed is not None else (
-        recipe.export.compressor, export.compress(raw, recipe.export.compressor, recipe.export.level)
+        recipe.export.compressor, artifact.compress(raw, recipe.export.compressor, recipe.export.level)
     )
     path = out / "final_model.ptz"
     if state.env.rank == 0:
-        export.write_atomic(path, blob)
+        artifact.write_atomic(path, blob)
     code_files = manifest.code_files(plugins)
     code_bytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in code_files)
     model_bytes = path.stat().st_size if state.env.rank == 0 else len(blob)

@@ -76,7 +76,8 @@ def make_plugin(directory: Path, name: str, order: int = 100, extra: str = "") -
 
 def recipe_with(directory: Path, tmp_path: Path, body: str, **kwargs):
     path = tmp_path / "r.toml"
-    path.write_text("[model]\nvocab_size = 64\nnum_layers = 2\nmodel_dim = 32\nnum_heads = 4\nnum_kv_heads = 2\n" + body)
+    model = "[model]\nvocab_size = 64\nnum_layers = 2\nmodel_dim = 32\nnum_heads = 4\nnum_kv_heads = 2\n"
+    path.write_text(model + body)
     return load_recipe(path, plugin_classes=partial(registry.plugin_classes, plugin_dirs=[directory]), **kwargs)
 
 
@@ -113,7 +114,8 @@ def test_two_plugins_on_an_exclusive_hook_is_an_error_naming_both(tmp_path):
     make_plugin(tmp_path, "rope_a", extra=ROTARY)
     make_plugin(tmp_path, "rope_b", extra=ROTARY)
     r = recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
-    with pytest.raises(RecipeError, match="plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary"):
+    message = "plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary"
+    with pytest.raises(RecipeError, match=message):
         registry.create_manager(r, [tmp_path])
 
 

@@ -1,0 +1,292 @@
+"""Turn your own text into challenge-format data: a SentencePiece BPE tokenizer trained with the
+official sp1024 settings (T01) at any vocab size, and `fineweb_{val,train}_NNNNNN.bin` shards.
+
+Input files:
+* `.txt`: documents are separated by blank lines (a line holding only whitespace). Paragraph-sized
+  documents give the validation split enough documents to draw from even when you have one file;
+  put a multi-paragraph document in a `.jsonl` line to keep it whole.
+* `.jsonl`: one JSON object per line with a string field "text" (the FineWeb `docs_selected.jsonl`
+  layout). Blank lines are ignored.
+Documents that are empty after stripping whitespace are dropped.
+
+Layout, as the official export: each document becomes `[BOS=1] + ids` (no EOS); the first
+`floor(n_docs * val_fraction)` documents (at least one) are the validation split, the rest train;
+each split is one stream cut into shards of `shard_tokens`. Two deliberate differences from the
+official exporter, for a small local corpus: the tokenizer is trained on the training documents
+only (so validation text is truly unseen), and long documents are fed to the trainer in chunks of
+at most 4,000 bytes, because SentencePiece silently skips any training sentence over 4,192 bytes.
+The whole dataset is built in a temporary directory and renamed into place, so an interrupted
+build never leaves a directory that looks complete. Text is held in memory while building.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sentencepiece as spm
+
+from pgolf_core.data.shards import write_shard
+from pgolf_core.errors import DataError
+
+Log = Callable[[str], None]
+# The official sp1024 trainer settings (data/download_hf_docs_and_tokenize.py), with byte_fallback as
+# in the shipped model (false; T01 gotcha). vocab_size is the caller's.
+TRAINER_SETTINGS: dict[str, Any] = {
+    "model_type": "bpe",
+    "character_coverage": 0.999,
+    "byte_fallback": False,
+    "split_digits": True,
+    "normalization_rule_name": "nmt_nfkc",
+    "add_dummy_prefix": False,
+    "pad_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "unk_id": 3,
+    "hard_vocab_limit": False,
+}
+# Bit-identical tokenizers run to run: one thread, every sentence, no sampling or shuffling.
+DETERMINISTIC: dict[str, Any] = {"num_threads": 1, "input_sentence_size": 0, "shuffle_input_sentence": False}
+BOS_ID = 1
+TRAIN_CHUNK_BYTES = 4000
+SHARD_TOKENS = 10**8
+BLANK_LINES = re.compile(r"\n[ \t\r\f\v]*\n")
+
+
+@dataclass(frozen=True)
+class BuiltDataset:
+    """A finished dataset directory: shards, `tokenizer.model` and `manifest.json`."""
+
+    path: Path
+    tokenizer: Path
+    manifest: dict[str, Any] = field(repr=False)
+
+
+def read_documents(path: str | Path) -> list[str]:
+    """Documents of one `.txt` or `.jsonl` file (rules in the module docstring)."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise DataError(f"text file {path} not found") from exc
+    except UnicodeDecodeError as exc:
+        raise DataError(f"text file {path} is not UTF-8 ({exc.reason} at byte {exc.start})") from exc
+    if path.suffix == ".txt":
+        docs = BLANK_LINES.split(text.replace("\r\n", "\n"))
+    elif path.suffix == ".jsonl":
+        docs = [_jsonl_text(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+    else:
+        raise DataError(f"text file {path}: expected a .txt or .jsonl file, got {path.suffix or 'no suffix'!r}")
+    return [d.strip() for d in docs if d.strip()]
+
+
+def _jsonl_text(path: Path, lineno: int, line: str) -> str:
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as exc:
+        raise DataError(f'{path}:{lineno}: invalid JSON ({exc.msg}); expected {{"text": ...}}') from exc
+    if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+        raise DataError(f'{path}:{lineno}: expected a JSON object with a string field "text"')
+    return obj["text"]
+
+
+def training_sentences(docs: Iterable[str], limit: int = TRAIN_CHUNK_BYTES) -> Iterable[str]:
+    """Documents as trainer sentences of at most `limit` bytes: whole lines packed greedily, and a
+    line longer than `limit` cut at spaces (only a single word longer than `limit` can exceed it)."""
+    for doc in docs:
+        chunks: list[str] = []
+        current: list[str] = []
+        size = 0
+        for line in doc.replace("\x00", " ").strip().splitlines(keepends=True):  # \x00 as the official input
+            for unit in [line] if len(line.encode()) <= limit else re.split(r"(?<= )", line):
+                n = len(unit.encode())
+                if current and size + n > limit:
+                    chunks.append("".join(current))
+                    current, size = [], 0
+                current.append(unit)
+                size += n
+        chunks.append("".join(current))
+        yield from (c.strip() for c in chunks if c.strip())
+
+
+def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
+    """A serialized SentencePiece model trained on `docs` with the official settings."""
+    if not 4 < vocab_size <= 2**16:
+        raise DataError(f"vocab_size must be in 5..65536 (shards store uint16 ids), got {vocab_size}")
+    model = io.BytesIO()
+    try:
+        spm.SentencePieceTrainer.train(
+            sentence_iterator=iter(training_sentences(docs)),
+            model_writer=model,
+            vocab_size=vocab_size,
+            minloglevel=2,
+            **TRAINER_SETTINGS,
+            **DETERMINISTIC,
+        )
+    except RuntimeError as exc:
+        raise DataError(f"SentencePiece could not train a {vocab_size}-token vocabulary on this text: {exc}") from exc
+    return model.getvalue()
+
+
+def write_split(
+    out_dir: Path, split: str, docs: Sequence[str], sp: spm.SentencePieceProcessor, shard_tokens: int
+) -> tuple[dict[str, dict], int]:
+    """Encode one split's documents into consecutive shards (a document may straddle two).
+
+    Encodes in batches and fills one shard buffer at a time, so memory stays at one shard.
+    Returns ({file name: {"tokens", "sha256"}}, total tokens).
+    """
+    files: dict[str, dict] = {}
+    buf = np.empty(shard_tokens, dtype=np.uint16)
+    fill = total = 0
+
+    def flush() -> None:
+        nonlocal fill
+        path = write_shard(out_dir / f"fineweb_{split}_{len(files):06d}.bin", buf[:fill])
+        files[path.name] = {"tokens": fill, "sha256": sha256_file(path)}
+        fill = 0
+
+    for start in range(0, len(docs), 256):
+        for ids in sp.encode(list(docs[start : start + 256])):
+            toks = np.asarray([BOS_ID, *ids], dtype=np.uint16)
+            total += toks.size
+            pos = 0
+            while pos < toks.size:
+                k = min(shard_tokens - fill, toks.size - pos)
+                buf[fill : fill + k] = toks[pos : pos + k]
+                fill, pos = fill + k, pos + k
+                if fill == shard_tokens:
+                    flush()
+    if fill:
+        flush()
+    return files, total
+
+
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def export_dataset(
+    docs: Sequence[str],
+    vocab_size: int,
+    out_dir: Path,
+    *,
+    val_fraction: float,
+    shard_tokens: int,
+    source: dict[str, Any],
+    log: Log,
+) -> BuiltDataset:
+    """Tokenizer + shards + manifest for `docs` into `out_dir` (created atomically; must not exist)."""
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if shard_tokens <= 0:
+        raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
+    n_val = max(1, math.floor(len(docs) * val_fraction + 1e-9))
+    if len(docs) - n_val < 1:
+        raise DataError(f"need at least 2 non-empty documents (one validation, one training), got {len(docs)}")
+    log(f"data: training a {vocab_size}-token BPE tokenizer on {len(docs) - n_val} documents")
+    model = train_tokenizer(docs[n_val:], vocab_size)
+    sp = spm.SentencePieceProcessor(model_proto=model)
+    if sp.vocab_size() != vocab_size:
+        log(f"data: the text supports only {sp.vocab_size()} tokens, not {vocab_size} (hard_vocab_limit=false)")
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    try:
+        os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared data directory private
+        (tmp / "tokenizer.model").write_bytes(model)
+        log(f"data: writing shards ({n_val} validation, {len(docs) - n_val} training documents)")
+        val_files, n_val_tokens = write_split(tmp, "val", docs[:n_val], sp, shard_tokens)
+        train_files, n_train_tokens = write_split(tmp, "train", docs[n_val:], sp, shard_tokens)
+        counts = {
+            "docs_total": len(docs),
+            "docs_val": n_val,
+            "docs_train": len(docs) - n_val,
+            "tokens_val": n_val_tokens,
+            "tokens_train": n_train_tokens,
+            "files_val": len(val_files),
+            "files_train": len(train_files),
+        }
+        manifest = _manifest(sp, model, counts, {**val_files, **train_files}, shard_tokens, val_fraction, source)
+        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+        publish_dir(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return BuiltDataset(out_dir, out_dir / "tokenizer.model", manifest)
+
+
+def _manifest(
+    sp: spm.SentencePieceProcessor,
+    model: bytes,
+    stats: dict[str, int],
+    files: dict[str, dict],
+    shard_tokens: int,
+    val_fraction: float,
+    source: dict[str, Any],
+) -> dict[str, Any]:
+    """Everything that identifies the data, and nothing machine-specific (no paths, no times)."""
+    return {
+        "schema": "pgolf.dataset/1",
+        "source": source,
+        "tokenizer": {
+            "file": "tokenizer.model",
+            "sha256": hashlib.sha256(model).hexdigest(),
+            "vocab_size": sp.vocab_size(),
+            "sentencepiece": spm.__version__,
+            "trainer": {**TRAINER_SETTINGS, **DETERMINISTIC},
+        },
+        "bos_id": 1,
+        "append_eos": False,
+        "val_fraction": val_fraction,
+        "shard_tokens": shard_tokens,
+        "stats": stats,
+        "files": files,
+    }
+
+
+def publish_dir(tmp: Path, final: Path) -> bool:
+    """Rename a finished build into place. False when a concurrent builder already published
+    `final` (its copy is kept; ours is discarded by the caller)."""
+    try:
+        os.rename(tmp, final)  # atomic; replaces only an empty directory
+        return True
+    except OSError as exc:
+        if (final / "manifest.json").is_file():
+            return False
+        raise DataError(f"cannot create {final}: {exc.strerror or exc}") from exc
+
+
+def build_dataset(
+    text_files: Sequence[str | Path],
+    vocab_size: int,
+    out_dir: str | Path,
+    val_fraction: float = 0.1,
+    log: Log = print,
+    shard_tokens: int = SHARD_TOKENS,
+) -> BuiltDataset:
+    """Build a dataset from `.txt`/`.jsonl` files into `out_dir` (which must be absent or empty)."""
+    out_dir = Path(out_dir).expanduser().resolve()
+    if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
+        raise DataError(f"output directory {out_dir} already exists and is not empty; choose a new one")
+    if not text_files:
+        raise DataError("no text files given")
+    docs: list[str] = []
+    for f in text_files:
+        docs += read_documents(f)
+    log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
+    source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    built = export_dataset(
+        docs, vocab_size, out_dir, val_fraction=val_fraction, shard_tokens=shard_tokens, source=source, log=log
+    )
+    log(f"data: wrote {built.path}")
+    return built

@@ -1,0 +1,349 @@
+"""Validation scoring in bits per byte: standard (non-overlapping rows) and sliding-window.
+
+Evaluation is a sequence of chunks. A generator scores one batch at a time under
+`inference_mode` and yields it; the caller adds it to float64 sums and only then may hand the
+already-scored chunk to a test-time-training hook (`after_chunk`), which therefore never sees a
+token before that token has been scored (DESIGN.md, "score-first evaluator").
+
+Byte accounting follows TECHNIQUES.md T03: `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
+The tables are any object with `base_bytes`, `has_leading_space` and `is_boundary` tensors
+(`pgolf_core.data.bpb.ByteTables`); the bytes are computed here so this module needs nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf_core.errors import PgolfError
+
+TAILS = ("record", "once")
+
+
+@dataclass
+class EvalResult:
+    """Final metrics of one evaluation; `tokens` and `bytes` are the (all-reduced) counts behind them."""
+
+    val_loss: float
+    val_bpb: float
+    tokens: float
+    bytes: float
+    seconds: float
+
+
+@dataclass
+class EvalSums:
+    """Float64 running sums (0-d tensors on the eval device) so ranks can be all-reduced and added."""
+
+    nll_sum: Tensor
+    token_count: Tensor
+    byte_count: Tensor
+
+    @classmethod
+    def zeros(cls, device: torch.device | str) -> EvalSums:
+        return cls(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(3)))
+
+    def add(self, batch: ScoredBatch) -> None:
+        self.nll_sum += batch.nll_sum
+        self.token_count += batch.token_count
+        self.byte_count += batch.byte_count
+
+    def all_reduce(self) -> EvalSums:
+        """Sum over ranks in place when a process group exists; a no-op in a single process."""
+        if dist.is_available() and dist.is_initialized():
+            for value in (self.nll_sum, self.token_count, self.byte_count):
+                dist.all_reduce(value, op=dist.ReduceOp.SUM)
+        return self
+
+    def result(self, seconds: float) -> EvalResult:
+        """Loss and BPB in the baseline's order of operations, so the floats match its logs exactly."""
+        tokens, nbytes = self.token_count.item(), self.byte_count.item()
+        val_loss = (self.nll_sum / self.token_count).item()
+        bits_per_token = val_loss / math.log(2.0)
+        return EvalResult(val_loss, bits_per_token * (tokens / nbytes), tokens, nbytes, seconds)
+
+
+@dataclass
+class ScoredBatch:
+    """One scored chunk: its inputs/targets (normal tensors, usable for training) and its sums."""
+
+    x: Tensor
+    y: Tensor
+    nll_sum: Tensor
+    token_count: Tensor
+    byte_count: Tensor
+
+
+def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
+    """Bytes of each target given its previous token (int16, same shape as the ids)."""
+    lead = tables.has_leading_space[tgt_ids] & ~tables.is_boundary[prev_ids]
+    return tables.base_bytes[tgt_ids].to(torch.int16) + lead.to(torch.int16)
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where one rank scores: its device, its share of rows/windows, and the autocast dtype (None: off)."""
+
+    device: torch.device
+    rank: int = 0
+    world_size: int = 1
+    autocast_dtype: torch.dtype | None = None
+
+    def share(self, n: int) -> tuple[int, int]:
+        """Contiguous share `[n*r/W, n*(r+1)/W)` of `n` items, as every record splits rows and windows."""
+        return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+
+
+# ---------------------------------------------------------------- standard evaluation (T04)
+
+
+def standard_batches(
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    batch_seqs: int,
+    tables: Any,
+    where: Placement,
+) -> Iterator[ScoredBatch]:
+    """Score this rank's non-overlapping rows, `batch_seqs` rows per forward.
+
+    The model returns the batch's mean loss, re-weighted here by the batch's token count (the
+    baseline's `eval_val`). Only the forward runs under `inference_mode`; x and y are created
+    outside it so a training hook may use them after the yield.
+    """
+    if batch_seqs < 1:
+        raise PgolfError(f"eval batch must hold at least one sequence (got {batch_seqs} rows)")
+    total_rows = (val_tokens.numel() - 1) // seq_len
+    if total_rows < 1:
+        raise PgolfError(f"validation set ({val_tokens.numel()} tokens) is shorter than one row of {seq_len} + 1")
+    row_start, row_end = where.share(total_rows)
+    device = where.device
+    for first in range(row_start, row_end, batch_seqs):
+        last = min(first + batch_seqs, row_end)
+        local = val_tokens[first * seq_len : last * seq_len + 1].to(device=device, dtype=torch.int64)
+        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+        with torch.inference_mode(), where.autocast():
+            loss = model(x, y).detach()
+        with torch.inference_mode():
+            count = torch.tensor(float(y.numel()), dtype=torch.float64, device=device)
+            nll_sum = loss.to(torch.float64) * count
+            nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
+        yield ScoredBatch(x, y, nll_sum, count, nbytes)  # outside inference_mode: the consumer may train
+
+
+def eval_standard(
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    batch_seqs: int,
+    tables: Any,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
+) -> EvalResult:
+    """The baseline's `eval_val`: every target of the truncated stream scored once, context 0..T-1.
+
+    Rows are split contiguously across ranks; sums are float64 and all-reduced when
+    `torch.distributed` is initialized. The model is put in eval mode and left in train mode.
+    `after_chunk(x, y)` runs after each batch was scored, outside `inference_mode`.
+    """
+    start = time.perf_counter()
+    where = Placement(torch.device(device), rank, world_size, autocast_dtype)
+    batches = standard_batches(model, val_tokens, seq_len, batch_seqs, tables, where)
+    return score_batches(model, batches, device, after_chunk).all_reduce().result(time.perf_counter() - start)
+
+
+def score_batches(
+    model: nn.Module,
+    batches: Iterator[ScoredBatch],
+    device: torch.device,
+    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
+) -> EvalSums:
+    """This rank's raw sums (not all-reduced, so a rank split is testable without a process group).
+
+    Each batch is added, then handed to the hook; eval mode is re-set in case the hook trained.
+    """
+    sums = EvalSums.zeros(device)
+    model.eval()
+    try:
+        for batch in batches:
+            sums.add(batch)
+            if after_chunk is not None:
+                after_chunk(batch.x, batch.y)
+                model.eval()
+    finally:
+        model.train()
+    return sums
+
+
+# ---------------------------------------------------------------- sliding-window evaluation (T05)
+
+
+def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
+    if not 0 < stride <= seq_len:
+        raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
+    if tail not in TAILS:
+        raise PgolfError(f'sliding-window tail must be one of {TAILS} (got "{tail}")')
+
+
+def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
+    """Window-local `[lo, hi)` of the positions a window starting at `ws` scores.
+
+    "record": all of the first window, else its last `stride` positions `[max(wlen-stride, 0), wlen)`;
+    windows clipped at `total` thereby re-score positions the last full window already scored.
+    "once": the same, but starting where the previous window stopped, so nothing is scored twice.
+    """
+    wlen = min(ws + seq_len, total) - ws
+    if ws == 0:
+        return 0, wlen
+    lo = max(wlen - stride, 0)
+    if tail == "once":
+        prev_end = min(ws - stride + seq_len, total)
+        lo = max(lo, prev_end - ws)
+    return lo, wlen
+
+
+def window_starts(total: int, seq_len: int, stride: int, tail: str = "record") -> list[int]:
+    """Starts `0, s, 2s, ... < total` (every such window has `wlen >= 1`, the records' filter).
+
+    With tail="once", windows that would score nothing (clipped ones after the stream's end was
+    reached) are dropped: they would cost a forward for no score.
+    """
+    _check_sliding(seq_len, stride, tail)
+    starts = range(0, total, stride)
+    if tail == "record":
+        return list(starts)
+    return [ws for ws in starts if ws == 0 or ws - stride + seq_len < total]
+
+
+def count_scored(total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
+    """(windows, scored positions) without a model: checks the tail arithmetic at full scale."""
+    starts = window_starts(total, seq_len, stride, tail)
+    scored = 0
+    for ws in starts:
+        lo, hi = scored_span(ws, total, seq_len, stride, tail)
+        scored += hi - lo
+    return len(starts), scored
+
+
+def sliding_batches(
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    stride: int,
+    batch_seqs: int,
+    tables: Any,
+    where: Placement,
+    tail: str = "record",
+) -> Iterator[ScoredBatch]:
+    """Score this rank's windows, `batch_seqs` per `forward_logits` call, right-padded with zeros.
+
+    Per-position cross-entropy in fp32; only the positions of `scored_span` count (padding never does).
+    """
+    if batch_seqs < 1:
+        raise PgolfError(f"sliding-window batch must hold at least one window (got {batch_seqs})")
+    total = val_tokens.numel() - 1
+    starts = window_starts(total, seq_len, stride, tail)
+    lo_idx, hi_idx = where.share(len(starts))
+    mine = starts[lo_idx:hi_idx]
+    positions = torch.arange(seq_len, device=where.device)
+    for i in range(0, len(mine), batch_seqs):
+        group = mine[i : i + batch_seqs]
+        x, y, lo, hi = _window_batch(val_tokens, group, batch_seqs, total, seq_len, stride, tail, where.device)
+        mask = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])
+        with torch.inference_mode(), where.autocast():
+            logits = model.forward_logits(x)  # type: ignore[operator]  # nn.Module attributes type as Tensor
+        with torch.inference_mode():
+            nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
+            # torch.where, not boolean indexing: no host sync per batch on a GPU.
+            nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
+            nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
+        yield ScoredBatch(x, y, nll_sum, mask.sum().to(torch.float64), nbytes)
+
+
+def _window_batch(
+    val_tokens: Tensor,
+    group: list[int],
+    rows: int,
+    total: int,
+    seq_len: int,
+    stride: int,
+    tail: str,
+    device: torch.device,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Zero-padded inputs/targets [rows, T] of the windows in `group`, with their scored spans.
+
+    A short last batch is padded with empty windows (span (0, 0)) so every forward has the same
+    shape and a compiled `forward_logits` never recompiles. Built where the tokens live (no
+    per-window device copies), then moved in one copy.
+    """
+    x = torch.zeros(rows, seq_len, dtype=torch.int64, device=val_tokens.device)
+    y = torch.zeros_like(x)
+    spans = [(0, 0)] * rows
+    for row, ws in enumerate(group):
+        end = min(ws + seq_len, total)
+        chunk = val_tokens[ws : end + 1].to(torch.int64)
+        x[row, : end - ws], y[row, : end - ws] = chunk[:-1], chunk[1:]
+        spans[row] = scored_span(ws, total, seq_len, stride, tail)
+    lo, hi = torch.tensor(spans, dtype=torch.int64, device=device).unbind(1)
+    return x.to(device), y.to(device), lo, hi
+
+
+def eval_sliding(
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    stride: int,
+    batch_seqs: int,
+    tables: Any,
+    *,
+    device: torch.device,
+    rank: int = 0,
+    world_size: int = 1,
+    autocast_dtype: torch.dtype | None = None,
+    tail: str = "record",
+) -> EvalResult:
+    """Sliding-window eval (TECHNIQUES.md T05): each token scored with at least `seq_len - stride`
+    tokens of context (except in the first window), using `model.forward_logits`.
+
+    Windows start at `0, stride, 2*stride, ... < total` (`total = len(val_tokens) - 1`), are split
+    contiguously across ranks and scored `batch_seqs` at a time. The first window scores all its
+    positions, later ones their last `stride`.
+
+    tail="record" reproduces the records exactly, including their quirk: windows clipped at the
+    end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
+    extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
+    clipped window scores only positions no earlier window scored, and windows left with nothing
+    to score are skipped.
+
+    Speed: pass a model whose `forward_logits` is compiled (PR #414 compiles it; every batch has
+    the same shape, so one graph serves all). Eager and compiled bf16 scores differ by ~1e-4
+    relative; with the same compiled function the result equals PR #414's bit for bit.
+    """
+    start = time.perf_counter()
+    where = Placement(torch.device(device), rank, world_size, autocast_dtype)
+    batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail)
+    return score_batches(model, batches, device).all_reduce().result(time.perf_counter() - start)
+
+
+__all__ = [
+    "EvalResult", "EvalSums", "Placement", "ScoredBatch", "TAILS", "count_scored", "eval_sliding", "eval_standard",
+    "score_batches", "scored_span", "sliding_batches", "standard_batches", "token_bytes", "window_starts",
+]  # fmt: skip

@@ -1,0 +1,296 @@
+"""int6 export: 6-bit integers (one per int8 byte) for the large matrices, as the records export.
+
+What (TECHNIQUES.md T10): two schemes, each reproducing its records' objects exactly.
+- `scheme = "mixed"` (Variant B; PR #297/#374/#414/#415). A name's category is `embed` (tok_emb,
+  lm_head), `mlp` (".mlp."), `attn` (".attn.", or ".proj." outside an MLP) or `other`. First rule
+  that matches wins: non-float or numel <= `[export] keep_float_max_numel` -> "passthrough" (floats
+  stored fp16); control pattern -> "passthrough_ctrl" (fp32); `fp16_keep` -> "passthrough_fp16"
+  (PR #297's keep list); category in `int6_categories` -> int6; else the baseline int8 per row
+  (quantile `[export] clip_quantile`, +-127, fp16 scales). Object, as the records write it (so
+  record artifacts load here and pgolf's load in the records' `dequantize_mixed_int6`):
+  `{"w": {name.q, name.scale, passthrough names}, "m": {name: "passthrough" | "passthrough_ctrl" |
+  "passthrough_fp16" | {"type": "int6" | "int8"}}}`.
+- `scheme = "all"` (Variant A; PR #63 `USE_INT6=1`, PR #194): every float tensor above the
+  threshold becomes int6; names matching `fp16_keep` and small tensors pass through as in the
+  baseline (control -> fp32, else fp16 with the original dtype recorded). Object: PR #194's
+  `int6_in_int8_per_row_v1` dict (the baseline int8 object's keys; PR #63 wrote the same content
+  under the tag `int8_clean_per_row_v1`, also read here).
+The int6 grid of a tensor: the export plan's `clip_percentile` when it has one (gptq_lite, PR #414:
+c_r = quantile(|w_r|, p), s = fp16(max(c/31, 1/31)), q in [-31, 31]; the plan's own `q`/`scale` are
+used when present), else `row_rule`:
+- "rowmax" (Variant C, PR #374/#415): s = fp16(max(rowmax/31, 1/31)), q in [-32, 31];
+- "quantile" (Variant A): rows clipped to `[export] clip_quantile`, rounded with the fp32 scale
+  max(c/31, 1/31), scales stored fp16;
+- "plan": every int6 tensor must have a plan clip (guarantees that the #414 search ran);
+- "auto": rowmax for "mixed", quantile for "all" (what each record does).
+Why: 63 levels instead of 255 cost little accuracy and compress far better with zstd-22, which
+pays for the 3x MLP and 11 layers under 16 MB (PR #63 onward). Reported: the GPTQ-lite clip search
+gains -0.0006 bpb over rowmax (PR #414). Dequantized weights come back in the live model's dtypes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pgolf_core import PgolfError, hookimpl
+from pgolf_core.artifact import quantize_rows, quantize_tensor
+
+INT6_MAX = 31
+MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")
+ALL_FORMAT = "int6_in_int8_per_row_v1"
+ALL_FORMATS = (ALL_FORMAT, "int8_clean_per_row_v1")  # PR #194's tag, PR #63's tag
+
+
+@dataclass
+class Config:
+    scheme: str = "mixed"  # mixed (PR #297/#374/#414) | all (PR #63/#194)
+    int6_categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # mixed only
+    row_rule: str = "auto"  # int6 grid without a plan clip: auto | rowmax | quantile | plan (see above)
+    fp16_keep: list[str] = field(default_factory=list)  # name substrings kept fp16 (#63/#194: tok_emb)
+
+
+def category(name: str) -> str:
+    """The records' `_classify_param`: embed, mlp, attn or other (checked in that order)."""
+    if "tok_emb" in name or "lm_head" in name:
+        return "embed"
+    if ".mlp." in name:
+        return "mlp"
+    if ".attn." in name or (".proj." in name and ".mlp." not in name):
+        return "attn"
+    return "other"
+
+
+def int6_rowmax(t32: Tensor) -> tuple[Tensor, Tensor]:
+    """Variant C (PR #374/#415): s = fp16(max(rowmax/31, 1/31)), q = clamp(round(w/s), −32, 31);
+    other ranks: one fp16 scale max|w|/31 (1.0 for an all-zero tensor)."""
+    if t32.ndim == 2:
+        scale = (t32.abs().amax(dim=1) / INT6_MAX).clamp_min(1.0 / INT6_MAX).to(torch.float16)
+        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -INT6_MAX - 1, INT6_MAX).to(torch.int8)
+        return q, scale
+    amax = t32.abs().max().item()
+    scale = torch.tensor(amax / INT6_MAX if amax > 0 else 1.0, dtype=torch.float16)
+    return torch.clamp(torch.round(t32 / scale.float()), -INT6_MAX - 1, INT6_MAX).to(torch.int8), scale
+
+
+def int6_percentile(t32: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
+    """GPTQ-lite's grid at a given percentile (PR #414): c_r = quantile(|w_r|, p) (row max for
+    p = 1), s = fp16(max(c/31, 1/31)), q = clamp(round(w/s), ±31); other ranks: one fp16 scale
+    max|w|/31. Used when the plan names a percentile but carries no integers."""
+    if t32.ndim == 2:
+        a = t32.abs()
+        clip = a.amax(dim=1) if percentile >= 1.0 else torch.quantile(a, percentile, dim=1)
+        scale = (clip / INT6_MAX).clamp_min(1.0 / INT6_MAX).to(torch.float16)
+        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -INT6_MAX, INT6_MAX).to(torch.int8)
+        return q, scale
+    amax = t32.abs().max().item()
+    scale = torch.tensor(amax / INT6_MAX if amax > 0 else 1.0, dtype=torch.float16)
+    return torch.clamp(torch.round(t32 / scale.float()), -INT6_MAX, INT6_MAX).to(torch.int8), scale
+
+
+def int6_quantile(t32: Tensor, clip_quantile: float) -> tuple[Tensor, Tensor]:
+    """Variant A (PR #63/#194): rows clipped to their `clip_quantile` of |w|, rounded with the fp32
+    scale max(c/31, 1/31), scales stored fp16; other ranks: one fp32 scale c/31 (1.0 if c = 0)."""
+    if t32.ndim == 2:
+        clip = torch.quantile(t32.abs(), clip_quantile, dim=1)[:, None]
+        scale = (clip / INT6_MAX).clamp_min(1.0 / INT6_MAX)
+        q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-INT6_MAX, INT6_MAX).to(torch.int8)
+        return q.contiguous(), scale.squeeze(1).to(torch.float16).contiguous()
+    clip = float(torch.quantile(t32.abs().flatten(), clip_quantile).item())
+    scale = torch.tensor(clip / INT6_MAX if clip > 0 else 1.0, dtype=torch.float32)
+    q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-INT6_MAX, INT6_MAX).to(torch.int8)
+    return q.contiguous(), scale
+
+
+def _planned(name: str, t: Tensor, entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
+    """The plan's integers and scales (checked), or the percentile grid computed here."""
+    q, s = entry.get("q"), entry.get("scale")
+    if q is None or s is None:
+        return int6_percentile(t.float(), float(entry["clip_percentile"]))
+    rows_ok = s.shape == ((q.shape[0],) if t.ndim == 2 else ())
+    if q.shape != t.shape or q.dtype != torch.int8 or s.dtype != torch.float16 or not rows_ok:
+        raise PgolfError(f"int6_export: the export plan's q/scale for {name} do not fit the tensor {tuple(t.shape)}")
+    return q, s
+
+
+def _int6(name: str, t: Tensor, entry: dict[str, Any], rule: str, clip_quantile: float, stats: dict) -> tuple:
+    """One tensor's int6 integers and scales: the plan's clip if any, else `rule`."""
+    if entry.get("clip_percentile") is not None:
+        stats["int6_planned"] += 1
+        return _planned(name, t, entry)
+    if rule == "plan":
+        raise PgolfError(f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; '
+                         "enable gptq_lite (or choose another row_rule)")
+    return int6_rowmax(t.float()) if rule == "rowmax" else int6_quantile(t.float(), clip_quantile)
+
+
+def quantize(
+    weights: dict[str, Tensor],
+    config: Config,
+    *,
+    control_patterns: tuple[str, ...],
+    keep_float_max_numel: int = 65_536,
+    clip_quantile: float = 0.9999984,
+    plan: dict[str, dict[str, Any]] | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The export object of `config.scheme` and counts per treatment (see the module docstring)."""
+    plan = plan or {}
+    rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
+    planned = {k for k, v in plan.items() if v.get("clip_percentile") is not None}
+    if config.scheme == "mixed":
+        obj, stats, int6_names = _quantize_mixed(weights, config, rule, control_patterns, keep_float_max_numel,
+                                                 clip_quantile, plan)
+    else:
+        obj, stats, int6_names = _quantize_all(weights, config, rule, control_patterns, keep_float_max_numel,
+                                               clip_quantile, plan)
+    stray = sorted(planned - int6_names)
+    if stray:
+        raise PgolfError(
+            f"int6_export: the export plan sets clip percentiles for tensors that are not exported as int6 "
+            f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); make gptq_lite.categories match "
+            f"int6_export.int6_categories (and fp16_keep)"
+        )
+    return obj, stats
+
+
+def _quantize_mixed(weights, config, rule, patterns, keep_max, clip_quantile, plan):
+    result: dict[str, Tensor] = {}
+    meta: dict[str, Any] = {}
+    stats = dict.fromkeys(("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8"), 0)
+    int6_names: set[str] = set()
+    for name, tensor in weights.items():
+        t = tensor.detach().cpu().contiguous()
+        if not t.is_floating_point() or t.numel() <= keep_max:
+            result[name], meta[name] = (t.to(torch.float16) if t.is_floating_point() else t), "passthrough"
+        elif any(p in name for p in patterns):
+            result[name], meta[name] = t.float(), "passthrough_ctrl"
+        elif any(p in name for p in config.fp16_keep):
+            result[name], meta[name] = t.to(torch.float16), "passthrough_fp16"
+        elif category(name) in config.int6_categories:
+            q, s = _int6(name, t, plan.get(name, {}), rule, clip_quantile, stats)
+            result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int6"}
+            int6_names.add(name)
+        else:
+            t32 = t.float()
+            q, s = quantize_rows(t32, clip_quantile) if t.ndim == 2 else quantize_tensor(t32, clip_quantile)
+            result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
+        kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
+        stats[kind] += 1
+    return {"w": result, "m": meta}, stats, int6_names
+
+
+def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan):
+    quantized: dict[str, Tensor] = {}
+    scales: dict[str, Tensor] = {}
+    dtypes: dict[str, str] = {}
+    passthrough: dict[str, Tensor] = {}
+    orig_dtypes: dict[str, str] = {}
+    qmeta: dict[str, dict[str, Any]] = {}
+    stats = dict.fromkeys(("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned"), 0)
+    int6_names: set[str] = set()
+    for name, tensor in weights.items():
+        t = tensor.detach().to("cpu").contiguous()
+        if not t.is_floating_point():
+            passthrough[name] = t
+            stats["passthrough"] += 1
+            continue
+        keep = any(p in name for p in config.fp16_keep)
+        if t.numel() <= keep_max or keep:
+            if any(p in name for p in patterns):
+                passthrough[name] = t.float().contiguous()
+                stats["passthrough_ctrl"] += 1
+                continue
+            if t.dtype in (torch.float32, torch.bfloat16):
+                orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
+                t = t.to(torch.float16).contiguous()
+            passthrough[name] = t
+            stats["passthrough_fp16" if keep and t.numel() > keep_max else "passthrough"] += 1
+            continue
+        q, s = _int6(name, t, plan.get(name, {}), rule, clip_quantile, stats)
+        if s.ndim > 0:
+            qmeta[name] = {"scheme": "per_row", "axis": 0}
+        quantized[name], scales[name], dtypes[name] = q, s, str(t.dtype).removeprefix("torch.")
+        int6_names.add(name)
+        stats["int6"] += 1
+    obj: dict[str, Any] = {"__quant_format__": ALL_FORMAT, "quantized": quantized, "scales": scales,
+                           "dtypes": dtypes, "passthrough": passthrough}
+    if qmeta:
+        obj["qmeta"] = qmeta
+    if orig_dtypes:
+        obj["passthrough_orig_dtypes"] = orig_dtypes
+    return obj, stats, int6_names
+
+
+def _dequant(q: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
+    if s.ndim > 0:
+        return (q.float() * s.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
+    return (q.float() * float(s.item())).to(dtype).contiguous()
+
+
+def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None) -> dict[str, Tensor]:
+    """Weights from either scheme's object (pgolf's or a record's), in `dtypes` (name → dtype of
+    the live model) when given, else in the dtypes the object records (mixed: float32 for int6/int8,
+    the stored dtype for passthrough)."""
+    out: dict[str, Tensor] = {}
+    if "w" in obj and "m" in obj:
+        w, meta = obj["w"], obj["m"]
+        for name, info in meta.items():
+            want = dtypes.get(name) if dtypes else None
+            if info in MIXED_PASSTHROUGH:
+                t = w[name]
+                out[name] = t.to(want) if want is not None and t.is_floating_point() else t
+            elif isinstance(info, dict) and info.get("type") in ("int6", "int8"):
+                out[name] = _dequant(w[name + ".q"], w[name + ".scale"], want or torch.float32)
+            else:
+                raise PgolfError(f"int6_export: unknown entry {info!r} for {name} in a mixed int6 object")
+        return out
+    if obj.get("__quant_format__") not in ALL_FORMATS:
+        raise PgolfError(f"int6_export: not an int6 export object (format {obj.get('__quant_format__')!r})")
+    orig = obj.get("passthrough_orig_dtypes", {})
+    for name, q in obj["quantized"].items():
+        dtype = dtypes.get(name) if dtypes and name in dtypes else getattr(torch, obj["dtypes"][name])
+        out[name] = _dequant(q, obj["scales"][name], dtype)
+    for name, t in obj["passthrough"].items():
+        t = t.detach().to("cpu").contiguous()
+        if dtypes and name in dtypes and t.is_floating_point():
+            out[name] = t.to(dtypes[name]).contiguous()
+        else:
+            out[name] = t.to(getattr(torch, orig[name])).contiguous() if name in orig else t
+    return out
+
+
+class Int6Export:
+    """Mixed int6/int8 (PR #297/#374/#414) or all-int6 (PR #63/#194) export."""
+
+    name = "int6_export"
+    version = "0.1.0"
+    order = 950
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        if config.scheme not in ("mixed", "all"):
+            raise PgolfError(f'int6_export: scheme must be "mixed" or "all", got "{config.scheme}"')
+        if config.row_rule not in ("auto", "rowmax", "quantile", "plan"):
+            raise PgolfError(f'int6_export: row_rule must be auto, rowmax, quantile or plan, got "{config.row_rule}"')
+        unknown = sorted(set(config.int6_categories) - {"embed", "mlp", "attn", "other"})
+        if unknown:
+            raise PgolfError(f"int6_export: unknown int6_categories {unknown} (embed, mlp, attn, other)")
+        self.config = config
+
+    @hookimpl
+    def pgolf_quantize(self, state, weights, plan):
+        export_cfg = state.recipe.export
+        obj, stats = quantize(
+            weights, self.config, control_patterns=tuple(state.control_patterns),
+            keep_float_max_numel=export_cfg.keep_float_max_numel, clip_quantile=export_cfg.clip_quantile, plan=plan,
+        )
+        state.report("int6_export/tensors", {k: v for k, v in stats.items() if v})
+        dtypes = {k: v.dtype for k, v in state.model.state_dict().items()}
+
+        def dequantize_fn(quantized: dict[str, Any]) -> dict[str, Tensor]:
+            return dequantize(quantized, dtypes)
+
+        return "int6", obj, dequantize_fn

@@ -1,0 +1,228 @@
+"""STE fake quantization (QAT): `qat` for the whole run, `late_qat` from an LR-scale threshold on.
+
+What (TECHNIQUES.md T14): every CastedLinear forward uses `w + (Q(w) − w).detach()`, so the forward
+sees the per-row int6 grid values `Q(w) = clamp(round(w/s), qmin, qmax)·s` and the backward treats
+the quantizer as identity (straight-through estimator). `rule` picks a record's exact recipe:
+
+| rule | scale `s` (per row, `m` = row max of `|w|`) | range | precision | when |
+|---|---|---|---|---|
+| `pr414` | `max(m/31, 1/31)` | [−32, 31] | quantize an fp32 copy, cast to the activation dtype, STE in it | train |
+| `pr194` | `max(m/31, 1/31)` | ±31 | STE on the fp32 master weight, then cast | train |
+| `pr63`  | `max(m, 1/31)/31` (floor 1/961) | ±31 | cast first, quantize in the activation dtype | train+eval |
+
+`pr63`'s module-global flag had no train/eval check and was set after the warm-up and cleared before
+serialization: with that rule the switch turns on at the first training step and off at export (so
+in-training validation sees QAT, the round-trip eval does not). The other rules start on at build
+(`qat`: PR #194's flag was set before compile, warm-up included) and act in train mode only.
+`export_match = true` (off by default; not a record setting) replaces the grid by the int6
+exporter's: `s = fp16(max(m/31, 1/31))`, ±31, computed on the fp32 weight. That is the fix for
+#414's QAT grid ≠ export grid (T32.4: QAT row max over [−32, 31] vs exported ±31 with fp16 scales);
+GPTQ-lite's grid equals it whenever its 1.0 percentile wins.
+`scope = "all"` (the records): every CastedLinear, i.e. the block linears from `pgolf_linear` plus
+the ones other plugins or the core build themselves (bigram.proj, ve_shared.proj, an untied
+lm_head), converted in `pgolf_model_built` before the optimizers exist and sharing their weight
+Parameter; `"blocks"`: the six block linears only (PR #297's set).
+
+How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no state-dict key),
+used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
+`torch.compile(fullgraph=True)` graph without recompiling; the quantizer therefore also runs (and
+is multiplied by 0) before a late switch, a small cost on weights only. The records flipped Python
+flags instead: #374/#414's class attribute was baked into the compiled graph, and R-PRP's README
+reports late QAT never ran. `late_qat.effective = false` reproduces that suspected no-op: the
+activation is logged (`late_qat/activated_step`) but the buffers stay off.
+
+Why: trains the weights towards the int6 export grid, shrinking the quantization gap. Sources:
+PR #63 (whole run), PR #194 (whole run), PR #414 (late, LR scale < 0.15). Reported: PR #63 ~72 vs
+~69 ms/step; PR #194 "~5 %" slower; Δbpb not isolated in any record log (and for #414 likely zero).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from pgolf_core import CastedLinear, hookimpl
+
+
+@dataclass(frozen=True)
+class QuantRule:
+    """A record's fake-quantization recipe (see the module docstring)."""
+
+    scale: str  # "scale_floor": s = max(m/qmax, 1/qmax) | "clip_floor": s = max(m, 1/qmax)/qmax
+    qmin: int
+    qmax: int
+    precision: str  # "fp32_quant" (#414) | "fp32_ste" (#194) | "activation" (#63)
+    in_eval: bool
+    fp16_scale: bool = False
+
+
+RULES = {
+    "pr414": QuantRule("scale_floor", -32, 31, "fp32_quant", in_eval=False),
+    "pr194": QuantRule("scale_floor", -31, 31, "fp32_ste", in_eval=False),
+    "pr63": QuantRule("clip_floor", -31, 31, "activation", in_eval=True),
+}
+
+
+@dataclass
+class Config:
+    rule: str = "pr414"  # pr414 | pr194 | pr63
+    export_match: bool = False  # the int6 exporter's grid: ±31, fp16-rounded row-max scale, fp32
+    scope: str = "all"  # all (every CastedLinear, as the records) | blocks (the six block linears)
+
+
+@dataclass
+class LateConfig(Config):
+    threshold: float = 0.15  # switch on at the first step whose LR scale is below this (#414)
+    effective: bool = True  # false: log the switch but keep QAT off (#414's suspected no-op)
+
+
+def resolve_rule(config: Config) -> QuantRule:
+    if config.rule not in RULES:
+        raise ValueError(f"qat: rule must be one of {', '.join(RULES)}, got {config.rule!r}")
+    if config.scope not in ("all", "blocks"):
+        raise ValueError(f"qat: scope must be all|blocks, got {config.scope!r}")
+    rule = RULES[config.rule]
+    if config.export_match:
+        precision = "fp32_quant" if rule.precision == "activation" else rule.precision
+        rule = dataclasses.replace(rule, scale="scale_floor", qmin=-31, qmax=31, precision=precision, fp16_scale=True)
+    return rule
+
+
+def fake_quantize(w: Tensor, rule: QuantRule) -> Tensor:
+    """The per-row grid values of a 2-D `w` (same dtype, computed in it), without gradient."""
+    w = w.detach()
+    row_max = w.abs().amax(dim=1, keepdim=True)
+    if rule.scale == "clip_floor":
+        scale = row_max.clamp_min(1.0 / rule.qmax) / float(rule.qmax)
+    else:
+        scale = (row_max / float(rule.qmax)).clamp_min(1.0 / rule.qmax)
+    if rule.fp16_scale:
+        scale = scale.to(torch.float16).to(w.dtype)
+    return torch.clamp(torch.round(w / scale), rule.qmin, rule.qmax) * scale
+
+
+class FakeQuantLinear(CastedLinear):
+    """CastedLinear whose forward sees the fake-quantized weight while the 0-d `qat_on` buffer is 1."""
+
+    def __init__(self, in_features: int, out_features: int, rule: QuantRule, on: bool = False) -> None:
+        super().__init__(in_features, out_features)
+        self.rule = rule
+        self.register_buffer("qat_on", torch.tensor(float(on)), persistent=False)
+
+    @classmethod
+    def from_linear(cls, linear: CastedLinear, rule: QuantRule, on: bool) -> FakeQuantLinear:
+        """Wrap an existing layer's weight Parameter (no new init, no RNG draw)."""
+        with torch.device("meta"):
+            new = cls(linear.in_features, linear.out_features, rule)
+        new.weight = linear.weight
+        new.register_buffer("qat_on", torch.tensor(float(on), device=linear.weight.device), persistent=False)
+        for key, value in vars(linear).items():
+            if key.startswith("_") and not key.startswith("__") and key not in vars(new):
+                setattr(new, key, value)  # build flags such as _zero_init
+        return new
+
+    def forward(self, x: Tensor) -> Tensor:
+        rule = self.rule
+        if not (self.training or rule.in_eval):
+            return F.linear(x, self.weight.to(x.dtype))
+        if rule.precision == "fp32_ste":  # #194: STE on the fp32 master, then cast
+            w = self.weight
+            w = (w + ((fake_quantize(w, rule) - w) * self.qat_on).detach()).to(x.dtype)
+        elif rule.precision == "fp32_quant":  # #414: quantize an fp32 copy, STE in the activation dtype
+            w = self.weight.to(x.dtype)
+            w_q = fake_quantize(self.weight.float(), rule).to(x.dtype)
+            w = w + ((w_q - w) * self.qat_on.to(x.dtype)).detach()
+        else:  # #63: cast, then quantize in the activation dtype
+            w = self.weight.to(x.dtype)
+            w = w + ((fake_quantize(w, rule) - w) * self.qat_on.to(x.dtype)).detach()
+        return F.linear(x, w)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, grid=[{self.rule.qmin}, {self.rule.qmax}], precision={self.rule.precision}"
+
+
+def set_qat(model: nn.Module, on: bool) -> int:
+    """Flip every fake-quant layer's switch in place; returns how many layers were set."""
+    layers = [m for m in model.modules() if isinstance(m, FakeQuantLinear)]
+    with torch.no_grad():
+        for m in layers:
+            m.qat_on.fill_(float(on))
+    return len(layers)
+
+
+class QAT:
+    """Fake int6 quantization (STE) of the linear layers for the whole run."""
+
+    name = "qat"
+    version = "0.1.0"
+    order = 70
+    Config = Config
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.rule = resolve_rule(config)
+        self.active = False
+
+    def _on_at_build(self) -> bool:
+        return not self.rule.in_eval
+
+    @hookimpl
+    def pgolf_linear(self, spec, role: str, in_features: int, out_features: int):
+        return FakeQuantLinear(in_features, out_features, self.rule, on=self._on_at_build())
+
+    @hookimpl
+    def pgolf_model_built(self, model, spec) -> None:
+        # Stopgap until plugin-made linears go through the linear slot (see the module docstring).
+        if self.config.scope != "all":
+            return
+        found = [
+            (parent, name, child)
+            for parent in model.modules()
+            for name, child in parent.named_children()
+            if type(child) is CastedLinear
+        ]
+        for parent, name, child in found:
+            setattr(parent, name, FakeQuantLinear.from_linear(child, self.rule, on=self._on_at_build()))
+
+    @hookimpl
+    def pgolf_step_start(self, state) -> None:
+        if not self.active:
+            self.active = True
+            set_qat(state.model, True)
+
+    @hookimpl
+    def pgolf_pre_export(self, state, weights, plan) -> None:
+        if self.rule.in_eval:  # #63 cleared its global flag before serialization and the final evals
+            set_qat(state.model, False)
+
+
+class LateQAT(QAT):
+    """Fake int6 quantization (STE) switched on at the first step whose LR scale < threshold."""
+
+    name = "late_qat"
+    version = "0.1.0"
+    order = 70
+    Config = LateConfig
+
+    def __init__(self, config: LateConfig) -> None:
+        super().__init__(config)
+        self.config: LateConfig = config
+
+    def _on_at_build(self) -> bool:
+        return False
+
+    @hookimpl
+    def pgolf_step_start(self, state) -> None:
+        if self.active or state.lr_scale >= self.config.threshold:
+            return
+        self.active = True
+        if self.config.effective:
+            set_qat(state.model, True)
+        state.report("late_qat/activated_step", state.step)
+        state.report("late_qat/lr_scale", round(float(state.lr_scale), 6))
+        if not self.config.effective:
+            state.report("late_qat/effective", False)

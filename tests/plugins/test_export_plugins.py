@@ -1,0 +1,400 @@
+"""Export plugins: int6_export, gptq_lite, zstd.
+
+Record equivalence uses `tests/fixtures/export_golden.pt`. Its inputs are regenerated here by
+`make_weights` (integer draws and exact float arithmetic only, so the bits do not depend on the
+CPU's vector unit); its outputs were produced once by the records' own functions on those inputs
+(a clone of openai/parameter-golf, not part of this repository):
+- `gptq_cases`: PR #414 `quantize_int6_per_row` on `gptq_case_inputs()` (q and scales in full);
+- `mixed`: PR #414 `mixed_quantize_int6(sd, {"mlp", "attn"})` and `dequantize_mixed_int6` on
+  `make_weights(SPECS_414, 414)` with the record's control patterns (SHA-256 of every tensor);
+- `all194`: PR #194 `quantize_state_dict_int6(sd, fp16_names={"tok_emb.weight"})` and its
+  dequantizer on `make_weights(SPECS_ALL, 194)`; `all63`: PR #63 `quantize_state_dict_int8`
+  (USE_INT6=1, FP16_PASSTHROUGH_PATTERNS=tok_emb) on `make_weights(SPECS_ALL, 63)`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import hashlib
+import zlib
+from types import SimpleNamespace
+
+import pytest
+import torch
+from pgolf_plugins import gptq_lite, int6_export, zstd
+
+from pgolf_core import PgolfError
+from pgolf_core.artifact import compress, decompress, deserialize, quantize_int8, serialize
+from pgolf_core.recipe import load_recipe
+
+from .golden import FIXTURES
+
+PR414_CONTROL = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes", "q_gain",
+                 "skip_weight", "skip_weights", "smear", "dtg_gate", "ve_layer_scales", "ve_shared.scale")
+BASELINE_CONTROL = PR414_CONTROL[:9]
+
+# Record key names; sizes straddle the 65,536-element threshold. Every rule of both schemes is hit:
+# int6 (attn/mlp, rows of 96..1536, an fp16 matrix, a 1-D tensor), int8 (embed/other, bf16, 3-D),
+# small passthrough, a large control tensor, a non-float tensor.
+SPECS_414 = [
+    ("tok_emb.weight", (1024, 72), torch.bfloat16),
+    ("bigram.embed.weight", (2048, 40), torch.float32),
+    ("bigram.proj.weight", (96, 40), torch.float32),
+    ("bigram.scale", (), torch.float32),
+    ("smear.gate", (96,), torch.float32),
+    ("blocks.0.attn_scale", (96,), torch.float32),
+    ("blocks.0.mlp_scale", (96,), torch.float32),
+    ("blocks.0.resid_mix", (2, 96), torch.float32),
+    ("blocks.0.attn.c_q.weight", (272, 256), torch.float32),
+    ("blocks.0.attn.c_k.weight", (128, 256), torch.float32),
+    ("blocks.0.attn.c_v.weight", (288, 256), torch.float32),
+    ("blocks.0.attn.proj.weight", (256, 272), torch.float32),
+    ("blocks.0.attn.q_gain", (8,), torch.float32),
+    ("blocks.0.mlp.fc.weight", (768, 96), torch.float32),
+    ("blocks.0.mlp.proj.weight", (96, 768), torch.float32),
+    ("blocks.1.attn.c_q.weight", (260, 260), torch.float32),
+    ("blocks.1.resid_mix", (2, 40000), torch.float32),
+    ("blocks.1.mlp.fc.weight", (1536, 48), torch.float16),
+    ("blocks.1.mlp.proj.weight", (48, 1536), torch.float32),
+    ("blocks.1.mlp.gate_vec", (70000,), torch.float32),
+    ("extra.table3d", (4, 130, 130), torch.float32),
+    ("skip_weights", (5, 96), torch.float32),
+    ("ve_shared.embed.weight", (1024, 72), torch.float32),
+    ("ve_shared.proj.weight", (64, 72), torch.float32),
+    ("ve_shared.scale", (), torch.float32),
+    ("ve_layer_scales.0", (1,), torch.float32),
+    ("step_count", (3,), torch.int64),
+]
+SPECS_ALL = [s for s in SPECS_414 if not s[0].startswith(("bigram", "ve_", "smear"))] + [
+    ("smear_gate_param", (96,), torch.float32),
+]
+
+
+def trained_like(shape: tuple[int, ...], g: torch.Generator) -> torch.Tensor:
+    """Heavy-tailed weights whose row maxima span ~0.05 to ~20 (so the 1/31 scale floor and the
+    clip search both matter), from integer draws and exact arithmetic only. Matrices get an
+    all-zero row, a constant row and a row with one large outlier."""
+    u = torch.randint(0, 4096, (4, *shape), generator=g, dtype=torch.int64).sum(0).float()
+    x = (u - 8190.0) / 2048.0  # Irwin-Hall(4): mean 0, sd ~1.15, |x| < 4
+    spikes = torch.randint(0, 64, shape, generator=g) == 0
+    x = torch.where(spikes, x * 6.0, x)
+    if len(shape) == 2:
+        row_scale = torch.randint(1, 96, (shape[0], 1), generator=g).float() / 64.0
+        x = x * row_scale
+    if len(shape) == 2 and shape[0] >= 3:
+        x[0] = 0.0
+        x[1] = 0.375
+        x[2, shape[1] // 3] = 24.0
+    elif len(shape) != 2:
+        x = x * 0.5
+    return x
+
+
+def make_weights(specs, seed: int) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for name, shape, dtype in specs:
+        if dtype.is_floating_point:
+            out[name] = trained_like(shape, g).to(dtype)
+        else:
+            out[name] = torch.randint(0, 1000, shape, generator=g, dtype=dtype)
+    return out
+
+
+def gptq_case_inputs() -> list[torch.Tensor]:
+    """Small matrices for the search alone: row lengths 96..1536, three magnitudes (all rows under
+    the 1/31 floor, mixed, all above), outliers and ties."""
+    g = torch.Generator().manual_seed(11)
+    cases = []
+    for rows, cols in ((24, 96), (8, 512), (6, 1536), (20, 200)):
+        for mult in (0.015625, 1.0, 8.0):
+            cases.append(trained_like((rows, cols), g) * mult)
+    ties = (torch.randint(-4, 5, (16, 128), generator=g).float() / 4.0) * 3.0
+    cases.append(ties)
+    return cases
+
+
+def digest(t: torch.Tensor) -> str:
+    flat = t.detach().contiguous().reshape(-1)
+    h = hashlib.sha256(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    h.update(flat.view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def digests(tensors: dict[str, torch.Tensor]) -> dict[str, str]:
+    return {k: digest(v) for k, v in tensors.items()}
+
+
+@pytest.fixture(scope="module")
+def golden() -> dict:
+    return torch.load(FIXTURES / "export_golden.pt", weights_only=False)
+
+
+def check_inputs(golden: dict, case: str, weights: dict[str, torch.Tensor]) -> None:
+    if digests(weights) != golden["inputs"][case]:
+        pytest.fail(f"make_weights no longer reproduces the {case} inputs the fixture was made from "
+                    "(RNG change?); the record outputs must be regenerated")
+
+
+def fake_state(weights, patterns, *, keep=65_536, clip=0.9999984):
+    """What the export hooks read from `TrainState`."""
+    reports: dict = {}
+    return SimpleNamespace(
+        recipe=SimpleNamespace(export=SimpleNamespace(keep_float_max_numel=keep, clip_quantile=clip)),
+        model=SimpleNamespace(state_dict=lambda: weights), control_patterns=list(patterns),
+        reports=reports, report=reports.__setitem__,
+    )
+
+
+def run_export(weights, patterns, *, gptq: bool, **int6_cfg):
+    """pre_export (gptq_lite) + quantize (int6_export) as `export_model` calls them."""
+    state = fake_state(weights, patterns)
+    plan: dict = {name: {} for name in weights}
+    if gptq:
+        gptq_lite.GptqLite(gptq_lite.Config()).pgolf_pre_export(state=state, weights=weights, plan=plan)
+    label, obj, deq = int6_export.Int6Export(int6_export.Config(**int6_cfg)).pgolf_quantize(
+        state=state, weights=weights, plan=plan)
+    return state, plan, label, obj, deq
+
+
+# ---------------------------------------------------------------- GPTQ-lite search
+
+
+def test_row_quantiles_equal_torch_quantile():
+    g = torch.Generator().manual_seed(0)
+    ps = [0.999, 0.9995, 0.9999, 0.99999, 0.9999984, 0.5, 0.0]
+    for rows, cols in ((1, 1), (3, 2), (7, 97), (64, 512), (5, 1536), (9, 4099)):
+        a = (torch.randn(rows, cols, generator=g) * 0.1).abs()
+        a[:, ::7] = a[:, ::7].half().float()  # ties
+        for p, got in zip(ps + [1.0], gptq_lite.row_quantiles(a, ps + [1.0]), strict=True):
+            want = a.amax(dim=1) if p == 1.0 else torch.quantile(a, p, dim=1)
+            assert torch.equal(got, want), (rows, cols, p)
+
+
+def test_search_equals_record_quantize_int6_per_row(golden):
+    cases = gptq_case_inputs()
+    assert len(cases) == len(golden["gptq_cases"])
+    chosen = set()
+    for w, want in zip(cases, golden["gptq_cases"], strict=True):
+        p, q, s, _ = gptq_lite.search_matrix(w, gptq_lite.Config().percentiles)
+        assert torch.equal(q, want["q"]) and q.dtype == torch.int8
+        assert torch.equal(s, want["s"]) and s.dtype == torch.float16
+        chosen.add(p)
+    assert len(chosen) >= 3  # the cases exercise the search, not one answer
+
+
+def test_search_picks_the_lowest_error_and_keeps_the_earlier_on_ties():
+    w = torch.zeros(4, 80)
+    w[:, 0] = 0.5  # every row under the 1/31 floor: all five grids coincide
+    p, _, s, errors = gptq_lite.search_matrix(w, [0.999, 0.9995, 0.9999, 0.99999, 1.0])
+    assert p == 0.999 and len(set(errors)) == 1 and torch.all(s == torch.tensor(1 / 31, dtype=torch.float16))
+    w = trained_like((32, 512), torch.Generator().manual_seed(3)) * 4.0
+    p, _, _, errors = gptq_lite.search_matrix(w, [0.999, 0.9995, 0.9999, 0.99999, 1.0])
+    assert errors[[0.999, 0.9995, 0.9999, 0.99999, 1.0].index(p)] == min(errors)
+
+
+# ---------------------------------------------------------------- int6_export: record equivalence
+
+
+def test_mixed_gptq_equals_record_pr414(golden):
+    weights = make_weights(SPECS_414, 414)
+    check_inputs(golden, "mixed", weights)
+    state, plan, label, obj, deq = run_export(weights, PR414_CONTROL, gptq=True)
+    want = golden["mixed"]
+    assert label == "int6" and set(obj) == {"w", "m"}
+    assert obj["m"] == want["meta"]
+    assert list(obj["w"]) == want["order"]  # same insertion order: same torch.save bytes
+    assert digests(obj["w"]) == want["w"]
+    assert digests(deq(obj)) == want["dequantized"]
+    counts = state.reports["gptq_lite/percentiles"]
+    assert sum(counts.values()) == sum(1 for m in want["meta"].values() if m == {"type": "int6"})
+    assert state.reports["int6_export/tensors"]["int6_planned"] == sum(counts.values())
+    # A plan with percentiles only (no integers) gives the same object; so does row_rule = "plan".
+    slim = {k: {"clip_percentile": v["clip_percentile"]} if "clip_percentile" in v else {} for k, v in plan.items()}
+    obj2, _ = int6_export.quantize(weights, int6_export.Config(row_rule="plan"), control_patterns=PR414_CONTROL,
+                                   plan=slim)
+    assert digests(obj2["w"]) == want["w"]
+
+
+def test_mixed_record_artifact_loads(golden):
+    """The records' dequantizer output equals ours on the same object (checked by digest above);
+    and our dequantizer restores the live dtypes."""
+    weights = make_weights(SPECS_414, 414)
+    *_, obj, deq = run_export(weights, PR414_CONTROL, gptq=True)
+    out = deq(deserialize(serialize(obj)))
+    assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in weights.items()}
+
+
+@pytest.mark.parametrize("case,specs,seed", [("all194", SPECS_ALL, 194), ("all63", SPECS_ALL, 63)])
+def test_all_scheme_equals_records(golden, case, specs, seed):
+    weights = make_weights(specs, seed)
+    check_inputs(golden, case, weights)
+    state, _, label, obj, deq = run_export(weights, BASELINE_CONTROL, gptq=False, scheme="all", fp16_keep=["tok_emb"])
+    want = golden[case]
+    assert obj["__quant_format__"] == "int6_in_int8_per_row_v1"
+    for key in ("quantized", "scales", "passthrough"):
+        assert list(obj[key]) == want["order"][key]
+        assert digests(obj[key]) == want[key], key
+    for key in ("dtypes", "qmeta", "passthrough_orig_dtypes"):
+        assert obj.get(key) == want[key], key
+    assert digests(deq(obj)) == want["dequantized"]
+    record_obj = dict(obj, __quant_format__=want["format"])  # PR #63's tag reads too
+    assert digests(int6_export.dequantize(record_obj)) == want["dequantized"]
+
+
+def test_rowmax_is_variant_c():
+    w = torch.tensor([[0.0, 1.55, -3.1, 0.3], [0.5, -0.2, 0.01, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    q, s = int6_export.int6_rowmax(w)
+    want_s = torch.tensor([3.1 / 31, 1 / 31, 1 / 31]).to(torch.float16)
+    assert torch.equal(s, want_s)
+    assert torch.equal(q, torch.round(w / want_s.float()[:, None]).clamp(-32, 31).to(torch.int8))
+    assert q.tolist()[0] == [0, 16, -31, 3]
+    big = torch.full((2, 70_000), 0.25)
+    big[:, 0] = -8.0
+    weights = {"blocks.0.mlp.fc.weight": big}
+    _, _, _, obj, _ = run_export(weights, (), gptq=False)
+    assert obj["m"]["blocks.0.mlp.fc.weight"] == {"type": "int6"}
+    assert obj["w"]["blocks.0.mlp.fc.weight.q"].min().item() == -31  # -8 / fp16(8/31) rounds to -31
+
+
+# ---------------------------------------------------------------- round trip, config, errors
+
+
+@pytest.mark.parametrize("cfg,gptq", [({}, False), ({}, True), ({"scheme": "all"}, False),
+                                      ({"scheme": "all", "row_rule": "rowmax"}, False)])
+def test_round_trip_within_half_a_step(cfg, gptq):
+    """Every element no larger than its row's 0.999 quantile (below every clip any rule uses) comes
+    back within half a quantization step (plus the fp16 rounding of the stored scale); passthrough
+    tensors within fp16 rounding; dtypes restored."""
+    weights = make_weights(SPECS_414, 5)
+    _, _, _, obj, deq = run_export(weights, PR414_CONTROL, gptq=gptq, **cfg)
+    out = deq(deserialize(serialize(obj)))
+    assert out.keys() == weights.keys()
+    for name, w in weights.items():
+        assert out[name].dtype == w.dtype and out[name].shape == w.shape
+        if not w.is_floating_point():
+            assert torch.equal(out[name], w)
+            continue
+        w32, err = w.float(), (out[name].float() - w.float()).abs()
+        s = obj["w"].get(name + ".scale") if "w" in obj else obj["scales"].get(name)
+        if s is None:  # passthrough
+            assert (err <= w32.abs() * 2**-10 + 1e-7).all(), name
+            continue
+        rows = w32.reshape(w32.shape[0], -1) if s.ndim else w32.reshape(1, -1)
+        inside = (rows.abs() <= torch.quantile(rows.abs(), 0.999, dim=1, keepdim=True)).reshape(w.shape)
+        step = s.float().view(-1, *([1] * (w.ndim - 1))) if s.ndim else s.float()
+        # Int8 and Variant A round with the fp32 scale but store it fp16: up to qmax * 2^-11 steps more.
+        qmax = 127 if "w" in obj and obj["m"][name] == {"type": "int8"} else 31
+        rounding = 0.0 if w.dtype == torch.float32 else 2**-8
+        bound = (step * (0.5 + qmax * 2**-11) * (1 + 2**-8) + w32.abs() * rounding + 1e-7).expand_as(w32)
+        assert (err[inside] <= bound[inside]).all(), name
+        assert inside.float().mean() > 0.97
+
+
+def test_configs_round_trip_through_toml(tmp_path):
+    path = tmp_path / "r.toml"
+    path.write_text(
+        '[plugins.int6_export]\nscheme = "all"\nfp16_keep = ["tok_emb"]\nrow_rule = "quantile"\n'
+        "[plugins.gptq_lite]\npercentiles = [0.999, 1.0]\ncategories = [\"mlp\"]\n"
+        "[plugins.zstd]\nlevel = 19\nfallback_zlib = true\n"
+    )
+    recipe = load_recipe(path)
+    again = tmp_path / "again.toml"
+    again.write_text(recipe.to_toml())
+    recipe2 = load_recipe(again)
+    for name in ("int6_export", "gptq_lite", "zstd"):
+        assert recipe2.plugins[name].config == recipe.plugins[name].config
+    assert recipe2.plugins["int6_export"].config == int6_export.Config("all", ["mlp", "attn"], "quantile", ["tok_emb"])
+    assert recipe2.plugins["zstd"].config == zstd.Config(19, True)
+
+
+def test_bad_configs_fail_loudly():
+    with pytest.raises(PgolfError, match="scheme"):
+        int6_export.Int6Export(int6_export.Config(scheme="int6"))
+    with pytest.raises(PgolfError, match="row_rule"):
+        int6_export.Int6Export(int6_export.Config(row_rule="max"))
+    with pytest.raises(PgolfError, match="categories"):
+        gptq_lite.GptqLite(gptq_lite.Config(categories=["mlps"]))
+    with pytest.raises(PgolfError, match="percentiles"):
+        gptq_lite.GptqLite(gptq_lite.Config(percentiles=[1.5]))
+    with pytest.raises(PgolfError, match="level"):
+        zstd.Zstd(zstd.Config(level=30))
+    weights = {"blocks.0.mlp.fc.weight": torch.ones(300, 300), "tok_emb.weight": torch.ones(300, 300)}
+    with pytest.raises(PgolfError, match="no clip for blocks.0.mlp.fc.weight"):
+        run_export(weights, (), gptq=False, row_rule="plan")
+    plan = {"tok_emb.weight": {"clip_percentile": 1.0}}
+    with pytest.raises(PgolfError, match="not exported as int6.*tok_emb.weight"):
+        int6_export.quantize(weights, int6_export.Config(), control_patterns=(), plan=plan)
+
+
+# ---------------------------------------------------------------- zstd
+
+
+def test_zstd_equals_the_records_compressor():
+    import zstandard
+
+    raw = serialize(make_weights(SPECS_414[:6], 1))
+    codec, blob = zstd.Zstd(zstd.Config()).pgolf_compress(raw=raw)
+    assert codec == "zstd" and blob == zstandard.ZstdCompressor(level=22).compress(raw)
+    assert decompress(blob, codec) == raw
+
+
+def test_zstd_threads_option_reads_back():
+    raw = serialize(make_weights(SPECS_414[:8], 2))
+    codec, blob = zstd.Zstd(zstd.Config(level=3, threads=2)).pgolf_compress(raw=raw)
+    assert codec == "zstd" and decompress(blob, codec) == raw
+    with pytest.raises(PgolfError, match="threads"):
+        zstd.Zstd(zstd.Config(threads=-2))
+
+
+def test_zstd_missing_is_an_error_unless_fallback_is_asked_for(monkeypatch):
+    real_import = builtins.__import__
+
+    def no_zstandard(name, *args, **kwargs):
+        if name == "zstandard":
+            raise ImportError("No module named 'zstandard'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_zstandard)
+    with pytest.raises(PgolfError, match="zstandard package is not installed.*fallback_zlib"):
+        zstd.Zstd(zstd.Config())
+    raw = b"parameter golf " * 1000
+    assert zstd.Zstd(zstd.Config(fallback_zlib=True)).pgolf_compress(raw=raw) == ("zlib", zlib.compress(raw, 9))
+
+
+# ---------------------------------------------------------------- each plugin changes the export bytes
+
+
+def test_each_plugin_changes_the_artifact():
+    weights = make_weights([s for s in SPECS_414 if s[0] != "blocks.1.resid_mix"], 7)  # no fp32 giant
+    core_obj, _ = quantize_int8(weights, control_patterns=PR414_CONTROL)
+    core = compress(serialize(core_obj), "zlib", 9)
+    *_, rowmax_obj, _ = run_export(weights, PR414_CONTROL, gptq=False)
+    *_, gptq_obj, _ = run_export(weights, PR414_CONTROL, gptq=True)
+    rowmax_raw, gptq_raw = serialize(rowmax_obj), serialize(gptq_obj)
+    with_int6 = compress(rowmax_raw, "zlib", 9)
+    with_gptq = compress(gptq_raw, "zlib", 9)
+    _, with_zstd = zstd.Zstd(zstd.Config()).pgolf_compress(raw=gptq_raw)
+    assert len({core, with_int6, with_gptq, with_zstd}) == 4
+    assert len(with_int6) < len(core) and len(with_zstd) < len(with_gptq)
+
+
+# ---------------------------------------------------------------- through the real training loop
+
+
+def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
+    from pgolf_core.train import train
+
+    path = tmp_path / "r.toml"
+    path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[plugins.zstd]\n')
+    recipe = load_recipe(path, [
+        "model.model_dim=64", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2",
+        "train.train_seq_len=32", "train.train_batch_tokens=256", "train.iterations=3", "train.warmup_steps=0",
+        "train.max_wallclock_seconds=0", "train.val_loss_every=0", "train.grad_accum_steps=1",
+        "eval.max_tokens=1024", "eval.batch_tokens=512", "export.keep_float_max_numel=4096",
+    ])
+    summary = train(recipe, tmp_path / "run", interactive=False)
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "Serialized model int6+zstd" in log and "final_int6_zstd_roundtrip" in log
+    assert "gptq_lite/percentiles" in log
+    assert abs(summary["roundtrip_val_loss"] - summary["val_loss"]) < 0.05

@@ -1,0 +1,295 @@
+"""Evaluation (TECHNIQUES.md T03-T05): standard and sliding-window scores against naive loops on a
+tiny random GPT, window/tail arithmetic at full scale, rank splits, and the score-first chunk hook."""
+
+from __future__ import annotations
+
+import math
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pgolf_core import evaluation as ev
+from pgolf_core.errors import PgolfError
+from pgolf_core.model import GPT, ModelSpec
+
+V, T = 64, 16
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread() -> Iterator[None]:
+    """Tiny forwards gain nothing from threads, and on a busy machine spinning OpenMP threads make
+    this module ~5x slower; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@dataclass
+class Tables:
+    """Duck-typed stand-in for `pgolf_core.data.bpb.ByteTables`."""
+
+    base_bytes: torch.Tensor
+    has_leading_space: torch.Tensor
+    is_boundary: torch.Tensor
+
+
+@pytest.fixture(scope="module")
+def tables() -> Tables:
+    g = torch.Generator().manual_seed(3)
+    base = torch.randint(0, 5, (V,), generator=g).to(torch.int16)
+    lead = torch.rand(V, generator=g) < 0.5
+    boundary = torch.zeros(V, dtype=torch.bool)
+    boundary[:4] = True  # control / unknown ids
+    base[:4], lead[:4] = 0, False
+    return Tables(base, lead, boundary)
+
+
+@pytest.fixture(scope="module")
+def model() -> GPT:
+    """Random weights everywhere (projections are zero-initialised, which would make the blocks
+    identities and the scores independent of context)."""
+    spec = ModelSpec(
+        vocab_size=V, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64, train_seq_len=T
+    )
+    torch.manual_seed(0)
+    m = GPT(spec)
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            p.copy_(
+                noise * 0.5
+                if name == "tok_emb.weight"
+                else noise / p.size(-1) ** 0.5
+                if p.ndim == 2
+                else 1.0 + 0.3 * noise
+            )
+    return m
+
+
+def stream(n: int, seed: int = 5) -> torch.Tensor:
+    """Validation-like tokens (uint16 as the shards are), including boundary ids."""
+    return torch.randint(0, V, (n,), generator=torch.Generator().manual_seed(seed)).to(torch.uint16)
+
+
+def nbytes(prev: int, tgt: int, tables: Tables) -> int:
+    return int(tables.base_bytes[tgt]) + int(bool(tables.has_leading_space[tgt]) and not bool(tables.is_boundary[prev]))
+
+
+def nll_of(model: GPT, context: torch.Tensor, target: int) -> float:
+    """NLL of `target` after `context`, from one unbatched, unpadded forward."""
+    with torch.no_grad():
+        logits = model.forward_logits(context[None].long())[0, -1].float()
+    return float(F.cross_entropy(logits[None], torch.tensor([target])))
+
+
+def close(a: float, b: float, rel: float = 2e-6) -> bool:
+    return math.isclose(a, b, rel_tol=rel)
+
+
+# ---------------------------------------------------------------- standard
+
+
+def test_standard_matches_hand_loop(model: GPT, tables: Tables) -> None:
+    val = stream(5 * T + 1 + 7)  # 7 tokens beyond the last full row are never scored
+    res = ev.eval_standard(model, val, T, 2, tables, device=CPU)
+    nll, count, byte_sum = 0.0, 0, 0
+    v = val.long()
+    for row in range(5):
+        x, y = v[row * T : (row + 1) * T], v[row * T + 1 : (row + 1) * T + 1]
+        with torch.no_grad():
+            logits = model.forward_logits(x[None])[0].float()
+        nll += float(F.cross_entropy(logits, y, reduction="sum").double())
+        count += T
+        byte_sum += sum(nbytes(int(a), int(b), tables) for a, b in zip(x, y, strict=True))
+    assert res.tokens == count and res.bytes == byte_sum
+    assert close(res.val_loss, nll / count)
+    assert close(res.val_bpb, nll / (math.log(2) * byte_sum))
+    assert model.training and res.seconds >= 0
+
+
+def test_standard_rank_split_adds_up(model: GPT, tables: Tables) -> None:
+    val = stream(7 * T + 1)
+    one = ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU)), CPU)
+    parts = [
+        ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU, r, 2)), CPU)
+        for r in range(2)
+    ]
+    assert sum(p.token_count.item() for p in parts) == one.token_count.item() == 7 * T
+    assert sum(p.byte_count.item() for p in parts) == one.byte_count.item()
+    assert close(sum(p.nll_sum.item() for p in parts), one.nll_sum.item())
+    assert parts[0].token_count.item() == 3 * T  # rows [0, 3) and [3, 7): contiguous split
+
+
+def test_chunks_reach_the_hook_only_after_scoring(model: GPT, tables: Tables) -> None:
+    """Score-first: the hook sees each batch after it was scored, outside inference_mode, and may
+    train on it; later batches are scored by the adapted model (in eval mode again)."""
+    val = stream(4 * T + 1)
+    frozen = [b.nll_sum.item() for b in ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU))]
+    adapted = GPT(model.spec)
+    adapted.load_state_dict(model.state_dict())
+    opt = torch.optim.SGD(adapted.parameters(), lr=0.5)
+    seen: list[torch.Tensor] = []
+
+    def train_on(x: torch.Tensor, y: torch.Tensor) -> None:
+        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
+        seen.append(x)
+        adapted.train()
+        opt.zero_grad()
+        adapted(x, y).backward()
+        opt.step()
+
+    sums = list(ev.standard_batches(adapted, val, T, 2, tables, ev.Placement(CPU)))
+    assert math.isclose(sums[0].nll_sum.item(), frozen[0], rel_tol=1e-12)  # nothing adapted yet
+    adapted.load_state_dict(model.state_dict())
+    res = ev.eval_standard(adapted, val, T, 2, tables, device=CPU, after_chunk=train_on)
+    assert [x.shape for x in seen] == [(2, T), (2, T)]
+    assert torch.equal(seen[0], val[: 2 * T].long().reshape(2, T))
+    assert not close(res.val_loss * res.tokens, sum(frozen), rel=1e-4)  # the second chunk saw new weights
+    assert adapted.training
+
+
+# ---------------------------------------------------------------- window arithmetic
+
+
+def literal_t05(total: int, seq_len: int, stride: int) -> Counter:
+    """The records' rule, written out: first window all positions, later windows their last `stride`."""
+    scored: Counter = Counter()
+    for ws in range(0, total, stride):
+        wlen = min(ws + seq_len, total) - ws
+        lo = 0 if ws == 0 else max(wlen - stride, 0)
+        scored.update(range(ws + lo, ws + wlen))
+    return scored
+
+
+def spans(total: int, seq_len: int, stride: int, tail: str) -> Counter:
+    scored: Counter = Counter()
+    for ws in ev.window_starts(total, seq_len, stride, tail):
+        lo, hi = ev.scored_span(ws, total, seq_len, stride, tail)
+        scored.update(range(ws + lo, ws + hi))
+    return scored
+
+
+@pytest.mark.parametrize("seq_len,stride", [(8, 1), (8, 3), (8, 4), (8, 8), (16, 5), (16, 16)])
+def test_scored_positions_small_totals(seq_len: int, stride: int) -> None:
+    for total in range(1, 70):
+        assert spans(total, seq_len, stride, "record") == literal_t05(total, seq_len, stride)
+        once = spans(total, seq_len, stride, "once")
+        assert once == Counter(range(total)), (total, seq_len, stride)  # every target exactly once
+        record_extra = sum(literal_t05(total, seq_len, stride).values()) - total
+        assert ev.count_scored(total, seq_len, stride, "record")[1] == total + record_extra
+        if total % stride == 0 and seq_len % stride == 0 and total >= seq_len:
+            assert record_extra == seq_len - stride  # (T/s - 1) clipped windows, each re-scoring s
+
+
+def test_once_uses_the_first_window_containing_each_position() -> None:
+    """Under tail="once" token p gets the context of the first window that contains it: the most
+    context a window can give without re-scoring."""
+    total, seq_len, stride = 61, 16, 5
+    owner = {}
+    for ws in ev.window_starts(total, seq_len, stride, "once"):
+        lo, hi = ev.scored_span(ws, total, seq_len, stride, "once")
+        owner.update({p: ws for p in range(ws + lo, ws + hi)})
+    assert owner == {p: max(0, stride * math.ceil((p - seq_len + 1) / stride)) for p in range(total)}
+
+
+def test_full_scale_counts() -> None:
+    """The real validation set: 62,021,632 tokens, T=2048, stride 64 (T05)."""
+    assert ev.count_scored(62_021_632, 2048, 64, "record") == (969_088, 62_023_616)
+    windows, scored = ev.count_scored(62_021_632, 2048, 64, "once")
+    assert scored == 62_021_632 and windows == 969_088 - 31  # the clipped windows score nothing new
+
+
+def test_bad_sliding_settings() -> None:
+    with pytest.raises(PgolfError, match="stride"):
+        ev.window_starts(100, 16, 17)
+    with pytest.raises(PgolfError, match="stride"):
+        ev.window_starts(100, 16, 0)
+    with pytest.raises(PgolfError, match="tail"):
+        ev.window_starts(100, 16, 4, "twice")
+
+
+# ---------------------------------------------------------------- sliding
+
+
+def test_sliding_with_full_stride_equals_standard(model: GPT, tables: Tables) -> None:
+    val = stream(6 * T + 1)
+    std = ev.eval_standard(model, val, T, 4, tables, device=CPU)
+    for tail in ev.TAILS:
+        sl = ev.eval_sliding(model, val, T, T, 4, tables, device=CPU, tail=tail)
+        assert (sl.tokens, sl.bytes) == (std.tokens, std.bytes)
+        assert close(sl.val_loss, std.val_loss) and close(sl.val_bpb, std.val_bpb)
+
+
+def test_sliding_once_equals_per_token_naive(model: GPT, tables: Tables) -> None:
+    """Each token scored from the start of the first window containing it, one unpadded forward per
+    token: checks padding, batching and span bookkeeping together."""
+    val, stride = stream(5 * T + 1 - 3), 5  # total not a multiple of T or stride: a clipped tail
+    total = val.numel() - 1
+    res = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail="once")
+    v = val.long()
+    nll = byte_sum = 0.0
+    for p in range(total):
+        ws = max(0, stride * math.ceil((p - T + 1) / stride))
+        nll += nll_of(model, v[ws : p + 1], int(v[p + 1]))
+        byte_sum += nbytes(int(v[p]), int(v[p + 1]), tables)
+    assert res.tokens == total and res.bytes == byte_sum
+    assert close(res.val_loss, nll / total, rel=1e-5)
+    assert close(res.val_bpb, nll / (math.log(2) * byte_sum), rel=1e-5)
+
+
+def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
+    """tail="record": one window at a time, unpadded, scoring the records' positions (tail included)."""
+    val, stride = stream(4 * T + 1), 4
+    total = val.numel() - 1
+    res = ev.eval_sliding(model, val, T, stride, 5, tables, device=CPU, tail="record")
+    v = val.long()
+    nll = count = byte_sum = 0.0
+    for ws in range(0, total, stride):
+        wlen = min(ws + T, total) - ws
+        with torch.no_grad():
+            logits = model.forward_logits(v[ws : ws + wlen][None])[0].float()
+        lo = 0 if ws == 0 else max(wlen - stride, 0)
+        y = v[ws + 1 : ws + wlen + 1]
+        nll += float(F.cross_entropy(logits[lo:], y[lo:], reduction="sum"))
+        count += wlen - lo
+        byte_sum += sum(nbytes(int(v[ws + i]), int(y[i]), tables) for i in range(lo, wlen))
+    assert count == total + T - stride and res.tokens == count and res.bytes == byte_sum
+    assert close(res.val_loss, nll / count, rel=1e-5)
+
+
+def test_sliding_batches_have_one_shape(model: GPT, tables: Tables) -> None:
+    """The short last batch is padded with empty windows: a compiled forward never recompiles."""
+    batches = list(ev.sliding_batches(model, stream(3 * T + 1), T, 4, 5, tables, ev.Placement(CPU)))
+    assert len(batches) == 3 and {tuple(b.x.shape) for b in batches} == {(5, T)}  # 12 windows
+    assert sum(b.token_count.item() for b in batches) == 3 * T + T - 4
+
+
+@pytest.mark.parametrize("tail", ev.TAILS)
+def test_sliding_rank_split_adds_up(model: GPT, tables: Tables, tail: str) -> None:
+    val, stride = stream(3 * T + 1 + 5), 6
+
+    def sums(rank: int, world: int) -> ev.EvalSums:
+        batches = ev.sliding_batches(model, val, T, stride, 4, tables, ev.Placement(CPU, rank, world), tail)
+        return ev.score_batches(model, batches, CPU)
+
+    one = sums(0, 1)
+    for world in (2, 3):
+        parts = [sums(r, world) for r in range(world)]
+        assert sum(p.token_count.item() for p in parts) == one.token_count.item()
+        assert sum(p.byte_count.item() for p in parts) == one.byte_count.item()
+        assert close(sum(p.nll_sum.item() for p in parts), one.nll_sum.item())
+
+
+def test_bf16_autocast_runs_on_cpu(model: GPT, tables: Tables) -> None:
+    val = stream(2 * T + 1)
+    fp32 = ev.eval_sliding(model, val, T, 8, 4, tables, device=CPU)
+    bf16 = ev.eval_sliding(model, val, T, 8, 4, tables, device=CPU, autocast_dtype=torch.bfloat16)
+    assert bf16.tokens == fp32.tokens and close(bf16.val_loss, fp32.val_loss, rel=0.05)
+    assert model.training

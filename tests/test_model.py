@@ -1,0 +1,274 @@
+"""The baseline GPT (TECHNIQUES.md T06): exact math against a plain functional reference, the record's
+parameter count and state_dict names, init, graph-break-free tracing, and checkpoint round trips."""
+
+from __future__ import annotations
+
+import io
+
+import pytest
+import torch
+
+from benchmarks import reference_baseline as ref
+from pgolf_core.model import GPT, ModelSpec, count_parameters
+
+SMALL = {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "mlp_hidden": 64}
+B, T = 2, 16
+
+
+def small_spec(**overrides) -> ModelSpec:
+    return ModelSpec(**{"num_layers": 3, **SMALL, **overrides})
+
+
+def randomize(model: torch.nn.Module, seed: int = 0) -> None:
+    """Give every parameter random values (zero-init projections, gains, mixes and skips included) so that
+    no path is an identity or a zero. Matrices ~ N(0, 1/fan_in), vectors ~ 1 + 0.5 N(0, 1)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            noise = torch.randn(p.shape, generator=g)
+            if name in ("tok_emb.weight", "lm_head.weight"):  # logits reach the soft cap's non-linear range
+                p.copy_(noise * 0.5)
+            elif p.ndim == 2 and "weight" in name:
+                p.copy_(noise / p.size(1) ** 0.5)
+            else:  # q_gain, attn/mlp scales, resid_mix, skip_weights
+                p.copy_(1.0 + 0.5 * noise)
+
+
+def tokens(vocab: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab, (B, T), generator=g), torch.randint(0, vocab, (B, T), generator=g)
+
+
+def random_model(**overrides) -> GPT:
+    model = GPT(small_spec(**overrides))
+    randomize(model)
+    return model
+
+
+def leaf_params(model: GPT) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().requires_grad_(True) for k, v in model.state_dict().items()}
+
+
+# 1. Exact math against the functional reference ---------------------------------------------------------------
+
+CASES = {
+    "odd-3-layers-tied": {},
+    "even-4-layers-tied": {"num_layers": 4},
+    "odd-3-layers-untied": {"tie_embeddings": False},
+    "even-4-layers-untied": {"num_layers": 4, "tie_embeddings": False},
+    "mha-no-gqa": {"num_kv_heads": 4},
+}
+
+
+@pytest.mark.parametrize("fused", [False, True], ids=["explicit-ref", "fused-ref"])
+@pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
+def test_logits_loss_and_grads_equal_reference(case, fused):
+    model = random_model(**case)
+    x, y = tokens(model.spec.vocab_size)
+    params = leaf_params(model)
+    assert ("lm_head.weight" in params) == (not model.spec.tie_embeddings)
+
+    with torch.no_grad():
+        got, want = model.forward_logits(x), ref.logits(params, x, fused=fused)
+    assert got.shape == (B, T, model.spec.vocab_size)
+    assert (got - want).abs().max().item() <= 1e-5
+    assert got.abs().max().item() > 5.0  # the soft cap's tanh is in its non-linear range, not ~identity
+
+    loss = model(x, y)
+    want_loss = ref.loss(params, x, y, fused=fused)
+    assert loss.dtype == torch.float32 and loss.shape == ()
+    assert abs(loss.item() - want_loss.item()) <= 1e-5
+
+    # Every parameter is used, and used the same way: all gradients agree (and none is zero).
+    loss.backward()
+    want_loss.backward()
+    for name, p in model.named_parameters():
+        assert p.grad is not None and params[name].grad is not None, name
+        assert p.grad.abs().max().item() > 0, name
+        assert (p.grad - params[name].grad).abs().max().item() <= 1e-5, name
+
+
+def test_skip_connections_are_lifo_and_odd_depth_leaves_last_block_without_skip():
+    """3 layers: 1 encoder, 2 decoders, 1 skip weight; 4 layers: 2 skips consumed in reverse order."""
+    assert GPT(small_spec()).skip_weights.shape == (1, 32)
+    assert GPT(small_spec(num_layers=4)).skip_weights.shape == (2, 32)
+    assert GPT(small_spec(num_layers=5)).skip_weights.shape == (2, 32)
+    # Swapping the two skip rows of an even model changes the output (the order is observable) ...
+    model = random_model(num_layers=4)
+    x, _ = tokens(64)
+    with torch.no_grad():
+        before = model.forward_logits(x)
+        model.skip_weights.copy_(model.skip_weights.flip(0))
+        after = model.forward_logits(x)
+        params = {k: v.clone() for k, v in model.state_dict().items()}
+    assert (before - after).abs().max().item() > 1e-3
+    # ... and the reference, which pops LIFO, agrees on the swapped weights.
+    assert (after - ref.logits(params, x)).abs().max().item() <= 1e-5
+
+
+def test_reference_fused_and_explicit_agree():
+    model = random_model(num_layers=4)
+    x, y = tokens(64)
+    params = {k: v.detach() for k, v in model.state_dict().items()}
+    assert (ref.logits(params, x, fused=True) - ref.logits(params, x, fused=False)).abs().max().item() <= 1e-5
+    assert abs(ref.loss(params, x, y, fused=True).item() - ref.loss(params, x, y, fused=False).item()) <= 1e-5
+
+
+# 2. Full-size parameter count and the record's state_dict names ------------------------------------------------
+
+# In state_dict order, which is the record's: a module's own parameters come before its children's.
+GLOBAL_KEYS = {"skip_weights": (4, 512), "tok_emb.weight": (1024, 512)}
+BLOCK_KEYS = {
+    "attn_scale": (512,),
+    "mlp_scale": (512,),
+    "resid_mix": (2, 512),
+    "attn.q_gain": (8,),
+    "attn.c_q.weight": (512, 512),
+    "attn.c_k.weight": (256, 512),
+    "attn.c_v.weight": (256, 512),
+    "attn.proj.weight": (512, 512),
+    "mlp.fc.weight": (1024, 512),
+    "mlp.proj.weight": (512, 1024),
+}
+
+
+def test_full_baseline_parameter_count_and_record_key_names():
+    model = GPT(ModelSpec())
+    assert count_parameters(model) == 17_059_912
+    sd = model.state_dict()
+    # Order matters too: export quantizes and serializes in state_dict order, so artifact bytes depend on it.
+    expected = [*GLOBAL_KEYS] + [f"blocks.{i}.{k}" for i in range(9) for k in BLOCK_KEYS]
+    assert len(sd) == 2 + 9 * 10 == 92
+    assert list(sd) == expected
+    shapes = {**GLOBAL_KEYS, **{f"blocks.{i}.{k}": s for i in range(9) for k, s in BLOCK_KEYS.items()}}
+    assert {k: tuple(v.shape) for k, v in sd.items()} == shapes
+    assert list(sd)[:12] == [
+        "skip_weights",
+        "tok_emb.weight",
+        "blocks.0.attn_scale",
+        "blocks.0.mlp_scale",
+        "blocks.0.resid_mix",
+        "blocks.0.attn.q_gain",
+        "blocks.0.attn.c_q.weight",
+        "blocks.0.attn.c_k.weight",
+        "blocks.0.attn.c_v.weight",
+        "blocks.0.attn.proj.weight",
+        "blocks.0.mlp.fc.weight",
+        "blocks.0.mlp.proj.weight",
+    ]
+    # The rotary inv_freq is a non-persistent buffer (as in the record): present, but never saved.
+    assert not any("rotary" in k or "inv_freq" in k for k in sd)
+    assert [n for n, _ in model.named_buffers()] == [f"blocks.{i}.attn.rotary.inv_freq" for i in range(9)]
+    assert sum(v.numel() for v in sd.values()) == 17_059_912
+
+
+def test_untied_head_adds_lm_head_weight_last():
+    sd = GPT(ModelSpec(tie_embeddings=False)).state_dict()
+    assert list(sd)[-1] == "lm_head.weight" and sd["lm_head.weight"].shape == (1024, 512)
+    assert len(sd) == 93 and sum(v.numel() for v in sd.values()) == 17_059_912 + 1024 * 512
+
+
+# 3. Init -------------------------------------------------------------------------------------------------------
+
+
+def test_init_values_and_identity_blocks():
+    torch.manual_seed(0)
+    model = GPT(ModelSpec())
+    w = model.tok_emb.weight
+    assert w.dtype == torch.float32
+    assert abs(w.std().item() - 0.005) < 5e-5 and abs(w.mean().item()) < 5e-5
+    assert torch.equal(model.skip_weights, torch.ones(4, 512))
+    for block in model.blocks:
+        assert torch.equal(block.attn.proj.weight, torch.zeros(512, 512))
+        assert torch.equal(block.mlp.proj.weight, torch.zeros(512, 1024))
+        assert torch.equal(block.attn.q_gain, torch.full((8,), 1.5))
+        assert torch.equal(block.resid_mix, torch.stack((torch.ones(512), torch.zeros(512))))
+        assert torch.equal(block.attn_scale, torch.ones(512)) and torch.equal(block.mlp_scale, torch.ones(512))
+        for lin in (block.attn.c_q, block.attn.c_k, block.attn.c_v, block.mlp.fc):  # PyTorch default Linear init
+            bound = 1 / lin.in_features**0.5
+            assert lin.weight.abs().max().item() <= bound and lin.weight.std().item() > 0.5 * bound / 3**0.5
+    # Every block maps (x, x0) to x exactly.
+    g = torch.Generator().manual_seed(0)
+    x, x0 = torch.randn(2, 8, 512, generator=g), torch.randn(2, 8, 512, generator=g)
+    with torch.no_grad():
+        for block in model.blocks:
+            assert torch.equal(block(x, x0), x)
+
+
+def test_init_is_deterministic_and_equals_the_record_under_seed_1337():
+    torch.manual_seed(1337)
+    a = GPT(ModelSpec()).state_dict()
+    torch.manual_seed(1337)
+    b = GPT(ModelSpec()).state_dict()
+    assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+    # pgolf draws from the RNG in the record's order, so seed 1337 gives the record's initial weights. These are
+    # the record GPT's values (openai/parameter-golf train_gpt.py, CPU, torch 2.13) after torch.manual_seed(1337).
+    golden = {
+        "tok_emb.weight": [-0.004711553454399109, 0.0018367504235357046, -0.004272099118679762, 0.003979687113314867],
+        "blocks.0.attn.c_q.weight": [
+            -0.02655799314379692, -0.04390859231352806, 0.00546281086280942, 0.022784950211644173,
+        ],
+        "blocks.8.mlp.fc.weight": [
+            0.009720622561872005, -0.015774516388773918, -0.024299995973706245, 0.013247686438262463,
+        ],
+    }  # fmt: skip
+    for key, row in golden.items():
+        assert a[key][0, :4].tolist() == row, key
+
+
+# 4. Tracing: no graph breaks, compiled == eager ----------------------------------------------------------------
+
+
+def _explain_and_compile(model: GPT, seq_len: int) -> None:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, model.spec.vocab_size, (1, seq_len), generator=g)
+    y = torch.randint(0, model.spec.vocab_size, (1, seq_len), generator=g)
+    torch._dynamo.reset()
+    try:
+        explanation = torch._dynamo.explain(model)(x, y)
+        assert explanation.graph_break_count == 0, explanation.break_reasons
+        assert explanation.graph_count == 1
+        compiled = torch.compile(model, fullgraph=True, backend="eager")
+        compiled_logits = torch.compile(model.forward_logits, fullgraph=True, backend="eager")
+        with torch.no_grad():
+            assert torch.equal(compiled(x, y), model(x, y))
+            assert torch.equal(compiled_logits(x), model.forward_logits(x))
+    finally:
+        torch._dynamo.reset()
+
+
+def test_full_baseline_traces_without_graph_breaks():
+    model = GPT(ModelSpec())
+    randomize(model)
+    _explain_and_compile(model, seq_len=64)
+
+
+def test_small_untied_model_traces_without_graph_breaks():
+    _explain_and_compile(random_model(num_layers=4, tie_embeddings=False), seq_len=T)
+
+
+# 5. Checkpoints ------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("spec", [ModelSpec(), small_spec(tie_embeddings=False)], ids=["baseline", "small-untied"])
+def test_state_dict_round_trips_through_torch_save_strictly(spec):
+    model = GPT(spec)
+    randomize(model, seed=3)
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    buf.seek(0)
+    fresh = GPT(spec)
+    result = fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
+    saved, loaded = model.state_dict(), fresh.state_dict()
+    assert list(saved) == list(loaded) and all(torch.equal(saved[k], loaded[k]) for k in saved)
+    x, y = tokens(spec.vocab_size)
+    with torch.no_grad():
+        assert torch.equal(fresh(x, y), model(x, y))
+
+
+def test_strict_load_rejects_a_foreign_key():
+    sd = GPT(small_spec()).state_dict()
+    sd["blocks.0.attn.rotary.inv_freq"] = torch.ones(4)  # a key the record never saves
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        GPT(small_spec()).load_state_dict(sd, strict=True)

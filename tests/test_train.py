@@ -1,0 +1,159 @@
+"""End-to-end training runs on the embedded sample data (CPU): semantics users count on."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from pgolf_core import registry
+from pgolf_core.cli import main
+from pgolf_core.recipe import load_recipe
+from pgolf_core.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = [
+    "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2",
+    "train.train_seq_len=32", "train.train_batch_tokens=512", "train.iterations=6", "train.warmup_steps=0",
+    "train.max_wallclock_seconds=0", "train.warmdown_iters=3", "train.val_loss_every=0", "train.train_log_every=1",
+    "train.muon_momentum_warmup_steps=3", "eval.max_tokens=2048", "eval.batch_tokens=1024",
+]
+
+
+def losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["train_loss"] for r in rows if r.get("event") == "train"]
+
+
+def test_warmup_steps_are_discarded_exactly(sample_cache, tmp_path):
+    """Warm-up restores weights, optimizer state and the loader: the real run is unchanged by it."""
+    a = train(load_recipe(None, TINY), tmp_path / "a", interactive=False)
+    b = train(load_recipe(None, [*TINY, "train.warmup_steps=3"]), tmp_path / "b", interactive=False)
+    assert losses(tmp_path / "a") == losses(tmp_path / "b")
+    assert a["roundtrip_val_bpb"] == b["roundtrip_val_bpb"]
+    assert "warmup_step:3/3" in (tmp_path / "b" / "train.log").read_text()
+
+
+def test_run_directory_and_summary(sample_cache, tmp_path):
+    s = train(load_recipe(None, [*TINY, "eval.sliding_stride=16"]), tmp_path, interactive=False)
+    assert s["steps"] == 6 and s["model_bytes"] == (tmp_path / "final_model.ptz").stat().st_size
+    assert s["artifact_bytes"] == s["model_bytes"] + s["code_bytes"] and s["code_bytes"] > 10_000
+    for key in ("val_loss", "val_bpb", "roundtrip_val_bpb", "sliding_val_bpb", "step_ms", "train_seconds",
+                "eval_seconds", "plugins", "manifest"):
+        assert key in s
+    assert s["manifest"]["data"]["train_shards"] >= 1 and len(s["manifest"]["recipe_sha256"]) == 64
+    assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
+    log = (tmp_path / "train.log").read_text()
+    assert "step:6/6 train_loss:" in log and "final_int8_zlib_roundtrip_exact val_loss:" in log
+    assert "Total submission size int8+zlib:" in log
+    resolved = load_recipe(tmp_path / "recipe.resolved.toml")
+    assert resolved.sha256() == s["manifest"]["recipe_sha256"]
+
+
+PHASE_PLUGIN = '''
+import json
+from pgolf_core import hookimpl
+
+
+class Plugin:
+    name = "phases"
+    version = "0"
+    order = 100
+
+    def __init__(self, config):
+        self.calls = []
+
+    def _note(self, what):
+        self.calls.append(what)
+
+    @hookimpl
+    def pgolf_configure(self, run):
+        self._note("configure")
+
+    @hookimpl
+    def pgolf_model_built(self, model, spec):
+        self._note("model_built")
+
+    @hookimpl
+    def pgolf_step_start(self, state):
+        self._note(f"start{state.step}")
+
+    @hookimpl
+    def pgolf_post_step(self, state):
+        self._note(f"post{state.step}")
+
+    @hookimpl
+    def pgolf_final_weights(self, state):
+        self._note("final")
+        return None
+
+    @hookimpl
+    def pgolf_pre_export(self, state, weights, plan):
+        self._note("pre_export")
+        state.report("phases/calls", " ".join(self.calls))
+
+
+PLUGIN = Plugin
+'''
+
+
+def test_hooks_run_at_phase_boundaries_in_order(sample_cache, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "phases.py").write_text(textwrap.dedent(PHASE_PLUGIN))
+    recipe = load_recipe(None, [*TINY, "train.iterations=2"], enable=["phases"],
+                         plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]))
+    s = train(recipe, tmp_path / "run", plugin_dirs=(plugins,), interactive=False)
+    expected = "configure model_built start0 post1 start1 post2 final pre_export"
+    assert s["plugin_reports"]["phases/calls"] == expected
+    assert s["plugins"] == [{"name": "phases", "version": "0", "order": 100}]
+
+
+def test_two_process_gloo_ddp_matches_one_process(sample_cache, tmp_path):
+    """Same global batch: 2 ranks x 4 micro-steps == 1 rank x 8 micro-steps."""
+    sets = [a for s in TINY for a in ("--set", s)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    one = subprocess.run([sys.executable, "-m", "pgolf", "run", "--out", str(tmp_path / "one"), *sets, str(RECIPE)],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    two = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf", "run",
+         "--out", str(tmp_path / "two"), *sets, str(RECIPE)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert two.returncode == 0, two.stderr[-2000:]
+    assert "world_size:2 grad_accum_steps:4" in (tmp_path / "two" / "train.log").read_text()
+    l1, l2 = losses(tmp_path / "one"), losses(tmp_path / "two")
+    assert len(l1) == len(l2) == 6
+    # Equal up to float summation order (DDP sums the ranks' gradients in another order).
+    assert l1 == pytest.approx(l2, rel=0, abs=2e-4)
+    s1 = json.loads((tmp_path / "one" / "summary.json").read_text())
+    s2 = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert s1["roundtrip_val_bpb"] == pytest.approx(s2["roundtrip_val_bpb"], abs=1e-4)
+
+
+RECIPE = ROOT / "recipes" / "baseline.toml"
+
+
+@pytest.fixture(scope="module")
+def smoke_run(sample_cache, tmp_path_factory):
+    out = tmp_path_factory.mktemp("smoke")
+    # A fixed step count instead of the smoke wallclock cap, so the result does not depend on the machine.
+    fixed = ["--set", "train.max_wallclock_seconds=0", "--set", "train.iterations=150"]
+    assert main(["run", str(RECIPE), "--smoke", *fixed, "--out", str(out)]) == 0
+    return out, json.loads((out / "summary.json").read_text())
+
+
+def test_baseline_smoke_learns_and_round_trips(smoke_run, capsys):
+    out, s = smoke_run
+    print(f"smoke val_bpb {s['val_bpb']:.4f} vs unigram {s['unigram_val_bpb']:.4f}")
+    assert s["val_bpb"] < s["unigram_val_bpb"] - 0.3
+    assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.01
+    assert s["model_params"] > 1_000_000 and s["steps"] == 150
+    assert "unigram baseline val_bpb" in (out / "train.log").read_text()
