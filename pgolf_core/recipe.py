@@ -189,9 +189,11 @@ SMOKE_OVERRIDES: dict[str, Any] = {
     "train.grad_accum_steps": 1,
     "train.muon_momentum_warmup_steps": 50,
     "train.muon_ns_dtype": "float32",
+    "eval.seq_len": 0,
     "eval.batch_tokens": 16 * 128,
     "eval.max_tokens": 32_768,
     "eval.sliding_batch_seqs": 16,
+    "export.keep_float_max_numel": 4096,
 }
 
 
@@ -215,9 +217,11 @@ def load_recipe(
     if smoke:
         for key, value in SMOKE_OVERRIDES.items():
             _set_dotted(raw, key, value, source)
+    user_set: set[str] = set()
     for item in overrides:
         key, value = _parse_override(item)
         _set_dotted(raw, key, value, f"--set {item}")
+        user_set.add(key)
     plugin_tables = raw.setdefault("plugins", {})
     if not isinstance(plugin_tables, dict):
         raise RecipeError(f"{source}: [plugins] must be a table of [plugins.<name>] tables")
@@ -255,6 +259,12 @@ def load_recipe(
             table = dict(plugin_tables[name])
             if not isinstance(plugin_tables[name], dict):
                 raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}])")
+            if smoke:
+                # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
+                # for a few hundred steps) beat the recipe; the user's --set beats both.
+                for key, value in getattr(classes[name], "SMOKE", {}).items():
+                    if f"plugins.{name}.{key}" not in user_set:
+                        table[key] = value
             enabled = table.pop("enabled", True)
             if not isinstance(enabled, bool):
                 raise RecipeError(

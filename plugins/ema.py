@@ -35,6 +35,8 @@ class EMA:
     version = "0.1.0"
     order = 80
     Config = Config
+    # `--smoke` trains a few hundred steps: a 333-step horizon would average mostly the init.
+    SMOKE = {"decay": 0.95}
 
     def __init__(self, config: Config) -> None:
         if not 0.0 <= config.decay < 1.0:

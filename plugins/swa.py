@@ -41,6 +41,8 @@ class SWA:
     version = "0.1.0"
     order = 80
     Config = Config
+    # `--smoke`'s warmdown spans ~100 steps, so snapshots every 50 would collect at most one.
+    SMOKE = {"every": 5}
 
     def __init__(self, config: Config) -> None:
         if config.every < 1 or config.check not in ("after", "before"):
