@@ -4,6 +4,6 @@ test:
 lint:
 	ruff check . && ruff format --check . && mypy pgolf_core
 smoke:
-	pgolf run recipes/baseline.toml --smoke
+	pgolf run recipes/pr414.toml --smoke
 bench:
 	python benchmarks/bench_baseline_cpu.py --write

@@ -4,7 +4,7 @@ The model is pgolf's #414 architecture (11 layers, dim 512, MLP 3x, BigramHash 2
 partial RoPE, LN scale, VE128, OrthoInit; about 27M parameters), its weights perturbed with seeded heavy-tailed
 noise so that they look trained (row maxima of a few units, so the 1/31 scale floor rarely binds and the clip
 search has real choices; embedding tables in bf16 as on GPU). The record's `mixed_quantize_int6` is loaded at run
-time from the script you pass (never vendored; its top-level `flash_attn_interface` import is stubbed if absent).
+time from the script you pass (never vendored; see benchmarks/record_script.py).
 
     python benchmarks/bench_export.py --record-script /path/to/records/.../train_gpt.py [--repeats 3] [--write]
 
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import json
 import os
 import platform
@@ -34,6 +33,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.artifact import serialize  # noqa: E402
 from pgolf_core.build import configure  # noqa: E402
@@ -63,24 +63,6 @@ layers = [9, 10]
 [plugins.zstd]
 """
 EMBEDDINGS = ("tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight")
-
-
-def load_record(path: Path) -> types.ModuleType:
-    if "flash_attn_interface" not in sys.modules and importlib.util.find_spec("flash_attn_interface") is None:
-        stub = types.ModuleType("flash_attn_interface")  # only the record's GPT calls it; not used here
-
-        def flash_attn_func(*args, **kwargs):
-            raise RuntimeError("flash_attn_interface stub (bench_export.py)")
-
-        stub.flash_attn_func = flash_attn_func  # type: ignore[attr-defined]
-        sys.modules["flash_attn_interface"] = stub
-    spec = importlib.util.spec_from_file_location("record_train_gpt", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    if not hasattr(module, "mixed_quantize_int6"):
-        raise SystemExit(f"{path}: no mixed_quantize_int6 (not a PR #414-style record script)")
-    return module
 
 
 def trained_like(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
@@ -128,7 +110,7 @@ def main() -> dict:
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    record = load_record(args.record_script)
+    record = load_record(args.record_script, "mixed_quantize_int6")
 
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "pr414_export.toml"
@@ -141,8 +123,9 @@ def main() -> dict:
     model.load_state_dict(weights)  # the model's dtypes become the template (embeddings stay fp32 there)
     n_params = sum(t.numel() for t in weights.values())
     reports: dict = {}
-    state = types.SimpleNamespace(recipe=recipe, model=model, control_patterns=run.control_patterns,
-                                  report=reports.__setitem__)
+    state = types.SimpleNamespace(
+        recipe=recipe, model=model, control_patterns=run.control_patterns, report=reports.__setitem__
+    )
 
     def pgolf_quantize():
         plan: dict = {name: {} for name in weights}
@@ -193,8 +176,10 @@ def main() -> dict:
             seconds, blob = timed(fn)
             zstd_t[name].append(seconds)
             sizes[name] = len(blob)
-            print(f"zstd-22 {name:6s} repeat {r}: {len(raws[name]):,} -> {len(blob):,} bytes in {seconds:.1f} s",
-                  flush=True)
+            print(
+                f"zstd-22 {name:6s} repeat {r}: {len(raws[name]):,} -> {len(blob):,} bytes in {seconds:.1f} s",
+                flush=True,
+            )
     zstd_s = {k: statistics.median(v) for k, v in zstd_t.items()}
     mt_s, mt_blob = timed(zstandard.ZstdCompressor(level=22, threads=-1).compress, raws["pgolf"])
     print(f"zstd-22 threads=-1: {len(mt_blob):,} bytes in {mt_s:.1f} s", flush=True)
@@ -206,8 +191,9 @@ def main() -> dict:
     n8, h8 = entropy_bits(q8)
     other = sum(t.numel() * t.element_size() for k, t in pg_obj["w"].items() if not k.endswith(".q"))
     bound = (n6 * h6 + n8 * h8) / 8
-    q_only = len(zstandard.ZstdCompressor(level=22).compress(
-        b"".join(t.contiguous().numpy().tobytes() for t in q6 + q8)))
+    q_only = len(
+        zstandard.ZstdCompressor(level=22).compress(b"".join(t.contiguous().numpy().tobytes() for t in q6 + q8))
+    )
 
     rq, pq = statistics.median(times["record"]), statistics.median(times["pgolf"])
     rt = rq + ser_s["record"] + zstd_s["record"]
@@ -216,19 +202,37 @@ def main() -> dict:
         "date": datetime.date.today().isoformat(),
         "torch": torch.__version__,
         "cpu": f"{platform.machine()} {os.cpu_count()} cores / {torch.get_num_threads()} threads",
-        "params": n_params, "repeats": args.repeats,
-        "record_q": rq, "pgolf_q": pq, "record_total": rt, "pgolf_total": pt,
-        "record_zstd": zstd_s["record"], "pgolf_zstd": zstd_s["pgolf"],
-        "record_bytes": sizes["record"], "pgolf_bytes": sizes["pgolf"], "same_raw": same_raw,
-        "raw_bytes": len(raws["pgolf"]), "zstd_repeats": args.zstd_repeats, "mt_s": mt_s, "mt_bytes": len(mt_blob),
-        "n6": n6, "h6": h6, "n8": n8, "h8": h8, "other": other,
-        "bound": bound, "q_only": q_only, "percentiles": reports.get("gptq_lite/percentiles"),
+        "params": n_params,
+        "repeats": args.repeats,
+        "record_q": rq,
+        "pgolf_q": pq,
+        "record_total": rt,
+        "pgolf_total": pt,
+        "record_zstd": zstd_s["record"],
+        "pgolf_zstd": zstd_s["pgolf"],
+        "record_bytes": sizes["record"],
+        "pgolf_bytes": sizes["pgolf"],
+        "same_raw": same_raw,
+        "raw_bytes": len(raws["pgolf"]),
+        "zstd_repeats": args.zstd_repeats,
+        "mt_s": mt_s,
+        "mt_bytes": len(mt_blob),
+        "n6": n6,
+        "h6": h6,
+        "n8": n8,
+        "h8": h8,
+        "other": other,
+        "bound": bound,
+        "q_only": q_only,
+        "percentiles": reports.get("gptq_lite/percentiles"),
     }
     print(f"quantize  record {rq:.3f} s  pgolf {pq:.3f} s  speedup {rq / pq:.1f}x")
     print(f"export    record {rt:.1f} s  pgolf {pt:.1f} s")
     print(f"artifact  record {sizes['record']:,}  pgolf {sizes['pgolf']:,}  identical raw payload: {same_raw}")
-    print(f"entropy   int6 {n6:,} x {h6:.3f} bits, int8 {n8:,} x {h8:.3f} bits -> {bound:,.0f} bytes; "
-          f"q alone zstd-22 {q_only:,} ({q_only / bound - 1:+.2%}); scales + passthrough {other:,} raw bytes")
+    print(
+        f"entropy   int6 {n6:,} x {h6:.3f} bits, int8 {n8:,} x {h8:.3f} bits -> {bound:,.0f} bytes; "
+        f"q alone zstd-22 {q_only:,} ({q_only / bound - 1:+.2%}); scales + passthrough {other:,} raw bytes"
+    )
     print(f"gptq_lite percentiles {result['percentiles']}")
     assert sizes["pgolf"] <= sizes["record"], "pgolf's artifact is larger"
     if args.json:
@@ -243,41 +247,41 @@ def write(r: dict) -> None:
     table = f"""{SECTION}
 
 `python benchmarks/bench_export.py --record-script PATH/TO/PR414/train_gpt.py --write` rewrites this section.
-Weights: pgolf's #414 model ({r['params']:,} parameters) with seeded Student-t noise (per-row log-normal scale,
+Weights: pgolf's #414 model ({r["params"]:,} parameters) with seeded Student-t noise (per-row log-normal scale,
 median 0.4) so they look trained; embedding tables bf16. *record* is the script's `mixed_quantize_int6` (GPTQ-lite:
 `torch.quantile` per candidate); *pgolf* is `gptq_lite` (one `topk` per matrix, quantiles interpolated exactly as
 torch does, one reused buffer) + `int6_export`. Both produce identical integers, scales and meta
-(checked), hence the same `torch.save` payload{' (byte-identical here)' if r['same_raw'] else ''} and artifact.
-Quantize: median of {r['repeats']} interleaved repeats; zstd-22 (one thread, as the records): median of
-{r['zstd_repeats']} interleaved repeats (same bytes in, so any difference is timing noise). Export = quantize +
-`torch.save` + zstd-22. Run on {r['cpu']}, torch {r['torch']}, {r['date']}.
+(checked), hence the same `torch.save` payload{" (byte-identical here)" if r["same_raw"] else ""} and artifact.
+Quantize: median of {r["repeats"]} interleaved repeats; zstd-22 (one thread, as the records): median of
+{r["zstd_repeats"]} interleaved repeats (same bytes in, so any difference is timing noise). Export = quantize +
+`torch.save` + zstd-22. Run on {r["cpu"]}, torch {r["torch"]}, {r["date"]}.
 
 | step | record #414 | pgolf | record / pgolf |
 |---|---:|---:|---:|
-| quantize (s) | {r['record_q']:.3f} | {r['pgolf_q']:.3f} | {ratio:.1f}x faster |
-| zstd-22 (s) | {r['record_zstd']:.1f} | {r['pgolf_zstd']:.1f} | \
-{r['record_zstd'] / r['pgolf_zstd']:.2f} (same call, noise) |
-| total export (s) | {r['record_total']:.1f} | {r['pgolf_total']:.1f} | {r['record_total'] / r['pgolf_total']:.2f} |
-| model artifact (bytes) | {r['record_bytes']:,} | {r['pgolf_bytes']:,} | {r['pgolf_bytes'] - r['record_bytes']:+,} |
-| option: zstd `threads = -1` (s / bytes) | | {r['mt_s']:.1f} / {r['mt_bytes']:,} | \
-time {r['record_zstd'] / r['mt_s']:.2f}, {r['mt_bytes'] - r['pgolf_bytes']:+,} bytes |
+| quantize (s) | {r["record_q"]:.3f} | {r["pgolf_q"]:.3f} | {ratio:.1f}x faster |
+| zstd-22 (s) | {r["record_zstd"]:.1f} | {r["pgolf_zstd"]:.1f} | \
+{r["record_zstd"] / r["pgolf_zstd"]:.2f} (same call, noise) |
+| total export (s) | {r["record_total"]:.1f} | {r["pgolf_total"]:.1f} | {r["record_total"] / r["pgolf_total"]:.2f} |
+| model artifact (bytes) | {r["record_bytes"]:,} | {r["pgolf_bytes"]:,} | {r["pgolf_bytes"] - r["record_bytes"]:+,} |
+| option: zstd `threads = -1` (s / bytes) | | {r["mt_s"]:.1f} / {r["mt_bytes"]:,} | \
+time {r["record_zstd"] / r["mt_s"]:.2f}, {r["mt_bytes"] - r["pgolf_bytes"]:+,} bytes |
 
-Entropy of the payload (pgolf = record): {r['n6']:,} int6 symbols at {r['h6']:.3f} bits and {r['n8']:,} int8 symbols
-at {r['h8']:.3f} bits (order 0) give a bound of {r['bound']:,.0f} bytes for the integers; zstd-22 of the integers
-alone takes {r['q_only']:,} bytes ({r['q_only'] / r['bound'] - 1:+.2%} against that bound: zstd's matches
+Entropy of the payload (pgolf = record): {r["n6"]:,} int6 symbols at {r["h6"]:.3f} bits and {r["n8"]:,} int8 symbols
+at {r["h8"]:.3f} bits (order 0) give a bound of {r["bound"]:,.0f} bytes for the integers; zstd-22 of the integers
+alone takes {r["q_only"]:,} bytes ({r["q_only"] / r["bound"] - 1:+.2%} against that bound: zstd's matches
 and per-block tables can beat order 0). Scales and passthrough
-tensors add {r['other']:,} raw bytes; the whole artifact is {r['pgolf_bytes']:,} bytes
-({r['pgolf_bytes'] / (r['bound'] + r['other']) - 1:+.2%} against integers at order-0 entropy + the rest raw; \
+tensors add {r["other"]:,} raw bytes; the whole artifact is {r["pgolf_bytes"]:,} bytes
+({r["pgolf_bytes"] / (r["bound"] + r["other"]) - 1:+.2%} against integers at order-0 entropy + the rest raw; \
 raw `torch.save`
-payload {r['raw_bytes']:,} bytes). GPTQ-lite choices (matrices per percentile): {r['percentiles']}. Threaded
+payload {r["raw_bytes"]:,} bytes). GPTQ-lite choices (matrices per percentile): {r["percentiles"]}. Threaded
 zstd (`plugins.zstd.threads = -1`) writes one standard frame that reads back the same way; at level 22 a 27 MB
 input is a single job, so it is no faster, but it came out smaller here.
-{r.get('note', '')}"""
+{r.get("note", "")}"""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     if SECTION in text:
         head, _, tail = text.partition(SECTION)
         nxt = tail.find("\n## ")
-        rest = tail[nxt + 1:] if nxt >= 0 else ""
+        rest = tail[nxt + 1 :] if nxt >= 0 else ""
         text = head + table + ("\n" + rest if rest else "")
     else:
         text = text.rstrip("\n") + "\n\n" + table

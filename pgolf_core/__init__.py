@@ -51,5 +51,15 @@ def export(recipe: Any, model: Any, out_dir: Any, **kwargs: Any) -> dict:
     return _export(recipe, model, out_dir, **kwargs)
 
 
-__all__ = ["load_recipe", "build_model", "train", "evaluate", "export", "hookimpl", "ModelSpec",
-           "CastedLinear", "PgolfError", "__version__"]
+__all__ = [
+    "load_recipe",
+    "build_model",
+    "train",
+    "evaluate",
+    "export",
+    "hookimpl",
+    "ModelSpec",
+    "CastedLinear",
+    "PgolfError",
+    "__version__",
+]

@@ -38,8 +38,9 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
     raise PgolfError(f"{path}: not a state dict (torch.save) nor an int8 artifact (zlib/zstd)")
 
 
-def evaluate(recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None,
-             log: Any = print) -> dict[str, Any]:
+def evaluate(
+    recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print
+) -> dict[str, Any]:
     """Score weights on the recipe's validation data (standard eval, plus sliding if configured), CPU/GPU."""
     env = Env(torch.device("cuda" if torch.cuda.is_available() and recipe.run.device != "cpu" else "cpu"))
     pm = create_manager(recipe)
@@ -65,8 +66,17 @@ def evaluate(recipe: Recipe, checkpoint: str | Path | None = None, model: torch.
     out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
     log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")
     if recipe.eval.sliding_stride > 0:
-        sl = evaluation.eval_sliding(model, val, seq, recipe.eval.sliding_stride, recipe.eval.sliding_batch_seqs,
-                                     tables, device=env.device, autocast_dtype=amp, tail=recipe.eval.sliding_tail)
+        sl = evaluation.eval_sliding(
+            model,
+            val,
+            seq,
+            recipe.eval.sliding_stride,
+            recipe.eval.sliding_batch_seqs,
+            tables,
+            device=env.device,
+            autocast_dtype=amp,
+            tail=recipe.eval.sliding_tail,
+        )
         out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)
         log(f"sliding_window val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
     return out
@@ -80,8 +90,20 @@ def export(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any
     run = configure(recipe, pm, log=log)
     runlog = RunLog(None)
     runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
-    state = TrainState(recipe, model, Optimizers([], None), Env(torch.device("cpu")), runlog, out_dir=out,
-                       control_patterns=run.control_patterns)
+    state = TrainState(
+        recipe,
+        model,
+        Optimizers([], None),
+        Env(torch.device("cpu")),
+        runlog,
+        out_dir=out,
+        control_patterns=run.control_patterns,
+    )
     exported = export_model(state, pm, out, ordered_plugins(pm))
-    return {"path": str(exported.path), "model_bytes": exported.model_bytes, "code_bytes": exported.code_bytes,
-            "artifact_bytes": exported.model_bytes + exported.code_bytes, "format": exported.label}
+    return {
+        "path": str(exported.path),
+        "model_bytes": exported.model_bytes,
+        "code_bytes": exported.code_bytes,
+        "artifact_bytes": exported.model_bytes + exported.code_bytes,
+        "format": exported.label,
+    }

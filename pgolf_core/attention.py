@@ -35,11 +35,11 @@ def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:
     flash = _find_flash() if device_type == "cuda" else None
     if requested == "flash":
         if device_type != "cuda":
-            raise PgolfError("[model] attention = \"flash\" needs a CUDA device; use \"auto\" or \"sdpa\"")
+            raise PgolfError('[model] attention = "flash" needs a CUDA device; use "auto" or "sdpa"')
         if flash is None:
             raise PgolfError(
-                "[model] attention = \"flash\" but flash attention is not installed "
-                "(pip install 'pgolf[gpu]'); use \"auto\" or \"sdpa\" to run with PyTorch SDPA"
+                '[model] attention = "flash" but flash attention is not installed '
+                '(pip install \'pgolf[gpu]\'); use "auto" or "sdpa" to run with PyTorch SDPA'
             )
         return "flash", f"flash ({flash.__name__}) as requested"
     if requested == "sdpa":

@@ -14,13 +14,24 @@ from pgolf_core.errors import PgolfError
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
     p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998",
+    )
     p.add_argument("--enable", action="append", default=[], metavar="PLUGIN", help="turn a plugin on")
     p.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="turn a plugin off")
     p.add_argument("--seed", type=int, help="shortcut for --set run.seed=N")
-    p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR",
-                   help="also load plugins from *.py files in DIR (each exporting PLUGIN)")
+    p.add_argument(
+        "--plugins-dir",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="also load plugins from *.py files in DIR (each exporting PLUGIN)",
+    )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -28,8 +39,14 @@ def _load(args: argparse.Namespace) -> Any:
     from pgolf_core.registry import plugin_classes
 
     overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
-    return load_recipe(args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke,
-                       plugin_classes=partial(plugin_classes, plugin_dirs=args.plugins_dir))
+    return load_recipe(
+        args.recipe,
+        overrides,
+        enable=args.enable,
+        disable=args.disable,
+        smoke=args.smoke,
+        plugin_classes=partial(plugin_classes, plugin_dirs=args.plugins_dir),
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -53,12 +70,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.order:
         recipe = _load(args)
         pm = registry.create_manager(recipe, args.plugins_dir)
-        rows = [{"name": p.name, "order": int(getattr(p, "order", 100)), "version": str(getattr(p, "version", "?")),
-                 "hooks": registry.hooks_of(p)} for p in registry.ordered_plugins(pm)]
+        rows = [
+            {
+                "name": p.name,
+                "order": int(getattr(p, "order", 100)),
+                "version": str(getattr(p, "version", "?")),
+                "hooks": registry.hooks_of(p),
+            }
+            for p in registry.ordered_plugins(pm)
+        ]
         if args.json:
             print(json.dumps(rows, indent=2))
-        for i, row in enumerate(rows if not args.json else []):
+            return 0
+        for i, row in enumerate(rows):
             print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
+        if not rows:
+            print(f"{recipe.source}: no plugins enabled (the core model and loop only)")
         return 0
     rows = registry.describe(args.plugins_dir)
     if args.json:

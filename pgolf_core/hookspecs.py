@@ -46,7 +46,7 @@ def pgolf_embed(spec: Any) -> Any:
 
 
 @hookspec
-def pgolf_value_embed(spec: Any) -> Any:
+def pgolf_value_extras(spec: Any) -> Any:
     """Return a module (or None) computed once per forward: `forward(input_ids) -> {layer: tensor}`
     of shape [B, T, Hkv * D], added to that block's flat value projection before the heads split
     (so it flows through attention and attention post-processing). Registered like `pgolf_embed`

@@ -71,10 +71,26 @@ def unigram_bpb(
     return float(-logp[y].sum() / (math.log(2) * n_bytes))
 
 
-def summarize(*, recipe: Any, env: Any, plugins: list[Any], pre: Any, roundtrip: Any, sliding: Any, exported: Any,
-              steps: int, train_seconds: float, eval_seconds: float, n_params: int, train_files: list[Path],
-              val_tokens: torch.Tensor, tables: Any, tokenizer_path: Path, reports: dict[str, Any],
-              total_seconds: float) -> dict[str, Any]:
+def summarize(
+    *,
+    recipe: Any,
+    env: Any,
+    plugins: list[Any],
+    pre: Any,
+    roundtrip: Any,
+    sliding: Any,
+    exported: Any,
+    steps: int,
+    train_seconds: float,
+    eval_seconds: float,
+    n_params: int,
+    train_files: list[Path],
+    val_tokens: torch.Tensor,
+    tables: Any,
+    tokenizer_path: Path,
+    reports: dict[str, Any],
+    total_seconds: float,
+) -> dict[str, Any]:
     final = sliding or roundtrip
     return {
         "schema": "pgolf.summary/1",

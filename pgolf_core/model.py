@@ -99,7 +99,10 @@ class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
         super().__init__()
         d, self.num_heads, self.num_kv_heads, self.head_dim = (
-            spec.model_dim, spec.num_heads, spec.num_kv_heads, spec.head_dim
+            spec.model_dim,
+            spec.num_heads,
+            spec.num_kv_heads,
+            spec.head_dim,
         )
         self.backend = spec.attention
         self.c_q = parts.linear("attn.c_q", d, d)
@@ -174,7 +177,7 @@ class ModelParts:
 
     spec: ModelSpec
     embed: Callable[[], list[nn.Module]] = lambda: []
-    value_embed: Callable[[], list[nn.Module]] = lambda: []
+    value_extras: Callable[[], list[nn.Module]] = lambda: []
     rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
     attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
     linear_factory: Callable[[str, int, int], nn.Module | None] = lambda role, i, o: None
@@ -208,7 +211,7 @@ class GPT(nn.Module):
             name = self._attach(module)
             (pre if getattr(module, "stage", "post_norm") == "pre_norm" else post).append(name)
         self.embed_pre_names, self.embed_post_names = tuple(pre), tuple(post)
-        self.value_embed_names = tuple(self._attach(module) for module in parts.value_embed())
+        self.value_extra_names = tuple(self._attach(module) for module in parts.value_extras())
         self._init_weights()
 
     def _attach(self, module: nn.Module) -> str:
@@ -258,9 +261,9 @@ class GPT(nn.Module):
         return F.rms_norm(x, (x.size(-1),))
 
     def _value_extras(self, input_ids: Tensor) -> dict[int, Tensor]:
-        """Per-layer additions to the flat value projection, summed over value-embedding modules."""
+        """Per-layer additions to the flat value projection, summed over the `pgolf_value_extras` modules."""
         extra: dict[int, Tensor] = {}
-        for name in self.value_embed_names:
+        for name in self.value_extra_names:
             for layer, value in self._plugin_module(name)(input_ids).items():
                 extra[layer] = extra[layer] + value if layer in extra else value
         return extra
@@ -303,6 +306,14 @@ def mlp_hidden_of(model_dim: int, mlp_mult: float, mlp_hidden: int) -> int:
 
 
 __all__ = [
-    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "Rotary", "apply_rotary", "causal_attention",
-    "apply_training_precision", "count_parameters", "mlp_hidden_of",
+    "GPT",
+    "ModelSpec",
+    "ModelParts",
+    "CastedLinear",
+    "Rotary",
+    "apply_rotary",
+    "causal_attention",
+    "apply_training_precision",
+    "count_parameters",
+    "mlp_hidden_of",
 ]

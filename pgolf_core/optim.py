@@ -164,9 +164,14 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[
         if not params:
             continue
         if name == "matrix":
-            muon = Muon(params, lr=cfg.matrix_lr, momentum=cfg.muon_momentum,
-                        backend_steps=cfg.muon_backend_steps, weight_decay=cfg.muon_weight_decay,
-                        orthogonalize=partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype)))
+            muon = Muon(
+                params,
+                lr=cfg.matrix_lr,
+                momentum=cfg.muon_momentum,
+                backend_steps=cfg.muon_backend_steps,
+                weight_decay=cfg.muon_weight_decay,
+                orthogonalize=partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype)),
+            )
             for group in muon.param_groups:
                 group["base_lr"] = cfg.matrix_lr
             optimizers.append(muon)

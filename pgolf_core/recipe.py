@@ -27,8 +27,15 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 # Substrings that mark small "control" tensors: Adam instead of Muon, kept fp32, fp32 passthrough
 # in the int8 exporter (TECHNIQUES.md T07). Plugins append their own through `pgolf_configure`.
 BASELINE_CONTROL_PATTERNS = [
-    "attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes",
-    "q_gain", "skip_weight", "skip_weights",
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
 ]
 
 
@@ -230,8 +237,7 @@ def load_recipe(
     for name in disable:
         if name not in plugin_tables:
             raise RecipeError(
-                f"--disable {name}: plugin {name!r} is not in {source}"
-                f"{did_you_mean(name, plugin_tables)}"
+                f"--disable {name}: plugin {name!r} is not in {source}{did_you_mean(name, plugin_tables)}"
             )
         _plugin_table(plugin_tables, name, f"--disable {name}")["enabled"] = False
 
@@ -267,9 +273,7 @@ def load_recipe(
                         table[key] = value
             enabled = table.pop("enabled", True)
             if not isinstance(enabled, bool):
-                raise RecipeError(
-                    f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}"
-                )
+                raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
             config_cls = getattr(classes[name], "Config", None)
             config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
             if config_cls is None and table:

@@ -156,9 +156,7 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
             version=str(getattr(cls, "version", "?")),
             order=int(getattr(cls, "order", 100)),
             hooks=hooks_of(cls),
-            config=(
-                {f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}
-            ),
+            config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
             doc=(inspect.getdoc(cls) or "").split("\n")[0],
         )
         rows.append(row)

@@ -87,7 +87,7 @@ def setup_env(device_pref: str) -> Env:
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device_pref == "cuda" and not torch.cuda.is_available():
-        raise PgolfError("[run] device = \"cuda\" but no CUDA device is available; use \"auto\" or \"cpu\"")
+        raise PgolfError('[run] device = "cuda" but no CUDA device is available; use "auto" or "cpu"')
     use_cuda = device_pref == "cuda" or (device_pref == "auto" and torch.cuda.is_available())
     if use_cuda:
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
@@ -123,9 +123,11 @@ def resolve_data(recipe: Recipe, env: Env, log: RunLog) -> tuple[list[Path], lis
         root, tokenizer = Path(sample.path), Path(cfg.tokenizer or sample.tokenizer)
     else:
         root = Path(cfg.path).expanduser()
-        candidates = [Path(cfg.tokenizer).expanduser()] if cfg.tokenizer else [
-            root / "tokenizer.model", root.parent.parent / "tokenizers" / "fineweb_1024_bpe.model"
-        ]
+        candidates = (
+            [Path(cfg.tokenizer).expanduser()]
+            if cfg.tokenizer
+            else [root / "tokenizer.model", root.parent.parent / "tokenizers" / "fineweb_1024_bpe.model"]
+        )
         tokenizer = next((c for c in candidates if c.is_file()), candidates[0])
         if not tokenizer.is_file():
             raise PgolfError(
@@ -143,8 +145,9 @@ def seed_everything(seed: int) -> None:
         torch.cuda.manual_seed_all(seed)
 
 
-def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tuple = (),
-          interactive: bool | None = None) -> dict[str, Any]:
+def train(
+    recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tuple = (), interactive: bool | None = None
+) -> dict[str, Any]:
     """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`)."""
     t_start = time.perf_counter()
     env = setup_env(recipe.run.device)
@@ -187,7 +190,8 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
     compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
     model: torch.nn.Module = (
         DDP(compiled, device_ids=[env.device.index] if env.is_cuda else None, broadcast_buffers=False)
-        if env.distributed else compiled
+        if env.distributed
+        else compiled
     )
     optimizers = build_optimizers(base_model, cfg, run.control_patterns, env.device.type)
     if optimizers.muon is not None and use_compile:
@@ -211,8 +215,15 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
 
     def run_eval(m: torch.nn.Module) -> evaluation.EvalResult:
         return evaluation.eval_standard(
-            m, val_tokens, eval_seq, val_rows, tables, device=env.device, rank=env.rank,
-            world_size=env.world_size, autocast_dtype=torch.bfloat16 if env.is_cuda else None,
+            m,
+            val_tokens,
+            eval_seq,
+            val_rows,
+            tables,
+            device=env.device,
+            rank=env.rank,
+            world_size=env.world_size,
+            autocast_dtype=torch.bfloat16 if env.is_cuda else None,
         )
 
     def train_step(loader: DistributedTokenLoader) -> torch.Tensor:
@@ -268,8 +279,9 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
                 f"step:{step}/{cfg.iterations} val_loss:{last_val.val_loss:.4f} val_bpb:{last_val.val_bpb:.4f} "
                 f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms"
             )
-            log.metric(event="val", step=step, val_loss=last_val.val_loss, val_bpb=last_val.val_bpb,
-                       train_time_ms=training_ms)
+            log.metric(
+                event="val", step=step, val_loss=last_val.val_loss, val_bpb=last_val.val_bpb, train_time_ms=training_ms
+            )
             env.sync()
             t0 = time.perf_counter()
         if last_step:
@@ -295,8 +307,9 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
                 f"step:{step}/{cfg.iterations} train_loss:{loss_value:.4f} "
                 f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms"
             )
-            log.metric(event="train", step=step, train_loss=loss_value, train_time_ms=approx_ms,
-                       lr_scale=state.lr_scale)
+            log.metric(
+                event="train", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_scale=state.lr_scale
+            )
             log.update_progress(step, loss_value, tokens_per_step * step / max(approx_ms / 1000.0, 1e-9), approx_ms)
         reached = cap_ms is not None and approx_ms >= cap_ms
         if env.distributed and cap_ms is not None:
@@ -308,8 +321,10 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
     log.stop_progress()
     train_seconds = training_ms / 1000.0
     if env.is_cuda:
-        log.log(f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
-                f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB")
+        log.log(
+            f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
+            f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB"
+        )
 
     # Final weights (EMA/SWA plugins), then the pre-export score on exactly those weights.
     t_eval = time.perf_counter()
@@ -326,26 +341,51 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
     load_weights(base_model, exported.dequantize(exported.read_back()))
     roundtrip = run_eval(model)
     label = exported.label
-    log.log(f"final_{label}_roundtrip val_loss:{roundtrip.val_loss:.4f} val_bpb:{roundtrip.val_bpb:.4f} "
-            f"eval_time:{1000 * roundtrip.seconds:.0f}ms")
+    log.log(
+        f"final_{label}_roundtrip val_loss:{roundtrip.val_loss:.4f} val_bpb:{roundtrip.val_bpb:.4f} "
+        f"eval_time:{1000 * roundtrip.seconds:.0f}ms"
+    )
     log.log(f"final_{label}_roundtrip_exact val_loss:{roundtrip.val_loss:.8f} val_bpb:{roundtrip.val_bpb:.8f}")
     sliding = None
     if recipe.eval.sliding_stride > 0:
         sliding = evaluation.eval_sliding(
-            base_model, val_tokens, eval_seq, recipe.eval.sliding_stride, recipe.eval.sliding_batch_seqs, tables,
-            device=env.device, rank=env.rank, world_size=env.world_size,
-            autocast_dtype=torch.bfloat16 if env.is_cuda else None, tail=recipe.eval.sliding_tail,
+            base_model,
+            val_tokens,
+            eval_seq,
+            recipe.eval.sliding_stride,
+            recipe.eval.sliding_batch_seqs,
+            tables,
+            device=env.device,
+            rank=env.rank,
+            world_size=env.world_size,
+            autocast_dtype=torch.bfloat16 if env.is_cuda else None,
+            tail=recipe.eval.sliding_tail,
         )
-        log.log(f"final_{label}_sliding_window val_loss:{sliding.val_loss:.4f} val_bpb:{sliding.val_bpb:.4f} "
-                f"stride:{recipe.eval.sliding_stride} eval_time:{1000 * sliding.seconds:.0f}ms")
+        log.log(
+            f"final_{label}_sliding_window val_loss:{sliding.val_loss:.4f} val_bpb:{sliding.val_bpb:.4f} "
+            f"stride:{recipe.eval.sliding_stride} eval_time:{1000 * sliding.seconds:.0f}ms"
+        )
         log.log(f"final_{label}_sliding_window_exact val_loss:{sliding.val_loss:.8f} val_bpb:{sliding.val_bpb:.8f}")
     eval_seconds = time.perf_counter() - t_eval
 
     summary = manifest.summarize(
-        recipe=recipe, env=env, plugins=plugins, pre=last_val, roundtrip=roundtrip, sliding=sliding,
-        exported=exported, steps=step, train_seconds=train_seconds, eval_seconds=eval_seconds,
-        n_params=n_params, train_files=train_files, val_tokens=val_tokens, tables=tables,
-        tokenizer_path=tokenizer_path, reports=state.reports, total_seconds=time.perf_counter() - t_start,
+        recipe=recipe,
+        env=env,
+        plugins=plugins,
+        pre=last_val,
+        roundtrip=roundtrip,
+        sliding=sliding,
+        exported=exported,
+        steps=step,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        n_params=n_params,
+        train_files=train_files,
+        val_tokens=val_tokens,
+        tables=tables,
+        tokenizer_path=tokenizer_path,
+        reports=state.reports,
+        total_seconds=time.perf_counter() - t_start,
     )
     if env.rank == 0:
         (out / "recipe.resolved.toml").write_text(manifest.resolved_recipe_text(recipe, plugins, summary))
@@ -359,8 +399,9 @@ def train(recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tup
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load a state dict, casting each tensor to the live parameter's dtype and device."""
     live = model.state_dict()
-    model.load_state_dict({k: v.to(dtype=live[k].dtype, device=live[k].device) for k, v in weights.items()},
-                          strict=True)
+    model.load_state_dict(
+        {k: v.to(dtype=live[k].dtype, device=live[k].device) for k, v in weights.items()}, strict=True
+    )
 
 
 @dataclass
@@ -388,16 +429,20 @@ def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> E
     answer = pm.hook.pgolf_quantize(state=state, weights=weights, plan=plan)
     if answer is None:
         obj, _ = artifact.quantize_int8(
-            weights, keep_float_max_numel=recipe.export.keep_float_max_numel,
-            clip_quantile=recipe.export.clip_quantile, control_patterns=tuple(state.control_patterns),
+            weights,
+            keep_float_max_numel=recipe.export.keep_float_max_numel,
+            clip_quantile=recipe.export.clip_quantile,
+            control_patterns=tuple(state.control_patterns),
         )
         quant_label, dequantize = "int8", artifact.dequantize_int8
     else:
         quant_label, obj, dequantize = answer
     raw = artifact.serialize(obj)
     compressed = pm.hook.pgolf_compress(raw=raw)
-    codec, blob = compressed if compressed is not None else (
-        recipe.export.compressor, artifact.compress(raw, recipe.export.compressor, recipe.export.level)
+    codec, blob = (
+        compressed
+        if compressed is not None
+        else (recipe.export.compressor, artifact.compress(raw, recipe.export.compressor, recipe.export.level))
     )
     path = out / "final_model.ptz"
     if state.env.rank == 0:
@@ -410,6 +455,8 @@ def export_model(state: TrainState, pm: Any, out: Path, plugins: list[Any]) -> E
     log.log(f"Code size: {code_bytes} bytes ({len(code_files)} files: core + enabled plugins)")
     log.log(f"Total submission size {quant_label}+{codec}: {model_bytes + code_bytes} bytes")
     if model_bytes + code_bytes > recipe.export.artifact_limit_bytes:
-        log.log(f"WARNING: artifact {model_bytes + code_bytes} bytes is over the "
-                f"{recipe.export.artifact_limit_bytes:,}-byte limit")
+        log.log(
+            f"WARNING: artifact {model_bytes + code_bytes} bytes is over the "
+            f"{recipe.export.artifact_limit_bytes:,}-byte limit"
+        )
     return Exported(label, path, model_bytes, code_bytes, len(raw), codec, dequantize)

@@ -125,8 +125,11 @@ class GptqLite:
 
     def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, control_patterns: tuple[str, ...]) -> bool:
         return (
-            t.is_floating_point() and t.numel() > keep_float_max_numel and t.ndim >= 1
-            and not any(p in name for p in control_patterns) and category(name) in self.config.categories
+            t.is_floating_point()
+            and t.numel() > keep_float_max_numel
+            and t.ndim >= 1
+            and not any(p in name for p in control_patterns)
+            and category(name) in self.config.categories
         )
 
     @hookimpl

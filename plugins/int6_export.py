@@ -122,8 +122,10 @@ def _int6(name: str, t: Tensor, entry: dict[str, Any], rule: str, clip_quantile:
         stats["int6_planned"] += 1
         return _planned(name, t, entry)
     if rule == "plan":
-        raise PgolfError(f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; '
-                         "enable gptq_lite (or choose another row_rule)")
+        raise PgolfError(
+            f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; '
+            "enable gptq_lite (or choose another row_rule)"
+        )
     return int6_rowmax(t.float()) if rule == "rowmax" else int6_quantile(t.float(), clip_quantile)
 
 
@@ -141,11 +143,13 @@ def quantize(
     rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
     planned = {k for k, v in plan.items() if v.get("clip_percentile") is not None}
     if config.scheme == "mixed":
-        obj, stats, int6_names = _quantize_mixed(weights, config, rule, control_patterns, keep_float_max_numel,
-                                                 clip_quantile, plan)
+        obj, stats, int6_names = _quantize_mixed(
+            weights, config, rule, control_patterns, keep_float_max_numel, clip_quantile, plan
+        )
     else:
-        obj, stats, int6_names = _quantize_all(weights, config, rule, control_patterns, keep_float_max_numel,
-                                               clip_quantile, plan)
+        obj, stats, int6_names = _quantize_all(
+            weights, config, rule, control_patterns, keep_float_max_numel, clip_quantile, plan
+        )
     stray = sorted(planned - int6_names)
     if stray:
         raise PgolfError(
@@ -215,8 +219,13 @@ def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan
         quantized[name], scales[name], dtypes[name] = q, s, str(t.dtype).removeprefix("torch.")
         int6_names.add(name)
         stats["int6"] += 1
-    obj: dict[str, Any] = {"__quant_format__": ALL_FORMAT, "quantized": quantized, "scales": scales,
-                           "dtypes": dtypes, "passthrough": passthrough}
+    obj: dict[str, Any] = {
+        "__quant_format__": ALL_FORMAT,
+        "quantized": quantized,
+        "scales": scales,
+        "dtypes": dtypes,
+        "passthrough": passthrough,
+    }
     if qmeta:
         obj["qmeta"] = qmeta
     if orig_dtypes:
@@ -284,8 +293,12 @@ class Int6Export:
     def pgolf_quantize(self, state, weights, plan):
         export_cfg = state.recipe.export
         obj, stats = quantize(
-            weights, self.config, control_patterns=tuple(state.control_patterns),
-            keep_float_max_numel=export_cfg.keep_float_max_numel, clip_quantile=export_cfg.clip_quantile, plan=plan,
+            weights,
+            self.config,
+            control_patterns=tuple(state.control_patterns),
+            keep_float_max_numel=export_cfg.keep_float_max_numel,
+            clip_quantile=export_cfg.clip_quantile,
+            plan=plan,
         )
         state.report("int6_export/tensors", {k: v for k, v in stats.items() if v})
         dtypes = {k: v.dtype for k, v in state.model.state_dict().items()}

@@ -91,8 +91,11 @@ class SmearGate:
     def pgolf_embed(self, spec):
         c = self.config
         flat = "" if c.state_key == "smear.gate" else c.state_key
-        module = (PerDimSmear(spec.model_dim, c.placement, c.gate_init, flat) if c.variant == "per_dim"
-                  else ScalarSmear(spec.model_dim, c.placement))
+        module = (
+            PerDimSmear(spec.model_dim, c.placement, c.gate_init, flat)
+            if c.variant == "per_dim"
+            else ScalarSmear(spec.model_dim, c.placement)
+        )
         for p in module.parameters():
             p._pgolf_group = "scalar"
             if c.own_adam_lr > 0:

@@ -80,7 +80,7 @@ class ValueEmbed:
             raise ValueError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
 
     @hookimpl
-    def pgolf_value_embed(self, spec):
+    def pgolf_value_extras(self, spec):
         module = ValueEmbeddings(spec, self.config)
         module.ve_shared.embed.weight._pgolf_group = "token"
         if module.ve_shared.proj is not None:

@@ -48,8 +48,9 @@ def test_baseline_recipe_has_the_record_values():
 
 
 def test_overrides_smoke_and_seed(tmp_path):
-    r = load_recipe(write(tmp_path, "[train]\nmatrix_lr = 0.02\n"), ["train.matrix_lr=0.03", "run.name=x y"],
-                    smoke=True)
+    r = load_recipe(
+        write(tmp_path, "[train]\nmatrix_lr = 0.02\n"), ["train.matrix_lr=0.03", "run.name=x y"], smoke=True
+    )
     assert r.train.matrix_lr == 0.03
     assert r.run.name == "x y"  # bare words become strings
     assert r.model.model_dim == SMOKE_OVERRIDES["model.model_dim"]
@@ -67,15 +68,15 @@ def test_int_accepted_for_float_but_not_the_reverse(tmp_path):
     "text, message",
     [
         ("[train]\nmatrx_lr = 0.1\n", r"r.toml: \[train\] unknown key 'matrx_lr' \(did you mean \"matrix_lr\"\?\)"),
-        ("[train]\nmatrix_lr = \"fast\"\n", r"r.toml: \[train\] matrix_lr: expected float, got string 'fast'"),
+        ('[train]\nmatrix_lr = "fast"\n', r"r.toml: \[train\] matrix_lr: expected float, got string 'fast'"),
         ("[model]\ntie_embeddings = 1\n", r"\[model\] tie_embeddings: expected bool"),
         ("[trian]\n", r"unknown table \[trian\] \(did you mean \"train\"\?\)"),
         ("[train\nx=1", r"r.toml: invalid TOML"),
         ("[plugins.dmeo]\n", r"\[plugins.dmeo\] unknown plugin 'dmeo'"),
-        ("[plugins.demo]\ndecay = \"x\"\n", r"\[plugins.demo\] decay: expected float, got string"),
-        ("[plugins.demo]\nlayers = [1, \"a\"]\n", r"\[plugins.demo\] layers\[1\]: expected int"),
+        ('[plugins.demo]\ndecay = "x"\n', r"\[plugins.demo\] decay: expected float, got string"),
+        ('[plugins.demo]\nlayers = [1, "a"]\n', r"\[plugins.demo\] layers\[1\]: expected int"),
         ("[plugins.demo]\ndeacy = 0.9\n", r"unknown key 'deacy' \(did you mean \"decay\"\?\)"),
-        ("[model]\nattention = \"flsh\"\n", r"\[model\] attention: expected one of 'auto', 'sdpa', 'flash'"),
+        ('[model]\nattention = "flsh"\n', r"\[model\] attention: expected one of 'auto', 'sdpa', 'flash'"),
         ("[model]\nmodel_dim = 100\nnum_heads = 8\n", r"model_dim=100 must be divisible by num_heads=8"),
     ],
 )
@@ -108,8 +109,7 @@ def test_plugins_enable_disable_keep_settings(tmp_path):
 
 
 def test_resolved_recipe_round_trips_through_toml(tmp_path):
-    r = load_recipe(write(tmp_path, "[plugins.demo]\nlayers = [3]\n"), ["train.adam_eps=1e-10"],
-                    plugin_classes=classes)
+    r = load_recipe(write(tmp_path, "[plugins.demo]\nlayers = [3]\n"), ["train.adam_eps=1e-10"], plugin_classes=classes)
     text = r.to_toml()
     again = load_recipe(write(tmp_path, text), plugin_classes=classes)
     assert again.to_dict() == r.to_dict()
@@ -118,4 +118,4 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path):
 
 
 def test_dump_toml_nested():
-    assert dump_toml({"a": {"x": 1, "b": {"y": "q\""}}}) == '[a]\nx = 1\n\n[a.b]\ny = "q\\""\n'
+    assert dump_toml({"a": {"x": 1, "b": {"y": 'q"'}}}) == '[a]\nx = 1\n\n[a.b]\ny = "q\\""\n'

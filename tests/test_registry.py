@@ -62,11 +62,11 @@ class Plugin:
 PLUGIN = Plugin
 '''
 
-ROTARY = '''
+ROTARY = """
     @hookimpl
     def pgolf_rotary(self, spec, layer):
         return None
-'''
+"""
 
 
 def make_plugin(directory: Path, name: str, order: int = 100, extra: str = "") -> None:

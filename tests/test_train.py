@@ -19,10 +19,21 @@ from pgolf_core.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = [
-    "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2",
-    "train.train_seq_len=32", "train.train_batch_tokens=512", "train.iterations=6", "train.warmup_steps=0",
-    "train.max_wallclock_seconds=0", "train.warmdown_iters=3", "train.val_loss_every=0", "train.train_log_every=1",
-    "train.muon_momentum_warmup_steps=3", "eval.max_tokens=2048", "eval.batch_tokens=1024",
+    "model.model_dim=32",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "model.num_layers=2",
+    "train.train_seq_len=32",
+    "train.train_batch_tokens=512",
+    "train.iterations=6",
+    "train.warmup_steps=0",
+    "train.max_wallclock_seconds=0",
+    "train.warmdown_iters=3",
+    "train.val_loss_every=0",
+    "train.train_log_every=1",
+    "train.muon_momentum_warmup_steps=3",
+    "eval.max_tokens=2048",
+    "eval.batch_tokens=1024",
 ]
 
 
@@ -44,8 +55,17 @@ def test_run_directory_and_summary(sample_cache, tmp_path):
     s = train(load_recipe(None, [*TINY, "eval.sliding_stride=16"]), tmp_path, interactive=False)
     assert s["steps"] == 6 and s["model_bytes"] == (tmp_path / "final_model.ptz").stat().st_size
     assert s["artifact_bytes"] == s["model_bytes"] + s["code_bytes"] and s["code_bytes"] > 10_000
-    for key in ("val_loss", "val_bpb", "roundtrip_val_bpb", "sliding_val_bpb", "step_ms", "train_seconds",
-                "eval_seconds", "plugins", "manifest"):
+    for key in (
+        "val_loss",
+        "val_bpb",
+        "roundtrip_val_bpb",
+        "sliding_val_bpb",
+        "step_ms",
+        "train_seconds",
+        "eval_seconds",
+        "plugins",
+        "manifest",
+    ):
         assert key in s
     assert s["manifest"]["data"]["train_shards"] >= 1 and len(s["manifest"]["recipe_sha256"]) == 64
     assert json.loads((tmp_path / "summary.json").read_text()) == json.loads(json.dumps(s))
@@ -56,7 +76,7 @@ def test_run_directory_and_summary(sample_cache, tmp_path):
     assert resolved.sha256() == s["manifest"]["recipe_sha256"]
 
 
-PHASE_PLUGIN = '''
+PHASE_PLUGIN = """
 import json
 from pgolf_core import hookimpl
 
@@ -100,15 +120,19 @@ class Plugin:
 
 
 PLUGIN = Plugin
-'''
+"""
 
 
 def test_hooks_run_at_phase_boundaries_in_order(sample_cache, tmp_path):
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "phases.py").write_text(textwrap.dedent(PHASE_PLUGIN))
-    recipe = load_recipe(None, [*TINY, "train.iterations=2"], enable=["phases"],
-                         plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]))
+    recipe = load_recipe(
+        None,
+        [*TINY, "train.iterations=2"],
+        enable=["phases"],
+        plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]),
+    )
     s = train(recipe, tmp_path / "run", plugin_dirs=(plugins,), interactive=False)
     expected = "configure model_built start0 post1 start1 post2 final pre_export"
     assert s["plugin_reports"]["phases/calls"] == expected
@@ -119,13 +143,33 @@ def test_two_process_gloo_ddp_matches_one_process(sample_cache, tmp_path):
     """Same global batch: 2 ranks x 4 micro-steps == 1 rank x 8 micro-steps."""
     sets = [a for s in TINY for a in ("--set", s)]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    one = subprocess.run([sys.executable, "-m", "pgolf", "run", "--out", str(tmp_path / "one"), *sets, str(RECIPE)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, "-m", "pgolf", "run", "--out", str(tmp_path / "one"), *sets, str(RECIPE)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     two = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "pgolf", "run",
-         "--out", str(tmp_path / "two"), *sets, str(RECIPE)],
-        env=env, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--standalone",
+            "--nproc_per_node=2",
+            "-m",
+            "pgolf",
+            "run",
+            "--out",
+            str(tmp_path / "two"),
+            *sets,
+            str(RECIPE),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert two.returncode == 0, two.stderr[-2000:]
     assert "world_size:2 grad_accum_steps:4" in (tmp_path / "two" / "train.log").read_text()

@@ -27,8 +27,12 @@ def hooks_markdown() -> str:
 
 
 def plugins_markdown() -> str:
-    lines = ["# Built-in plugins", "", "Generated from each plugin's module docstring and `Config` by "
-             "`tools/gen_docs.py`.", ""]
+    lines = [
+        "# Built-in plugins",
+        "",
+        "Generated from each plugin's module docstring and `Config` by `tools/gen_docs.py`.",
+        "",
+    ]
     for name, source in sorted(registry.discover().items()):
         if source.origin != "pgolf":
             continue

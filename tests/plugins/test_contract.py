@@ -20,10 +20,21 @@ from pgolf_core.recipe import dump_toml, load_recipe
 from pgolf_core.train import train
 
 TINY = [
-    "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=4",
-    "train.train_seq_len=32", "train.train_batch_tokens=256", "train.iterations=6", "train.warmup_steps=1",
-    "train.max_wallclock_seconds=0", "train.warmdown_iters=4", "train.val_loss_every=0", "train.train_log_every=1",
-    "train.grad_accum_steps=1", "eval.max_tokens=1024", "eval.batch_tokens=512",
+    "model.model_dim=32",
+    "model.num_heads=4",
+    "model.num_kv_heads=2",
+    "model.num_layers=4",
+    "train.train_seq_len=32",
+    "train.train_batch_tokens=256",
+    "train.iterations=6",
+    "train.warmup_steps=1",
+    "train.max_wallclock_seconds=0",
+    "train.warmdown_iters=4",
+    "train.val_loss_every=0",
+    "train.train_log_every=1",
+    "train.grad_accum_steps=1",
+    "eval.max_tokens=1024",
+    "eval.batch_tokens=512",
 ]
 # Settings that make each plugin act within a 6-step, 4-layer run.
 TINY_SETTINGS: dict[str, dict] = {

@@ -29,8 +29,21 @@ from pgolf_core.recipe import load_recipe
 
 from .golden import FIXTURES
 
-PR414_CONTROL = ("attn_scale", "attn_scales", "mlp_scale", "mlp_scales", "resid_mix", "resid_mixes", "q_gain",
-                 "skip_weight", "skip_weights", "smear", "dtg_gate", "ve_layer_scales", "ve_shared.scale")
+PR414_CONTROL = (
+    "attn_scale",
+    "attn_scales",
+    "mlp_scale",
+    "mlp_scales",
+    "resid_mix",
+    "resid_mixes",
+    "q_gain",
+    "skip_weight",
+    "skip_weights",
+    "smear",
+    "dtg_gate",
+    "ve_layer_scales",
+    "ve_shared.scale",
+)
 BASELINE_CONTROL = PR414_CONTROL[:9]
 
 # Record key names; sizes straddle the 65,536-element threshold. Every rule of both schemes is hit:
@@ -132,8 +145,10 @@ def golden() -> dict:
 
 def check_inputs(golden: dict, case: str, weights: dict[str, torch.Tensor]) -> None:
     if digests(weights) != golden["inputs"][case]:
-        pytest.fail(f"make_weights no longer reproduces the {case} inputs the fixture was made from "
-                    "(RNG change?); the record outputs must be regenerated")
+        pytest.fail(
+            f"make_weights no longer reproduces the {case} inputs the fixture was made from "
+            "(RNG change?); the record outputs must be regenerated"
+        )
 
 
 def fake_state(weights, patterns, *, keep=65_536, clip=0.9999984):
@@ -141,8 +156,10 @@ def fake_state(weights, patterns, *, keep=65_536, clip=0.9999984):
     reports: dict = {}
     return SimpleNamespace(
         recipe=SimpleNamespace(export=SimpleNamespace(keep_float_max_numel=keep, clip_quantile=clip)),
-        model=SimpleNamespace(state_dict=lambda: weights), control_patterns=list(patterns),
-        reports=reports, report=reports.__setitem__,
+        model=SimpleNamespace(state_dict=lambda: weights),
+        control_patterns=list(patterns),
+        reports=reports,
+        report=reports.__setitem__,
     )
 
 
@@ -153,7 +170,8 @@ def run_export(weights, patterns, *, gptq: bool, **int6_cfg):
     if gptq:
         gptq_lite.GptqLite(gptq_lite.Config()).pgolf_pre_export(state=state, weights=weights, plan=plan)
     label, obj, deq = int6_export.Int6Export(int6_export.Config(**int6_cfg)).pgolf_quantize(
-        state=state, weights=weights, plan=plan)
+        state=state, weights=weights, plan=plan
+    )
     return state, plan, label, obj, deq
 
 
@@ -211,8 +229,9 @@ def test_mixed_gptq_equals_record_pr414(golden):
     assert state.reports["int6_export/tensors"]["int6_planned"] == sum(counts.values())
     # A plan with percentiles only (no integers) gives the same object; so does row_rule = "plan".
     slim = {k: {"clip_percentile": v["clip_percentile"]} if "clip_percentile" in v else {} for k, v in plan.items()}
-    obj2, _ = int6_export.quantize(weights, int6_export.Config(row_rule="plan"), control_patterns=PR414_CONTROL,
-                                   plan=slim)
+    obj2, _ = int6_export.quantize(
+        weights, int6_export.Config(row_rule="plan"), control_patterns=PR414_CONTROL, plan=slim
+    )
     assert digests(obj2["w"]) == want["w"]
 
 
@@ -260,8 +279,9 @@ def test_rowmax_is_variant_c():
 # ---------------------------------------------------------------- round trip, config, errors
 
 
-@pytest.mark.parametrize("cfg,gptq", [({}, False), ({}, True), ({"scheme": "all"}, False),
-                                      ({"scheme": "all", "row_rule": "rowmax"}, False)])
+@pytest.mark.parametrize(
+    "cfg,gptq", [({}, False), ({}, True), ({"scheme": "all"}, False), ({"scheme": "all", "row_rule": "rowmax"}, False)]
+)
 def test_round_trip_within_half_a_step(cfg, gptq):
     """Every element no larger than its row's 0.999 quantile (below every clip any rule uses) comes
     back within half a quantization step (plus the fp16 rounding of the stored scale); passthrough
@@ -295,7 +315,7 @@ def test_configs_round_trip_through_toml(tmp_path):
     path = tmp_path / "r.toml"
     path.write_text(
         '[plugins.int6_export]\nscheme = "all"\nfp16_keep = ["tok_emb"]\nrow_rule = "quantile"\n'
-        "[plugins.gptq_lite]\npercentiles = [0.999, 1.0]\ncategories = [\"mlp\"]\n"
+        '[plugins.gptq_lite]\npercentiles = [0.999, 1.0]\ncategories = ["mlp"]\n'
         "[plugins.zstd]\nlevel = 19\nfallback_zlib = true\n"
     )
     recipe = load_recipe(path)
@@ -387,12 +407,25 @@ def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
 
     path = tmp_path / "r.toml"
     path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[plugins.zstd]\n')
-    recipe = load_recipe(path, [
-        "model.model_dim=64", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2",
-        "train.train_seq_len=32", "train.train_batch_tokens=256", "train.iterations=3", "train.warmup_steps=0",
-        "train.max_wallclock_seconds=0", "train.val_loss_every=0", "train.grad_accum_steps=1",
-        "eval.max_tokens=1024", "eval.batch_tokens=512", "export.keep_float_max_numel=4096",
-    ])
+    recipe = load_recipe(
+        path,
+        [
+            "model.model_dim=64",
+            "model.num_heads=4",
+            "model.num_kv_heads=2",
+            "model.num_layers=2",
+            "train.train_seq_len=32",
+            "train.train_batch_tokens=256",
+            "train.iterations=3",
+            "train.warmup_steps=0",
+            "train.max_wallclock_seconds=0",
+            "train.val_loss_every=0",
+            "train.grad_accum_steps=1",
+            "eval.max_tokens=1024",
+            "eval.batch_tokens=512",
+            "export.keep_float_max_numel=4096",
+        ],
+    )
     summary = train(recipe, tmp_path / "run", interactive=False)
     log = (tmp_path / "run" / "train.log").read_text()
     assert "Serialized model int6+zstd" in log and "final_int6_zstd_roundtrip" in log

@@ -1,0 +1,47 @@
+"""Load a record's `train_gpt.py` (a path the user already has) as a module, at run time.
+
+pgolf never vendors record code; benchmarks that compare against a record import the user's copy.
+The record scripts import FlashAttention-3 at top level; where it is absent (any CPU machine) a
+stand-in with the same math and layout is installed: `flash_attn_func(q, k, v, causal)` on
+[batch, seq, heads, head_dim] tensors, computed by PyTorch SDPA with GQA, which is also what
+pgolf's `sdpa` backend runs, so a CPU timing compares the models and not two attention kernels.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _sdpa_flash_attn_func(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = True) -> torch.Tensor:
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2),
+        k.transpose(1, 2),
+        v.transpose(1, 2),
+        is_causal=causal,
+        enable_gqa=k.size(2) != q.size(2),
+    )
+    return y.transpose(1, 2)
+
+
+def load_record(path: Path, required: str) -> types.ModuleType:
+    """Import `path` as a module; exit with a clear message if it lacks attribute `required`."""
+    path = Path(path)
+    if not path.is_file():
+        raise SystemExit(f"{path}: no such file (pass the path of a record's train_gpt.py)")
+    if "flash_attn_interface" not in sys.modules and importlib.util.find_spec("flash_attn_interface") is None:
+        stub = types.ModuleType("flash_attn_interface")
+        stub.flash_attn_func = _sdpa_flash_attn_func  # type: ignore[attr-defined]
+        sys.modules["flash_attn_interface"] = stub
+    spec = importlib.util.spec_from_file_location("record_train_gpt", path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not hasattr(module, required):
+        raise SystemExit(f"{path}: no {required} (not a PR #414-style record script)")
+    return module

@@ -1,0 +1,186 @@
+"""Promises about what ships: the recipes' resolved plugin order (snapshots), every plugin of
+PR #414 can be switched off on its own, the core names no plugin, plugins import no plugin,
+and the core stays within its line budget."""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import os
+import sys
+import tokenize
+from pathlib import Path
+
+import pytest
+
+from pgolf_core import registry
+from pgolf_core.artifact import CODECS
+from pgolf_core.cli import main
+from pgolf_core.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
+SNAPSHOTS = ROOT / "tests" / "fixtures" / "plugin_order"
+PR414 = ROOT / "recipes" / "pr414.toml"
+BUILTIN = {name: src for name, src in registry.discover().items() if src.origin == "pgolf"}
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_plugin_order_snapshot(recipe, capsys, monkeypatch):
+    """`pgolf plugins --order` of every shipped recipe; PGOLF_UPDATE_SNAPSHOTS=1 rewrites them."""
+    monkeypatch.chdir(ROOT)
+    assert main(["plugins", "--order", f"recipes/{recipe.name}"]) == 0
+    out = capsys.readouterr().out
+    snapshot = SNAPSHOTS / f"{recipe.stem}.txt"
+    if os.environ.get("PGOLF_UPDATE_SNAPSHOTS"):
+        snapshot.write_text(out)
+    assert snapshot.is_file(), f"no snapshot {snapshot}: run PGOLF_UPDATE_SNAPSHOTS=1 pytest {__file__}"
+    assert out == snapshot.read_text(), f"plugin order of {recipe.name} changed (PGOLF_UPDATE_SNAPSHOTS=1 updates)"
+
+
+@pytest.mark.parametrize("recipe", RECIPES, ids=lambda p: p.stem)
+def test_shipped_recipe_loads_full_and_smoke(recipe):
+    full, smoke = load_recipe(recipe), load_recipe(recipe, smoke=True)
+    assert full.enabled_plugins == smoke.enabled_plugins  # --smoke keeps every plugin
+    assert smoke.model.model_dim < full.model.model_dim or full.model.model_dim <= 128
+
+
+PR414_PLUGINS = load_recipe(PR414).enabled_plugins
+
+
+@pytest.mark.parametrize("plugin", PR414_PLUGINS)
+def test_pr414_without_one_plugin_builds_trains_and_exports(plugin, sample_cache, tmp_path):
+    out = tmp_path / f"no-{plugin}"
+    tiny = [
+        "train.iterations=3",
+        "train.warmup_steps=1",
+        "train.val_loss_every=0",
+        "train.max_wallclock_seconds=0",
+        "eval.max_tokens=4096",
+    ]
+    sets = [arg for item in tiny for arg in ("--set", item)]
+    assert main(["run", str(PR414), "--smoke", "--disable", plugin, *sets, "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    names = [p["name"] for p in s["plugins"]]
+    assert plugin not in names and sorted(names) == sorted(set(PR414_PLUGINS) - {plugin})
+    assert s["steps"] == 3
+    assert (out / "final_model.ptz").stat().st_size == s["artifact_bytes"] - s["code_bytes"]
+    assert 0 < s["roundtrip_val_bpb"] < 10
+    resolved = load_recipe(out / "recipe.resolved.toml")
+    assert not resolved.plugins[plugin].enabled
+
+
+def _identifiers(tree: ast.AST) -> set[str]:
+    """Every name the code itself uses: variables, attributes, definitions, arguments, keywords, imports."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Name):
+            names.add(node.id)
+        elif isinstance(node, ast.Attribute):
+            names.add(node.attr)
+        elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            names.add(node.name)
+        elif isinstance(node, ast.arg):
+            names.add(node.arg)
+        elif isinstance(node, ast.keyword) and node.arg:
+            names.add(node.arg)
+        elif isinstance(node, ast.alias):
+            names.update(node.name.split("."))
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            names.update(node.module.split("."))
+    return names
+
+
+def test_core_names_no_plugin():
+    """No identifier of the core is a built-in plugin's name, module or class, and no string constant is a
+    plugin's name (the codec names the artifact reader must know, e.g. "zstd", are file formats)."""
+    forbidden = set(BUILTIN) | {"pgolf_plugins"}
+    forbidden |= {registry.load_class(src).__name__ for src in BUILTIN.values()}
+    for path in sorted((ROOT / "pgolf_core").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        used = _identifiers(tree) & forbidden
+        assert not used, f"{path.relative_to(ROOT)} names plugin(s) {sorted(used)}"
+        strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
+        assert not (strings & forbidden) - set(CODECS), f"{path.relative_to(ROOT)}: {sorted(strings & forbidden)}"
+
+
+def test_no_plugin_imports_another():
+    allowed_roots = {"torch", "numpy", "pgolf_core", "__future__", "zstandard"}
+
+    for path in sorted((ROOT / "plugins").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            modules = []
+            if isinstance(node, ast.Import):
+                modules = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                assert node.level == 0, f"{path.name}: relative import (plugins may not import each other)"
+                modules = [node.module or ""]
+            for module in modules:
+                root = module.split(".")[0]
+                ok = root in allowed_roots or root in sys.stdlib_module_names
+                assert ok, f"{path.name} imports {module!r}: plugins import only torch/numpy/stdlib/pgolf_core"
+
+
+def code_lines(path: Path) -> int:
+    """Lines holding code: no blank lines, comments or docstrings (the record scripts have few of those)."""
+    source = path.read_text()
+    docstrings: set[int] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
+            first = node.body[0]
+            if (
+                isinstance(first, ast.Expr)
+                and isinstance(first.value, ast.Constant)
+                and isinstance(first.value.value, str)
+            ):
+                docstrings.update(range(first.lineno, (first.end_lineno or first.lineno) + 1))
+    lines: set[int] = set()
+    skip = {tokenize.COMMENT, tokenize.NL, tokenize.NEWLINE, tokenize.INDENT, tokenize.DEDENT, tokenize.ENDMARKER}
+    for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+        if tok.type not in skip:
+            lines.update(range(tok.start[0], tok.end[0] + 1))
+    return len(lines - docstrings)
+
+
+# The modules that replace the record script (model, optimizers, loop, eval, export, shard reading), measured
+# against PR #414's train_gpt.py: 1,393 code lines (1,402 lines). The rest of the core (recipe validation,
+# registry, CLI, manifest, data building and download) has no counterpart in a record and its own budget.
+TRAINING_PATH = [
+    "model.py", "attention.py", "optim.py", "train.py", "evaluation.py", "artifact.py", "build.py",
+    "hookspecs.py", "runlog.py", "data/shards.py", "data/loader.py", "data/bpb.py",
+]  # fmt: skip
+TRAINING_PATH_BUDGET = 1_600
+CORE_BUDGET = 3_000
+
+
+def test_core_line_budget():
+    core = ROOT / "pgolf_core"
+    training = sum(code_lines(core / name) for name in TRAINING_PATH)
+    total = sum(code_lines(path) for path in core.rglob("*.py"))
+    print(f"core code lines: training path {training} (budget {TRAINING_PATH_BUDGET}), all {total} ({CORE_BUDGET})")
+    assert training <= TRAINING_PATH_BUDGET, f"training path has {training} code lines > {TRAINING_PATH_BUDGET}"
+    assert total <= CORE_BUDGET, f"pgolf_core has {total} code lines > {CORE_BUDGET}"
+
+
+def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path):
+    """The README's newcomer command, with a fixed step count instead of the 45 s wallclock cap so the
+    result does not depend on the machine: it learns, and the log shows the plugins acting."""
+    out = tmp_path / "pr414"
+    fixed = ["--set", "train.max_wallclock_seconds=0", "--set", "train.iterations=100"]
+    assert main(["run", str(PR414), "--smoke", *fixed, "--out", str(out)]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    log = (out / "train.log").read_text()
+    print(f"pr414 smoke val_bpb {s['val_bpb']:.4f} vs unigram {s['unigram_val_bpb']:.4f}")
+    assert s["steps"] == 100 and s["val_bpb"] < s["unigram_val_bpb"] - 0.3
+    assert [p["name"] for p in s["plugins"]] == PR414_PLUGINS_IN_ORDER
+    for line in ("late_qat/activated_step:", "ema/applied:100", "gptq_lite/percentiles:", "int6_export/tensors:"):
+        assert line in log, f"{line!r} missing from the pr414 smoke log"
+    assert "int6_zstd_roundtrip_exact" in log and "sliding_window_exact" in log
+    assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.05
+
+
+PR414_PLUGINS_IN_ORDER = [
+    line.split()[1] for line in (SNAPSHOTS / "pr414.txt").read_text().splitlines() if line.strip()
+]
