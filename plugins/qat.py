@@ -26,7 +26,8 @@ Parameter; `"blocks"`: the six block linears only (PR #297's set).
 How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no state-dict key),
 used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
 `torch.compile(fullgraph=True)` graph without recompiling; the quantizer therefore also runs (and
-is multiplied by 0) before a late switch, a small cost on weights only. The records flipped Python
+is multiplied by 0) before a late switch, a small cost on weights only (skipped in eager CPU runs,
+where reading the flag is free). The records flipped Python
 flags instead: #374/#414's class attribute was baked into the compiled graph, and R-PRP's README
 reports late QAT never ran. `late_qat.effective = false` reproduces that suspected no-op: the
 activation is logged (`late_qat/activated_step`) but the buffers stay off.
@@ -128,6 +129,11 @@ class FakeQuantLinear(CastedLinear):
     def forward(self, x: Tensor) -> Tensor:
         rule = self.rule
         if not (self.training or rule.in_eval):
+            return F.linear(x, self.weight.to(x.dtype))
+        if not self.qat_on.is_cuda and not torch.compiler.is_compiling() and not self.qat_on:
+            # Eager CPU with the switch off: skip the quantizer it would multiply by 0 (same result,
+            # bit for bit). Compiled graphs keep it so that the switch needs no recompile; CUDA keeps
+            # it because reading the flag would sync the device.
             return F.linear(x, self.weight.to(x.dtype))
         if rule.precision == "fp32_ste":  # #194: STE on the fp32 master, then cast
             w = self.weight
