@@ -319,6 +319,7 @@ def eval_sliding(
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
     tail: str = "record",
+    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     """Sliding-window eval (TECHNIQUES.md T05): each token scored with at least `seq_len - stride`
     tokens of context (except in the first window), using `model.forward_logits`.
@@ -331,7 +332,7 @@ def eval_sliding(
     end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
     extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
     clipped window scores only positions no earlier window scored, and windows left with nothing
-    to score are skipped.
+    to score are skipped. `after_chunk(x, y)` runs after each batch of windows was scored.
 
     Speed: pass a model whose `forward_logits` is compiled (PR #414 compiles it; every batch has
     the same shape, so one graph serves all). Eager and compiled bf16 scores differ by ~1e-4
@@ -340,7 +341,7 @@ def eval_sliding(
     start = time.perf_counter()
     where = Placement(torch.device(device), rank, world_size, autocast_dtype)
     batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail)
-    return score_batches(model, batches, device).all_reduce().result(time.perf_counter() - start)
+    return score_batches(model, batches, device, after_chunk).all_reduce().result(time.perf_counter() - start)
 
 
 __all__ = [

@@ -122,4 +122,7 @@ def pgolf_compress(raw: bytes) -> Any:
 @hookspec
 def pgolf_eval_adapt(model: Any, chunk: Any, state: Any) -> None:
     """Called with each validation chunk *after* it was scored (test-time training on already
-    scored tokens only)."""
+    scored tokens only). `chunk` is `(x, y)`, the batch's input and target ids; `model` is the
+    uncompiled model holding the round-tripped weights, in eval mode, outside `inference_mode`.
+    Runs during the last, reported eval stage only (sliding window if enabled, else the round
+    trip); the run log names the plugins and the stage."""

@@ -213,7 +213,7 @@ def train(
     state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out, control_patterns=run.control_patterns)
     val_rows = max(recipe.eval.batch_tokens // (env.world_size * accum) // eval_seq, 1)
 
-    def run_eval(m: torch.nn.Module) -> evaluation.EvalResult:
+    def run_eval(m: torch.nn.Module, after_chunk: Any = None) -> evaluation.EvalResult:
         return evaluation.eval_standard(
             m,
             val_tokens,
@@ -224,6 +224,7 @@ def train(
             rank=env.rank,
             world_size=env.world_size,
             autocast_dtype=torch.bfloat16 if env.is_cuda else None,
+            after_chunk=after_chunk,
         )
 
     def train_step(loader: DistributedTokenLoader) -> torch.Tensor:
@@ -339,7 +340,18 @@ def train(
     exported = export_model(state, pm, out, plugins)
     env.barrier()
     load_weights(base_model, exported.dequantize(exported.read_back()))
-    roundtrip = run_eval(model)
+    # Test-time adaptation (pgolf_eval_adapt) joins the last, reported eval stage only: the round
+    # trip, or the sliding window when there is one. It sees each chunk after it was scored.
+    adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
+    adapt = None
+    if adapters:
+        stage = "sliding_window" if recipe.eval.sliding_stride > 0 else "roundtrip"
+        log.log(f"eval_adapt: {','.join(adapters)} on the final {stage} eval")
+
+        def adapt(x: torch.Tensor, y: torch.Tensor) -> None:
+            pm.hook.pgolf_eval_adapt(model=base_model, chunk=(x, y), state=state)
+
+    roundtrip = run_eval(model, adapt if recipe.eval.sliding_stride <= 0 else None)
     label = exported.label
     log.log(
         f"final_{label}_roundtrip val_loss:{roundtrip.val_loss:.4f} val_bpb:{roundtrip.val_bpb:.4f} "
@@ -360,6 +372,7 @@ def train(
             world_size=env.world_size,
             autocast_dtype=torch.bfloat16 if env.is_cuda else None,
             tail=recipe.eval.sliding_tail,
+            after_chunk=adapt,
         )
         log.log(
             f"final_{label}_sliding_window val_loss:{sliding.val_loss:.4f} val_bpb:{sliding.val_bpb:.4f} "

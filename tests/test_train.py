@@ -201,3 +201,54 @@ def test_baseline_smoke_learns_and_round_trips(smoke_run, capsys):
     assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.01
     assert s["model_params"] > 1_000_000 and s["steps"] == 150
     assert "unigram baseline val_bpb" in (out / "train.log").read_text()
+
+
+TTT_PLUGIN = """
+import torch
+from pgolf_core import hookimpl
+
+
+class Plugin:
+    name = "ttt_probe"
+    version = "0"
+    order = 100
+
+    def __init__(self, config):
+        self.chunks = 0
+        self.targets = 0
+
+    @hookimpl
+    def pgolf_eval_adapt(self, model, chunk, state):
+        x, y = chunk
+        assert not torch.is_inference_mode_enabled() and not x.is_inference()
+        model.zero_grad(set_to_none=True)
+        model(x, y).backward()  # a real training step on already-scored tokens
+        with torch.no_grad():
+            model.tok_emb.weight.sub_(0.5 * model.tok_emb.weight.grad)
+        self.chunks += 1
+        self.targets += y.numel()
+        state.report("ttt_probe/chunks", self.chunks)
+
+
+PLUGIN = Plugin
+"""
+
+
+def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp_path):
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "ttt_probe.py").write_text(TTT_PLUGIN)
+    classes = partial(registry.plugin_classes, plugin_dirs=[plugins])
+    sets = [*TINY, "eval.sliding_stride=16", "eval.max_tokens=2048"]
+    with_ttt = train(
+        load_recipe(None, sets, enable=["ttt_probe"], plugin_classes=classes),
+        tmp_path / "ttt",
+        plugin_dirs=(plugins,),
+        interactive=False,
+    )
+    plain = train(load_recipe(None, sets), tmp_path / "plain", interactive=False)
+    assert with_ttt["plugin_reports"]["ttt_probe/chunks"] > 1
+    assert "eval_adapt: ttt_probe on the final sliding_window eval" in (tmp_path / "ttt" / "train.log").read_text()
+    # Only the last stage adapts: everything before it is the same run, the sliding score is not.
+    assert with_ttt["roundtrip_val_bpb"] == plain["roundtrip_val_bpb"]
+    assert with_ttt["sliding_val_bpb"] != plain["sliding_val_bpb"]

@@ -40,6 +40,9 @@ def plugins_markdown() -> str:
         module = importlib.import_module(cls.__module__)
         lines += [f"## `{name}` {cls.version} (order {cls.order})", "", inspect.getdoc(module) or "", ""]
         lines += [f"Hooks: {', '.join(f'`{h}`' for h in registry.hooks_of(cls))}", ""]
+        smoke = getattr(cls, "SMOKE", {})
+        if smoke:
+            lines += [f"Under `--smoke`: {', '.join(f'`{k} = {v!r}`' for k, v in smoke.items())}", ""]
         config = getattr(cls, "Config", None)
         if config is not None:
             lines += ["| setting | default |", "|---|---|"]
