@@ -184,3 +184,40 @@ def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path):
 PR414_PLUGINS_IN_ORDER = [
     line.split()[1] for line in (SNAPSHOTS / "pr414.txt").read_text().splitlines() if line.strip()
 ]
+
+
+def test_pgolf_eval_scores_a_record_style_checkpoint(sample_cache, tmp_path, capsys):
+    """`pgolf eval RECIPE --checkpoint final_model.pt`: a raw state dict under the records' key names (the
+    golden tests prove pgolf's #414 keys are the record's) loads strictly and is what gets scored."""
+    import torch
+
+    from pgolf_core import build_model
+    from pgolf_core.api import evaluate
+
+    sets = ["eval.max_tokens=4096", "eval.sliding_stride=0"]
+    recipe = load_recipe(PR414, sets, smoke=True)
+    model = build_model(recipe)
+    g = torch.Generator().manual_seed(7)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.05 * torch.randn(p.shape, generator=g))
+    path = tmp_path / "final_model.pt"
+    torch.save(model.state_dict(), path)
+    expected = evaluate(recipe, model=model, log=lambda msg: None)["val_bpb"]
+    args = ["eval", str(PR414), "--smoke", *[a for s in sets for a in ("--set", s)], "--checkpoint", str(path)]
+    assert main(args) == 0
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("standard val_loss:"))
+    assert float(line.split("val_bpb:")[1]) == pytest.approx(expected, abs=1e-8)
+    fresh = evaluate(load_recipe(PR414, sets, smoke=True), log=lambda msg: None)["val_bpb"]
+    assert abs(fresh - expected) > 1e-3  # the checkpoint, not the init, was scored
+
+
+def test_pgolf_eval_rejects_a_checkpoint_of_another_model(sample_cache, tmp_path, capsys):
+    import torch
+
+    from pgolf_core import build_model
+
+    path = tmp_path / "baseline.pt"
+    torch.save(build_model(load_recipe(ROOT / "recipes" / "baseline.toml", smoke=True)).state_dict(), path)
+    assert main(["eval", str(PR414), "--smoke", "--checkpoint", str(path)]) == 2
+    assert "keys do not match" in capsys.readouterr().err
