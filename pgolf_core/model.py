@@ -57,8 +57,16 @@ class CastedLinear(nn.Linear):
         return F.linear(x, self.weight.to(x.dtype))
 
 
+def mark_zero_init(module: nn.Module) -> None:
+    """Flag an output projection for zero init, under the records' attribute name `_zero_init`
+    (init code, the core's or a plugin's, reads it once after the model is built)."""
+    module._zero_init = True  # type: ignore[assignment]
+
+
 class Rotary(nn.Module):
     """Full RoPE over the head dimension, half-split convention, fp32 angles cast to the activation dtype."""
+
+    inv_freq: Tensor
 
     def __init__(self, dim: int, base: float = 10000.0) -> None:
         super().__init__()
@@ -109,7 +117,7 @@ class CausalSelfAttention(nn.Module):
         self.c_k = parts.linear("attn.c_k", d, spec.kv_dim)
         self.c_v = parts.linear("attn.c_v", d, spec.kv_dim)
         self.proj = parts.linear("attn.proj", d, d)
-        self.proj._zero_init = True
+        mark_zero_init(self.proj)
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         self.rotary = parts.rotary(layer)
         self.post = nn.ModuleList(parts.attention_post(layer))
@@ -139,7 +147,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = parts.linear("mlp.fc", spec.model_dim, spec.mlp_hidden)
         self.proj = parts.linear("mlp.proj", spec.mlp_hidden, spec.model_dim)
-        self.proj._zero_init = True
+        mark_zero_init(self.proj)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(torch.relu(self.fc(x)).square())
@@ -205,8 +213,9 @@ class GPT(nn.Module):
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
         self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
-            self.lm_head._zero_init = True
-        pre, post = [], []
+            mark_zero_init(self.lm_head)
+        pre: list[str] = []
+        post: list[str] = []
         for module in parts.embed():
             name = self._attach(module)
             (pre if getattr(module, "stage", "post_norm") == "pre_norm" else post).append(name)

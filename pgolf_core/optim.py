@@ -172,8 +172,8 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[
                 weight_decay=cfg.muon_weight_decay,
                 orthogonalize=partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype)),
             )
-            for group in muon.param_groups:
-                group["base_lr"] = cfg.matrix_lr
+            for muon_group in muon.param_groups:
+                muon_group["base_lr"] = cfg.matrix_lr
             optimizers.append(muon)
             continue
         lr = adam_lrs[name]

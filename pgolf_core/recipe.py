@@ -176,7 +176,7 @@ class Recipe:
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
 
 
 # Overrides applied by `--smoke`: every enabled plugin stays, the model, sequence and step

@@ -187,7 +187,7 @@ def train(
     if env.is_cuda:
         apply_training_precision(base_model, run.control_patterns)
     use_compile = recipe.run.compile == "on" or (recipe.run.compile == "auto" and env.is_cuda)
-    compiled = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
+    compiled: Any = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
     model: torch.nn.Module = (
         DDP(compiled, device_ids=[env.device.index] if env.is_cuda else None, broadcast_buffers=False)
         if env.distributed
