@@ -222,8 +222,14 @@ def load_recipe(
     source = str(path) if path is not None else "<defaults>"
     raw: dict[str, Any] = _read_toml(Path(path)) if path is not None else {}
     if smoke:
+        model_table = raw.get("model", {})
+        full_dim = model_table.get("model_dim", ModelConfig.model_dim) if isinstance(model_table, dict) else None
         for key, value in SMOKE_OVERRIDES.items():
             _set_dotted(raw, key, value, source)
+        hidden = raw["model"].get("mlp_hidden", 0)
+        if isinstance(hidden, int) and hidden > 0 and isinstance(full_dim, int) and full_dim > 0:
+            # An explicit MLP width (PR #63: 1344 = 2.625 x 512) shrinks with the model, keeping its ratio.
+            raw["model"]["mlp_hidden"] = max(1, round(hidden * SMOKE_OVERRIDES["model.model_dim"] / full_dim))
     user_set: set[str] = set()
     for item in overrides:
         key, value = _parse_override(item)

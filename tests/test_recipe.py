@@ -119,3 +119,11 @@ def test_resolved_recipe_round_trips_through_toml(tmp_path):
 
 def test_dump_toml_nested():
     assert dump_toml({"a": {"x": 1, "b": {"y": 'q"'}}}) == '[a]\nx = 1\n\n[a.b]\ny = "q\\""\n'
+
+
+def test_smoke_keeps_an_explicit_mlp_width_in_proportion():
+    """PR #63's MLP is 1344 = 2.625 x 512 wide; at smoke size (dim 128) it becomes 336, not 1344."""
+    pr63 = Path(__file__).resolve().parents[1] / "recipes" / "pr63.toml"
+    assert load_recipe(pr63).model.mlp_hidden == 1344
+    assert load_recipe(pr63, smoke=True).model.mlp_hidden == 336
+    assert load_recipe(pr63, ["model.mlp_hidden=200"], smoke=True).model.mlp_hidden == 200
