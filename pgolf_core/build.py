@@ -50,13 +50,13 @@ def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> Run
 
 def parts_from_plugins(spec: ModelSpec, pm: pluggy.PluginManager) -> ModelParts:
     hook = pm.hook
+    spec.linear_factory = lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
     return ModelParts(
         spec=spec,
         embed=lambda: [m for m in hook.pgolf_embed(spec=spec) if m is not None],
         value_extras=lambda: [m for m in hook.pgolf_value_extras(spec=spec) if m is not None],
         rotary_factory=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
         attention_post=lambda layer: [m for m in hook.pgolf_attention_post(spec=spec, layer=layer) if m is not None],
-        linear_factory=lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o),
     )
 
 

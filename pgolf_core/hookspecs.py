@@ -71,9 +71,12 @@ def pgolf_attention_post(spec: Any, layer: int) -> Any:
 
 @hookspec(firstresult=True)
 def pgolf_linear(spec: Any, role: str, in_features: int, out_features: int) -> Any:
-    """Exclusive. Return the linear layer for `role` (`attn.c_q`, `attn.c_k`, `attn.c_v`,
-    `attn.proj`, `mlp.fc`, `mlp.proj`). It must keep a `.weight` of shape [out, in] (fp32
-    master weight cast to the activation dtype in forward). Default: `CastedLinear`."""
+    """Exclusive. Return the linear layer for `role` (or None for the default): the block linears
+    `attn.c_q`, `attn.c_k`, `attn.c_v`, `attn.proj`, `mlp.fc`, `mlp.proj`, an untied `lm_head`, and
+    whatever role plugins ask `spec.linear(role, in, out)` for (`bigram.proj`, `ve_shared.proj`).
+    It must keep a `.weight` of shape [out, in] (fp32 master weight cast to the activation dtype in
+    forward) and draw the same random numbers as `CastedLinear` (records' init order). Default:
+    `CastedLinear`."""
 
 
 @hookspec

@@ -37,6 +37,14 @@ class ModelSpec:
     attention: str = "sdpa"  # sdpa | flash (resolved; never "auto" here)
     train_seq_len: int = 1024
     control_patterns: list[str] = field(default_factory=list)
+    # The answer of the exclusive `pgolf_linear` hook (set by the build); None: CastedLinear.
+    linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)
+
+    def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
+        """Every linear layer of the model, the core's and plugins' alike (`bigram.proj`, ...), comes
+        from here, so a layer-replacing plugin (QAT) reaches all of them at construction time."""
+        made = self.linear_factory(role, in_features, out_features) if self.linear_factory else None
+        return made if made is not None else CastedLinear(in_features, out_features)
 
     @property
     def head_dim(self) -> int:
@@ -188,13 +196,12 @@ class ModelParts:
     value_extras: Callable[[], list[nn.Module]] = lambda: []
     rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
     attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
-    linear_factory: Callable[[str, int, int], nn.Module | None] = lambda role, i, o: None
 
     def rotary(self, layer: int) -> nn.Module:
         return self.rotary_factory(layer) or Rotary(self.spec.head_dim, base=self.spec.rope_base)
 
     def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
-        return self.linear_factory(role, in_features, out_features) or CastedLinear(in_features, out_features)
+        return self.spec.linear(role, in_features, out_features)
 
 
 class GPT(nn.Module):
@@ -211,7 +218,7 @@ class GPT(nn.Module):
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
-        self.lm_head = None if spec.tie_embeddings else CastedLinear(spec.model_dim, spec.vocab_size)
+        self.lm_head = None if spec.tie_embeddings else parts.linear("lm_head", spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
             mark_zero_init(self.lm_head)
         pre: list[str] = []

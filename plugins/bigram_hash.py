@@ -11,12 +11,16 @@ Groups: E → token group, P → Muon, scale → scalar group (name contains "bi
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from torch import Tensor, nn
 
 from pgolf_core import CastedLinear, hookimpl
+
+MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
 
 @dataclass
@@ -38,12 +42,14 @@ class BigramHashEmbedding(nn.Module):
     state_dict_prefix = "bigram"
     stage = "pre_norm"
 
-    def __init__(self, buckets: int, dim: int, model_dim: int, scale_init: float) -> None:
+    def __init__(
+        self, buckets: int, dim: int, model_dim: int, scale_init: float, make_linear: MakeLinear = CastedLinear
+    ) -> None:
         super().__init__()
         self.buckets = buckets
         self.embed = nn.Embedding(buckets, dim)
         nn.init.zeros_(self.embed.weight)
-        self.proj = CastedLinear(dim, model_dim) if dim != model_dim else None
+        self.proj = make_linear(dim, model_dim) if dim != model_dim else None
         if self.proj is not None:
             nn.init.zeros_(self.proj.weight)
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
@@ -75,7 +81,10 @@ class BigramHash:
     @hookimpl
     def pgolf_embed(self, spec):
         c = self.config
-        module = BigramHashEmbedding(c.buckets, c.dim, spec.model_dim, c.scale_init)
+        # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
+        module = BigramHashEmbedding(
+            c.buckets, c.dim, spec.model_dim, c.scale_init, partial(spec.linear, "bigram.proj")
+        )
         module.embed.weight._pgolf_group = "token"
         if module.proj is not None:
             module.proj.weight._pgolf_group = "matrix"

@@ -18,10 +18,9 @@ in-training validation sees QAT, the round-trip eval does not). The other rules 
 exporter's: `s = fp16(max(m/31, 1/31))`, ±31, computed on the fp32 weight. That is the fix for
 #414's QAT grid ≠ export grid (T32.4: QAT row max over [−32, 31] vs exported ±31 with fp16 scales);
 GPTQ-lite's grid equals it whenever its 1.0 percentile wins.
-`scope = "all"` (the records): every CastedLinear, i.e. the block linears from `pgolf_linear` plus
-the ones other plugins or the core build themselves (bigram.proj, ve_shared.proj, an untied
-lm_head), converted in `pgolf_model_built` before the optimizers exist and sharing their weight
-Parameter; `"blocks"`: the six block linears only (PR #297's set).
+`scope = "all"` (the records): every CastedLinear, i.e. every layer the model's linear slot
+(`pgolf_linear`) builds: the block linears, an untied lm_head, and the projections other plugins
+ask it for (bigram.proj, ve_shared.proj); `"blocks"`: the six block linears only (PR #297's set).
 
 How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no state-dict key),
 used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
@@ -47,6 +46,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core import CastedLinear, hookimpl
+
+BLOCK_ROLES = frozenset({"attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"})
 
 
 @dataclass(frozen=True)
@@ -114,18 +115,6 @@ class FakeQuantLinear(CastedLinear):
         self.rule = rule
         self.register_buffer("qat_on", torch.tensor(float(on)), persistent=False)
 
-    @classmethod
-    def from_linear(cls, linear: CastedLinear, rule: QuantRule, on: bool) -> FakeQuantLinear:
-        """Wrap an existing layer's weight Parameter (no new init, no RNG draw)."""
-        with torch.device("meta"):
-            new = cls(linear.in_features, linear.out_features, rule)
-        new.weight = linear.weight
-        new.register_buffer("qat_on", torch.tensor(float(on), device=linear.weight.device), persistent=False)
-        for key, value in vars(linear).items():
-            if key.startswith("_") and not key.startswith("__") and key not in vars(new):
-                setattr(new, key, value)  # build flags such as _zero_init
-        return new
-
     def forward(self, x: Tensor) -> Tensor:
         rule = self.rule
         if not (self.training or rule.in_eval):
@@ -178,21 +167,9 @@ class QAT:
 
     @hookimpl
     def pgolf_linear(self, spec, role: str, in_features: int, out_features: int):
+        if self.config.scope == "blocks" and role not in BLOCK_ROLES:
+            return None
         return FakeQuantLinear(in_features, out_features, self.rule, on=self._on_at_build())
-
-    @hookimpl
-    def pgolf_model_built(self, model, spec) -> None:
-        # Stopgap until plugin-made linears go through the linear slot (see the module docstring).
-        if self.config.scope != "all":
-            return
-        found = [
-            (parent, name, child)
-            for parent in model.modules()
-            for name, child in parent.named_children()
-            if type(child) is CastedLinear
-        ]
-        for parent, name, child in found:
-            setattr(parent, name, FakeQuantLinear.from_linear(child, self.rule, on=self._on_at_build()))
 
     @hookimpl
     def pgolf_step_start(self, state) -> None:
