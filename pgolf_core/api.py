@@ -19,8 +19,11 @@ from pgolf_core.runlog import RunLog
 from pgolf_core.train import Env, TrainState, export_model, load_weights, resolve_data
 
 
-def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
-    """A raw state dict (`final_model.pt`, as the records save it) or a pgolf/record int8 artifact."""
+def load_checkpoint(
+    path: str | Path, pm: Any = None, dtypes: dict[str, torch.dtype] | None = None
+) -> dict[str, torch.Tensor]:
+    """A raw state dict (`final_model.pt`, as the records save it), a pgolf/record int8 artifact, or
+    an artifact in a format that one of `pm`'s plugins reads back (`pgolf_dequantize`: int6)."""
     path = Path(path)
     if not path.is_file():
         raise PgolfError(f"{path}: checkpoint not found")
@@ -31,11 +34,16 @@ def load_checkpoint(path: str | Path) -> dict[str, torch.Tensor]:
             obj = artifact.deserialize(raw)
         except Exception:  # noqa: BLE001 - try the next container format
             continue
+        if pm is not None and isinstance(obj, dict):
+            weights = pm.hook.pgolf_dequantize(obj=obj, dtypes=dtypes or {})
+            if weights is not None:
+                return weights
         if isinstance(obj, dict) and obj.get("__quant_format__") == "int8_clean_per_row_v1":
             return artifact.dequantize_int8(obj)
-        if isinstance(obj, dict) and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        if isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
             return obj
-    raise PgolfError(f"{path}: not a state dict (torch.save) nor an int8 artifact (zlib/zstd)")
+    formats = "a state dict (torch.save), an int8 artifact (zlib/zstd), nor a format the recipe's plugins read"
+    raise PgolfError(f"{path}: neither {formats}")
 
 
 def evaluate(
@@ -48,7 +56,7 @@ def evaluate(
     if model is None:
         model = build_model_with(model_spec(recipe, run.control_patterns), pm, recipe.run.seed)
     if checkpoint is not None:
-        weights = load_checkpoint(checkpoint)
+        weights = load_checkpoint(checkpoint, pm, {k: v.dtype for k, v in model.state_dict().items()})
         missing = set(model.state_dict()) ^ set(weights)
         if missing:
             raise PgolfError(f"{checkpoint}: keys do not match the recipe's model: {sorted(missing)[:5]} ...")

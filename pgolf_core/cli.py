@@ -111,9 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     _recipe_args(p)
     p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-seed<seed>)")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("eval", help="score a checkpoint (final_model.pt or an int8 artifact) with a recipe")
+    p = sub.add_parser(
+        "eval", help="score a checkpoint (final_model.pt, or a run's final_model.ptz artifact) with a recipe"
+    )
     _recipe_args(p)
-    p.add_argument("--checkpoint", required=True, help="state dict saved with torch.save, or .ptz artifact")
+    p.add_argument(
+        "--checkpoint",
+        required=True,
+        help="state dict saved with torch.save, or a .ptz artifact (int8, or int6 via the recipe's plugins)",
+    )
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
     p.add_argument("--json", action="store_true")

@@ -116,6 +116,14 @@ def pgolf_quantize(state: Any, weights: dict, plan: dict) -> Any:
 
 
 @hookspec(firstresult=True)
+def pgolf_dequantize(obj: Any, dtypes: dict) -> Any:
+    """Return a state dict when `obj` (a deserialized artifact, e.g. `final_model.ptz` read back by
+    `pgolf eval --checkpoint`) is in a format this plugin writes, else None; `dtypes` maps each
+    name to the live model's dtype. Why: a plugin's `pgolf_quantize` format is only readable by
+    that plugin. Default: the baseline's int8 format and raw state dicts."""
+
+
+@hookspec(firstresult=True)
 def pgolf_compress(raw: bytes) -> Any:
     """Exclusive. Return `(codec_name, compressed_bytes)`; `codec_name` must be one that
     `pgolf_core.artifact.decompress` reads back ("zlib", "zstd"). Default: the recipe's `[export]`

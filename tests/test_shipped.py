@@ -164,7 +164,7 @@ def test_core_line_budget():
     assert total <= CORE_BUDGET, f"pgolf_core has {total} code lines > {CORE_BUDGET}"
 
 
-def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path):
+def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path, capsys):
     """The README's newcomer command, with a fixed step count instead of the 45 s wallclock cap so the
     result does not depend on the machine: it learns, and the log shows the plugins acting."""
     out = tmp_path / "pr414"
@@ -179,6 +179,25 @@ def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path):
         assert line in log, f"{line!r} missing from the pr414 smoke log"
     assert "int6_zstd_roundtrip_exact" in log and "sliding_window_exact" in log
     assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.05
+    # `pgolf eval` reads the int6 + zstd artifact back (int6_export's pgolf_dequantize) and scores exactly
+    # what the run's round trip scored (the round-trip stage is the standard eval when sliding is on)
+    capsys.readouterr()
+    assert (
+        main(
+            [
+                "eval",
+                str(PR414),
+                "--smoke",
+                "--set",
+                "eval.sliding_stride=0",
+                "--checkpoint",
+                str(out / "final_model.ptz"),
+            ]
+        )
+        == 0
+    )
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("standard val_loss:"))
+    assert float(line.split("val_bpb:")[1]) == pytest.approx(s["roundtrip_val_bpb"], abs=1e-6)
 
 
 PR414_PLUGINS_IN_ORDER = [

@@ -242,6 +242,13 @@ def test_mixed_record_artifact_loads(golden):
     *_, obj, deq = run_export(weights, PR414_CONTROL, gptq=True)
     out = deq(deserialize(serialize(obj)))
     assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in weights.items()}
+    # read back without the run (`pgolf eval --checkpoint`): the hook claims only int6 objects
+    plugin = int6_export.Int6Export(int6_export.Config())
+    dtypes = {k: v.dtype for k, v in weights.items()}
+    again = plugin.pgolf_dequantize(obj=deserialize(serialize(obj)), dtypes=dtypes)
+    assert digests(again) == digests(out)
+    assert plugin.pgolf_dequantize(obj=dict(weights), dtypes=dtypes) is None
+    assert plugin.pgolf_dequantize(obj={"__quant_format__": "other"}, dtypes=dtypes) is None
 
 
 @pytest.mark.parametrize("case,specs,seed", [("all194", SPECS_ALL, 194), ("all63", SPECS_ALL, 63)])
