@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from pgolf_core.errors import PgolfError
 
-TAILS = ("record", "once")
+TAILS = ("record", "once", "pr63")
 
 
 @dataclass
@@ -201,6 +201,8 @@ def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
         raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
     if tail not in TAILS:
         raise PgolfError(f'sliding-window tail must be one of {TAILS} (got "{tail}")')
+    if tail == "pr63" and stride == seq_len:
+        raise PgolfError('sliding-window tail "pr63" needs stride < seq_len (PR #63\'s loop never ends there)')
 
 
 def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
@@ -209,6 +211,7 @@ def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rec
     "record": all of the first window, else its last `stride` positions `[max(wlen-stride, 0), wlen)`;
     windows clipped at `total` thereby re-score positions the last full window already scored.
     "once": the same, but starting where the previous window stopped, so nothing is scored twice.
+    "pr63": as "record" (its windows are all full, see `window_starts`).
     """
     wlen = min(ws + seq_len, total) - ws
     if ws == 0:
@@ -225,8 +228,13 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "record") -
 
     With tail="once", windows that would score nothing (clipped ones after the stream's end was
     reached) are dropped: they would cost a forward for no score.
+    With tail="pr63", PR #63's own loop: full windows only (`start + seq_len <= total`), and the
+    second window starts at `seq_len - stride`, not `stride`. So targets `[seq_len, 2*seq_len -
+    2*stride)` are never scored (1,920 of 62M at T=2048, s=64), nor those after the last full window.
     """
     _check_sliding(seq_len, stride, tail)
+    if tail == "pr63":
+        return [0, *range(seq_len - stride, total - seq_len + 1, stride)] if seq_len <= total else []
     starts = range(0, total, stride)
     if tail == "record":
         return list(starts)
@@ -332,7 +340,8 @@ def eval_sliding(
     end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
     extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
     clipped window scores only positions no earlier window scored, and windows left with nothing
-    to score are skipped. `after_chunk(x, y)` runs after each batch of windows was scored.
+    to score are skipped. tail="pr63" is PR #63's own loop (see `window_starts`). `after_chunk(x, y)`
+    runs after each batch of windows was scored.
 
     Speed: pass a model whose `forward_logits` is compiled (PR #414 compiles it; every batch has
     the same shape, so one graph serves all). Eager and compiled bf16 scores differ by ~1e-4

@@ -104,7 +104,8 @@ class EvalConfig:
     sliding_stride: int = 0  # 0 = no sliding-window eval
     sliding_batch_seqs: int = 32
     # "record": as the records (windows clipped at the end re-score the last positions);
-    # "once": every position scored exactly once (TECHNIQUES.md T05, tail-duplication quirk).
+    # "once": every position scored exactly once (TECHNIQUES.md T05, tail-duplication quirk);
+    # "pr63": PR #63's own loop (full windows only, a gap after the first; see evaluation.window_starts).
     sliding_tail: str = "record"
     max_tokens: int = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
 
@@ -304,7 +305,7 @@ def _check_core(recipe: Recipe) -> None:
         ("run", "device"): ("auto", "cpu", "cuda"),
         ("run", "compile"): ("auto", "on", "off"),
         ("export", "compressor"): ("zlib", "zstd"),
-        ("eval", "sliding_tail"): ("record", "once"),
+        ("eval", "sliding_tail"): ("record", "once", "pr63"),
         ("train", "muon_ns_dtype"): ("bfloat16", "float32"),
     }
     for (section, key), allowed in choices.items():

@@ -32,3 +32,10 @@ def test_every_hook_is_documented_with_its_signature():
     text = (ROOT / "docs" / "hooks.md").read_text(encoding="utf-8")
     hooks = [name for name in dir(hookspecs) if name.startswith("pgolf_")]
     assert hooks and all(f"## `{name}(" in text for name in hooks)
+
+
+def test_readme_shows_the_current_pr414_plugin_order():
+    """The README's `pgolf plugins --order recipes/pr414.toml` block is the snapshot test_shipped keeps."""
+    snapshot = (ROOT / "tests" / "fixtures" / "plugin_order" / "pr414.txt").read_text(encoding="utf-8")
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    assert snapshot in readme, "README's pr414 plugin order is stale: copy tests/fixtures/plugin_order/pr414.txt"

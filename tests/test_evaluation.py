@@ -199,9 +199,34 @@ def test_once_uses_the_first_window_containing_each_position() -> None:
     assert owner == {p: max(0, stride * math.ceil((p - seq_len + 1) / stride)) for p in range(total)}
 
 
+def literal_pr63(total: int, seq_len: int, stride: int) -> Counter:
+    """PR #63's loop, written out: `while pos + T < N` over N = total + 1 stream tokens; after the
+    first window `pos = T - stride`, then `+= stride`; the first window scores all, later ones
+    their last `stride` targets."""
+    scored: Counter = Counter()
+    pos = 0
+    while pos + seq_len < total + 1:
+        lo = 0 if pos == 0 else seq_len - stride
+        scored.update(range(pos + lo, pos + seq_len))
+        pos = seq_len - stride if pos == 0 else pos + stride
+    return scored
+
+
+@pytest.mark.parametrize("seq_len,stride", [(8, 1), (8, 3), (8, 4), (16, 5), (16, 15)])
+def test_pr63_tail_is_the_records_loop(seq_len: int, stride: int) -> None:
+    for total in range(1, 70):
+        assert spans(total, seq_len, stride, "pr63") == literal_pr63(total, seq_len, stride), total
+    with pytest.raises(PgolfError, match="pr63"):
+        ev.window_starts(100, 16, 16, "pr63")
+
+
 def test_full_scale_counts() -> None:
     """The real validation set: 62,021,632 tokens, T=2048, stride 64 (T05)."""
     assert ev.count_scored(62_021_632, 2048, 64, "record") == (969_088, 62_023_616)
+    # PR #63: windows 0, 1984, 2048, ... while start + 2048 <= total; targets 2048..3967 never scored
+    windows, scored = ev.count_scored(62_021_632, 2048, 64, "pr63")
+    last = 1984 + 64 * ((62_021_632 - 2048 - 1984) // 64)
+    assert windows == 2 + (last - 1984) // 64 and scored == last + 2048 - 1920
     windows, scored = ev.count_scored(62_021_632, 2048, 64, "once")
     assert scored == 62_021_632 and windows == 969_088 - 31  # the clipped windows score nothing new
 
@@ -221,7 +246,7 @@ def test_bad_sliding_settings() -> None:
 def test_sliding_with_full_stride_equals_standard(model: GPT, tables: Tables) -> None:
     val = stream(6 * T + 1)
     std = ev.eval_standard(model, val, T, 4, tables, device=CPU)
-    for tail in ev.TAILS:
+    for tail in ("record", "once"):  # "pr63" rejects stride == seq_len (its loop would not end)
         sl = ev.eval_sliding(model, val, T, T, 4, tables, device=CPU, tail=tail)
         assert (sl.tokens, sl.bytes) == (std.tokens, std.bytes)
         assert close(sl.val_loss, std.val_loss) and close(sl.val_bpb, std.val_bpb)
@@ -262,6 +287,27 @@ def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
         byte_sum += sum(nbytes(int(v[ws + i]), int(y[i]), tables) for i in range(lo, wlen))
     assert count == total + T - stride and res.tokens == count and res.bytes == byte_sum
     assert close(res.val_loss, nll / count, rel=1e-5)
+
+
+def test_sliding_pr63_equals_the_records_loop(model: GPT, tables: Tables) -> None:
+    """tail="pr63": PR #63's eval loop, one full window at a time (no padding ever needed)."""
+    val, stride = stream(4 * T + 1 + 3), 4
+    res = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail="pr63")
+    v = val.long()
+    nll = count = byte_sum = 0.0
+    pos = 0
+    while pos + T < v.numel():
+        with torch.no_grad():
+            logits = model.forward_logits(v[pos : pos + T][None])[0].float()
+        lo = 0 if pos == 0 else T - stride
+        y = v[pos + 1 : pos + T + 1]
+        nll += float(F.cross_entropy(logits[lo:], y[lo:], reduction="sum"))
+        count += T - lo
+        byte_sum += sum(nbytes(int(v[pos + i]), int(y[i]), tables) for i in range(lo, T))
+        pos = T - stride if pos == 0 else pos + stride
+    assert res.tokens == count and res.bytes == byte_sum
+    assert close(res.val_loss, nll / count, rel=1e-5)
+    assert close(res.val_bpb, nll / (math.log(2) * byte_sum), rel=1e-5)
 
 
 def test_sliding_batches_have_one_shape(model: GPT, tables: Tables) -> None:
