@@ -25,11 +25,15 @@ ask it for (bigram.proj, ve_shared.proj); `"blocks"`: the six block linears only
 How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no state-dict key),
 used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
 `torch.compile(fullgraph=True)` graph without recompiling; the quantizer therefore also runs (and
-is multiplied by 0) before a late switch, a small cost on weights only (skipped in eager CPU runs,
-where reading the flag is free). The records flipped Python
-flags instead: #374/#414's class attribute was baked into the compiled graph, and R-PRP's README
-reports late QAT never ran. `late_qat.effective = false` reproduces that suspected no-op: the
-activation is logged (`late_qat/activated_step`) but the buffers stay off.
+is multiplied by 0) before a late switch, a small cost on weights only (measured on an H100, full-size
+#414 step: ~0.4 %, pgolf/record 1.026 with late_qat, 1.022 without; skipped in eager CPU runs).
+The records flipped Python flags instead, and whether that reaches a compiled graph depends on the
+PyTorch build: `benchmarks/check_late_qat_record.py` runs #414's own model past its switch under
+its own compile call. On an H100 with torch 2.11.0+cu130 the flip does NOT take effect (no
+recompile; compiled loss and gradients stay those of QAT off, while eager QAT-on gives 7.326 vs
+7.450); on CPU with torch 2.13 the same code recompiles and applies it. R-PRP's README also
+reports late QAT never ran. `late_qat.effective = false` reproduces that no-op: the activation is
+logged (`late_qat/activated_step`) but the buffers stay off.
 
 Why: trains the weights towards the int6 export grid, shrinking the quantization gap. Sources:
 PR #63 (whole run), PR #194 (whole run), PR #414 (late, LR scale < 0.15). Reported: PR #63 ~72 vs

@@ -1,0 +1,126 @@
+"""GPU ms/step (forward + backward, bf16 autocast, `torch.compile`) of pgolf's PR #414 model against the record's.
+
+Both models are set up the way their training runs set them up on CUDA: the record's `GPT` (the script you
+pass, loaded at run time; FlashAttention-3 replaced by SDPA where it is not installed) as its `main()` does
+(bf16 model, fp32 `CastedLinear` weights and control tensors, `torch.compile(dynamic=False, fullgraph=True)`),
+pgolf's as `pgolf_core.train` does (`apply_training_precision`, the same compile call, attention backend
+`sdpa` so both run the same kernel). The record's weights are loaded into pgolf's model (strict keys), so the
+two compute the same function (the losses are checked). Steps alternate between the two; each figure is the
+median over repeats of the mean ms per step, timed with `torch.cuda.synchronize`. Target ratio <= 1.02.
+
+    python benchmarks/bench_pr414_gpu.py --record-script PATH/TO/PR414/train_gpt.py [--batch 48] [--json PATH]
+        [--disable late_qat]
+
+The default batch, 48 x 2048 tokens, is one H100's share of the record's 786,432-token step on 8 GPUs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_pr414_cpu import record_kwargs  # noqa: E402
+from benchmarks.record_script import load_record  # noqa: E402
+from pgolf_core import build_model, load_recipe  # noqa: E402
+from pgolf_core.model import apply_training_precision  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--record-script", type=Path, required=True, help="a PR #414 train_gpt.py")
+    ap.add_argument("--batch", type=int, default=48)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--steps", type=int, default=10, help="timed steps per repeat")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--warmup", type=int, default=3, help="untimed (compiling) steps of each model first")
+    ap.add_argument("--disable", action="append", default=[], help="a pgolf plugin to leave out (repeatable)")
+    ap.add_argument("--json", type=Path, help="also write the result here")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("bench_pr414_gpu needs CUDA (benchmarks/bench_pr414_cpu.py is the CPU one)")
+    device = torch.device("cuda")
+    torch.backends.cuda.matmul.allow_tf32 = True
+    torch.backends.cudnn.allow_tf32 = True
+
+    record = load_record(args.record_script, "GPT")
+    recipe = load_recipe(ROOT / "recipes" / "pr414.toml", ["model.attention=sdpa"], disable=args.disable)
+    torch.manual_seed(0)
+    ref = record.GPT(**record_kwargs(recipe))
+    g = torch.Generator().manual_seed(1)
+    with torch.no_grad():  # non-zero projections and gates, as after some training
+        for p in ref.parameters():
+            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    model = build_model(recipe)
+    model.load_state_dict(ref.state_dict(), strict=True)
+    ref = ref.to(device).bfloat16()
+    for module in ref.modules():
+        if isinstance(module, record.CastedLinear):
+            module.float()
+    record.restore_low_dim_params_to_fp32(ref)
+    model = model.to(device)
+    apply_training_precision(model, list(record.CONTROL_TENSOR_NAME_PATTERNS))
+    x = torch.randint(0, recipe.model.vocab_size, (args.batch, args.seq), generator=g).to(device)
+    y = torch.randint(0, recipe.model.vocab_size, (args.batch, args.seq), generator=g).to(device)
+
+    def stepper(net: torch.nn.Module):
+        compiled = torch.compile(net, dynamic=False, fullgraph=True)
+
+        def step() -> torch.Tensor:
+            net.zero_grad(set_to_none=True)
+            with torch.autocast(device_type="cuda", dtype=torch.bfloat16):
+                loss = compiled(x, y)
+            loss.backward()
+            return loss
+
+        return step
+
+    steps = {"pgolf": stepper(model), "record": stepper(ref)}
+    t0 = time.perf_counter()
+    losses = {name: steps[name]().item() for name in steps}
+    print(f"compiled both in {time.perf_counter() - t0:.0f} s; losses {losses}", flush=True)
+    diff = abs(losses["pgolf"] - losses["record"])
+    assert diff <= 2e-2, f"pgolf and the record disagree on the loss by {diff} (bf16)"
+    for _ in range(args.warmup):
+        steps["pgolf"]()
+        steps["record"]()
+    times: dict[str, list[float]] = {"pgolf": [], "record": []}
+    for r in range(args.repeats):
+        for name in ("pgolf", "record") if r % 2 == 0 else ("record", "pgolf"):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            for _ in range(args.steps):
+                steps[name]()
+            torch.cuda.synchronize()
+            times[name].append((time.perf_counter() - t0) * 1000 / args.steps)
+        print(f"repeat {r}: pgolf {times['pgolf'][-1]:.2f} ms/step, record {times['record'][-1]:.2f}", flush=True)
+    pg, rf = statistics.median(times["pgolf"]), statistics.median(times["record"])
+    result = {
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name(),
+        "batch": f"{args.batch} x {args.seq}",
+        "runs": f"{args.steps} x {args.repeats}",
+        "pgolf_ms": pg,
+        "record_ms": rf,
+        "ratio": pg / rf,
+        "loss_diff": diff,
+        "pgolf_disabled": args.disable,
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30,
+    }
+    print(json.dumps(result, indent=1))
+    print(f"ratio pgolf / record: {pg / rf:.3f}")
+    if args.json:
+        args.json.write_text(json.dumps(result) + "\n")
+    return result
+
+
+if __name__ == "__main__":
+    main()
