@@ -8,6 +8,7 @@ from typing import Any
 import torch
 
 from pgolf_core import artifact, evaluation
+from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, configure, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
@@ -32,6 +33,8 @@ def load_checkpoint(
         try:
             raw = data if codec == "raw" else artifact.decompress(data, codec)
             obj = artifact.deserialize(raw)
+        except PgolfError:  # the codec's package is missing: say so, do not guess another format
+            raise
         except Exception:  # noqa: BLE001 - try the next container format
             continue
         if pm is not None and isinstance(obj, dict):
@@ -54,7 +57,9 @@ def evaluate(
     pm = create_manager(recipe)
     run = configure(recipe, pm, log=log)
     if model is None:
-        model = build_model_with(model_spec(recipe, run.control_patterns), pm, recipe.run.seed)
+        backend, why = resolve_backend(recipe.model.attention, env.device.type)
+        log(f"attention_backend:{backend} ({why})")
+        model = build_model_with(model_spec(recipe, run.control_patterns, backend), pm, recipe.run.seed)
     if checkpoint is not None:
         weights = load_checkpoint(checkpoint, pm, {k: v.dtype for k, v in model.state_dict().items()})
         missing = set(model.state_dict()) ^ set(weights)

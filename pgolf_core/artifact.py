@@ -187,6 +187,13 @@ def _check_codec(codec: str) -> None:
         raise PgolfError(f'unknown compressor "{codec}" (choose one of {", ".join(CODECS)})')
 
 
+def require_codec(codec: str) -> None:
+    """Fail when a run starts, not at export after the training, if the codec cannot be used."""
+    _check_codec(codec)
+    if codec == "zstd":
+        _zstandard()
+
+
 def compress(raw: bytes, codec: str, level: int) -> bytes:
     """zlib (baseline: level 9) or zstd (records: level 22)."""
     _check_codec(codec)
@@ -258,6 +265,7 @@ __all__ = [
     "compress",
     "decompress",
     "dequantize_int8",
+    "require_codec",
     "deserialize",
     "quantize_int8",
     "quantize_rows",

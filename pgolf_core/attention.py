@@ -4,6 +4,7 @@ PyTorch SDPA otherwise; an explicit `flash` without the package is an error, nev
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from typing import Any
 
 from pgolf_core.errors import PgolfError
@@ -21,13 +22,13 @@ def _find_flash() -> Any | None:
     return None
 
 
-def flash_attn_func(q: Any, k: Any, v: Any, causal: bool = True) -> Any:
-    """Layout [B, T, H, D]; GQA handled natively by the kernel."""
+def flash_kernel() -> Callable[..., Any]:
+    """The installed `flash_attn_func` (layout [B, T, H, D], GQA native), found once when the model
+    is built: an import inside `forward` would break the compiled graph."""
     module = _find_flash()
     if module is None:
         raise PgolfError("flash attention was requested but neither flash_attn_interface nor flash_attn is installed")
-    out = module.flash_attn_func(q, k, v, causal=causal)
-    return out[0] if isinstance(out, tuple) else out
+    return module.flash_attn_func
 
 
 def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:

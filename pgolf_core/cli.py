@@ -145,6 +145,9 @@ def main(argv: list[str] | None = None) -> int:
     except PgolfError as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:  # a path the user gave: an existing file as --out, a full disk, no permission
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("pgolf: interrupted", file=sys.stderr)
         return 130

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from pgolf_core.attention import flash_kernel
 
 # `enable_gqa` arrived in torch 2.5; older versions get K/V heads expanded by hand.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -94,12 +97,13 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str) -> Tensor:
-    """Causal GQA attention. Inputs [B, H|Hkv, T, D]; output [B, T, H, D]."""
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, flash: Callable[..., Any] | None = None) -> Tensor:
+    """Causal GQA attention. Inputs [B, H|Hkv, T, D]; output [B, T, H, D]. `flash`: the flash kernel
+    (`attention.flash_kernel()`, resolved at build time) when `backend == "flash"`."""
     if backend == "flash":
-        from pgolf_core.attention import flash_attn_func
-
-        return flash_attn_func(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        assert flash is not None, "backend flash needs the kernel from attention.flash_kernel()"
+        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
+        return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
     if k.size(1) != q.size(1) and not _SDPA_HAS_GQA:  # torch < 2.5: expand KV heads by hand
         rep = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
@@ -121,6 +125,7 @@ class CausalSelfAttention(nn.Module):
             spec.head_dim,
         )
         self.backend = spec.attention
+        self.flash = flash_kernel() if spec.attention == "flash" else None
         self.c_q = parts.linear("attn.c_q", d, d)
         self.c_k = parts.linear("attn.c_k", d, spec.kv_dim)
         self.c_v = parts.linear("attn.c_v", d, spec.kv_dim)
@@ -142,7 +147,7 @@ class CausalSelfAttention(nn.Module):
         k = F.rms_norm(k, (k.size(-1),))
         q, k = self.rotary(q, k)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v.transpose(1, 2), self.backend)
+        y = causal_attention(q, k, v.transpose(1, 2), self.backend, self.flash)
         for module in self.post:
             y = module(y, v)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))

@@ -269,9 +269,10 @@ def load_recipe(
             plugin_classes = default_plugin_classes
         classes = plugin_classes(sorted(plugin_tables), source)
         for name in sorted(plugin_tables):
-            table = dict(plugin_tables[name])
             if not isinstance(plugin_tables[name], dict):
-                raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}])")
+                got = _type_name(plugin_tables[name])
+                raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}]), got {got}")
+            table = dict(plugin_tables[name])
             if smoke:
                 # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
                 # for a few hundred steps) beat the recipe; the user's --set beats both.

@@ -72,7 +72,7 @@ def load_class(source: PluginSource) -> type:
     """Import one plugin class; a failure is a clear error naming the distribution."""
     try:
         cls = source.load()
-    except Exception as exc:  # noqa: BLE001 - any import error of third-party code
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import error of third-party code, even sys.exit
         raise PgolfError(
             f"plugin {source.name!r} (from {source.origin}) failed to load: {type(exc).__name__}: {exc}"
         ) from None
@@ -108,7 +108,7 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     pm.add_hookspecs(hookspecs)
     enabled = recipe.enabled_plugins
     classes = plugin_classes(enabled, recipe.source, plugin_dirs) if enabled else {}
-    plugins = [classes[name](recipe.plugins[name].config) for name in enabled]
+    plugins = [_instantiate(classes[name], name, recipe) for name in enabled]
     for plugin in plugins:
         if not getattr(plugin, "name", None):
             plugin.name = type(plugin).__name__
@@ -124,6 +124,14 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
                 f"exclusive hook {hook_name}; enable only one of them"
             )
     return pm
+
+
+def _instantiate(cls: type, name: str, recipe: Any) -> Any:
+    """A plugin's own validation (in `__init__`) reports where its settings came from."""
+    try:
+        return cls(recipe.plugins[name].config)
+    except PgolfError as exc:
+        raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from None
 
 
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
@@ -151,14 +159,17 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
             row["error"] = str(exc)
             rows.append(row)
             continue
-        config = getattr(cls, "Config", None)
-        row.update(
-            version=str(getattr(cls, "version", "?")),
-            order=int(getattr(cls, "order", 100)),
-            hooks=hooks_of(cls),
-            config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
-            doc=(inspect.getdoc(cls) or "").split("\n")[0],
-        )
+        try:
+            config = getattr(cls, "Config", None)
+            row.update(
+                version=str(getattr(cls, "version", "?")),
+                order=int(getattr(cls, "order", 100)),
+                hooks=hooks_of(cls),
+                config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
+                doc=(inspect.getdoc(cls) or "").split("\n")[0],
+            )
+        except Exception as exc:  # noqa: BLE001 - a malformed third-party class (Config not a dataclass, ...)
+            row["error"] = f"plugin {name!r} (from {source.origin}) is malformed: {type(exc).__name__}: {exc}"
         rows.append(row)
     return rows
 

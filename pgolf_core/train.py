@@ -29,7 +29,7 @@ from pgolf_core.data.loader import DistributedTokenLoader, load_validation_token
 from pgolf_core.data.shards import shard_files
 from pgolf_core.errors import PgolfError
 from pgolf_core.model import apply_training_precision, count_parameters
-from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum, newton_schulz5
+from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import Recipe
 from pgolf_core.registry import create_manager, ordered_plugins
 from pgolf_core.runlog import RunLog, write_json_atomic
@@ -168,6 +168,7 @@ def train(
     pm = create_manager(recipe, plugin_dirs)
     plugins = ordered_plugins(pm)
     run = configure(recipe, pm, log=log.log)
+    artifact.require_codec(recipe.export.compressor)
     train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
     sp = load_tokenizer(tokenizer_path)
     if int(sp.vocab_size()) != recipe.model.vocab_size:
@@ -199,7 +200,7 @@ def train(
     )
     optimizers = build_optimizers(base_model, cfg, run.control_patterns, env.device.type)
     if optimizers.muon is not None and use_compile:
-        optimizers.muon.orthogonalize = torch.compile(newton_schulz5)
+        optimizers.muon.orthogonalize = torch.compile(optimizers.muon.orthogonalize)  # keeps muon_ns_dtype
     accum = grad_accum_steps(recipe, env.world_size)
     n_params = count_parameters(base_model)
     log.log(f"model_params:{n_params}")

@@ -4,11 +4,15 @@ parameter count and state_dict names, init, graph-break-free tracing, and checkp
 from __future__ import annotations
 
 import io
+import sys
+import types
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from benchmarks import reference_baseline as ref
+from pgolf_core.errors import PgolfError
 from pgolf_core.model import GPT, ModelSpec, count_parameters
 
 SMALL = {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "mlp_hidden": 64}
@@ -245,6 +249,36 @@ def test_full_baseline_traces_without_graph_breaks():
 
 def test_small_untied_model_traces_without_graph_breaks():
     _explain_and_compile(random_model(num_layers=4, tie_embeddings=False), seq_len=T)
+
+
+def sdpa_in_flash_layout(q, k, v, causal=True):
+    """Stand-in for flash-attn's `flash_attn_func` (CUDA-only, so absent here): same [B, T, H, D] layout."""
+    y = F.scaled_dot_product_attention(
+        q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), is_causal=causal, enable_gqa=True
+    )
+    return y.transpose(1, 2)
+
+
+def test_flash_backend_is_resolved_at_build_and_traces_without_graph_breaks(monkeypatch):
+    """The kernel is found once when the model is built: an import in `forward` broke the graph."""
+    monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=sdpa_in_flash_layout))
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # None in sys.modules: ImportError
+    flash = GPT(small_spec(attention="flash"))
+    sdpa = GPT(small_spec(attention="sdpa"))
+    randomize(sdpa)
+    flash.load_state_dict(sdpa.state_dict())
+    assert flash.blocks[0].attn.flash is sdpa_in_flash_layout
+    x, _ = tokens(64)
+    with torch.no_grad():
+        assert torch.allclose(flash.forward_logits(x), sdpa.forward_logits(x), atol=1e-6)
+    _explain_and_compile(flash, seq_len=T)
+
+
+def test_flash_backend_without_the_package_is_an_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "flash_attn", None)
+    monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
+    with pytest.raises(PgolfError, match="flash attention was requested"):
+        GPT(small_spec(attention="flash"))
 
 
 # 5. Checkpoints ------------------------------------------------------------------------------------------------

@@ -78,6 +78,8 @@ def test_int_accepted_for_float_but_not_the_reverse(tmp_path):
         ("[plugins.demo]\ndeacy = 0.9\n", r"unknown key 'deacy' \(did you mean \"decay\"\?\)"),
         ('[model]\nattention = "flsh"\n', r"\[model\] attention: expected one of 'auto', 'sdpa', 'flash'"),
         ("[model]\nmodel_dim = 100\nnum_heads = 8\n", r"model_dim=100 must be divisible by num_heads=8"),
+        ("[plugins]\ndemo = 3\n", r"r.toml: plugins.demo must be a table \(\[plugins.demo\]\), got int"),
+        ("[[plugins.demo]]\ndecay = 0.9\n", r"plugins.demo must be a table \(\[plugins.demo\]\), got list"),
     ],
 )
 def test_malformed_recipes_name_file_table_key(tmp_path, text, message):

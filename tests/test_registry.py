@@ -131,6 +131,14 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path, capsys):
     assert "broken  BROKEN: plugin 'broken'" in out and "alpha 1.2.3" in out
     assert main(["plugins", "--json", "--plugins-dir", str(tmp_path)]) == 0
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= {"alpha", "broken"}
+    # A plugin that exits while importing, or whose Config is not a dataclass, is reported too.
+    (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
+    (tmp_path / "malformed.py").write_text("class Plugin:\n    Config = int\n\nPLUGIN = Plugin\n")
+    rows = {row["name"]: row for row in registry.describe([tmp_path])}
+    assert "failed to load: SystemExit: 3" in rows["exits"]["error"]
+    assert "is malformed: TypeError" in rows["malformed"]["error"] and rows["alpha"]["version"] == "1.2.3"
+    assert main(["plugins", "--plugins-dir", str(tmp_path)]) == 0
+    capsys.readouterr()
     # A recipe that names the broken plugin fails with a clear error.
     with pytest.raises(PgolfError, match="plugin 'broken' .* failed to load: ImportError: needs libfoo"):
         recipe_with(tmp_path, tmp_path, "[plugins.broken]\n")
@@ -152,6 +160,28 @@ def test_cli_reports_recipe_errors_with_exit_2(tmp_path, capsys):
     assert main(["run", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("pgolf: error: ") and "matrx_lr" in err and "Traceback" not in err
+
+
+def test_cli_reports_plugin_setting_and_path_errors_with_exit_2(tmp_path, capsys):
+    """A plugin's own validation names the recipe and table; an unusable --out is no traceback."""
+    recipes = Path(__file__).resolve().parents[1] / "recipes"
+    assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "plugins.zstd.level=30"]) == 2
+    err = capsys.readouterr().err
+    assert f"{recipes / 'pr414.toml'}: [plugins.zstd] zstd: level must be between 1 and 22, got 30" in err
+    (tmp_path / "afile").write_text("keep me")
+    args = [
+        "run",
+        str(recipes / "baseline.toml"),
+        "--smoke",
+        "--set",
+        "train.iterations=1",
+        "--out",
+        str(tmp_path / "afile"),
+    ]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("pgolf: error: ") and "afile" in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "keep me"
 
 
 def test_build_model_is_deterministic_for_the_seed(tmp_path):
