@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--warmup", type=int, default=3, help="untimed (compiling) steps of each model first")
     ap.add_argument("--disable", action="append", default=[], help="a pgolf plugin to leave out (repeatable)")
     ap.add_argument("--json", type=Path, help="also write the result here")
+    ap.add_argument("--profile", type=int, default=0, metavar="N", help="print each model's top N CUDA kernels")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("bench_pr414_gpu needs CUDA (benchmarks/bench_pr414_cpu.py is the CPU one)")
@@ -102,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict:
             torch.cuda.synchronize()
             times[name].append((time.perf_counter() - t0) * 1000 / args.steps)
         print(f"repeat {r}: pgolf {times['pgolf'][-1]:.2f} ms/step, record {times['record'][-1]:.2f}", flush=True)
+    if args.profile:
+        for name in steps:
+            print_kernel_profile(name, steps[name], args.profile)
     pg, rf = statistics.median(times["pgolf"]), statistics.median(times["record"])
     result = {
         "torch": torch.__version__,
@@ -120,6 +124,21 @@ def main(argv: list[str] | None = None) -> dict:
     if args.json:
         args.json.write_text(json.dumps(result) + "\n")
     return result
+
+
+def print_kernel_profile(name: str, step, top: int, steps: int = 5) -> None:
+    """CUDA time per step by kernel (where a ratio above 1 comes from)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            step()
+        torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if e.device_time_total > 0]
+    total = sum(e.device_time_total for e in events) / steps / 1000
+    print(f"\n{name}: {total:.2f} ms CUDA time per step in {len(events)} kernels; top {top}:")
+    for e in sorted(events, key=lambda e: e.device_time_total, reverse=True)[:top]:
+        print(f"  {e.device_time_total / steps / 1000:8.3f} ms {e.count // steps:5d}x  {e.key[:110]}")
 
 
 if __name__ == "__main__":

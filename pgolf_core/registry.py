@@ -130,7 +130,7 @@ def _instantiate(cls: type, name: str, recipe: Any) -> Any:
     """A plugin's own validation (in `__init__`) reports where its settings came from."""
     try:
         return cls(recipe.plugins[name].config)
-    except PgolfError as exc:
+    except (PgolfError, ValueError) as exc:  # third-party plugins validate with ValueError too
         raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from None
 
 

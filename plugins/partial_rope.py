@@ -26,11 +26,22 @@ class Config:
 
 
 class PartialRotary(nn.Module):
-    def __init__(self, head_dim: int, dims: int, base: float, ref_len: int) -> None:
+    """`table_len`: the training length. When it takes the NTK branch (longer than `ref_len`, as in
+    #414) its cos/sin are fp32 whatever the model's dtype, so they are computed once here, as the
+    record caches them, instead of inside the compiled graph: there Inductor fused cos/sin into the
+    q/k kernels and recomputed them per element and again in backward (~2 ms of an 83 ms H100 step).
+    A bf16 cast of the buffers rounds them exactly as the record's `.to(bf16)` of its cache."""
+
+    def __init__(self, head_dim: int, dims: int, base: float, ref_len: int, table_len: int = 0) -> None:
         super().__init__()
         self.dims, self.base, self.ref_len = min(dims, head_dim), base, ref_len
         inv_freq = 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32) / self.dims))
         self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.table_len = table_len if table_len > ref_len else 0
+        if self.table_len:
+            cos, sin = self.tables(self.table_len, torch.device("cpu"))
+            self.register_buffer("cos_table", cos, persistent=False)
+            self.register_buffer("sin_table", sin, persistent=False)
 
     def frequencies(self, seq_len: int, device: torch.device) -> Tensor:
         if seq_len <= self.ref_len:
@@ -45,11 +56,18 @@ class PartialRotary(nn.Module):
         x1, x2 = rot[..., :half], rot[..., half:]
         return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos, rest), dim=-1)
 
+    def tables(self, seq_len: int, device: torch.device) -> tuple[Tensor, Tensor]:
+        inv_freq = self.frequencies(seq_len, device)
+        freqs = torch.outer(torch.arange(seq_len, device=device, dtype=inv_freq.dtype), inv_freq)
+        return freqs.cos(), freqs.sin()
+
     def forward(self, q: Tensor, k: Tensor) -> tuple[Tensor, Tensor]:
         seq_len = q.size(-2)
-        inv_freq = self.frequencies(seq_len, q.device)
-        freqs = torch.outer(torch.arange(seq_len, device=q.device, dtype=inv_freq.dtype), inv_freq)
-        cos, sin = freqs.cos()[None, None].to(q.dtype), freqs.sin()[None, None].to(q.dtype)
+        if seq_len == self.table_len:
+            cos, sin = self.cos_table, self.sin_table
+        else:
+            cos, sin = self.tables(seq_len, q.device)
+        cos, sin = cos[None, None].to(q.dtype), sin[None, None].to(q.dtype)
         return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
 
 
@@ -69,4 +87,4 @@ class PartialRope:
     @hookimpl
     def pgolf_rotary(self, spec, layer: int):
         ref = self.config.ntk_ref_len or spec.train_seq_len
-        return PartialRotary(spec.head_dim, self.config.dims, spec.rope_base, ref)
+        return PartialRotary(spec.head_dim, self.config.dims, spec.rope_base, ref, spec.train_seq_len)

@@ -26,7 +26,7 @@ How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no
 used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
 `torch.compile(fullgraph=True)` graph without recompiling; the quantizer therefore also runs (and
 is multiplied by 0) before a late switch, a small cost on weights only (measured on an H100, full-size
-#414 step: ~0.4 %, pgolf/record 1.026 with late_qat, 1.022 without; skipped in eager CPU runs).
+#414 step: ~0.3 %, pgolf/record 1.019 with late_qat, 1.016 without; skipped in eager CPU runs).
 The records flipped Python flags instead, and whether that reaches a compiled graph depends on the
 PyTorch build: `benchmarks/check_late_qat_record.py` runs #414's own model past its switch under
 its own compile call. On an H100 with torch 2.11.0+cu130 the flip does NOT take effect (no

@@ -151,7 +151,9 @@ TRAINING_PATH = [
     "model.py", "attention.py", "optim.py", "train.py", "evaluation.py", "artifact.py", "build.py",
     "hookspecs.py", "runlog.py", "data/shards.py", "data/loader.py", "data/bpb.py",
 ]  # fmt: skip
-TRAINING_PATH_BUDGET = 1_610  # 1,600 until the pgolf_dequantize hook and PR #63's sliding loop (+5)
+TRAINING_PATH_BUDGET = (
+    1_620  # 1,600 before pgolf_dequantize, PR #63's sliding loop, flash kernel at build, require_codec
+)
 CORE_BUDGET = 3_000
 
 

@@ -1,0 +1,93 @@
+"""Exact math of the model plugins on small shapes, each against its formula written out by hand
+(the record goldens in test_record_models.py check them together; these check each alone)."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from pgolf_plugins.partial_rope import Config as RopeConfig
+from pgolf_plugins.partial_rope import PartialRope, PartialRotary
+from pgolf_plugins.smeargate import PerDimSmear, ScalarSmear
+
+from pgolf_core import build_model, load_recipe
+
+
+def rotate_by_hand(x: torch.Tensor, dims: int, base: float) -> torch.Tensor:
+    """Half-split rotary on the first `dims` of the last axis, position = index along axis -2."""
+    out = x.clone()
+    half = dims // 2
+    for t in range(x.size(-2)):
+        for i in range(half):
+            theta = t * base ** (-2 * i / dims)
+            a, b = x[..., t, i], x[..., t, i + half]
+            out[..., t, i] = a * math.cos(theta) + b * math.sin(theta)
+            out[..., t, i + half] = -a * math.sin(theta) + b * math.cos(theta)
+    return out
+
+
+def test_partial_rope_rotates_the_first_dims_with_the_ntk_base():
+    rope = PartialRotary(head_dim=8, dims=4, base=10000.0, ref_len=8)
+    q, k = torch.randn(2, 3, 16, 8, dtype=torch.float64), torch.randn(2, 1, 16, 8, dtype=torch.float64)
+    rq, rk = rope.double()(q, k)
+    ntk_base = 10000.0 * (16 / 8) ** (4 / (4 - 2))  # T05/T21: base * (T/ref)^(d/(d-2))
+    assert torch.allclose(rq, rotate_by_hand(q, 4, ntk_base), atol=1e-6)
+    assert torch.allclose(rk, rotate_by_hand(k, 4, ntk_base), atol=1e-6)
+    assert torch.equal(rq[..., 4:], q[..., 4:])  # the rest passes through
+    short_q = q[:, :, :8]  # at or below the reference length: the plain base
+    assert torch.allclose(rope(short_q, short_q)[0], rotate_by_hand(short_q, 4, 10000.0), atol=1e-6)
+
+
+def test_pr414_effective_base_and_the_fix_option():
+    spec = type("Spec", (), {"head_dim": 64, "rope_base": 10000.0, "train_seq_len": 2048})()
+    record = PartialRope(RopeConfig()).pgolf_rotary(spec, 0)
+    want = 1.0 / (10000.0 * 2 ** (16 / 14)) ** (torch.arange(0, 16, 2, dtype=torch.float64) / 16)
+    assert abs(10000.0 * 2 ** (16 / 14) - 22081.8) < 0.1
+    assert torch.allclose(record.frequencies(2048, torch.device("cpu")).double(), want, rtol=1e-6)
+    fixed = PartialRope(RopeConfig(ntk_ref_len=0)).pgolf_rotary(spec, 0)  # ref = train_seq_len
+    assert torch.equal(fixed.frequencies(2048, torch.device("cpu")), fixed.inv_freq) and fixed.table_len == 0
+
+
+def test_partial_rope_table_equals_the_in_graph_tables_and_rounds_like_the_record():
+    """At the training length the cos/sin come from build-time buffers: bit-equal to computing them
+    in forward (fp32), and after a bf16 cast equal to the record's fp32 cache cast `.to(bf16)`."""
+    with_table = PartialRotary(head_dim=64, dims=16, base=10000.0, ref_len=1024, table_len=2048)
+    without = PartialRotary(head_dim=64, dims=16, base=10000.0, ref_len=1024)
+    assert with_table.table_len == 2048 and without.table_len == 0
+    q, k = torch.randn(1, 2, 2048, 64), torch.randn(1, 1, 2048, 64)
+    for a, b in zip(with_table(q, k), without(q, k), strict=True):
+        assert torch.equal(a, b)
+    cos, sin = without.tables(2048, torch.device("cpu"))
+    with_table.bfloat16()
+    assert torch.equal(with_table.cos_table, cos.to(torch.bfloat16))
+    assert torch.equal(with_table.sin_table, sin.to(torch.bfloat16))
+
+
+def test_smeargate_variants_by_hand():
+    x = torch.randn(2, 5, 4, dtype=torch.float64)
+    prev = torch.cat([torch.zeros(2, 1, 4, dtype=torch.float64), x[:, :-1]], dim=1)
+    per_dim = PerDimSmear(4, "post_norm", gate_init=0.0).double()
+    with torch.no_grad():
+        per_dim.gate.copy_(torch.tensor([-1.0, 0.0, 0.5, 2.0]))
+    g = torch.sigmoid(per_dim.gate)
+    assert torch.allclose(per_dim(x, None), (1 - g) * x + g * prev)
+    scalar = ScalarSmear(4, "post_norm").double()
+    assert torch.equal(scalar(x, None), x)  # zero-init: identity
+    with torch.no_grad():
+        scalar.gate.weight.copy_(torch.tensor([[0.3, -0.2, 0.1, 0.4]]))
+        scalar.lam.fill_(0.7)
+    gate = torch.sigmoid(x @ scalar.gate.weight.T)
+    assert torch.allclose(scalar(x, None), x + 0.7 * gate * prev)
+
+
+def test_ln_scale_sets_one_over_sqrt_layer():
+    recipe = load_recipe(
+        None, ["model.num_layers=4", "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2"]
+    )
+    recipe_ln = load_recipe(
+        None,
+        ["model.num_layers=4", "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2"],
+        enable=["ln_scale"],
+    )
+    assert [b.norm_scale for b in build_model(recipe).blocks] == [1.0] * 4
+    assert [b.norm_scale for b in build_model(recipe_ln).blocks] == [1 / math.sqrt(i + 1) for i in range(4)]
