@@ -304,12 +304,13 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean")
 
 
-def apply_training_precision(model: nn.Module, control_patterns: list[str]) -> None:
+def apply_training_precision(model: nn.Module, control_patterns: list[str], fp32_embeddings: bool = False) -> None:
     """The records' GPU precision policy: cast everything to bf16, then restore every Linear and
-    every small/control parameter to fp32. Embedding tables therefore train as bf16 (T06)."""
+    every small/control parameter to fp32. Embedding tables therefore train as bf16 (T06), unless
+    `fp32_embeddings` (the fix) restores them too."""
     model.bfloat16()
     for module in model.modules():
-        if isinstance(module, nn.Linear):
+        if isinstance(module, nn.Linear) or (fp32_embeddings and isinstance(module, nn.Embedding)):
             module.float()
     with torch.no_grad():
         for name, param in model.named_parameters():

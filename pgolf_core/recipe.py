@@ -94,6 +94,9 @@ class TrainConfig:
     # The records orthogonalize in bfloat16 (fast on GPUs). CPUs without bf16 matmul units run it
     # 30-100x slower than float32, so `--smoke` switches to float32; full recipes keep the record's.
     muon_ns_dtype: str = "bfloat16"
+    # On CUDA the records cast the model to bf16 and restore linears and control tensors to fp32,
+    # so embedding tables train as bf16 parameters (TECHNIQUES.md T06); true keeps them fp32.
+    fp32_embeddings: bool = False
     control_patterns: list[str] = field(default_factory=lambda: list(BASELINE_CONTROL_PATTERNS))
 
 

@@ -190,7 +190,7 @@ def train(
     base_model = build_model_with(model_spec(recipe, run.control_patterns, backend), pm, recipe.run.seed)
     base_model.to(env.device)
     if env.is_cuda:
-        apply_training_precision(base_model, run.control_patterns)
+        apply_training_precision(base_model, run.control_patterns, cfg.fp32_embeddings)
     use_compile = recipe.run.compile == "on" or (recipe.run.compile == "auto" and env.is_cuda)
     compiled: Any = torch.compile(base_model, dynamic=False, fullgraph=True) if use_compile else base_model
     model: torch.nn.Module = (

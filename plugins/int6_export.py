@@ -4,7 +4,10 @@ What (TECHNIQUES.md T10): two schemes, each reproducing its records' objects exa
 - `scheme = "mixed"` (Variant B; PR #297/#374/#414/#415). A name's category is `embed` (tok_emb,
   lm_head), `mlp` (".mlp."), `attn` (".attn.", or ".proj." outside an MLP) or `other`. First rule
   that matches wins: non-float or numel <= `[export] keep_float_max_numel` -> "passthrough" (floats
-  stored fp16); control pattern -> "passthrough_ctrl" (fp32); `fp16_keep` -> "passthrough_fp16"
+  stored fp16); control pattern -> "passthrough_ctrl" (fp32). Record quirk: the size rule comes
+  first, so the control tensors (all small: attn_scale, q_gain, ...) are stored fp16, though the
+  READMEs say fp32; `control_fp32 = true` checks control patterns first (the fix, off in pr414);
+  `fp16_keep` -> "passthrough_fp16"
   (PR #297's keep list); category in `int6_categories` -> int6; else the baseline int8 per row
   (quantile `[export] clip_quantile`, +-127, fp16 scales). Object, as the records write it (so
   record artifacts load here and pgolf's load in the records' `dequantize_mixed_int6`):
@@ -51,6 +54,7 @@ class Config:
     int6_categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # mixed only
     row_rule: str = "auto"  # int6 grid without a plan clip: auto | rowmax | quantile | plan (see above)
     fp16_keep: list[str] = field(default_factory=list)  # name substrings kept fp16 (#63/#194: tok_emb)
+    control_fp32: bool = False  # mixed only; true: the fix, control tensors stay fp32 even when small
 
 
 def category(name: str) -> str:
@@ -167,9 +171,12 @@ def _quantize_mixed(weights, config, rule, patterns, keep_max, clip_quantile, pl
     int6_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().cpu().contiguous()
-        if not t.is_floating_point() or t.numel() <= keep_max:
+        control = t.is_floating_point() and any(p in name for p in patterns)
+        if config.control_fp32 and control:
+            result[name], meta[name] = t.float(), "passthrough_ctrl"
+        elif not t.is_floating_point() or t.numel() <= keep_max:
             result[name], meta[name] = (t.to(torch.float16) if t.is_floating_point() else t), "passthrough"
-        elif any(p in name for p in patterns):
+        elif control:
             result[name], meta[name] = t.float(), "passthrough_ctrl"
         elif any(p in name for p in config.fp16_keep):
             result[name], meta[name] = t.to(torch.float16), "passthrough_fp16"

@@ -306,3 +306,24 @@ def test_strict_load_rejects_a_foreign_key():
     sd["blocks.0.attn.rotary.inv_freq"] = torch.ones(4)  # a key the record never saves
     with pytest.raises(RuntimeError, match="Unexpected key"):
         GPT(small_spec()).load_state_dict(sd, strict=True)
+
+
+# 6. GPU precision policy ----------------------------------------------------------------------------------------
+
+
+def test_training_precision_leaves_only_embedding_tables_bf16_unless_fixed():
+    """The records' policy (T06), on the pr414 model: every Linear and every control or <2-D parameter
+    is fp32 after the bf16 cast, so exactly the embedding tables train as bf16; the fix keeps them fp32."""
+    from pathlib import Path
+
+    from pgolf_core import build_model, load_recipe
+    from pgolf_core.model import apply_training_precision
+
+    recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "pr414.toml", smoke=True)
+    tables = {"tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"}
+    for fix in (False, True):
+        model = build_model(recipe)
+        apply_training_precision(model, recipe.train.control_patterns, fp32_embeddings=fix)
+        bf16 = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
+        assert bf16 == (set() if fix else tables)
+        assert all(p.dtype in (torch.float32, torch.bfloat16) for p in model.parameters())

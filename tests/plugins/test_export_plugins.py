@@ -251,6 +251,21 @@ def test_mixed_record_artifact_loads(golden):
     assert plugin.pgolf_dequantize(obj={"__quant_format__": "other"}, dtypes=dtypes) is None
 
 
+def test_control_fp32_fix_keeps_small_control_tensors_exact():
+    """Record quirk: control tensors are small, so the size rule stores them fp16; the fix keeps them fp32."""
+    g = torch.Generator().manual_seed(5)
+    weights = {
+        "blocks.0.attn_scale": 1 + 1e-3 * torch.randn(64, generator=g),  # fp16 rounds 1 + 1e-3 x
+        "blocks.0.mlp.fc.weight": torch.randn(512, 256, generator=g) * 0.05,  # above keep_float_max_numel
+    }
+    for fix, kind in ((False, "passthrough"), (True, "passthrough_ctrl")):
+        *_, obj, deq = run_export(weights, PR414_CONTROL, gptq=False, control_fp32=fix)
+        assert obj["m"]["blocks.0.attn_scale"] == kind and obj["m"]["blocks.0.mlp.fc.weight"] == {"type": "int6"}
+        back = deq(deserialize(serialize(obj)))["blocks.0.attn_scale"]
+        exact = torch.equal(back, weights["blocks.0.attn_scale"])
+        assert exact == fix and torch.equal(back, weights["blocks.0.attn_scale"].half().float()) != fix
+
+
 @pytest.mark.parametrize("case,specs,seed", [("all194", SPECS_ALL, 194), ("all63", SPECS_ALL, 63)])
 def test_all_scheme_equals_records(golden, case, specs, seed):
     weights = make_weights(specs, seed)
