@@ -83,6 +83,7 @@ def summarize(
     steps: int,
     train_seconds: float,
     eval_seconds: float,
+    export_seconds: float,
     n_params: int,
     train_files: list[Path],
     val_tokens: torch.Tensor,
@@ -115,6 +116,9 @@ def summarize(
         "step_ms": 1000.0 * train_seconds / max(steps, 1),
         "train_seconds": train_seconds,
         "eval_seconds": eval_seconds,
+        "export_seconds": export_seconds,
+        "roundtrip_eval_seconds": roundtrip.seconds,
+        "sliding_eval_seconds": sliding.seconds if sliding else None,
         "total_seconds": total_seconds,
         "plugins": [
             {"name": p.name, "version": str(getattr(p, "version", "?")), "order": int(getattr(p, "order", 100))}

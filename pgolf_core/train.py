@@ -342,7 +342,9 @@ def train(
     assert last_val is not None
 
     # Export: quantize, compress, write; then read the file back and score the round trip.
+    t_export = time.perf_counter()
     exported = export_model(state, pm, out, plugins)
+    export_seconds = time.perf_counter() - t_export
     env.barrier()
     load_weights(base_model, exported.dequantize(exported.read_back()))
     # Test-time adaptation (pgolf_eval_adapt) joins the last, reported eval stage only: the round
@@ -397,6 +399,7 @@ def train(
         steps=step,
         train_seconds=train_seconds,
         eval_seconds=eval_seconds,
+        export_seconds=export_seconds,
         n_params=n_params,
         train_files=train_files,
         val_tokens=val_tokens,

@@ -91,3 +91,29 @@ def test_ln_scale_sets_one_over_sqrt_layer():
     )
     assert [b.norm_scale for b in build_model(recipe).blocks] == [1.0] * 4
     assert [b.norm_scale for b in build_model(recipe_ln).blocks] == [1 / math.sqrt(i + 1) for i in range(4)]
+
+
+def orthogonal_rows_times(w: torch.Tensor, gain: float) -> bool:
+    """`w` (out >= in or out <= in) is semi-orthogonal times `gain`: W Wᵀ or Wᵀ W = gain² I."""
+    w = w.double()
+    gram = w @ w.T if w.size(0) <= w.size(1) else w.T @ w
+    return torch.allclose(gram, gain**2 * torch.eye(gram.size(0), dtype=torch.float64), atol=1e-5)
+
+
+def test_ortho_init_record_rule_and_the_fix():
+    """Record rule: zero-init projections stay zero, so 1/sqrt(2L) reaches only bigram/VE projections;
+    `scale_zero_init_proj = true` makes attn.proj/mlp.proj orthogonal x 1/sqrt(2L) (the READMEs' intent)."""
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "recipes" / "pr414.toml"
+    gain = 1 / math.sqrt(2 * 11)
+    record = build_model(load_recipe(path))
+    fixed = build_model(load_recipe(path, ["plugins.ortho_init.scale_zero_init_proj=true"]))
+    weights, weights_fixed = dict(record.named_parameters()), dict(fixed.named_parameters())
+    for name in ("blocks.3.attn.proj.weight", "blocks.3.mlp.proj.weight"):
+        assert torch.count_nonzero(weights[name]) == 0
+        assert orthogonal_rows_times(weights_fixed[name], gain)
+    for name in ("bigram.proj.weight", "ve_shared.proj.weight"):
+        assert orthogonal_rows_times(weights[name], gain)
+    for name in ("blocks.3.attn.c_q.weight", "blocks.3.mlp.fc.weight"):
+        assert orthogonal_rows_times(weights[name], 1.0)
