@@ -181,24 +181,31 @@ def print_summary(summary: dict[str, Any], log: Any) -> None:
         log.log(line)
 
 
-def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any) -> None:
-    """Say up front when a recipe sized for 8×H100 is started on a CPU, with a time estimate."""
+def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any, cpu_flops: float | None = None) -> None:
+    """Say up front when a recipe sized for 8×H100 is started on a CPU, with a time estimate
+    (`cpu_flops`: this CPU's fp32 matmul rate, measured here when not given)."""
     tokens = recipe.train.train_batch_tokens
     flops_per_step = 6.0 * n_params * tokens
-    a = torch.randn(512, 512)
-    t0 = time.perf_counter()
-    for _ in range(8):
-        a @ a
-    cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
+    if cpu_flops is None:
+        a = torch.randn(512, 512)
+        t0 = time.perf_counter()
+        for _ in range(8):
+            a @ a
+        cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
     step_s = flops_per_step / cpu_flops
     if step_s < 10.0:
         return
-    cap = recipe.train.max_wallclock_seconds
+    cap, warmup = recipe.train.max_wallclock_seconds, recipe.train.warmup_steps
     record_steps = 7000
     log(
         f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
         f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "
         f"take about {record_steps * step_s / 86400:.0f} days"
-        + (f", and the {cap:.0f} s wallclock cap stops it after ~{max(int(cap / step_s), 1)} step(s)" if cap else "")
+        + (f"; its {warmup} untimed warmup steps alone take ~{warmup * step_s / 3600:.1f} h" if warmup else "")
+        + (
+            f", and the {cap:.0f} s wallclock cap then stops it after ~{max(int(cap / step_s), 1)} step(s)"
+            if cap
+            else ""
+        )
         + ". Add --smoke for a one-minute run of the same recipe at small size."
     )

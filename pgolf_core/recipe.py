@@ -251,46 +251,49 @@ def load_recipe(
             )
         _plugin_table(plugin_tables, name, f"--disable {name}")["enabled"] = False
 
-    unknown = [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]
-    if unknown:
-        raise RecipeError(
-            f"{source}: unknown table [{unknown[0]}]{did_you_mean(unknown[0], [*CORE_SECTIONS, 'plugins'])}; "
-            f"valid tables: {', '.join(f'[{s}]' for s in CORE_SECTIONS)}, [plugins.<name>]"
-        )
-    recipe = Recipe(source=source)
-    for section, cls in CORE_SECTIONS.items():
-        table = raw.get(section, {})
-        if not isinstance(table, dict):
-            raise RecipeError(f"{source}: {section} must be a table ([{section}]), got {_type_name(table)}")
-        setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))
-    _check_core(recipe)
+    try:
+        unknown = [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]
+        if unknown:
+            raise RecipeError(
+                f"{source}: unknown table [{unknown[0]}]{did_you_mean(unknown[0], [*CORE_SECTIONS, 'plugins'])}; "
+                f"valid tables: {', '.join(f'[{s}]' for s in CORE_SECTIONS)}, [plugins.<name>]"
+            )
+        recipe = Recipe(source=source)
+        for section, cls in CORE_SECTIONS.items():
+            table = raw.get(section, {})
+            if not isinstance(table, dict):
+                raise RecipeError(f"{source}: {section} must be a table ([{section}]), got {_type_name(table)}")
+            setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))
+        _check_core(recipe)
 
-    if plugin_tables:
-        if plugin_classes is None:
-            from pgolf_core.registry import plugin_classes as default_plugin_classes
+        if plugin_tables:
+            if plugin_classes is None:
+                from pgolf_core.registry import plugin_classes as default_plugin_classes
 
-            plugin_classes = default_plugin_classes
-        classes = plugin_classes(sorted(plugin_tables), source)
-        for name in sorted(plugin_tables):
-            if not isinstance(plugin_tables[name], dict):
-                got = _type_name(plugin_tables[name])
-                raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}]), got {got}")
-            table = dict(plugin_tables[name])
-            if smoke:
-                # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
-                # for a few hundred steps) beat the recipe; the user's --set beats both.
-                for key, value in getattr(classes[name], "SMOKE", {}).items():
-                    if f"plugins.{name}.{key}" not in user_set:
-                        table[key] = value
-            enabled = table.pop("enabled", True)
-            if not isinstance(enabled, bool):
-                raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
-            config_cls = getattr(classes[name], "Config", None)
-            config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
-            if config_cls is None and table:
-                raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
-            recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
-    return recipe
+                plugin_classes = default_plugin_classes
+            classes = plugin_classes(sorted(plugin_tables), source)
+            for name in sorted(plugin_tables):
+                if not isinstance(plugin_tables[name], dict):
+                    got = _type_name(plugin_tables[name])
+                    raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}]), got {got}")
+                table = dict(plugin_tables[name])
+                if smoke:
+                    # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
+                    # for a few hundred steps) beat the recipe; the user's --set beats both.
+                    for key, value in getattr(classes[name], "SMOKE", {}).items():
+                        if f"plugins.{name}.{key}" not in user_set:
+                            table[key] = value
+                enabled = table.pop("enabled", True)
+                if not isinstance(enabled, bool):
+                    raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
+                config_cls = getattr(classes[name], "Config", None)
+                config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
+                if config_cls is None and table:
+                    raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
+                recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
+        return recipe
+    except RecipeError as exc:
+        raise RecipeError(_blame_override(str(exc), overrides)) from None
 
 
 def _check_core(recipe: Recipe) -> None:
@@ -324,6 +327,16 @@ def _check_core(recipe: Recipe) -> None:
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a positive multiple of "
             f"train_seq_len={t.train_seq_len}"
         )
+
+
+def _blame_override(message: str, overrides: typing.Sequence[str]) -> str:
+    """Name the `--set` that supplied the offending value: the error is not in the file."""
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        table, _, leaf = key.rpartition(".")
+        if table and (f"[{table}] {leaf}" in message or f"[{table}] unknown key {leaf!r}" in message):
+            return f"{message} (from --set {item})"
+    return message
 
 
 def build_config(cls: type, table: dict[str, Any], where: str) -> Any:

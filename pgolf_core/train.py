@@ -127,6 +127,11 @@ def resolve_data(recipe: Recipe, env: Env, log: RunLog) -> tuple[list[Path], lis
         root, tokenizer = Path(sample.path), Path(cfg.tokenizer or sample.tokenizer)
     else:
         root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise PgolfError(
+                f"[data] path: {root} is not a directory (expected the folder of the shards, e.g. "
+                "data/datasets/fineweb10B_sp1024 from `pgolf data fineweb`)"
+            )
         candidates = (
             [Path(cfg.tokenizer).expanduser()]
             if cfg.tokenizer

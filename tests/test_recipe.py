@@ -96,6 +96,24 @@ def test_missing_file_and_bad_override(tmp_path):
         load_recipe(None, ["train.matrx_lr=1"])
 
 
+def test_errors_in_set_values_name_the_set(tmp_path):
+    path = write(tmp_path, "[train]\niterations = 10\n")
+    with pytest.raises(
+        RecipeError,
+        match=r"r.toml: \[train\] iterations: expected int, got string 'abc' \(from --set train.iterations=abc\)",
+    ):
+        load_recipe(path, ["train.iterations=abc"])
+    with pytest.raises(
+        RecipeError, match=r"\[plugins.demo\] decay: expected float.*\(from --set plugins.demo.decay=x\)"
+    ):
+        load_recipe(path, ["plugins.demo.decay=x"], plugin_classes=classes)
+    with pytest.raises(RecipeError, match=r"unknown key 'itrations'.*\(from --set train.itrations=3\)"):
+        load_recipe(path, ["train.itrations=3"])
+    with pytest.raises(RecipeError) as bad_file:  # an error in the file itself blames no --set
+        load_recipe(write(tmp_path, "[train]\niterations = 1.5\n"), ["train.warmup_steps=2"])
+    assert "--set" not in str(bad_file.value)
+
+
 def test_plugins_enable_disable_keep_settings(tmp_path):
     path = write(tmp_path, "[plugins.demo]\ndecay = 0.9\n")
     r = load_recipe(path, plugin_classes=classes)

@@ -184,6 +184,13 @@ def test_cli_reports_plugin_setting_and_path_errors_with_exit_2(tmp_path, capsys
     assert (tmp_path / "afile").read_text() == "keep me"
 
 
+def test_cli_names_a_missing_data_directory(tmp_path, capsys):
+    args = ["run", str(Path(__file__).resolve().parents[1] / "recipes" / "baseline.toml"), "--smoke"]
+    assert main([*args, "--set", f"data.path={tmp_path / 'nowhere'}", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"[data] path: {tmp_path / 'nowhere'} is not a directory" in err and "Traceback" not in err
+
+
 def test_build_model_is_deterministic_for_the_seed(tmp_path):
     r = load_recipe(None, ["model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=2"])
     a, b = build_model(r), build_model(r)

@@ -250,3 +250,20 @@ def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp
     # Only the last stage adapts: everything before it is the same run, the sliding score is not.
     assert with_ttt["roundtrip_val_bpb"] == plain["roundtrip_val_bpb"]
     assert with_ttt["sliding_val_bpb"] != plain["sliding_val_bpb"]
+
+
+def test_full_scale_recipe_on_cpu_says_so_with_an_estimate():
+    """pr414 at full size on a CPU doing 100 GFLOP/s: 6 x 27M params x 786,432 tokens per step = ~21 min."""
+    from pgolf_core.manifest import warn_if_full_scale_on_cpu
+
+    recipe = load_recipe(ROOT / "recipes" / "pr414.toml")
+    lines: list[str] = []
+    warn_if_full_scale_on_cpu(recipe, 26_993_756, 8, lines.append, cpu_flops=1e11)
+    (note,) = lines
+    step_min = 6 * 26_993_756 * 786_432 / 1e11 / 60
+    assert f"takes about {step_min:.1f} min" in note and "--smoke" in note
+    assert f"its 20 untimed warmup steps alone take ~{20 * step_min / 60:.1f} h" in note
+    assert "wallclock cap then stops it after ~1 step(s)" in note
+    small: list[str] = []
+    warn_if_full_scale_on_cpu(load_recipe(ROOT / "recipes" / "pr414.toml", smoke=True), 500_000, 1, small.append, 1e11)
+    assert small == []  # a smoke-sized run is not warned about
