@@ -166,7 +166,7 @@ TRAINING_PATH = [
 TRAINING_PATH_BUDGET = (
     1_620  # 1,600 before pgolf_dequantize, PR #63's sliding loop, flash kernel at build, require_codec
 )
-CORE_BUDGET = 3_050  # 3,000 before this session's error-path fixes (registry, CLI, api)
+CORE_BUDGET = 3_100  # 3,000 before this session's error-path fixes (registry, CLI, api, recipe, data)
 
 
 def test_core_line_budget():
