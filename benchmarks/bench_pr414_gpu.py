@@ -4,7 +4,8 @@ Both models are set up the way their training runs set them up on CUDA: the reco
 pass, loaded at run time; FlashAttention-3 replaced by SDPA where it is not installed) as its `main()` does
 (bf16 model, fp32 `CastedLinear` weights and control tensors, `torch.compile(dynamic=False, fullgraph=True)`),
 pgolf's as `pgolf_core.train` does (`apply_training_precision`, the same compile call, attention backend
-`sdpa` so both run the same kernel). The record's weights are loaded into pgolf's model (strict keys), so the
+`flash` where FA3 is installed, else `sdpa`, so both run the same kernel).
+The record's weights are loaded into pgolf's model (strict keys), so the
 two compute the same function (the losses are checked). Steps alternate between the two; each figure is the
 median over repeats of the mean ms per step, timed with `torch.cuda.synchronize`. Target ratio <= 1.02.
 
@@ -17,6 +18,7 @@ The default batch, 48 x 2048 tokens, is one H100's share of the record's 786,432
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import statistics
 import sys
@@ -53,7 +55,9 @@ def main(argv: list[str] | None = None) -> dict:
     torch.backends.cudnn.allow_tf32 = True
 
     record = load_record(args.record_script, "GPT")
-    recipe = load_recipe(ROOT / "recipes" / "pr414.toml", ["model.attention=sdpa"], disable=args.disable)
+    # The record calls FA3 when installed, else the SDPA stand-in: pgolf runs the same kernel.
+    attention = "flash" if importlib.util.find_spec("flash_attn_interface") else "sdpa"
+    recipe = load_recipe(ROOT / "recipes" / "pr414.toml", [f"model.attention={attention}"], disable=args.disable)
     torch.manual_seed(0)
     ref = record.GPT(**record_kwargs(recipe))
     g = torch.Generator().manual_seed(1)

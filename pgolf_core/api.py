@@ -13,6 +13,7 @@ from pgolf_core.build import build_model_with, configure, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.errors import PgolfError
+from pgolf_core.model import apply_training_precision
 from pgolf_core.optim import Optimizers
 from pgolf_core.recipe import Recipe
 from pgolf_core.registry import create_manager, ordered_plugins
@@ -60,6 +61,9 @@ def evaluate(
         backend, why = resolve_backend(recipe.model.attention, env.device.type)
         log(f"attention_backend:{backend} ({why})")
         model = build_model_with(model_spec(recipe, run.control_patterns, backend), pm, recipe.run.seed)
+        model.to(env.device)
+        if env.is_cuda:  # the dtypes the run trained and scored in (bf16 rotary buffers and tables)
+            apply_training_precision(model, run.control_patterns, recipe.train.fp32_embeddings)
     if checkpoint is not None:
         weights = load_checkpoint(checkpoint, pm, {k: v.dtype for k, v in model.state_dict().items()})
         missing = set(model.state_dict()) ^ set(weights)

@@ -145,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     except PgolfError as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:  # a path the user gave: an existing file as --out, a full disk, no permission
+    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
+        # a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

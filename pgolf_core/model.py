@@ -44,8 +44,9 @@ class ModelSpec:
     linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)
 
     def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
-        """Every linear layer of the model, the core's and plugins' alike (`bigram.proj`, ...), comes
-        from here, so a layer-replacing plugin (QAT) reaches all of them at construction time."""
+        """The model's linear layers, the core's and plugins' projections alike (`bigram.proj`, ...),
+        come from here, so a layer-replacing plugin (QAT) reaches them at construction time (a
+        plugin's tiny gate, e.g. smeargate's scalar variant, may use a plain nn.Linear)."""
         made = self.linear_factory(role, in_features, out_features) if self.linear_factory else None
         return made if made is not None else CastedLinear(in_features, out_features)
 

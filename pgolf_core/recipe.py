@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import re
 import sys
 import typing
 from dataclasses import dataclass, field, fields
@@ -334,7 +335,8 @@ def _blame_override(message: str, overrides: typing.Sequence[str]) -> str:
     for item in overrides:
         key = item.split("=", 1)[0].strip()
         table, _, leaf = key.rpartition(".")
-        if table and (f"[{table}] {leaf}" in message or f"[{table}] unknown key {leaf!r}" in message):
+        named = rf"\[{re.escape(table)}\] ({re.escape(leaf)}(?![\w\[])|unknown key '{re.escape(leaf)}')"
+        if table and re.search(named, message):
             return f"{message} (from --set {item})"
     return message
 

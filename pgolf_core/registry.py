@@ -131,7 +131,7 @@ def _instantiate(cls: type, name: str, recipe: Any) -> Any:
     try:
         return cls(recipe.plugins[name].config)
     except (PgolfError, ValueError) as exc:  # third-party plugins validate with ValueError too
-        raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from None
+        raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from exc
 
 
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:

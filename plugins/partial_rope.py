@@ -32,7 +32,8 @@ class PartialRotary(nn.Module):
     #414) its cos/sin are fp32 whatever the model's dtype, so they are computed once here, as the
     record caches them, instead of inside the compiled graph: there Inductor fused cos/sin into the
     q/k kernels and recomputed them per element and again in backward (~2 ms of an 83 ms H100 step).
-    A bf16 cast of the buffers rounds them exactly as the record's `.to(bf16)` of its cache."""
+    A bf16 cast of the buffers rounds them as the record's `.to(bf16)` of its cache (the fp32
+    values come from CPU cos/sin here, from CUDA's there: they may differ in the last bit)."""
 
     def __init__(self, head_dim: int, dims: int, base: float, ref_len: int, table_len: int = 0) -> None:
         super().__init__()

@@ -112,6 +112,9 @@ def test_errors_in_set_values_name_the_set(tmp_path):
     with pytest.raises(RecipeError) as bad_file:  # an error in the file itself blames no --set
         load_recipe(write(tmp_path, "[train]\niterations = 1.5\n"), ["train.warmup_steps=2"])
     assert "--set" not in str(bad_file.value)
+    with pytest.raises(RecipeError) as prefix:  # a --set whose key is a prefix of the bad one is not blamed
+        load_recipe(write(tmp_path, "[train]\nmuon_momentum_warmup_steps = 1.5\n"), ["train.muon_momentum=0.9"])
+    assert "--set" not in str(prefix.value)
 
 
 def test_plugins_enable_disable_keep_settings(tmp_path):
