@@ -77,6 +77,8 @@ class BigramHash:
     @hookimpl
     def pgolf_configure(self, run) -> None:
         run.control_patterns.append("bigram.scale")
+        c = self.config
+        run.log(f"bigram_hash/table:{c.buckets}x{c.dim} scale_init:{c.scale_init}")
 
     @hookimpl
     def pgolf_embed(self, spec):

@@ -27,6 +27,10 @@ class LnScale:
         self.config = config
 
     @hookimpl
+    def pgolf_configure(self, run) -> None:
+        run.log(f"ln_scale/layers:{run.recipe.model.num_layers} last:{1 / math.sqrt(run.recipe.model.num_layers):.4f}")
+
+    @hookimpl
     def pgolf_model_built(self, model, spec) -> None:
         for i, block in enumerate(model.blocks):
             block.norm_scale = 1.0 / math.sqrt(i + 1)

@@ -47,6 +47,12 @@ class OrthoInit:
         self.config = config
 
     @hookimpl
+    def pgolf_configure(self, run) -> None:
+        c = self.config
+        scaled = "all output projections" if c.scale_zero_init_proj else "non-zero-init .proj (record rule)"
+        run.log(f"ortho_init/min_dim:{c.min_dim} 1/sqrt(2L) on:{scaled if c.scale_proj else 'none'}")
+
+    @hookimpl
     def pgolf_model_built(self, model, spec) -> None:
         c = self.config
         gain = 1.0 / math.sqrt(2 * spec.num_layers)

@@ -88,6 +88,14 @@ class PartialRope:
         self.config = config
 
     @hookimpl
+    def pgolf_configure(self, run) -> None:
+        c, seq = self.config, run.recipe.train.train_seq_len
+        ref = c.ntk_ref_len or seq
+        rd = c.dims
+        base = run.recipe.model.rope_base * ((seq / ref) ** (rd / (rd - 2)) if seq > ref else 1.0)
+        run.log(f"partial_rope/dims:{rd} base_at_train_len:{base:.1f}")
+
+    @hookimpl
     def pgolf_rotary(self, spec, layer: int):
         ref = self.config.ntk_ref_len or spec.train_seq_len
         return PartialRotary(spec.head_dim, self.config.dims, spec.rope_base, ref, spec.train_seq_len)

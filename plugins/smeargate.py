@@ -86,6 +86,7 @@ class SmearGate:
     def pgolf_configure(self, run) -> None:
         if self.config.as_control:
             run.control_patterns.append("smear")
+        run.log(f"smeargate/variant:{self.config.variant} placement:{self.config.placement}")
 
     @hookimpl
     def pgolf_embed(self, spec):

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import hookimpl
+from pgolf_core import PgolfError, hookimpl
 
 MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
@@ -85,7 +85,8 @@ class ValueEmbed:
         run.control_patterns.extend(["ve_layer_scales", "ve_shared.scale"])
         bad = [i for i in self.config.layers if not 0 <= i < run.recipe.model.num_layers]
         if bad:
-            raise ValueError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
+            raise PgolfError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
+        run.log(f"value_embed/layers:{list(self.config.layers)} dim:{self.config.dim}")
 
     @hookimpl
     def pgolf_value_extras(self, spec):

@@ -43,5 +43,10 @@ class XSA:
         self.config = config
 
     @hookimpl
+    def pgolf_configure(self, run) -> None:
+        n = run.recipe.model.num_layers
+        run.log(f"xsa/layers:{list(range(max(n - self.config.last_n, 0), n))}")
+
+    @hookimpl
     def pgolf_attention_post(self, spec, layer: int):
         return ExclusiveSelfAttention() if layer >= spec.num_layers - self.config.last_n else None

@@ -189,7 +189,10 @@ def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path, capsys):
     print(f"pr414 smoke val_bpb {s['val_bpb']:.4f} vs unigram {s['unigram_val_bpb']:.4f}")
     assert s["steps"] == 100 and s["val_bpb"] < s["unigram_val_bpb"] - 0.3
     assert [p["name"] for p in s["plugins"]] == PR414_PLUGINS_IN_ORDER
-    for line in ("late_qat/activated_step:", "ema/applied:100", "gptq_lite/percentiles:", "int6_export/tensors:"):
+    acting = ("late_qat/activated_step:", "ema/applied:100", "gptq_lite/percentiles:", "int6_export/tensors:")
+    built = ("bigram_hash/table:", "smeargate/variant:", "ln_scale/layers:", "partial_rope/dims:16 base_at_train_len:")
+    built += ("xsa/layers:", "value_embed/layers:", "ortho_init/min_dim:64")
+    for line in acting + built:
         assert line in log, f"{line!r} missing from the pr414 smoke log"
     assert "int6_zstd_roundtrip_exact" in log and "sliding_window_exact" in log
     assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.05
