@@ -28,7 +28,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.record_script import load_record  # noqa: E402
+from benchmarks.record_script import load_record, perturb, pr414_record_kwargs  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -47,32 +47,6 @@ Steps alternate between the two; each figure is the median over repeats of the m
 """
 
 
-def record_kwargs(recipe) -> dict:
-    """The record GPT's constructor arguments, from the pgolf recipe (the same hyperparameters)."""
-    m, p = recipe.model, {name: e.config for name, e in recipe.plugins.items() if e.enabled}
-    return dict(
-        vocab_size=m.vocab_size,
-        num_layers=m.num_layers,
-        model_dim=m.model_dim,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        mlp_mult=m.mlp_mult,
-        tie_embeddings=m.tie_embeddings,
-        tied_embed_init_std=m.tied_embed_init_std,
-        logit_softcap=m.logit_softcap,
-        rope_base=m.rope_base,
-        qk_gain_init=m.qk_gain_init,
-        bigram_vocab_size=p["bigram_hash"].buckets,
-        bigram_dim=p["bigram_hash"].dim,
-        xsa_last_n=p["xsa"].last_n,
-        rope_dims=p["partial_rope"].dims,
-        ln_scale=True,
-        ve_enabled=True,
-        ve_dim=p["value_embed"].dim,
-        ve_layers=",".join(map(str, p["value_embed"].layers)),
-    )
-
-
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--record-script", type=Path, required=True, help="a PR #414 train_gpt.py")
@@ -89,11 +63,8 @@ def main(argv: list[str] | None = None) -> dict:
     record = load_record(args.record_script, "GPT")
     recipe = load_recipe(ROOT / "recipes" / "pr414.toml", ["model.attention=sdpa", "run.device=cpu"])
     torch.manual_seed(0)
-    ref = record.GPT(**record_kwargs(recipe)).float()
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-zero projections and gates, as after some training
-        for p in ref.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    ref = record.GPT(**pr414_record_kwargs(recipe)).float()
+    g = perturb(ref, seed=1)
     model = build_model(recipe)
     model.load_state_dict(ref.state_dict(), strict=True)
     n_params = sum(p.numel() for p in model.parameters())

@@ -30,8 +30,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_pr414_cpu import record_kwargs  # noqa: E402
-from benchmarks.record_script import load_record  # noqa: E402
+from benchmarks.record_script import (  # noqa: E402
+    as_the_record_trains_on_cuda,
+    load_record,
+    perturb,
+    pr414_record_kwargs,
+)
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.model import apply_training_precision  # noqa: E402
 
@@ -59,18 +63,11 @@ def main(argv: list[str] | None = None) -> dict:
     attention = "flash" if importlib.util.find_spec("flash_attn_interface") else "sdpa"
     recipe = load_recipe(ROOT / "recipes" / "pr414.toml", [f"model.attention={attention}"], disable=args.disable)
     torch.manual_seed(0)
-    ref = record.GPT(**record_kwargs(recipe))
-    g = torch.Generator().manual_seed(1)
-    with torch.no_grad():  # non-zero projections and gates, as after some training
-        for p in ref.parameters():
-            p.add_(0.02 * torch.randn(p.shape, generator=g))
+    ref = record.GPT(**pr414_record_kwargs(recipe))
+    g = perturb(ref, seed=1)
     model = build_model(recipe)
     model.load_state_dict(ref.state_dict(), strict=True)
-    ref = ref.to(device).bfloat16()
-    for module in ref.modules():
-        if isinstance(module, record.CastedLinear):
-            module.float()
-    record.restore_low_dim_params_to_fp32(ref)
+    ref = as_the_record_trains_on_cuda(record, ref.to(device))
     model = model.to(device)
     apply_training_precision(model, list(record.CONTROL_TENSOR_NAME_PATTERNS))
     x = torch.randint(0, recipe.model.vocab_size, (args.batch, args.seq), generator=g).to(device)

@@ -28,8 +28,12 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.bench_pr414_cpu import record_kwargs  # noqa: E402
-from benchmarks.record_script import load_record  # noqa: E402
+from benchmarks.record_script import (  # noqa: E402
+    as_the_record_trains_on_cuda,
+    load_record,
+    perturb,
+    pr414_record_kwargs,
+)
 from pgolf_core import load_recipe  # noqa: E402
 
 SMALL = dict(
@@ -37,21 +41,6 @@ SMALL = dict(
     xsa_last_n=2, rope_dims=16, ve_dim=32, ve_layers="2,3",
 )  # fmt: skip
 PROBE = "blocks.0.mlp.fc.weight"  # a block linear that late QAT fake-quantizes
-
-
-def build_as_the_record(record, kwargs: dict, device: torch.device) -> torch.nn.Module:
-    """`main()` of the record: bf16 model, CastedLinear back to fp32, low-dim/control tensors fp32."""
-    torch.manual_seed(1337)
-    model = record.GPT(**kwargs).to(device).bfloat16()
-    for module in model.modules():
-        if isinstance(module, record.CastedLinear):
-            module.float()
-    record.restore_low_dim_params_to_fp32(model)
-    g = torch.Generator().manual_seed(2)
-    with torch.no_grad():  # non-zero output projections and gates, as after some training
-        for p in model.parameters():
-            p.add_((0.02 * torch.randn(p.shape, generator=g)).to(device=device, dtype=p.dtype))
-    return model
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,9 +58,11 @@ def main(argv: list[str] | None = None) -> dict:
 
     record = load_record(args.record_script, "CastedLinear")
     recipe = load_recipe(ROOT / "recipes" / "pr414.toml")
-    kwargs = {**record_kwargs(recipe), **(SMALL if args.small else {})}
+    kwargs = {**pr414_record_kwargs(recipe), **(SMALL if args.small else {})}
     record.CastedLinear._qat_enabled = False  # args.qat_enabled = 0 in the #414 run
-    model = build_as_the_record(record, kwargs, device)
+    torch.manual_seed(1337)
+    model = as_the_record_trains_on_cuda(record, record.GPT(**kwargs).to(device))
+    perturb(model, seed=2)
     compiled = torch.compile(model, dynamic=False, fullgraph=True)
     g = torch.Generator().manual_seed(3)
     x = torch.randint(0, kwargs["vocab_size"], (args.batch, args.seq), generator=g).to(device)

@@ -45,3 +45,49 @@ def load_record(path: Path, required: str) -> types.ModuleType:
     if not hasattr(module, required):
         raise SystemExit(f"{path}: no {required} (not a PR #414-style record script)")
     return module
+
+
+def pr414_record_kwargs(recipe) -> dict:
+    """The #414 record GPT's constructor arguments, from a pgolf recipe (the same hyperparameters)."""
+    m, p = recipe.model, {name: e.config for name, e in recipe.plugins.items() if e.enabled}
+    return dict(
+        vocab_size=m.vocab_size,
+        num_layers=m.num_layers,
+        model_dim=m.model_dim,
+        num_heads=m.num_heads,
+        num_kv_heads=m.num_kv_heads,
+        mlp_mult=m.mlp_mult,
+        tie_embeddings=m.tie_embeddings,
+        tied_embed_init_std=m.tied_embed_init_std,
+        logit_softcap=m.logit_softcap,
+        rope_base=m.rope_base,
+        qk_gain_init=m.qk_gain_init,
+        bigram_vocab_size=p["bigram_hash"].buckets,
+        bigram_dim=p["bigram_hash"].dim,
+        xsa_last_n=p["xsa"].last_n,
+        rope_dims=p["partial_rope"].dims,
+        ln_scale=True,
+        ve_enabled=True,
+        ve_dim=p["value_embed"].dim,
+        ve_layers=",".join(map(str, p["value_embed"].layers)),
+    )
+
+
+def perturb(model: torch.nn.Module, seed: int) -> torch.Generator:
+    """Add seeded noise to every parameter (non-zero projections and gates, as after some training);
+    returns the generator, so callers draw their batch from the same stream."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_((0.02 * torch.randn(p.shape, generator=g)).to(device=p.device, dtype=p.dtype))
+    return g
+
+
+def as_the_record_trains_on_cuda(record: types.ModuleType, model: torch.nn.Module) -> torch.nn.Module:
+    """The records' `main()` precision: bf16 model, `CastedLinear` back to fp32, low-dim/control fp32."""
+    model.bfloat16()
+    for module in model.modules():
+        if isinstance(module, record.CastedLinear):
+            module.float()
+    record.restore_low_dim_params_to_fp32(model)
+    return model

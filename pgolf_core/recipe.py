@@ -333,8 +333,7 @@ def _check_core(recipe: Recipe) -> None:
 def _blame_override(message: str, overrides: typing.Sequence[str]) -> str:
     """Name the `--set` that supplied the offending value: the error is not in the file."""
     for item in overrides:
-        key = item.split("=", 1)[0].strip()
-        table, _, leaf = key.rpartition(".")
+        table, _, leaf = _parse_override(item)[0].rpartition(".")
         named = rf"\[{re.escape(table)}\] ({re.escape(leaf)}(?![\w\[])|unknown key '{re.escape(leaf)}')"
         if table and re.search(named, message):
             return f"{message} (from --set {item})"

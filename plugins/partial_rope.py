@@ -27,6 +27,11 @@ class Config:
     ntk_ref_len: int = 1024  # the records' hard-coded value; 0 = train_seq_len
 
 
+def ntk_base(base: float, dims: int, seq_len: int, ref_len: int) -> float:
+    """`base·(T/ref)^(dims/(dims−2))` past the reference length, else `base` (T21)."""
+    return base * ((seq_len / ref_len) ** (dims / (dims - 2))) if seq_len > ref_len else base
+
+
 class PartialRotary(nn.Module):
     """`table_len`: the training length. When it takes the NTK branch (longer than `ref_len`, as in
     #414) its cos/sin are fp32 whatever the model's dtype, so they are computed once here, as the
@@ -50,7 +55,7 @@ class PartialRotary(nn.Module):
         if seq_len <= self.ref_len:
             return self.inv_freq.to(device)
         rd = self.dims
-        base = self.base * ((seq_len / self.ref_len) ** (rd / (rd - 2)))
+        base = ntk_base(self.base, rd, seq_len, self.ref_len)
         return 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd))
 
     def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
@@ -90,10 +95,8 @@ class PartialRope:
     @hookimpl
     def pgolf_configure(self, run) -> None:
         c, seq = self.config, run.recipe.train.train_seq_len
-        ref = c.ntk_ref_len or seq
-        rd = c.dims
-        base = run.recipe.model.rope_base * ((seq / ref) ** (rd / (rd - 2)) if seq > ref else 1.0)
-        run.log(f"partial_rope/dims:{rd} base_at_train_len:{base:.1f}")
+        base = ntk_base(run.recipe.model.rope_base, c.dims, seq, c.ntk_ref_len or seq)
+        run.log(f"partial_rope/dims:{c.dims} base_at_train_len:{base:.1f}")
 
     @hookimpl
     def pgolf_rotary(self, spec, layer: int):
