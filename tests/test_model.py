@@ -64,6 +64,11 @@ CASES = {
 }
 
 
+# pgolf against the functional reference: the same fp32 math with other op orders; logits reach ~6 and
+# grads ~1, so rounding stays a few ulps per op (observed and margins: tools/tolerance_margins.py).
+TOLERANCE = {"logits": 1e-4, "loss": 1e-4, "grads": 1e-4}
+
+
 @pytest.mark.parametrize("fused", [False, True], ids=["explicit-ref", "fused-ref"])
 @pytest.mark.parametrize("case", CASES.values(), ids=CASES.keys())
 def test_logits_loss_and_grads_equal_reference(case, fused):
@@ -75,13 +80,13 @@ def test_logits_loss_and_grads_equal_reference(case, fused):
     with torch.no_grad():
         got, want = model.forward_logits(x), ref.logits(params, x, fused=fused)
     assert got.shape == (B, T, model.spec.vocab_size)
-    assert (got - want).abs().max().item() <= 1e-5
+    assert (got - want).abs().max().item() <= TOLERANCE["logits"]
     assert got.abs().max().item() > 5.0  # the soft cap's tanh is in its non-linear range, not ~identity
 
     loss = model(x, y)
     want_loss = ref.loss(params, x, y, fused=fused)
     assert loss.dtype == torch.float32 and loss.shape == ()
-    assert abs(loss.item() - want_loss.item()) <= 1e-5
+    assert abs(loss.item() - want_loss.item()) <= TOLERANCE["loss"]
 
     # Every parameter is used, and used the same way: all gradients agree (and none is zero).
     loss.backward()
@@ -89,7 +94,7 @@ def test_logits_loss_and_grads_equal_reference(case, fused):
     for name, p in model.named_parameters():
         assert p.grad is not None and params[name].grad is not None, name
         assert p.grad.abs().max().item() > 0, name
-        assert (p.grad - params[name].grad).abs().max().item() <= 1e-5, name
+        assert (p.grad - params[name].grad).abs().max().item() <= TOLERANCE["grads"], name
 
 
 def test_skip_connections_are_lifo_and_odd_depth_leaves_last_block_without_skip():
@@ -107,15 +112,19 @@ def test_skip_connections_are_lifo_and_odd_depth_leaves_last_block_without_skip(
         params = {k: v.clone() for k, v in model.state_dict().items()}
     assert (before - after).abs().max().item() > 1e-3
     # ... and the reference, which pops LIFO, agrees on the swapped weights.
-    assert (after - ref.logits(params, x)).abs().max().item() <= 1e-5
+    assert (after - ref.logits(params, x)).abs().max().item() <= TOLERANCE["logits"]
 
 
 def test_reference_fused_and_explicit_agree():
     model = random_model(num_layers=4)
     x, y = tokens(64)
     params = {k: v.detach() for k, v in model.state_dict().items()}
-    assert (ref.logits(params, x, fused=True) - ref.logits(params, x, fused=False)).abs().max().item() <= 1e-5
-    assert abs(ref.loss(params, x, y, fused=True).item() - ref.loss(params, x, y, fused=False).item()) <= 1e-5
+    assert (ref.logits(params, x, fused=True) - ref.logits(params, x, fused=False)).abs().max().item() <= TOLERANCE[
+        "logits"
+    ]
+    assert (
+        abs(ref.loss(params, x, y, fused=True).item() - ref.loss(params, x, y, fused=False).item()) <= TOLERANCE["loss"]
+    )
 
 
 # 2. Full-size parameter count and the record's state_dict names ------------------------------------------------
@@ -216,8 +225,11 @@ def test_init_is_deterministic_and_equals_the_record_under_seed_1337():
             0.009720622561872005, -0.015774516388773918, -0.024299995973706245, 0.013247686438262463,
         ],
     }  # fmt: skip
+    # The bits of normal_/uniform_ depend on the CPU's vector path (transcendentals, fused multiply-adds): max
+    # relative difference 8.2e-7 under ATEN_CPU_CAPABILITY=default, 0 natively (AVX512) and under avx2. rel 2e-5 is
+    # a 24x margin; another draw order would change every value entirely.
     for key, row in golden.items():
-        assert a[key][0, :4].tolist() == row, key
+        assert a[key][0, :4].tolist() == pytest.approx(row, rel=2e-5, abs=0), key
 
 
 # 4. Tracing: no graph breaks, compiled == eager ----------------------------------------------------------------
