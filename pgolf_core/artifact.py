@@ -13,7 +13,6 @@ import os
 import tempfile
 import zlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -226,42 +225,11 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     return path
 
 
-@dataclass
-class ArtifactReport:
-    """Submission size as the challenge counts it: compressed model file + code, against a decimal cap."""
-
-    model_bytes: int
-    code_bytes: int
-    total_bytes: int
-    limit: int
-    over_limit: bool
-
-
-def code_size(code_files: Iterable[str | Path]) -> int:
-    """UTF-8 length of the source text, read the way the baseline measures its own script
-    (`read_text` then `encode`, so CRLF line ends count as one byte)."""
-    return sum(len(Path(f).read_text(encoding="utf-8").encode("utf-8")) for f in code_files)
-
-
-def artifact_report(
-    model_path: str | Path, code_files: Iterable[str | Path], limit: int = ARTIFACT_LIMIT_BYTES
-) -> ArtifactReport:
-    """Measure the written model file (not the in-memory blob) plus the given code files; which
-    files count (core + enabled plugins) is the caller's decision."""
-    model_bytes = os.path.getsize(model_path)
-    code_bytes = code_size(code_files)
-    total = model_bytes + code_bytes
-    return ArtifactReport(model_bytes, code_bytes, total, limit, total > limit)
-
-
 __all__ = [
     "ARTIFACT_LIMIT_BYTES",
-    "ArtifactReport",
     "CODECS",
     "DEFAULT_CLIP_QUANTILE",
     "INT8_FORMAT",
-    "artifact_report",
-    "code_size",
     "compress",
     "decompress",
     "dequantize_int8",

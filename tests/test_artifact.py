@@ -200,17 +200,3 @@ def test_write_atomic_replaces_and_cleans_up(tmp_path: Path, monkeypatch: pytest
         export.write_atomic(path, b"partial")
     assert path.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind
-
-
-def test_artifact_report_counts_the_written_file(tmp_path: Path) -> None:
-    obj, _ = export.quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
-    blob = export.compress(export.serialize(obj), "zlib", 9)
-    model = export.write_atomic(tmp_path / "final_model.int8.ptz", blob)
-    code = tmp_path / "train_gpt.py"
-    code.write_text("print('héllo')\n", encoding="utf-8")
-    report = export.artifact_report(model, [code], limit=len(blob) + 16)
-    assert report.model_bytes == model.stat().st_size == len(blob)
-    assert report.code_bytes == len("print('héllo')\n".encode()) == 16  # é is two bytes
-    assert report.total_bytes == len(blob) + 16 and not report.over_limit
-    assert export.artifact_report(model, [code], limit=len(blob) + 15).over_limit
-    assert export.artifact_report(model, []).limit == 16_000_000
