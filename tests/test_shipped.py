@@ -33,8 +33,9 @@ def test_plugin_order_snapshot(recipe, capsys, monkeypatch):
     assert main(["plugins", "--order", f"recipes/{recipe.name}"]) == 0
     out = capsys.readouterr().out
     snapshot = SNAPSHOTS / f"{recipe.stem}.txt"
-    if os.environ.get("PGOLF_UPDATE_SNAPSHOTS"):
-        snapshot.write_text(out)
+    if os.environ.get("PGOLF_UPDATE_SNAPSHOTS") and (not snapshot.is_file() or snapshot.read_text() != out):
+        snapshot.write_text(out)  # a change detector, not a golden: update mode writes, then still fails
+        pytest.fail(f"rewrote {snapshot}: review the diff, then rerun without PGOLF_UPDATE_SNAPSHOTS")
     assert snapshot.is_file(), f"no snapshot {snapshot}: run PGOLF_UPDATE_SNAPSHOTS=1 pytest {__file__}"
     assert out == snapshot.read_text(), f"plugin order of {recipe.name} changed (PGOLF_UPDATE_SNAPSHOTS=1 updates)"
 

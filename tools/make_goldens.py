@@ -72,7 +72,7 @@ def provenance(fixture: str, scripts: dict[str, Path], commits: dict[str, str]) 
             }
             for name in NEEDS[fixture]
         },
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
 
@@ -106,7 +106,7 @@ def make_int8(mods: dict[str, ModuleType]) -> dict:
 def make_export(mods: dict[str, ModuleType]) -> dict:
     digests = export_tests.digests
     r414, r194, r63 = mods["pr414"], mods["pr194"], mods["pr63"]
-    out: dict = {"torch": torch.__version__, "inputs": {}}
+    out: dict = {"torch": str(torch.__version__), "inputs": {}}
     cases = []
     for w in export_tests.gptq_case_inputs():
         q, s = r414.quantize_int6_per_row(w)

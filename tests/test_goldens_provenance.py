@@ -1,0 +1,37 @@
+"""Every golden fixture says where it came from: the record scripts (via tools/make_goldens.py), not pgolf."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+FIXTURES = Path(__file__).parent / "fixtures"
+GOLDENS = sorted(FIXTURES.glob("*.pt"))
+RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stamps them
+    "int8_golden": {"baseline"},
+    "export_golden": {"pr414", "pr194", "pr63"},
+    "pr63_golden": {"pr63"},
+    "pr194_golden": {"pr194"},
+    "pr414_golden": {"pr414"},
+}
+
+
+def test_every_golden_is_known():
+    assert [p.stem for p in GOLDENS] == sorted(RECORDS)
+
+
+@pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
+def test_golden_is_stamped(path):
+    stamp = torch.load(path, weights_only=False)["provenance"]
+    assert stamp["fixture"] == path.stem and stamp["generator"] == "tools/make_goldens.py"
+    assert set(stamp["records"]) == RECORDS[path.stem]
+    for name, rec in stamp["records"].items():
+        assert re.fullmatch(r"#\d+|openai/parameter-golf naive baseline", rec["pr"]), name
+        assert rec["folder"].startswith("records/track_10min_16mb/2026-"), name
+        assert re.fullmatch(r"[0-9a-f]{64}", rec["script_sha256"]), name
+        assert re.fullmatch(r"([0-9a-f]{7,40})?", rec["commit"]), name
+    assert re.fullmatch(r"\d+\.\d+\.\d+.*", stamp["torch"])
+    assert stamp["cpu_capability"] in {"DEFAULT", "AVX2", "AVX512", "NEON", "SVE256", "VSX", "ZVECTOR"}
