@@ -11,6 +11,7 @@ import copy
 import os
 import random
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -155,9 +156,18 @@ def seed_everything(seed: int) -> None:
 
 
 def train(
-    recipe: Recipe, out_dir: str | Path | None = None, *, plugin_dirs: tuple = (), interactive: bool | None = None
+    recipe: Recipe,
+    out_dir: str | Path | None = None,
+    *,
+    plugin_dirs: tuple = (),
+    interactive: bool | None = None,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
-    """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`)."""
+    """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`).
+
+    `clock` (seconds) times the training loop, which the wallclock cap and the time-based warmdown
+    follow; tests inject a fake one to exercise the cap without waiting.
+    """
     t_start = time.perf_counter()
     env = setup_env(recipe.run.device)
     out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"{recipe.run.name}-seed{recipe.run.seed}"
@@ -278,13 +288,13 @@ def train(
     training_ms, stop_after, last_val = 0.0, None, None
     log.start_progress(cfg.iterations, cfg.max_wallclock_seconds)
     env.sync()
-    t0 = time.perf_counter()
+    t0 = clock()
     step = 0
     while True:
         last_step = step == cfg.iterations or (stop_after is not None and step >= stop_after)
         if last_step or (cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0):
             env.sync()
-            training_ms += 1000.0 * (time.perf_counter() - t0)
+            training_ms += 1000.0 * (clock() - t0)
             last_val = run_eval(model)
             log.log(
                 f"step:{step}/{cfg.iterations} val_loss:{last_val.val_loss:.4f} val_bpb:{last_val.val_bpb:.4f} "
@@ -294,12 +304,12 @@ def train(
                 event="val", step=step, val_loss=last_val.val_loss, val_bpb=last_val.val_bpb, train_time_ms=training_ms
             )
             env.sync()
-            t0 = time.perf_counter()
+            t0 = clock()
         if last_step:
             if stop_after is not None and step < cfg.iterations:
                 log.log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}")
             break
-        state.step, state.elapsed_ms = step, training_ms + 1000.0 * (time.perf_counter() - t0)
+        state.step, state.elapsed_ms = step, training_ms + 1000.0 * (clock() - t0)
         state.lr_scale = lr_scale(step, state.elapsed_ms, cfg)
         pm.hook.pgolf_step_start(state=state)
         optimizers.set_lr_scale(state.lr_scale)
@@ -308,7 +318,7 @@ def train(
         step += 1
         state.step = step
         pm.hook.pgolf_post_step(state=state)
-        approx_ms = training_ms + 1000.0 * (time.perf_counter() - t0)
+        approx_ms = training_ms + 1000.0 * (clock() - t0)
         if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
             if env.distributed:  # the mean over all ranks: the loss of the global batch, not rank 0's share
                 dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)  # (gloo has no AVG)
