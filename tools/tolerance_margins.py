@@ -26,6 +26,7 @@ from pgolf_core import build_model, load_recipe  # noqa: E402
 from tests import test_model as tm  # noqa: E402
 from tests.plugins import golden as gh  # noqa: E402
 from tests.plugins import test_record_models as trm  # noqa: E402
+from tests.plugins import test_training_plugins as ttp  # noqa: E402
 
 
 def record_errors(text: str, fixture: str, seed: int) -> dict[str, float]:
@@ -60,6 +61,19 @@ def model_reference_errors() -> dict[str, float]:
     return worst
 
 
+def qat_errors() -> dict[str, float]:
+    """tests/plugins/test_training_plugins.py: QAT on, the record's training loss (tolerance 1e-5 there)."""
+    out = {}
+    with tempfile.TemporaryDirectory() as d:
+        for rule in sorted(ttp.RECORDS):
+            model, pm, golden = ttp.record_model(Path(d), rule)
+            pm.hook.pgolf_step_start(state=ttp.fake_state(model))
+            out[f"{rule}.qat_train_loss128"] = abs(
+                ttp.loss_of(model, golden, True) - golden["qat_train_loss128"].item()
+            )
+    return out
+
+
 def main() -> None:
     rows: list[tuple[str, float, float]] = []
     for name, (text, fixture, seed) in {
@@ -69,6 +83,8 @@ def main() -> None:
     }.items():
         for key, err in record_errors(text, fixture, seed).items():
             rows.append((f"{name}.{key}", err, gh.TOLERANCE[key.rstrip("0123456789")]))
+    for key, err in qat_errors().items():
+        rows.append((key, err, 1e-5))
     for key, err in model_reference_errors().items():
         rows.append((key, err, tm.TOLERANCE[key.split(".")[1]]))
     print(f"cpu_capability={torch.backends.cpu.get_cpu_capability()} torch={torch.__version__}")
