@@ -81,12 +81,15 @@ def provenance(fixture: str, scripts: dict[str, Path], commits: dict[str, str]) 
 
 
 def make_int8(mods: dict[str, ModuleType]) -> dict:
-    """The baseline's `quantize_state_dict_int8` per case; the inputs are stored (they come from
-    torch.randn, whose bits depend on the CPU's vector path)."""
+    """The baseline's `quantize_state_dict_int8` per case. The inputs are stored: they come from
+    torch.randn, whose bits depend on the CPU's vector path, so once stored they are reused from the
+    committed fixture (the same inputs on every machine); `make_inputs` only fills a missing case."""
     rec = mods["baseline"]
+    path = FIXTURES / "int8_golden.pt"
+    stored = torch.load(path, weights_only=True) if path.is_file() else {}
     out: dict = {}
     for case, keep in artifact_tests.CASES.items():
-        inputs = artifact_tests.make_inputs(case)
+        inputs = stored.get(case, {}).get("inputs") or artifact_tests.make_inputs(case)
         rec.INT8_KEEP_FLOAT_MAX_NUMEL = keep
         obj, stats = rec.quantize_state_dict_int8(inputs)
         deq = rec.dequantize_state_dict_int8(obj)
@@ -307,7 +310,10 @@ def main(argv: list[str] | None = None) -> int:
         path = args.out / f"{fixture}.pt"
         if args.check:
             old = torch.load(path, weights_only=False)
-            old.pop("provenance", None)
+            made_on = old.pop("provenance", {}).get("cpu_capability")
+            here = torch.backends.cpu.get_cpu_capability()
+            if made_on and made_on != here:  # record forwards round differently per dispatch; exporters do not
+                print(f"{fixture}: made on {made_on}, checked on {here}: record forwards may differ in the last bits")
             if fixture == "int8_golden" and not all("inputs" in old[c] for c in old):
                 data = {c: {k: v for k, v in d.items() if k != "inputs"} for c, d in data.items()}
             diff = differences(data, old, fixture)
