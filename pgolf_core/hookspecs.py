@@ -7,6 +7,15 @@ training must be a tensor buffer updated in place from a step hook.
 
 Collecting hooks return one answer per plugin, in `(plugin.order, name)` order. Exclusive hooks
 (`firstresult`) may be answered by at most one enabled plugin; the core supplies the default.
+
+Settings validation (configure phase, not a hook): a plugin class may define
+`validate(config, model, recipe) -> None` as a `staticmethod`. `load_recipe` calls it for each
+enabled plugin once the recipe is resolved, before anything is built, trained or written, with the
+plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`: `num_layers`,
+`model_dim`, `num_heads`, ...) and the whole `Recipe`. Raise `ValueError` (or `PgolfError`) whose
+message starts with the key, the value and the valid range (`"last_n=12: expected 0..11"`); the
+core prefixes the recipe file and `[plugins.<name>]`. Why a static method: the check needs no
+instance, so a bad setting is reported as the recipe loads, before `pgolf run` touches its output.
 """
 
 from __future__ import annotations

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
+import os
 import re
 import sys
 import typing
@@ -18,7 +20,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from pgolf_core.errors import RecipeError, did_you_mean
+from pgolf_core.errors import PgolfError, RecipeError, did_you_mean
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -292,22 +294,93 @@ def load_recipe(
                 if config_cls is None and table:
                     raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
                 recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
+            for name in recipe.enabled_plugins:
+                _validate_plugin(classes[name], recipe.plugins[name].config, recipe, f"{source}: [plugins.{name}]")
         return recipe
     except RecipeError as exc:
         raise RecipeError(_blame_override(str(exc), overrides)) from None
 
 
+# Ranges of single values, by section: (keys, lowest, highest, whether the lowest is allowed).
+# Why a table: one rule per line is reviewable, and every message comes out in the same form.
+_LR_KEYS = ("tied_embed_lr", "embed_lr", "head_lr", "matrix_lr", "scalar_lr")
+RANGES: dict[str, list[tuple[tuple[str, ...], float, float, bool]]] = {
+    "run": [(("seed",), 0, 2**32 - 1, True)],
+    "model": [
+        (("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads"), 0, math.inf, False),
+        (("mlp_mult", "logit_softcap", "rope_base"), 0, math.inf, False),
+        (("mlp_hidden", "tied_embed_init_std"), 0, math.inf, True),
+    ],
+    "train": [
+        (("train_batch_tokens", "train_seq_len", "adam_eps", "muon_backend_steps"), 0, math.inf, False),
+        (("iterations", "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every"), 0, math.inf, True),
+        (
+            ("grad_accum_steps", "grad_clip_norm", "max_wallclock_seconds", "muon_momentum_warmup_steps"),
+            0,
+            math.inf,
+            True,
+        ),
+        ((*_LR_KEYS, "adam_weight_decay", "muon_weight_decay"), 0, math.inf, True),
+        (("beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"), 0, 1, True),
+    ],
+    "eval": [
+        (("batch_tokens", "sliding_batch_seqs"), 0, math.inf, False),
+        (("seq_len", "sliding_stride", "max_tokens"), 0, math.inf, True),
+    ],
+    "export": [
+        (("keep_float_max_numel",), 0, math.inf, True),
+        (("artifact_limit_bytes",), 0, math.inf, False),
+        (("clip_quantile",), 0, 1, False),
+    ],
+}
+_BELOW_ONE = {"beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"}  # [0, 1), not [0, 1]
+CODEC_LEVELS = {"zlib": (0, 9), "zstd": (1, 22)}
+
+
+def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
+    lo, hi = (int(x) if float(x).is_integer() else x for x in (low, high))
+    if high == math.inf:
+        return f"expected {'>=' if low_ok else '>'} {lo}"
+    return f"expected a value in {'[' if low_ok else '('}{lo}, {hi}{']' if high_ok else ')'}"
+
+
+def check_values(config: Any, where: str) -> None:
+    """Every float finite and every string free of NUL characters, in any config dataclass."""
+    for f in fields(config):
+        value = getattr(config, f.name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, float) and not math.isfinite(item):
+                raise RecipeError(f"{where} {f.name}={value!r}: expected a finite number")
+            if isinstance(item, str) and "\x00" in item:
+                raise RecipeError(f"{where} {f.name}={value!r}: NUL characters are not allowed")
+
+
 def _check_core(recipe: Recipe) -> None:
-    """Cross-field checks that a single type check cannot express."""
-    m, t, where = recipe.model, recipe.train, recipe.source
-    if m.model_dim % m.num_heads:
-        raise RecipeError(f"{where}: [model] model_dim={m.model_dim} must be divisible by num_heads={m.num_heads}")
-    if m.num_heads % m.num_kv_heads:
-        raise RecipeError(
-            f"{where}: [model] num_heads={m.num_heads} must be divisible by num_kv_heads={m.num_kv_heads}"
-        )
+    """Ranges and cross-field checks that a single type check cannot express."""
+    m, t, e, where = recipe.model, recipe.train, recipe.eval, recipe.source
+    for section in CORE_SECTIONS:
+        check_values(getattr(recipe, section), f"{where}: [{section}]")
+    for section, rules in RANGES.items():
+        for keys, low, high, low_ok in rules:
+            for key in keys:
+                value = getattr(getattr(recipe, section), key)
+                high_ok = key not in _BELOW_ONE
+                if not (low <= value <= high) or (value == low and not low_ok) or (value == high and not high_ok):
+                    raise RecipeError(
+                        f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, low_ok, high_ok)}"
+                    )
+
+    def divides(key: str, value: int, by_key: str, by: int, section: str = "model") -> None:
+        if value % by:
+            raise RecipeError(f"{where}: [{section}] {key}={value} must be divisible by {by_key}={by}")
+
+    divides("model_dim", m.model_dim, "num_heads", m.num_heads)
+    divides("num_heads", m.num_heads, "num_kv_heads", m.num_kv_heads)
     if (m.model_dim // m.num_heads) % 2:
-        raise RecipeError(f"{where}: [model] head_dim = model_dim / num_heads must be even for RoPE")
+        raise RecipeError(
+            f"{where}: [model] model_dim={m.model_dim}: head_dim = model_dim / num_heads = "
+            f"{m.model_dim // m.num_heads} must be even for RoPE"
+        )
     choices = {
         ("model", "attention"): ("auto", "sdpa", "flash"),
         ("run", "device"): ("auto", "cpu", "cuda"),
@@ -323,11 +396,92 @@ def _check_core(recipe: Recipe) -> None:
                 f"{where}: [{section}] {key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}"
                 f"{did_you_mean(str(value), allowed)}"
             )
-    if t.train_seq_len <= 0 or t.train_batch_tokens % t.train_seq_len:
+    low, high = CODEC_LEVELS[recipe.export.compressor]
+    if not low <= recipe.export.level <= high:
         raise RecipeError(
-            f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a positive multiple of "
-            f"train_seq_len={t.train_seq_len}"
+            f"{where}: [export] level={recipe.export.level}: expected {low}..{high} for compressor "
+            f"{recipe.export.compressor!r}"
         )
+    # The per-rank micro-batch must hold whole sequences: world size from the launcher (torchrun sets
+    # WORLD_SIZE), accumulation as the loop resolves it (0 = 8 // world).
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    accum = t.grad_accum_steps or (8 // world if world > 0 and 8 % world == 0 else 1)
+    per_step = t.train_seq_len * world * accum
+    if t.train_batch_tokens % per_step:
+        raise RecipeError(
+            f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
+            f"world_size x grad_accum_steps = {t.train_seq_len} x {world} x {accum} = {per_step}"
+        )
+    eval_seq = e.seq_len or t.train_seq_len
+    if e.sliding_stride > eval_seq:
+        raise RecipeError(
+            f"{where}: [eval] sliding_stride={e.sliding_stride}: expected <= the eval sequence length {eval_seq}"
+        )
+    for key in ("train_pattern", "val_pattern"):
+        pattern = getattr(recipe.data, key)
+        if not pattern or Path(pattern).is_absolute():
+            raise RecipeError(
+                f"{where}: [data] {key}={pattern!r}: expected a non-empty file pattern relative to data.path "
+                f"(e.g. 'fineweb_train_*.bin')"
+            )
+    _check_memory(recipe)
+
+
+def estimate_memory(recipe: Recipe) -> tuple[int, int]:
+    """(parameters, bytes) a training step needs at least: fp32 weights, gradients and two optimizer
+    states per parameter, plus a few saved activations per layer and the logits of one micro-batch."""
+    m, t = recipe.model, recipe.train
+    hidden = m.mlp_hidden or int(m.mlp_mult * m.model_dim)
+    kv_dim = m.model_dim // m.num_heads * m.num_kv_heads
+    per_layer = 2 * m.model_dim * m.model_dim + 2 * m.model_dim * kv_dim + 2 * m.model_dim * hidden
+    params = m.vocab_size * m.model_dim * (1 if m.tie_embeddings else 2) + m.num_layers * per_layer
+    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    tokens = t.train_batch_tokens // (world * (t.grad_accum_steps or max(8 // max(world, 1), 1)))
+    activations = 4 * tokens * (m.num_layers * (2 * m.model_dim + hidden) + m.vocab_size)
+    return params, 16 * params + activations
+
+
+def _available_memory(device: str) -> tuple[int, str]:
+    if device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            return int(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
+        return 0, "RAM"
+
+
+# A recipe is refused only when even this lower-bound estimate exceeds the machine many times over:
+# the point is to catch a typo (mlp_hidden = 2**40) before the allocator does, not to second-guess.
+MEMORY_FACTOR = 4
+
+
+def _check_memory(recipe: Recipe) -> None:
+    params, need = estimate_memory(recipe)
+    have, kind = _available_memory(recipe.run.device)
+    if have and need > MEMORY_FACTOR * have:
+        m = recipe.model
+        raise RecipeError(
+            f"{recipe.source}: [model] model_dim={m.model_dim} num_layers={m.num_layers} mlp_hidden={m.mlp_hidden} "
+            f"mlp_mult={m.mlp_mult} vocab_size={m.vocab_size}, [train] train_batch_tokens="
+            f"{recipe.train.train_batch_tokens}: needs at least {need / 2**30:,.1f} GiB to train ({params:,} "
+            f"parameters), more than {MEMORY_FACTOR}x the {have / 2**30:,.1f} GiB of {kind} here"
+        )
+
+
+def _validate_plugin(cls: type, config: Any, recipe: Recipe, where: str) -> None:
+    """Generic checks on a plugin's settings, then its own `validate` (see `pgolf_core.hookspecs`)."""
+    if config is not None and dataclasses.is_dataclass(config):
+        check_values(config, where)
+    validate = getattr(cls, "validate", None)
+    if validate is None:
+        return
+    try:
+        validate(config, recipe.model, recipe)
+    except (ValueError, PgolfError) as exc:  # third-party plugins validate with ValueError too
+        raise RecipeError(f"{where} {exc}") from None
 
 
 def _blame_override(message: str, overrides: typing.Sequence[str]) -> str:
@@ -390,6 +544,10 @@ def _type_name(value: Any) -> str:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
+    if "\x00" in str(path):
+        raise RecipeError(f"{str(path)!r}: a recipe path cannot contain NUL characters")
+    if path.is_dir():
+        raise RecipeError(f"{path}: is a directory; expected a recipe .toml file (e.g. recipes/baseline.toml)")
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
@@ -397,6 +555,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(f)
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise RecipeError(
+            f"{path}: not UTF-8 text (byte {exc.start}: {exc.reason}); save the recipe as UTF-8"
+        ) from None
 
 
 def _parse_override(item: str) -> tuple[str, Any]:

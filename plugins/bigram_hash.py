@@ -69,9 +69,16 @@ class BigramHash:
     order = 10
     Config = Config
 
-    def __init__(self, config: Config) -> None:
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
         if config.buckets < 2:
-            raise ValueError("bigram_hash: buckets must be >= 2")
+            raise ValueError(f"bigram_hash: buckets={config.buckets}: expected >= 2")
+        if config.dim < 1:
+            raise ValueError(f"bigram_hash: dim={config.dim}: expected >= 1")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
         self.config = config
 
     @hookimpl

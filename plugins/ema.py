@@ -38,9 +38,14 @@ class EMA:
     # `--smoke` trains a few hundred steps: a 333-step horizon would average mostly the init.
     SMOKE = {"decay": 0.95}
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs): decay 0 keeps the live weights, 1 the init."""
+        if not 0.0 < config.decay < 1.0:
+            raise ValueError(f"ema: decay={config.decay}: expected a value in (0, 1)")
+
     def __init__(self, config: Config) -> None:
-        if not 0.0 <= config.decay < 1.0:
-            raise ValueError(f"ema: decay must be in [0, 1), got {config.decay}")
+        self.validate(config)
         self.config = config
         self.names: list[str] = []
         self.live: list[torch.Tensor] = []  # the live tensors themselves (Parameters/buffers)

@@ -115,13 +115,18 @@ class GptqLite:
     Config = Config
 
     def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
         ps = config.percentiles
         if not ps or any(not 0.0 < p <= 1.0 for p in ps):
-            raise PgolfError(f"gptq_lite: percentiles must be a non-empty list in (0, 1], got {ps}")
+            raise PgolfError(f"gptq_lite: percentiles={ps}: expected a non-empty list of values in (0, 1]")
         unknown = sorted(set(config.categories) - {"embed", "mlp", "attn", "other"})
         if unknown:
             raise PgolfError(f"gptq_lite: unknown categories {unknown} (embed, mlp, attn, other)")
-        self.config = config
 
     def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, control_patterns: tuple[str, ...]) -> bool:
         return (

@@ -287,6 +287,12 @@ class Int6Export:
     Config = Config
 
     def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
         if config.scheme not in ("mixed", "all"):
             raise PgolfError(f'int6_export: scheme must be "mixed" or "all", got "{config.scheme}"')
         if config.row_rule not in ("auto", "rowmax", "quantile", "plan"):
@@ -294,7 +300,10 @@ class Int6Export:
         unknown = sorted(set(config.int6_categories) - {"embed", "mlp", "attn", "other"})
         if unknown:
             raise PgolfError(f"int6_export: unknown int6_categories {unknown} (embed, mlp, attn, other)")
-        self.config = config
+        if any(not s for s in config.fp16_keep):
+            raise PgolfError(
+                f"int6_export: fp16_keep={config.fp16_keep}: an empty name substring would match every tensor"
+            )
 
     @hookimpl
     def pgolf_quantize(self, state, weights, plan):

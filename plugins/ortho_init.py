@@ -43,6 +43,12 @@ class OrthoInit:
     order = 900
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        if config.min_dim < 0:
+            raise ValueError(f"ortho_init: min_dim={config.min_dim}: expected >= 0")
+
     def __init__(self, config: Config) -> None:
         self.config = config
 

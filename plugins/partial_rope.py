@@ -87,9 +87,19 @@ class PartialRope:
     order = 50
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs): more rotary dims than the head has is an error,
+        not a silent clamp to the head dim."""
+        head_dim = model.model_dim // model.num_heads if model is not None else None
+        if config.dims < 4 or config.dims % 2 or (head_dim is not None and config.dims > head_dim):
+            limit = f" <= head_dim {head_dim} (model_dim / num_heads)" if head_dim is not None else ""
+            raise ValueError(f"partial_rope: dims={config.dims}: expected an even number >= 4{limit}")
+        if config.ntk_ref_len < 0:
+            raise ValueError(f"partial_rope: ntk_ref_len={config.ntk_ref_len}: expected >= 0 (0 = train_seq_len)")
+
     def __init__(self, config: Config) -> None:
-        if config.dims < 4 or config.dims % 2:
-            raise ValueError("partial_rope: dims must be even and >= 4")
+        self.validate(config)
         self.config = config
 
     @hookimpl

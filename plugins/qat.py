@@ -161,6 +161,14 @@ class QAT:
     order = 70
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        resolve_rule(config)
+        threshold = getattr(config, "threshold", None)
+        if threshold is not None and not 0.0 < threshold <= 1.0:
+            raise ValueError(f"qat: threshold={threshold}: expected an LR scale in (0, 1]")
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.rule = resolve_rule(config)

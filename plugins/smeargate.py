@@ -77,9 +77,23 @@ class SmearGate:
     order = 20
     Config = Config
 
-    def __init__(self, config: Config) -> None:
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
         if config.variant not in ("per_dim", "scalar") or config.placement not in ("post_norm", "pre_norm"):
-            raise ValueError("smeargate: variant must be per_dim|scalar, placement post_norm|pre_norm")
+            raise ValueError(
+                f"smeargate: variant={config.variant!r}, placement={config.placement!r}: "
+                "expected variant per_dim|scalar, placement post_norm|pre_norm"
+            )
+        if config.own_adam_lr < 0:
+            raise ValueError(f"smeargate: own_adam_lr={config.own_adam_lr}: expected >= 0")
+        if not 0.0 <= config.own_adam_beta2 < 1.0:
+            raise ValueError(f"smeargate: own_adam_beta2={config.own_adam_beta2}: expected a value in [0, 1)")
+        if not config.state_key:
+            raise ValueError("smeargate: state_key='': expected a state-dict name such as 'smear.gate'")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
         self.config = config
 
     @hookimpl

@@ -44,9 +44,18 @@ class SWA:
     # `--smoke`'s warmdown spans ~100 steps, so snapshots every 50 would collect at most one.
     SMOKE = {"every": 5}
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        if config.every < 1:
+            raise ValueError(f"swa: every={config.every}: expected >= 1")
+        if config.check not in ("after", "before"):
+            raise ValueError(f"swa: check={config.check!r}: expected 'after' or 'before'")
+        if not 0.0 < config.threshold <= 1.0:
+            raise ValueError(f"swa: threshold={config.threshold}: expected an LR scale in (0, 1]")
+
     def __init__(self, config: Config) -> None:
-        if config.every < 1 or config.check not in ("after", "before"):
-            raise ValueError("swa: every must be >= 1 and check after|before")
+        self.validate(config)
         self.config = config
         self.total: dict[str, torch.Tensor] | None = None
         self.count = 0

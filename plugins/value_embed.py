@@ -77,6 +77,23 @@ class ValueEmbed:
     order = 60
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        if config.dim < 1:
+            raise ValueError(f"value_embed: dim={config.dim}: expected >= 1")
+        if config.init_std < 0:
+            raise ValueError(f"value_embed: init_std={config.init_std}: expected >= 0")
+        if len(set(config.layers)) != len(config.layers):
+            raise ValueError(f"value_embed: layers={config.layers}: each layer at most once")
+        if model is not None:
+            bad = [i for i in config.layers if not 0 <= i < model.num_layers]
+            if bad:
+                raise ValueError(
+                    f"value_embed: layers={config.layers}: {bad} outside 0..{model.num_layers - 1} "
+                    f"(model.num_layers={model.num_layers})"
+                )
+
     def __init__(self, config: Config) -> None:
         self.config = config
 

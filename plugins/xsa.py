@@ -39,6 +39,13 @@ class XSA:
     order = 50
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        top = model.num_layers if model is not None else None
+        if config.last_n < 0 or (top is not None and config.last_n > top):
+            raise ValueError(f"xsa: last_n={config.last_n}: expected 0..{top} (model.num_layers)")
+
     def __init__(self, config: Config) -> None:
         self.config = config
 

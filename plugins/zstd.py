@@ -44,11 +44,16 @@ class Zstd:
     order = 990
     Config = Config
 
-    def __init__(self, config: Config) -> None:
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
         if not 1 <= config.level <= 22:
             raise PgolfError(f"zstd: level must be between 1 and 22, got {config.level}")
         if config.threads < -1:
             raise PgolfError(f"zstd: threads must be -1 (all cores), 0 (one thread) or n > 0, got {config.threads}")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
         self.config = config
         if load_zstandard() is None and not config.fallback_zlib:
             raise PgolfError(
