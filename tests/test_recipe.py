@@ -150,3 +150,43 @@ def test_smoke_keeps_an_explicit_mlp_width_in_proportion():
     assert load_recipe(pr63).model.mlp_hidden == 1344
     assert load_recipe(pr63, smoke=True).model.mlp_hidden == 336
     assert load_recipe(pr63, ["model.mlp_hidden=200"], smoke=True).model.mlp_hidden == 200
+
+
+class CheckedPlugin(DemoPlugin):
+    """A third-party plugin using the documented `validate(config, model, recipe)` convention."""
+
+    @staticmethod
+    def validate(config, model, recipe):
+        bad = [i for i in config.layers if not 0 <= i < model.num_layers]
+        if bad:
+            raise ValueError(f"layers={config.layers}: expected layer indices in 0..{model.num_layers - 1}")
+
+
+def test_plugin_validate_gets_the_resolved_model_and_errors_name_the_table(tmp_path):
+    def checked(names, source):
+        return {n: CheckedPlugin for n in names}
+
+    path = write(tmp_path, "[model]\nnum_layers = 4\n\n[plugins.demo]\nlayers = [3]\n")
+    assert load_recipe(path, plugin_classes=checked).plugins["demo"].config.layers == [3]
+    with pytest.raises(RecipeError) as err:
+        load_recipe(path, ["model.num_layers=3"], plugin_classes=checked)
+    assert str(err.value) == f"{path}: [plugins.demo] layers=[3]: expected layer indices in 0..2"
+    # a disabled plugin is not checked against the model: it will not join it
+    assert not load_recipe(path, ["model.num_layers=3"], disable=["demo"], plugin_classes=checked).enabled_plugins
+    with pytest.raises(RecipeError, match=r"\[plugins.demo\] decay=inf: expected a finite number"):
+        load_recipe(path, ["plugins.demo.decay=inf"], plugin_classes=checked)
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.num_heads=0", r"\[model\] num_heads=0: expected > 0 \(from --set model.num_heads=0\)"),
+        ("train.beta2=1.0", r"\[train\] beta2=1.0: expected a value in \[0, 1\)"),
+        ("export.clip_quantile=1.0000001", r"\[export\] clip_quantile=1.0000001: expected a value in \(0, 1\]"),
+        ("run.seed=4294967296", r"\[run\] seed=4294967296: expected a value in \[0, 4294967295\]"),
+    ],
+)
+def test_range_messages_name_key_value_and_range(override, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, [override])
+    assert load_recipe(None, ["run.seed=4294967295", "train.beta2=0.0", "export.clip_quantile=1.0"])
