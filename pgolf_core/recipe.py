@@ -313,7 +313,7 @@ RANGES: dict[str, list[tuple[tuple[str, ...], float, float, bool]]] = {
     ],
     "train": [
         (("train_batch_tokens", "train_seq_len", "adam_eps", "muon_backend_steps"), 0, math.inf, False),
-        (("iterations", "warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every"), 0, math.inf, True),
+        (("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every"), 0, math.inf, True),
         (
             ("grad_accum_steps", "grad_clip_norm", "max_wallclock_seconds", "muon_momentum_warmup_steps"),
             0,
@@ -369,6 +369,12 @@ def _check_core(recipe: Recipe) -> None:
                     raise RecipeError(
                         f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, low_ok, high_ok)}"
                     )
+
+    if t.iterations < 0 and t.max_wallclock_seconds <= 0:
+        raise RecipeError(
+            f"{where}: [train] iterations={t.iterations} with max_wallclock_seconds={t.max_wallclock_seconds}: "
+            f"the run would never stop; expected iterations >= 0, or a wallclock cap > 0"
+        )
 
     def divides(key: str, value: int, by_key: str, by: int, section: str = "model") -> None:
         if value % by:
