@@ -334,8 +334,11 @@ def test_sliding_rank_split_adds_up(model: GPT, tables: Tables, tail: str) -> No
 
 
 def test_bf16_autocast_runs_on_cpu(model: GPT, tables: Tables) -> None:
+    """Autocast is applied (the loss moves) and only rounds (it moves little): the relative change
+    measured is 4.7e-4 (native, avx2) and 3.3e-4 (ATEN_CPU_CAPABILITY=default); bounds 10x either side."""
     val = stream(2 * T + 1)
     fp32 = ev.eval_sliding(model, val, T, 8, 4, tables, device=CPU)
     bf16 = ev.eval_sliding(model, val, T, 8, 4, tables, device=CPU, autocast_dtype=torch.bfloat16)
-    assert bf16.tokens == fp32.tokens and close(bf16.val_loss, fp32.val_loss, rel=0.05)
+    assert bf16.tokens == fp32.tokens
+    assert 3e-5 < abs(bf16.val_loss - fp32.val_loss) / fp32.val_loss < 5e-3
     assert model.training

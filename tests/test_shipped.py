@@ -53,35 +53,106 @@ RECORD_PARAMS = {"pr414": 26_993_756, "pr194": 26_502_232, "pr63": 22_174_288, "
 
 @pytest.mark.parametrize("name", sorted(RECORD_PARAMS))
 def test_full_size_recipes_have_the_records_parameter_count(name):
+    import torch
+
     from pgolf_core import build_model
 
-    model = build_model(load_recipe(ROOT / "recipes" / f"{name}.toml"))
+    with torch.device("meta"):  # shapes only: no 27M-parameter init on the CPU
+        model = build_model(load_recipe(ROOT / "recipes" / f"{name}.toml"))
     assert sum(p.numel() for p in model.parameters()) == RECORD_PARAMS[name]
 
 
 PR414_PLUGINS = load_recipe(PR414).enabled_plugins
+# Two steps, no validation, no sliding eval: enough for every plugin to act. The warmdown covers both steps so
+# late_qat (threshold 0.6) switches on at step 2, and ema's decay is short so its average is not the init.
+ONE_PLUGIN_OFF = [
+    "train.iterations=2",
+    "train.warmup_steps=0",
+    "train.warmdown_iters=2",
+    "train.val_loss_every=0",
+    "train.train_log_every=0",
+    "train.max_wallclock_seconds=0",
+    "eval.max_tokens=2048",
+    "eval.sliding_stride=0",
+    "plugins.ema.decay=0.5",
+    "plugins.late_qat.threshold=0.6",
+]
+# What each plugin's run line says (absent when it is off), and what switching it off must change. Parameters:
+# exact counts at smoke size (bigram: 2048x128 table + scale; value_embed: 1024x128 table, 128->64 projection,
+# 3 scales; smeargate: one 128-wide gate). Loss: the final-weights val_loss moves by at least LOSS_EFFECT
+# (smallest measured: xsa 2.8e-4, then partial_rope 4.4e-4; 14x margin). Export plugins leave training alone
+# (val_loss bit-identical) and change the artifact's format; gptq_lite is checked on an export of its own.
+PLUGIN_LINE = {
+    "bigram_hash": "bigram_hash/table:", "smeargate": "smeargate/variant:", "ln_scale": "ln_scale/layers:",
+    "partial_rope": "partial_rope/dims:", "xsa": "xsa/layers:", "value_embed": "value_embed/layers:",
+    "ortho_init": "ortho_init/min_dim:", "ema": "ema/applied:", "late_qat": "late_qat/activated_step:",
+    "gptq_lite": "gptq_lite/percentiles:", "int6_export": "int6_export/tensors:", "zstd": "int6+zstd",
+}  # fmt: skip
+PARAMS_OWNED = {"bigram_hash": 2048 * 128 + 1, "value_embed": 1024 * 128 + 128 * 64 + 3, "smeargate": 128}
+FORMAT_WITHOUT = {"int6_export": "int8_zstd", "zstd": "int6_zlib"}
+EXPORT_ONLY = {"int6_export", "zstd", "gptq_lite"}
+LOSS_EFFECT = 2e-5
+
+
+def _run_pr414(out: Path, disable: list[str]) -> tuple[dict, str]:
+    sets = [arg for item in ONE_PLUGIN_OFF for arg in ("--set", item)]
+    flags = [arg for name in disable for arg in ("--disable", name)]
+    assert main(["run", str(PR414), "--smoke", *flags, *sets, "--out", str(out)]) == 0
+    return json.loads((out / "summary.json").read_text()), (out / "train.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def pr414_all_plugins(sample_cache, tmp_path_factory):
+    return _run_pr414(tmp_path_factory.mktemp("pr414-all") / "run", [])
 
 
 @pytest.mark.parametrize("plugin", PR414_PLUGINS)
-def test_pr414_without_one_plugin_builds_trains_and_exports(plugin, sample_cache, tmp_path):
+def test_pr414_without_one_plugin_builds_trains_and_exports(plugin, pr414_all_plugins, tmp_path):
+    full, full_log = pr414_all_plugins
     out = tmp_path / f"no-{plugin}"
-    tiny = [
-        "train.iterations=3",
-        "train.warmup_steps=1",
-        "train.val_loss_every=0",
-        "train.max_wallclock_seconds=0",
-        "eval.max_tokens=4096",
-    ]
-    sets = [arg for item in tiny for arg in ("--set", item)]
-    assert main(["run", str(PR414), "--smoke", "--disable", plugin, *sets, "--out", str(out)]) == 0
-    s = json.loads((out / "summary.json").read_text())
+    s, log = _run_pr414(out, [plugin])
     names = [p["name"] for p in s["plugins"]]
     assert plugin not in names and sorted(names) == sorted(set(PR414_PLUGINS) - {plugin})
-    assert s["steps"] == 3
-    assert (out / "final_model.ptz").stat().st_size == s["artifact_bytes"] - s["code_bytes"]
-    assert 0 < s["roundtrip_val_bpb"] < 10
-    resolved = load_recipe(out / "recipe.resolved.toml")
-    assert not resolved.plugins[plugin].enabled
+    assert not load_recipe(out / "recipe.resolved.toml").plugins[plugin].enabled
+    assert s["steps"] == 2 and (out / "final_model.ptz").stat().st_size == s["artifact_bytes"] - s["code_bytes"]
+    assert PLUGIN_LINE[plugin] in full_log and PLUGIN_LINE[plugin] not in log
+    assert full["model_params"] - s["model_params"] == PARAMS_OWNED.get(plugin, 0)
+    assert full["artifact_format"] == "int6_zstd"
+    assert s["artifact_format"] == FORMAT_WITHOUT.get(plugin, "int6_zstd")
+    if plugin in EXPORT_ONLY:
+        assert s["val_loss"] == full["val_loss"]  # training did not change
+    else:
+        assert abs(s["val_loss"] - full["val_loss"]) >= LOSS_EFFECT, f"{plugin}: {s['val_loss'] - full['val_loss']}"
+    if plugin in FORMAT_WITHOUT:
+        assert s["model_bytes"] > full["model_bytes"]  # int8 is bigger than int6, zlib-9 than zstd-22
+
+
+def test_gptq_lite_changes_the_exported_integers(tmp_path):
+    """gptq_lite only changes rows whose clip exceeds the 1/31 scale floor, which two smoke steps never reach:
+    export the same weights (rows up to 2 with one outlier of 8, from integer draws) with and without it."""
+    import torch
+
+    from pgolf_core import build_model
+    from pgolf_core.api import export
+    from pgolf_core.artifact import decompress, deserialize
+
+    recipe = load_recipe(PR414, smoke=True)
+    model = build_model(recipe)
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.ndim == 2:
+                p.copy_(torch.randint(-64, 65, p.shape, generator=g) / 32)
+                p[:, 0] = 8.0
+    blobs = {}
+    for name, disable in (("with", ["zstd"]), ("without", ["zstd", "gptq_lite"])):  # zlib-9: faster than zstd-22
+        r = load_recipe(PR414, disable=disable, smoke=True)
+        path = export(r, model, tmp_path / name, log=lambda msg: None)["path"]
+        blobs[name] = deserialize(decompress(Path(path).read_bytes(), "zlib"))["w"]
+    assert blobs["with"].keys() == blobs["without"].keys()
+    ints = [k for k, v in blobs["with"].items() if k.endswith(".q") and v.dtype == torch.int8]
+    changed = [k for k in ints if not torch.equal(blobs["with"][k], blobs["without"][k])]
+    assert len(ints) == 70 and len(changed) == 67  # every int6 matrix; the 3 int8 ones are embedding tables
 
 
 def _identifiers(tree: ast.AST) -> set[str]:

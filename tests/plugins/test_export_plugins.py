@@ -377,7 +377,14 @@ def test_zstd_equals_the_records_compressor():
 
     raw = serialize(make_weights(SPECS_414[:6], 1))
     codec, blob = zstd.Zstd(zstd.Config()).pgolf_compress(raw=raw)
-    assert codec == "zstd" and blob == zstandard.ZstdCompressor(level=22).compress(raw)
+    # the records' one-shot call `zstandard.ZstdCompressor(level=22).compress(raw)` writes one frame: the zstd
+    # magic, the content size in the header, no checksum, nothing after the frame; level 22 (not the default 3)
+    assert codec == "zstd" and blob[:4] == b"\x28\xb5\x2f\xfd"
+    frame = zstandard.get_frame_parameters(blob)
+    assert frame.content_size == len(raw) and not frame.has_checksum
+    reader = zstandard.ZstdDecompressor().decompressobj()
+    assert reader.decompress(blob) == raw and reader.unused_data == b""
+    assert blob == zstandard.ZstdCompressor(level=22).compress(raw) != zstandard.ZstdCompressor(level=3).compress(raw)
     assert decompress(blob, codec) == raw
 
 
