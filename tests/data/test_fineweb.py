@@ -1,4 +1,5 @@
-"""FineWeb download: the official remote layout, resuming from complete files, and clear offline errors.
+"""FineWeb download (`pgolf data fineweb`): the official remote layout, resuming from complete files,
+clear offline errors (exit 2 from the CLI, files on disk kept).
 
 The hub cannot be reached from tests. Files already present need no `huggingface_hub` at all, so the
 resume tests run with the package made unimportable; only the offline test stands in a fake
@@ -65,9 +66,15 @@ def test_variant_names() -> None:
         dataset_name("gpt2")
 
 
+def on_disk(root: Path) -> dict[Path, tuple[int, bytes]]:
+    return {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in sorted(root.rglob("*")) if p.is_file()}
+
+
 def test_complete_files_are_not_downloaded_again(tmp_path: Path, no_hub: None) -> None:
     data = populate(tmp_path, 2)
+    before = on_disk(tmp_path)
     got = download_fineweb("sp1024", 2, tmp_path, log=lambda msg: None)
+    assert on_disk(tmp_path) == before  # not rewritten, not touched
     assert (got.downloaded, got.skipped) == (0, 6)  # manifest, 1 val, 2 train, model, vocab
     assert got.path == data and got.tokenizer == tmp_path / "tokenizers" / "fineweb_1024_bpe.model"
     assert [p.name for p in got.val_files] == ["fineweb_val_000000.bin"]
@@ -114,3 +121,26 @@ def test_offline_error_names_the_file_and_keeps_going_later(tmp_path: Path, monk
         }
     ]
     assert not list(tmp_path.iterdir())  # nothing partial left behind
+
+
+def test_cli_offline_is_exit_2_and_keeps_what_is_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pgolf data fineweb` with a truncated shard (an interrupted copy) and the hub unreachable: exit 2, no
+    traceback, the remote name of the file it needed, and every file on disk left as it was."""
+    from pgolf_core.cli import main
+
+    def offline(**kwargs: object) -> str:
+        raise OSError("[Errno 101] Network is unreachable")
+
+    monkeypatch.setitem(sys.modules, "huggingface_hub", types.SimpleNamespace(hf_hub_download=offline))
+    data = populate(tmp_path, 2)
+    shard = data / "fineweb_train_000001.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    before = on_disk(tmp_path)
+    assert main(["data", "fineweb", "--train-shards", "2", "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "Network is unreachable" in err
+    assert "could not download datasets/datasets/fineweb10B_sp1024/fineweb_train_000001.bin" in err
+    assert "are kept" in err
+    assert on_disk(tmp_path) == before and not list(tmp_path.rglob(".*part-*"))  # nothing partial left
