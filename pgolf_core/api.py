@@ -10,8 +10,9 @@ import torch
 from pgolf_core import artifact, evaluation
 from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, configure, model_spec
-from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
+from pgolf_core.data.bpb import build_byte_tables, load_tokenizer_for
 from pgolf_core.data.loader import load_validation_tokens
+from pgolf_core.data.shards import check_shards
 from pgolf_core.errors import PgolfError
 from pgolf_core.model import apply_training_precision
 from pgolf_core.optim import Optimizers
@@ -50,6 +51,24 @@ def load_checkpoint(
     raise PgolfError(f"{path}: neither {formats}")
 
 
+def check_matches(checkpoint: str | Path, live: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
+    """Refuse a checkpoint of another model: name the keys one side lacks, or the first tensors whose
+    shapes differ (a checkpoint of another size, or a recipe with other settings)."""
+    only_model, only_ckpt = sorted(set(live) - set(weights)), sorted(set(weights) - set(live))
+    if only_model or only_ckpt:
+        raise PgolfError(
+            f"{checkpoint}: keys do not match the recipe's model: missing {only_model[:5]}, "
+            f"unexpected {only_ckpt[:5]} ({len(only_model)} missing, {len(only_ckpt)} unexpected)"
+        )
+    differ = [k for k in live if tuple(live[k].shape) != tuple(weights[k].shape)]
+    if differ:
+        shown = ", ".join(f"{k}: {tuple(weights[k].shape)} vs model {tuple(live[k].shape)}" for k in differ[:3])
+        raise PgolfError(
+            f"{checkpoint}: {len(differ)} tensors have other shapes than the recipe's model ({shown}); "
+            "was it trained with other [model] settings?"
+        )
+
+
 def evaluate(
     recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print
 ) -> dict[str, Any]:
@@ -57,6 +76,13 @@ def evaluate(
     env = Env(torch.device("cuda" if torch.cuda.is_available() and recipe.run.device != "cpu" else "cpu"))
     pm = create_manager(recipe)
     run = configure(recipe, pm, log=log)
+    runlog = RunLog(None)
+    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    _, val_files, tok = resolve_data(recipe, env, runlog)  # data first: it fails before any model is built
+    sp = load_tokenizer_for(tok, recipe.model.vocab_size)
+    check_shards(val_files, recipe.model.vocab_size)
+    seq = recipe.eval.seq_len or recipe.train.train_seq_len
+    val = load_validation_tokens(val_files, max(seq, recipe.train.train_seq_len), recipe.eval.max_tokens)
     if model is None:
         backend, why = resolve_backend(recipe.model.attention, env.device.type)
         log(f"attention_backend:{backend} ({why})")
@@ -66,17 +92,10 @@ def evaluate(
             apply_training_precision(model, run.control_patterns, recipe.train.fp32_embeddings)
     if checkpoint is not None:
         weights = load_checkpoint(checkpoint, pm, {k: v.dtype for k, v in model.state_dict().items()})
-        missing = set(model.state_dict()) ^ set(weights)
-        if missing:
-            raise PgolfError(f"{checkpoint}: keys do not match the recipe's model: {sorted(missing)[:5]} ...")
+        check_matches(checkpoint, model.state_dict(), weights)
         load_weights(model, weights)
     model.to(env.device)
-    runlog = RunLog(None)
-    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
-    _, val_files, tok = resolve_data(recipe, env, runlog)
-    seq = recipe.eval.seq_len or recipe.train.train_seq_len
-    val = load_validation_tokens(val_files, max(seq, recipe.train.train_seq_len), recipe.eval.max_tokens)
-    tables = build_byte_tables(load_tokenizer(tok), recipe.model.vocab_size).to(env.device)
+    tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
     amp = torch.bfloat16 if env.is_cuda else None
     rows = max(recipe.eval.batch_tokens // seq, 1)
     std = evaluation.eval_standard(model, val, seq, rows, tables, device=env.device, autocast_dtype=amp)

@@ -21,6 +21,7 @@ from torch import Tensor
 
 from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import BASELINE_CONTROL_PATTERNS
+from pgolf_core.rundir import WriteFault
 
 INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
@@ -212,15 +213,20 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same directory, fsync, then `os.replace`: a crash leaves
     either the old file or the complete new one, never a partial artifact."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise WriteFault(path, exc) from exc
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError) and not isinstance(exc, WriteFault):
+            raise WriteFault(path, exc) from exc
         raise
     return path
 

@@ -9,6 +9,7 @@ from functools import partial
 from typing import Any
 
 from pgolf_core.errors import PgolfError
+from pgolf_core.rundir import RunFault, WriteFault
 
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
@@ -53,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     from pgolf_core.train import train
 
     recipe = _load(args)
-    summary = train(recipe, args.out, plugin_dirs=tuple(args.plugins_dir))
+    summary = train(recipe, args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir))
     return 1 if summary.get("over_limit") and not args.smoke else 0
 
 
@@ -110,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="train, export and score a recipe")
     _recipe_args(p)
     p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-seed<seed>)")
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
     p.set_defaults(func=cmd_run)
     p = sub.add_parser(
         "eval", help="score a checkpoint (final_model.pt, or a run's final_model.ptz artifact) with a recipe"
@@ -145,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     except PgolfError as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
+    except (RunFault, WriteFault) as exc:  # the run started, then failed: exit 1, files written before kept
+        print(f"pgolf: error: {exc}", file=sys.stderr)
+        return 1
     except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
         # a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback
         print(f"pgolf: error: {exc}", file=sys.stderr)

@@ -5,7 +5,6 @@ a finished run). Only rank 0 prints or writes."""
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -13,6 +12,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from pgolf_core.artifact import write_atomic
+from pgolf_core.rundir import WriteFault, strict_json
 
 
 class RunLog:
@@ -26,6 +28,7 @@ class RunLog:
         self.progress: Progress | None = None
         self._task: Any = None
         self._interactive = tty and self.enabled
+        self._pending: list[str] = []  # lines logged before the run directory was claimed
 
     def log(self, msg: str, console: bool = True) -> None:
         if not self.enabled:
@@ -36,14 +39,23 @@ class RunLog:
             else:
                 print(msg, flush=True)
         if self.log_path is not None:
-            with self.log_path.open("a", encoding="utf-8") as f:
-                f.write(msg + "\n")
+            _append(self.log_path, msg + "\n")
+        else:
+            self._pending.append(msg)
+
+    def attach(self, out_dir: Path) -> None:
+        """Start writing `train.log` and `metrics.jsonl` in `out_dir` (claimed only after every check
+        passed), beginning with the lines logged while the run was being set up."""
+        if not self.enabled:
+            return
+        self.out_dir, self.log_path, self.metrics_path = out_dir, out_dir / "train.log", out_dir / "metrics.jsonl"
+        _append(self.log_path, "".join(m + "\n" for m in self._pending))
+        self._pending.clear()
 
     def metric(self, **fields: Any) -> None:
         if self.metrics_path is not None:
             fields.setdefault("time", round(time.time(), 3))
-            with self.metrics_path.open("a", encoding="utf-8") as f:
-                f.write(json.dumps(fields) + "\n")
+            _append(self.metrics_path, json.dumps(strict_json(fields)[0]) + "\n")
 
     # Progress display: a live bar on a terminal; plain log lines (from the loop) otherwise.
     def start_progress(self, total_steps: int, wallclock_s: float) -> None:
@@ -79,7 +91,17 @@ class RunLog:
             self.progress = None
 
 
+def _append(path: Path, text: str) -> None:
+    try:
+        with path.open("a", encoding="utf-8") as f:
+            f.write(text)
+    except OSError as exc:
+        raise WriteFault(path, exc) from exc
+
+
 def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    """Strict JSON (non-finite numbers become null, listed under `non_finite`), written atomically."""
+    clean, bad = strict_json(data)
+    if bad and isinstance(clean, dict):
+        clean["non_finite"] = bad
+    write_atomic(path, (json.dumps(clean, indent=2, allow_nan=False) + "\n").encode("utf-8"))

@@ -22,12 +22,12 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pgolf_core import artifact, evaluation, manifest
+from pgolf_core import artifact, evaluation, manifest, rundir
 from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, configure, model_spec
-from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
+from pgolf_core.data.bpb import build_byte_tables, load_tokenizer_for
 from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
-from pgolf_core.data.shards import shard_files
+from pgolf_core.data.shards import check_shards, shard_files
 from pgolf_core.errors import PgolfError
 from pgolf_core.model import apply_training_precision, count_parameters
 from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
@@ -159,24 +159,39 @@ def train(
     recipe: Recipe,
     out_dir: str | Path | None = None,
     *,
+    overwrite: bool = False,
     plugin_dirs: tuple = (),
     interactive: bool | None = None,
     clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`).
 
-    `clock` (seconds) times the training loop, which the wallclock cap and the time-based warmdown
-    follow; tests inject a fake one to exercise the cap without waiting.
+    A directory holding a finished run is refused unless `overwrite`; the directory is claimed
+    (locked, cleared) only after plugins, data, tokenizer, model and optimizers were set up, so bad
+    input never touches it. `clock` (seconds) times the training loop, which the wallclock cap and
+    the time-based warmdown follow; tests inject a fake one to exercise the cap without waiting.
     """
+    claim = rundir.Claim()
+    try:
+        return _train(recipe, out_dir, claim, overwrite, plugin_dirs, interactive, clock)
+    finally:
+        claim.release()
+
+
+def _train(
+    recipe: Recipe,
+    out_dir: str | Path | None,
+    claim: rundir.Claim,
+    overwrite: bool,
+    plugin_dirs: tuple,
+    interactive: bool | None,
+    clock: Callable[[], float],
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     env = setup_env(recipe.run.device)
     out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"{recipe.run.name}-seed{recipe.run.seed}"
-    if env.rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "summary.json").unlink(missing_ok=True)  # a run is finished only when this reappears
-        for stale in ("train.log", "metrics.jsonl"):
-            (out / stale).unlink(missing_ok=True)
-    log = RunLog(out, env.rank, interactive)
+    rundir.check_free(out, overwrite)  # reads only; the directory is claimed after setup
+    log = RunLog(None, env.rank, interactive)
     cfg = recipe.train
 
     # Plugins, data, tokenizer and the BPB byte tables.
@@ -185,12 +200,8 @@ def train(
     run = configure(recipe, pm, log=log.log)
     artifact.require_codec(recipe.export.compressor)
     train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
-    sp = load_tokenizer(tokenizer_path)
-    if int(sp.vocab_size()) != recipe.model.vocab_size:
-        raise PgolfError(
-            f"[model] vocab_size={recipe.model.vocab_size} but tokenizer {tokenizer_path} has "
-            f"{int(sp.vocab_size())} pieces"
-        )
+    sp = load_tokenizer_for(tokenizer_path, recipe.model.vocab_size)
+    check_shards(train_files + val_files, recipe.model.vocab_size)
     eval_seq = recipe.eval.seq_len or cfg.train_seq_len
     val_tokens = load_validation_tokens(val_files, max(cfg.train_seq_len, eval_seq), recipe.eval.max_tokens)
     tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
@@ -230,6 +241,9 @@ def train(
     if not env.is_cuda:
         manifest.warn_if_full_scale_on_cpu(recipe, n_params, accum, log.log)
 
+    if env.rank == 0:  # every check passed: now the directory is locked, cleared and written
+        claim.take(out, overwrite, log.log)
+        log.attach(out)
     state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out, control_patterns=run.control_patterns)
     val_rows = max(recipe.eval.batch_tokens // (env.world_size * accum) // eval_seq, 1)
 
@@ -289,7 +303,7 @@ def train(
     log.start_progress(cfg.iterations, cfg.max_wallclock_seconds)
     env.sync()
     t0 = clock()
-    step = 0
+    step, last_loss = 0, None  # the previous step's loss, named if the next one is not finite
     while True:
         last_step = step == cfg.iterations or (stop_after is not None and step >= stop_after)
         if last_step or (cfg.val_loss_every > 0 and step % cfg.val_loss_every == 0):
@@ -316,6 +330,17 @@ def train(
         optimizers.set_muon_momentum(muon_momentum(step, cfg))
         train_loss = train_step(loader)
         step += 1
+        bad = (~torch.isfinite(train_loss)).to(torch.int32)  # one sync a step: stop at once, not at the next log
+        if env.distributed:
+            dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops at the same step
+        if bad.item():
+            summary, msg = rundir.diverged(recipe.run.name, recipe.run.seed, step, train_loss.item(), _item(last_loss))
+            log.stop_progress()
+            log.log(f"stopping: {msg}")
+            if env.rank == 0:
+                write_json_atomic(out / "summary.json", summary)
+            raise rundir.RunFault(f"{msg} (summary: {out / 'summary.json'})")
+        last_loss = train_loss
         state.step = step
         pm.hook.pgolf_post_step(state=state)
         approx_ms = training_ms + 1000.0 * (clock() - t0)
@@ -424,12 +449,17 @@ def train(
         total_seconds=time.perf_counter() - t_start,
     )
     if env.rank == 0:
-        (out / "recipe.resolved.toml").write_text(manifest.resolved_recipe_text(recipe, plugins, summary))
+        resolved = manifest.resolved_recipe_text(recipe, plugins, summary)
+        artifact.write_atomic(out / "recipe.resolved.toml", resolved.encode("utf-8"))
         manifest.print_summary(summary, log)
         write_json_atomic(out / "summary.json", summary)
     if env.distributed:
         dist.destroy_process_group()
     return summary
+
+
+def _item(t: torch.Tensor | None) -> float | None:
+    return None if t is None else float(t.item())
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:

@@ -43,6 +43,14 @@ def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
         raise DataError(f"tokenizer {path} is not a valid SentencePiece .model file ({exc})") from exc
 
 
+def load_tokenizer_for(path: str | Path, vocab_size: int) -> spm.SentencePieceProcessor:
+    """The tokenizer, refused when its vocabulary is not the model's (the score would be of other text)."""
+    sp = load_tokenizer(path)
+    if int(sp.vocab_size()) != vocab_size:
+        raise DataError(f"[model] vocab_size = {vocab_size} but tokenizer {path} has {int(sp.vocab_size())} pieces")
+    return sp
+
+
 def tokenizer_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

@@ -120,11 +120,30 @@ class _Fetcher:
         return dest
 
 
-def _entry(manifest: dict[str, Any], key: str, name: str, path: Path) -> dict[str, Any]:
-    entry = next((e for e in manifest.get(key, []) if e.get("name") == name), None)
+def _entry(manifest: Any, key: str, name: str, path: Path) -> dict[str, Any]:
+    if not isinstance(manifest, dict):
+        raise DataError(
+            f"{path}: expected a JSON object with lists under 'datasets' and 'tokenizers', got a "
+            f"{type(manifest).__name__}; delete it to download it again"
+        )
+    entries = manifest.get(key, [])
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DataError(f"{path}: '{key}' must be a list of objects, got {entries!r:.80}")
+    entry = next((e for e in entries if e.get("name") == name), None)
     if entry is None:
         raise DataError(f"{path} lists no {key[:-1]} named {name!r}")
     return entry
+
+
+def _count(dataset: dict[str, Any], key: str, path: Path) -> int:
+    stats = dataset.get("stats") or {}
+    value = stats.get(key, 0) if isinstance(stats, dict) else None
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise DataError(
+            f"{path}: datasets[{dataset.get('name')!r}].stats.{key} = {value!r}; expected an integer >= 0 "
+            "(a non-object 'stats' reads as None); delete the file to download it again"
+        )
+    return value
 
 
 def download_fineweb(
@@ -148,8 +167,7 @@ def download_fineweb(
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{manifest_path} is not valid JSON ({exc}); delete it to download it again") from exc
     dataset = _entry(manifest, "datasets", name, manifest_path)
-    stats = dataset.get("stats") or {}
-    n_train, n_val = int(stats.get("files_train", 0)), int(stats.get("files_val", 0))
+    n_train, n_val = (_count(dataset, key, manifest_path) for key in ("files_train", "files_val"))
     if train_shards > n_train:
         raise DataError(f"{variant} has only {n_train} training shards on {repo_id}; asked for {train_shards}")
     tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name")), manifest_path)

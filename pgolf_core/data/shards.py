@@ -58,6 +58,25 @@ def read_shard(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
+def check_shards(files: Sequence[str | Path], vocab_size: int) -> int:
+    """Check every shard's header and its largest token id against the model's vocabulary, once,
+    before training (a memory-mapped max per shard); return the total token count. An id >= vocab
+    would otherwise be an IndexError hours into a run, or a silently wrong score."""
+    total = 0
+    for path in files:
+        n = shard_token_count(path)
+        top = int(np.memmap(path, dtype="<u2", mode="r", offset=HEADER_BYTES, shape=(n,)).max()) if n else 0
+        if top >= vocab_size:
+            raise DataError(
+                f"shard {path} holds token id {top}, but [model] vocab_size = {vocab_size} (ids must be "
+                f"< {vocab_size}); were the shards made with another tokenizer?"
+            )
+        total += n
+    if not total:
+        raise DataError(f"the shards {files[0]} ... hold no tokens ({len(files)} files, all empty)")
+    return total
+
+
 def write_shard(path: str | Path, tokens: torch.Tensor | np.ndarray | Sequence[int]) -> Path:
     """Write tokens as a shard via a temporary file and `os.replace`, so a crash never leaves half a shard."""
     path = Path(path)

@@ -1,0 +1,140 @@
+"""The run directory's rules: a finished run (its `summary.json`) is never replaced unless asked, a
+directory in use by a live run is never shared, and what a killed run left behind is cleaned up.
+
+`check_free` only reads, so `train()` calls it before any setup; `Claim.take` runs after every
+check passed and is the first thing that writes. Faults after that (a diverged loss, a full disk)
+are `RunFault`s: the CLI prints them in one line and exits 1.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import socket
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pgolf_core.errors import PgolfError
+
+LOCK = ".pgolf.lock"
+FINISHED = "summary.json"
+# What a run writes: replaced wholesale when an unfinished (or --overwrite'n) directory is reused.
+RUN_FILES = (FINISHED, "train.log", "metrics.jsonl", "recipe.resolved.toml", "final_model.pt", "final_model.ptz")
+
+
+class RunFault(Exception):
+    """The run started and then failed (non-finite loss, a write that failed): exit 1."""
+
+
+class WriteFault(OSError):
+    """Writing one of the run's files failed (disk full, I/O error); the file is named."""
+
+    def __init__(self, path: str | Path, exc: OSError):
+        super().__init__(f"could not write {path}: {exc.strerror or exc}")
+        self.filename = str(path)
+
+
+def _owner(out: Path) -> tuple[int, str] | None:
+    """(pid, host) of the lock in `out`, or None without one; an unreadable lock counts as stale."""
+    try:
+        pid, host = (out / LOCK).read_text(encoding="utf-8").split()[:2]
+        return int(pid), host
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError):
+        return (0, socket.gethostname())
+
+
+def _alive(pid: int, host: str) -> bool:
+    if host != socket.gethostname():
+        return True  # another machine's process cannot be checked from here: assume it runs
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def check_free(out: Path, overwrite: bool) -> None:
+    """Refuse (exit 2) a file as the directory, a finished run without `overwrite`, a live lock."""
+    if out.exists() and not out.is_dir():
+        raise PgolfError(f"--out {out} is a file, not a directory")
+    if (out / FINISHED).exists() and not overwrite:
+        raise PgolfError(
+            f"{out} holds a finished run ({out / FINISHED}); pass --overwrite (train(overwrite=True)) "
+            "to replace it, or choose another --out"
+        )
+    owner = _owner(out)
+    if owner is not None and _alive(*owner):
+        raise PgolfError(
+            f"{out} is in use by another run: pid {owner[0]} on {owner[1]} (lock {out / LOCK}); "
+            "wait for it to finish or choose another --out"
+        )
+
+
+class Claim:
+    """The lock of one run directory, taken once every check passed and released however the run ends."""
+
+    def __init__(self) -> None:
+        self.path: Path | None = None
+
+    def take(self, out: Path, overwrite: bool, log: Callable[[str], None]) -> None:
+        check_free(out, overwrite)
+        out.mkdir(parents=True, exist_ok=True)
+        lock = out / LOCK
+        for _ in range(2):
+            try:
+                fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                break
+            except FileExistsError:
+                owner = _owner(out)
+                if owner is not None and _alive(*owner):
+                    raise PgolfError(f"{out} is in use by another run: pid {owner[0]} on {owner[1]}") from None
+                log(f"run_dir: taking over the stale lock {lock} (pid {owner[0] if owner else '?'} is gone)")
+                lock.unlink(missing_ok=True)
+        else:
+            raise PgolfError(f"could not lock {out}: another run keeps taking {lock}")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(f"{os.getpid()} {socket.gethostname()}\n")
+        self.path = lock
+        # A finished run stops being one first (its summary goes before anything else), then the rest.
+        for name in RUN_FILES:
+            (out / name).unlink(missing_ok=True)
+        for tmp in out.glob(".*.tmp*"):
+            log(f"run_dir: removing {tmp.name}, left by an interrupted run")
+            tmp.unlink(missing_ok=True)
+
+    def release(self) -> None:
+        if self.path is not None:
+            self.path.unlink(missing_ok=True)
+            self.path = None
+
+
+def strict_json(data: Any, where: str = "") -> tuple[Any, list[str]]:
+    """`data` with every NaN/inf float replaced by None, and the keys where that happened: JSON has
+    no NaN, and a reader of summary.json must not choke on Python's bare `NaN`."""
+    if isinstance(data, float) and not math.isfinite(data):
+        return None, [where or "value"]
+    if isinstance(data, dict):
+        pairs = [(k, strict_json(v, f"{where}.{k}" if where else str(k))) for k, v in data.items()]
+        return {k: v for k, (v, _) in pairs}, [w for _, (_, ws) in pairs for w in ws]
+    if isinstance(data, list | tuple):
+        items = [strict_json(v, f"{where}[{i}]") for i, v in enumerate(data)]
+        return [v for v, _ in items], [w for _, ws in items for w in ws]
+    return data, []
+
+
+def diverged(name: str, seed: int, step: int, loss: float, last: float | None) -> tuple[dict[str, Any], str]:
+    """The summary of a run stopped by a non-finite training loss, and the message that says so."""
+    before = f"the last finite loss was {last:.4f} at step {step - 1}" if last is not None else "no finite loss before"
+    msg = (
+        f"training loss became {loss} at step {step} ({before}); the run stopped. Lower the learning rates "
+        "or the init scale, or check the data"
+    )
+    summary = {"schema": "pgolf.summary/1", "name": name, "seed": seed, "status": "diverged", "error": msg}
+    return summary | {"steps": step, "last_finite_train_loss": last}, msg
