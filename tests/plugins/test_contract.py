@@ -1,7 +1,7 @@
 """The plugin contract (DESIGN.md), checked for every installed plugin:
 1. its config round-trips through TOML and rejects unknown keys;
 2. a tiny model with it builds, trains a few steps on CPU and exports;
-3. it has an effect (loss, weights or export bytes differ from the run without it);
+3. it has an effect: the loss or the export bytes move by more than noise (LOSS_EFFECT, BYTES_EFFECT);
 4. `torch.compile(fullgraph=True)` traces the model with no graph break.
 (5, exact math, lives in each plugin's own tests.)"""
 
@@ -56,6 +56,12 @@ EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
 
 PLUGINS = sorted(registry.discover())
+# "Has an effect" means more than rounding noise (~1e-7 in these losses). Measured (loss = the larger change of
+# val_loss and round-trip val_loss): every training/model plugin moves the loss by >= 1.1e-3 (late_qat; xsa
+# 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3; zstd changes only
+# bytes (3,288). Thresholds sit >= 10x under the smallest of each kind.
+LOSS_EFFECT = 1e-5
+BYTES_EFFECT = 300
 
 
 def tiny_recipe(tmp_path, plugins: list[str], extra: list[str] = ()):
@@ -113,7 +119,9 @@ def test_trains_exports_and_has_an_effect(name, reference_runs, tmp_path):
     with_it = train(tiny_recipe(tmp_path, partners + [name], extra), tmp_path / "run", interactive=False)
     assert with_it["steps"] == 6 and (tmp_path / "run" / "summary.json").is_file()
     assert name in [p["name"] for p in with_it["plugins"]]
-    keys = ("val_loss", "roundtrip_val_loss", "model_bytes")
-    assert any(with_it[k] != without[k] for k in keys), f"{name} changed none of {keys}"
+    loss = max(abs(with_it[k] - without[k]) for k in ("val_loss", "roundtrip_val_loss"))
+    size = abs(with_it["model_bytes"] - without["model_bytes"])
+    print(f"{name}: loss effect {loss:.3e}, artifact effect {size} bytes")
+    assert loss >= LOSS_EFFECT or size >= BYTES_EFFECT, f"{name}: loss moved {loss:.2e}, artifact {size} bytes"
     log = (tmp_path / "run" / "train.log").read_text()
     assert "final_" in log and json.loads((tmp_path / "run" / "summary.json").read_text())["steps"] == 6
