@@ -31,8 +31,12 @@ class WriteFault(OSError):
     """Writing one of the run's files failed (disk full, I/O error); the file is named."""
 
     def __init__(self, path: str | Path, exc: OSError):
-        super().__init__(f"could not write {path}: {exc.strerror or exc}")
+        self.message = f"could not write {path}: {exc.strerror or exc}"
+        super().__init__(exc.errno, self.message)
         self.filename = str(path)
+
+    def __str__(self) -> str:
+        return self.message
 
 
 def _owner(out: Path) -> tuple[int, str] | None:

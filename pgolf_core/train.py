@@ -201,7 +201,7 @@ def _train(
     artifact.require_codec(recipe.export.compressor)
     train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
     sp = load_tokenizer_for(tokenizer_path, recipe.model.vocab_size)
-    check_shards(train_files + val_files, recipe.model.vocab_size)
+    check_shards(train_files, recipe.model.vocab_size), check_shards(val_files, recipe.model.vocab_size)
     eval_seq = recipe.eval.seq_len or cfg.train_seq_len
     val_tokens = load_validation_tokens(val_files, max(cfg.train_seq_len, eval_seq), recipe.eval.max_tokens)
     tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
