@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         pass
     else:
         register(sub)
+    from pgolf_core.ablate.cli import add_parser as add_ablate
+
+    add_ablate(sub)
     return parser
 
 

@@ -34,6 +34,7 @@ class EMA:
     name = "ema"
     version = "0.1.0"
     order = 80
+    conflicts = ("swa",)  # both choose the final weights (pgolf ablate skips such variants)
     Config = Config
     # `--smoke` trains a few hundred steps: a 333-step horizon would average mostly the init.
     SMOKE = {"decay": 0.95}

@@ -40,6 +40,7 @@ class SWA:
     name = "swa"
     version = "0.1.0"
     order = 80
+    conflicts = ("ema",)  # both choose the final weights (pgolf ablate skips such variants)
     Config = Config
     # `--smoke`'s warmdown spans ~100 steps, so snapshots every 50 would collect at most one.
     SMOKE = {"every": 5}

@@ -1,0 +1,165 @@
+"""Plan an ablation: variants (plugins toggled or values swept) × seeds, each with the exact
+`pgolf run` arguments, written to DIR/plan.json before anything runs so a restart can be checked.
+
+`requires` / `conflicts` (class attributes of plugins, tuples of plugin names) are read through the
+registry; a variant that breaks them is skipped with its reason, never run half-configured.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pgolf_core.errors import PgolfError
+
+SCHEMA = "pgolf.ablate.plan/1"
+
+
+@dataclass
+class Variant:
+    name: str
+    recipe: str
+    enable: list[str] = field(default_factory=list)
+    disable: list[str] = field(default_factory=list)
+    sets: list[str] = field(default_factory=list)
+    skipped: str | None = None
+
+
+def _ordered(names: list[str], source: str, plugin_dirs: tuple[str, ...]) -> list[str]:
+    from pgolf_core.registry import plugin_classes
+
+    classes = plugin_classes(names, source, plugin_dirs)
+    return sorted(names, key=lambda n: (int(getattr(classes[n], "order", 100)), n))
+
+
+def check_constraints(enabled: list[str], source: str, plugin_dirs: tuple[str, ...] = ()) -> str | None:
+    """Why the set of `enabled` plugins breaks a `requires` / `conflicts` declaration, or None."""
+    from pgolf_core.registry import plugin_classes
+
+    classes = plugin_classes(enabled, source, plugin_dirs)
+    on = set(enabled)
+    for name in sorted(on):
+        for need in getattr(classes[name], "requires", ()):
+            if need not in on:
+                return f"{name} requires {need}, which is disabled"
+        for other in getattr(classes[name], "conflicts", ()):
+            if other in on:
+                return f"{name} conflicts with {other} (both enabled)"
+    return None
+
+
+def build_variants(args: Any) -> list[Variant]:
+    """Variants from the mode options; the reference variant is called `full`."""
+    from pgolf_core.recipe import load_recipe
+
+    recipe = load_recipe(args.recipe, list(args.overrides), smoke=args.smoke)
+    dirs = tuple(args.plugins_dir)
+    enabled = _ordered(recipe.enabled_plugins, recipe.source, dirs)
+    only = [s for s in (args.only or "").split(",") if s]
+    for name in only:
+        if name not in recipe.plugins:
+            raise PgolfError(f"--only {name}: not a plugin of {recipe.source} (plugins: {', '.join(enabled)})")
+    variants: list[Variant] = []
+    if args.grid:
+        keys = [g.split("=", 1) for g in args.grid]
+        for g, kv in zip(args.grid, keys):
+            if len(kv) != 2 or not kv[1]:
+                raise PgolfError(f"--grid {g}: expected KEY=V1,V2,...")
+        values = [kv[1].split(",") for kv in keys]
+        for combo in itertools.product(*values):
+            sets = [f"{k}={v}" for (k, _), v in zip(keys, combo)]
+            variants.append(Variant(",".join(sets), args.recipe, sets=sets))
+        variants[0].name = variants[0].name  # the first grid point is the reference
+    elif args.add_one_in:
+        order = [s for s in (args.order or "").split(",") if s] or (only or enabled)
+        base_recipe = args.base or args.recipe
+        off = [] if args.base else [p for p in recipe.plugins if recipe.plugins[p].enabled]
+        variants.append(Variant("base", base_recipe, disable=list(off)))
+        added: list[str] = []
+        for name in order:
+            added.append(name)
+            rest = [p for p in off if p not in added]
+            label = "full" if name == order[-1] else "+" + "+".join(added)
+            variants.append(Variant(label, base_recipe, enable=list(added) if args.base else [], disable=rest))
+    else:
+        variants.append(Variant("full", args.recipe))
+        for name in only or enabled:
+            variants.append(Variant(f"-{name}", args.recipe, disable=[name]))
+    for v in variants:
+        on = [p for p in enabled if p not in v.disable] + [p for p in v.enable if p not in enabled]
+        v.skipped = check_constraints(on, recipe.source, dirs)
+    return variants
+
+
+def seeds_of(args: Any) -> list[int]:
+    if args.seed_list:
+        try:
+            return [int(s) for s in args.seed_list.split(",")]
+        except ValueError:
+            raise PgolfError(f"--seed-list {args.seed_list}: expected integers like 1337,42,2024") from None
+    return [1337 + i for i in range(args.seeds)]
+
+
+def run_args(v: Variant, seed: int, args: Any, out: Path) -> list[str]:
+    """The exact `pgolf run` arguments of one (variant, seed)."""
+    argv = ["run", v.recipe] + (["--smoke"] if args.smoke else [])
+    sets = list(args.overrides) + v.sets
+    if args.fixed_steps:
+        sets += [f"train.iterations={args.fixed_steps}", "train.max_wallclock_seconds=0"]
+    for s in sets + [f"run.seed={seed}"]:
+        argv += ["--set", s]
+    for p in v.enable:
+        argv += ["--enable", p]
+    for p in v.disable:
+        argv += ["--disable", p]
+    for d in args.plugins_dir:
+        argv += ["--plugins-dir", d]
+    return argv + ["--out", str(out / v.name / f"seed{seed}")]
+
+
+def make_plan(args: Any) -> dict[str, Any]:
+    out = Path(args.out)
+    variants = build_variants(args)
+    seeds = seeds_of(args)
+    runs = [
+        {"variant": v.name, "seed": s, "args": run_args(v, s, args, out)}
+        for v in variants
+        if v.skipped is None
+        for s in seeds
+    ]
+    return {
+        "schema": SCHEMA,
+        "compare": "equal steps" if args.fixed_steps else "equal wall time",
+        "reference": "full" if any(v.name == "full" for v in variants) else variants[0].name,
+        "variants": [v.name for v in variants if v.skipped is None],
+        "skipped": {v.name: v.skipped for v in variants if v.skipped},
+        "seeds": seeds,
+        "runs": runs,
+    }
+
+
+def write_or_check(plan: dict[str, Any], out: Path) -> None:
+    """Write DIR/plan.json, or refuse a restart whose plan differs from the stored one."""
+    path = out / "plan.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != plan:
+            raise PgolfError(f"{path}: this directory holds another ablation; {_difference(old, plan)} (use another --out)")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(plan, indent=2))
+    tmp.replace(path)
+
+
+def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
+    for key in ("compare", "variants", "seeds", "skipped"):
+        if old.get(key) != new.get(key):
+            return f"{key}: stored {old.get(key)!r}, now {new.get(key)!r}"
+    for a, b in zip(old.get("runs", []), new.get("runs", [])):
+        if a != b:
+            return f"run {a['variant']}/seed{a['seed']}: stored args {' '.join(a['args'])!r}, now {' '.join(b['args'])!r}"
+    return "the run lists differ"
