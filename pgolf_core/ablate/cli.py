@@ -24,7 +24,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--seeds", type=int, default=1, help="seeds 1337, 1338, ... (default 1)")
     p.add_argument("--seed-list", metavar="S1,S2,...")
-    p.add_argument("--fixed-steps", type=int, metavar="N", help="compare at equal steps: iterations=N, no wallclock cap")
+    p.add_argument(
+        "--fixed-steps", type=int, metavar="N", help="compare at equal steps: iterations=N, no wallclock cap"
+    )
     p.add_argument("--alpha", type=float, default=0.05, help="your significance level (default 0.05)")
     p.add_argument("--jobs", type=int, default=1, help="local parallel runs (one GPU each when there are enough)")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local")
@@ -62,7 +64,10 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         plan.write_or_check(the_plan, out)
         for name, why in the_plan["skipped"].items():
             print(f"ablate: skipped variant {name}: {why}", file=sys.stderr)
-        print(f"ablate: {len(the_plan['runs'])} runs ({the_plan['compare']}), plan in {out / 'plan.json'}", file=sys.stderr)
+        print(
+            f"ablate: {len(the_plan['runs'])} runs ({the_plan['compare']}), plan in {out / 'plan.json'}",
+            file=sys.stderr,
+        )
         failures = execute.execute(the_plan, args)
         for f in failures:
             print(f"ablate: failed {f}", file=sys.stderr)

@@ -34,7 +34,9 @@ def run_one(argv: list[str], log_path: str, cwd: str, env: dict[str, str] | None
     run itself clears when it redoes an unfinished run)."""
     Path(log_path).parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as log:
-        proc = subprocess.run([sys.executable, "-m", "pgolf", *argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pgolf", *argv], cwd=cwd, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
     return proc.returncode
 
 

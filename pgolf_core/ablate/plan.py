@@ -65,14 +65,13 @@ def build_variants(args: Any) -> list[Variant]:
     variants: list[Variant] = []
     if args.grid:
         keys = [g.split("=", 1) for g in args.grid]
-        for g, kv in zip(args.grid, keys):
+        for g, kv in zip(args.grid, keys, strict=True):
             if len(kv) != 2 or not kv[1]:
                 raise PgolfError(f"--grid {g}: expected KEY=V1,V2,...")
         values = [kv[1].split(",") for kv in keys]
         for combo in itertools.product(*values):
-            sets = [f"{k}={v}" for (k, _), v in zip(keys, combo)]
+            sets = [f"{k}={v}" for (k, _), v in zip(keys, combo, strict=True)]
             variants.append(Variant(",".join(sets), args.recipe, sets=sets))
-        variants[0].name = variants[0].name  # the first grid point is the reference
     elif args.add_one_in:
         order = [s for s in (args.order or "").split(",") if s] or (only or enabled)
         base_recipe = args.base or args.recipe
@@ -83,7 +82,7 @@ def build_variants(args: Any) -> list[Variant]:
             added.append(name)
             rest = [p for p in off if p not in added]
             label = "full" if name == order[-1] else "+" + "+".join(added)
-            variants.append(Variant(label, base_recipe, enable=list(added) if args.base else [], disable=rest))
+            variants.append(Variant(label, base_recipe, enable=[p for p in added if p not in off], disable=rest))
     else:
         variants.append(Variant("full", args.recipe))
         for name in only or enabled:
@@ -147,7 +146,9 @@ def write_or_check(plan: dict[str, Any], out: Path) -> None:
     if path.exists():
         old = json.loads(path.read_text())
         if old != plan:
-            raise PgolfError(f"{path}: this directory holds another ablation; {_difference(old, plan)} (use another --out)")
+            raise PgolfError(
+                f"{path}: this directory holds another ablation; {_difference(old, plan)} (use another --out)"
+            )
         return
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
@@ -159,7 +160,9 @@ def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
     for key in ("compare", "variants", "seeds", "skipped"):
         if old.get(key) != new.get(key):
             return f"{key}: stored {old.get(key)!r}, now {new.get(key)!r}"
-    for a, b in zip(old.get("runs", []), new.get("runs", [])):
+    for a, b in zip(old.get("runs", []), new.get("runs", []), strict=False):
         if a != b:
-            return f"run {a['variant']}/seed{a['seed']}: stored args {' '.join(a['args'])!r}, now {' '.join(b['args'])!r}"
+            return (
+                f"run {a['variant']}/seed{a['seed']}: stored args {' '.join(a['args'])!r}, now {' '.join(b['args'])!r}"
+            )
     return "the run lists differ"

@@ -60,7 +60,10 @@ def build(plan: dict[str, Any], alpha: float) -> dict[str, Any]:
                 "min_detectable_0.01": w01.get("min_detectable"),
                 "significant": p is not None and p < alpha,
                 "clears_challenge": bool(
-                    challenge_bpb is not None and p is not None and p < CHALLENGE_ALPHA and (w["delta"] or 0) >= challenge_bpb
+                    challenge_bpb is not None
+                    and p is not None
+                    and p < CHALLENGE_ALPHA
+                    and (w["delta"] or 0) >= challenge_bpb
                 ),
                 "artifact_bytes": nbytes,
                 "delta_bytes": None if ref_bytes is None or name == ref_name else nbytes - ref_bytes,
@@ -91,20 +94,23 @@ def markdown(rep: dict[str, Any]) -> str:
     ct = rep["challenge_threshold"]
     thr = f"{ct['bpb']:.4f} bpb" if ct["bpb"] else f"{ct['nats']} nats on val_loss (no bytes-per-token in summaries)"
     lines = [
-        f"Compared at **{rep['compare']}**; {len(rep['seeds'])} seeds {rep['seeds']}; Δ = variant − `{rep['reference']}` "
-        f"({rep['metric']}); p one-sided Welch; MDΔ = smallest Δ detectable with 80% power.",
-        f"Thresholds: the challenge's 0.005 nats ({thr}) at p < 0.01 (✓ = cleared), and p < {a} (--alpha; * = not significant).",
+        f"Compared at **{rep['compare']}**; {len(rep['seeds'])} seeds {rep['seeds']}; "
+        f"Δ = variant − `{rep['reference']}` ({rep['metric']}); "
+        f"p one-sided Welch; MDΔ = smallest Δ detectable with 80% power.",
+        f"Thresholds: the challenge's 0.005 nats ({thr}) at p < 0.01 (✓ = cleared), "
+        f"and p < {a} (--alpha; * = not significant).",
         "",
         f"| variant | n | val_bpb | Δ | p | MDΔ@0.01 | MDΔ@{a} | artifact bytes | Δbytes | ms/step | steps | eval s |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rep["rows"]:
         if not r["n"]:
-            lines.append(f"| {r['variant']} | 0 | (no finished run) |||||||||||")
+            lines.append(f"| {r['variant']} | 0 | (no finished run) |" + " |" * 9)
             continue
         flag = "" if r["delta"] is None else (" ✓" if r["clears_challenge"] else "" if r["significant"] else " *")
         lines.append(
-            f"| {r['variant']} | {r['n']} | {r['val_bpb_mean']:.4f} ± {r['val_bpb_std']:.4f} | {_f(r['delta'], '+.4f')}{flag} "
+            f"| {r['variant']} | {r['n']} | {r['val_bpb_mean']:.4f} ± {r['val_bpb_std']:.4f} "
+            f"| {_f(r['delta'], '+.4f')}{flag} "
             f"| {_f(r['p'], '.3g')} | {_f(r['min_detectable_0.01'], '.4f')} | {_f(r['min_detectable_alpha'], '.4f')} "
             f"| {r['artifact_bytes']:,.0f} | {_f(r['delta_bytes'], '+,.0f')} | {r['step_ms']:.1f} | {r['steps']:.0f} "
             f"| {r['eval_seconds']:.1f} |"
@@ -141,7 +147,12 @@ def write(rep: dict[str, Any], out: Path, png: bool | None) -> list[str]:
     fig, ax = plt.subplots(figsize=(6, 0.35 * len(rows) + 1.2), dpi=80)
     ys = range(len(rows))
     errs = [math.sqrt(r["val_bpb_std"] ** 2 + 0.0) for r in rows]
-    ax.barh(list(ys), [r["delta"] for r in rows], xerr=errs, color=["#4c72b0" if r["significant"] else "#bbbbbb" for r in rows])
+    ax.barh(
+        list(ys),
+        [r["delta"] for r in rows],
+        xerr=errs,
+        color=["#4c72b0" if r["significant"] else "#bbbbbb" for r in rows],
+    )
     ax.set_yticks(list(ys), [r["variant"] for r in rows])
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel(f"Δ val_bpb vs {rep['reference']} (± std; grey: p ≥ {rep['alpha']})")

@@ -92,7 +92,14 @@ def welch(a: Sequence[float], b: Sequence[float], alpha: float = 0.01, power: fl
     None where fewer than two values on a side or no spread make them undefined.
     """
     delta = mean(b) - mean(a)
-    out: dict[str, float | None] = {"delta": delta, "se": None, "t": None, "df": None, "p": None, "min_detectable": None}
+    out: dict[str, float | None] = {
+        "delta": delta,
+        "se": None,
+        "t": None,
+        "df": None,
+        "p": None,
+        "min_detectable": None,
+    }
     if len(a) < 2 or len(b) < 2:
         return out
     va, vb = std(a) ** 2 / len(a), std(b) ** 2 / len(b)
