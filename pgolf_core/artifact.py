@@ -209,12 +209,17 @@ def decompress(blob: bytes, codec: str) -> bytes:
     return _zstandard().ZstdDecompressor().decompress(blob)
 
 
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
 def write_atomic(path: str | Path, data: bytes) -> Path:
     """Write to a temporary file in the same directory, fsync, then `os.replace`: a crash leaves
     either the old file or the complete new one, never a partial artifact."""
     path = Path(path)
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a run's files from other users
     except OSError as exc:
         raise WriteFault(path, exc) from exc
     try:
