@@ -151,7 +151,7 @@ def test_restart_with_other_arguments_refused(tmp_path, capsys):
 
 
 def _done_runs(out: Path) -> list[tuple[str, int]]:
-    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines() if line.endswith("}")]
     return sorted((e["variant"], e["seed"]) for e in events if e["event"] == "done")
 
 
@@ -175,14 +175,16 @@ def test_sigkill_and_resume_runs_each_once(tmp_path):
         time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
-    done_before = _done_runs(out) if (out / "events.jsonl").exists() else []
+    done_before = [s for s in (1337, 1338) if (out / "full" / f"seed{s}" / "summary.json").exists()]
     r = subprocess.run(_ablate_cmd(out), cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
     assert _done_runs(out) == [("full", 1337), ("full", 1338)]  # every run finished exactly once
     for s in (1337, 1338):
         assert (out / "full" / f"seed{s}" / "summary.json").exists()
-    for v, s in done_before:
-        assert f"{v}/seed{s} finished before, skipped" in r.stderr
+    starts = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    for s in done_before:  # finished before the kill: skipped, never started again
+        assert f"full/seed{s} finished before, skipped" in r.stderr
+        assert sum(e["event"] == "start" and e["seed"] == s for e in starts) == 1
     rep = json.loads((out / "ablation.json").read_text())
     assert rep["compare"] == "equal steps" and rep["rows"][0]["n"] == 2 and rep["rows"][0]["steps"] == 2
     assert "equal steps" in (out / "ablation.md").read_text()

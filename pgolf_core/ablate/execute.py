@@ -29,6 +29,13 @@ def _event(out: Path, **fields: Any) -> None:
         f.write(json.dumps({"time": time.time(), **fields}) + "\n")
 
 
+def _done_events(out: Path) -> set[tuple[str, int]]:
+    path = out / "events.jsonl"
+    lines = path.read_text().splitlines() if path.exists() else []
+    events = [json.loads(line) for line in lines if line.endswith("}")]  # a torn last line is ignored
+    return {(e["variant"], e["seed"]) for e in events if e["event"] == "done"}
+
+
 def run_one(argv: list[str], log_path: str, cwd: str, env: dict[str, str] | None = None) -> int:
     """One `pgolf run` in a subprocess; its output goes to `log_path` (outside the run dir, which the
     run itself clears when it redoes an unfinished run)."""
@@ -59,9 +66,12 @@ def execute(plan: dict[str, Any], args: Any) -> list[str]:
     out = Path(args.out)
     todo = [r for r in plan["runs"] if not finished(r)]
     progress = Progress(plan, len(todo))
+    logged = _done_events(out)
     for r in plan["runs"]:
         if finished(r):
             print(f"ablate: {r['variant']}/seed{r['seed']} finished before, skipped", file=sys.stderr)
+            if (r["variant"], r["seed"]) not in logged:  # killed between its summary.json and our event
+                _event(out, event="done", variant=r["variant"], seed=r["seed"])
     if args.executor == "local":
         return _local(todo, args, out, progress)
     return _submitit(todo, args, out, progress)
