@@ -29,17 +29,8 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 # Substrings that mark small "control" tensors: Adam instead of Muon, kept fp32, fp32 passthrough
 # in the int8 exporter (TECHNIQUES.md T07). Plugins append their own through `pgolf_configure`.
-BASELINE_CONTROL_PATTERNS = [
-    "attn_scale",
-    "attn_scales",
-    "mlp_scale",
-    "mlp_scales",
-    "resid_mix",
-    "resid_mixes",
-    "q_gain",
-    "skip_weight",
-    "skip_weights",
-]
+BASELINE_CONTROL_PATTERNS = "attn_scale attn_scales mlp_scale mlp_scales resid_mix resid_mixes q_gain".split()
+BASELINE_CONTROL_PATTERNS += ["skip_weight", "skip_weights"]
 
 
 @dataclass
@@ -301,36 +292,29 @@ def load_recipe(
         raise RecipeError(_blame_override(str(exc), overrides)) from None
 
 
-# Ranges of single values, by section: (keys, lowest, highest, whether the lowest is allowed).
+# Ranges of single values, by section: (space-separated keys, lowest, highest, whether the lowest is allowed).
 # Why a table: one rule per line is reviewable, and every message comes out in the same form.
-_LR_KEYS = ("tied_embed_lr", "embed_lr", "head_lr", "matrix_lr", "scalar_lr")
-RANGES: dict[str, list[tuple[tuple[str, ...], float, float, bool]]] = {
-    "run": [(("seed",), 0, 2**32 - 1, True)],
+RANGES: dict[str, list[tuple[str, float, float, bool]]] = {
+    "run": [("seed", 0, 2**32 - 1, True)],
     "model": [
-        (("vocab_size", "num_layers", "model_dim", "num_heads", "num_kv_heads"), 0, math.inf, False),
-        (("mlp_mult", "logit_softcap", "rope_base"), 0, math.inf, False),
-        (("mlp_hidden", "tied_embed_init_std"), 0, math.inf, True),
+        ("vocab_size num_layers model_dim num_heads num_kv_heads mlp_mult logit_softcap rope_base", 0, math.inf, False),
+        ("mlp_hidden tied_embed_init_std", 0, math.inf, True),
     ],
     "train": [
-        (("train_batch_tokens", "train_seq_len", "adam_eps", "muon_backend_steps"), 0, math.inf, False),
-        (("warmup_steps", "warmdown_iters", "val_loss_every", "train_log_every"), 0, math.inf, True),
-        (
-            ("grad_accum_steps", "grad_clip_norm", "max_wallclock_seconds", "muon_momentum_warmup_steps"),
-            0,
-            math.inf,
-            True,
-        ),
-        ((*_LR_KEYS, "adam_weight_decay", "muon_weight_decay"), 0, math.inf, True),
-        (("beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"), 0, 1, True),
+        ("train_batch_tokens train_seq_len adam_eps muon_backend_steps", 0, math.inf, False),
+        ("warmup_steps warmdown_iters val_loss_every train_log_every grad_accum_steps", 0, math.inf, True),
+        ("grad_clip_norm max_wallclock_seconds muon_momentum_warmup_steps", 0, math.inf, True),
+        ("tied_embed_lr embed_lr head_lr matrix_lr scalar_lr adam_weight_decay muon_weight_decay", 0, math.inf, True),
+        ("beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, True),
     ],
     "eval": [
-        (("batch_tokens", "sliding_batch_seqs"), 0, math.inf, False),
-        (("seq_len", "sliding_stride", "max_tokens"), 0, math.inf, True),
+        ("batch_tokens sliding_batch_seqs", 0, math.inf, False),
+        ("seq_len sliding_stride max_tokens", 0, math.inf, True),
     ],
     "export": [
-        (("keep_float_max_numel",), 0, math.inf, True),
-        (("artifact_limit_bytes",), 0, math.inf, False),
-        (("clip_quantile",), 0, 1, False),
+        ("keep_float_max_numel", 0, math.inf, True),
+        ("artifact_limit_bytes", 0, math.inf, False),
+        ("clip_quantile", 0, 1, False),
     ],
 }
 _BELOW_ONE = {"beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"}  # [0, 1), not [0, 1]
@@ -362,7 +346,7 @@ def _check_core(recipe: Recipe) -> None:
         check_values(getattr(recipe, section), f"{where}: [{section}]")
     for section, rules in RANGES.items():
         for keys, low, high, low_ok in rules:
-            for key in keys:
+            for key in keys.split():
                 value = getattr(getattr(recipe, section), key)
                 high_ok = key not in _BELOW_ONE
                 if not (low <= value <= high) or (value == low and not low_ok) or (value == high and not high_ok):
@@ -376,12 +360,11 @@ def _check_core(recipe: Recipe) -> None:
             f"the run would never stop; expected iterations >= 0, or a wallclock cap > 0"
         )
 
-    def divides(key: str, value: int, by_key: str, by: int, section: str = "model") -> None:
-        if value % by:
-            raise RecipeError(f"{where}: [{section}] {key}={value} must be divisible by {by_key}={by}")
-
-    divides("model_dim", m.model_dim, "num_heads", m.num_heads)
-    divides("num_heads", m.num_heads, "num_kv_heads", m.num_kv_heads)
+    for key, by_key in (("model_dim", "num_heads"), ("num_heads", "num_kv_heads")):
+        if getattr(m, key) % getattr(m, by_key):
+            raise RecipeError(
+                f"{where}: [model] {key}={getattr(m, key)} must be divisible by {by_key}={getattr(m, by_key)}"
+            )
     if (m.model_dim // m.num_heads) % 2:
         raise RecipeError(
             f"{where}: [model] model_dim={m.model_dim}: head_dim = model_dim / num_heads = "
@@ -481,11 +464,8 @@ def _validate_plugin(cls: type, config: Any, recipe: Recipe, where: str) -> None
     """Generic checks on a plugin's settings, then its own `validate` (see `pgolf_core.hookspecs`)."""
     if config is not None and dataclasses.is_dataclass(config):
         check_values(config, where)
-    validate = getattr(cls, "validate", None)
-    if validate is None:
-        return
     try:
-        validate(config, recipe.model, recipe)
+        getattr(cls, "validate", lambda *_: None)(config, recipe.model, recipe)
     except (ValueError, PgolfError) as exc:  # third-party plugins validate with ValueError too
         raise RecipeError(f"{where} {exc}") from None
 
@@ -518,9 +498,7 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
     if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
         args = [a for a in typing.get_args(hint) if a is not type(None)]
-        if value is None:
-            return None
-        return _coerce(value, args[0], where)
+        return None if value is None else _coerce(value, args[0], where)
     if origin is list:
         (item,) = typing.get_args(hint) or (Any,)
         if not isinstance(value, list):
