@@ -98,20 +98,14 @@ def evaluate(
     tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
     amp = torch.bfloat16 if env.is_cuda else None
     rows = max(recipe.eval.batch_tokens // seq, 1)
-    std = evaluation.eval_standard(model, val, seq, rows, tables, device=env.device, autocast_dtype=amp)
+    kw: dict[str, Any] = {"device": env.device, "autocast_dtype": amp}
+    std = evaluation.eval_standard(model, val, seq, rows, tables, **kw)
     out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
     log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")
-    if recipe.eval.sliding_stride > 0:
+    e = recipe.eval
+    if e.sliding_stride > 0:
         sl = evaluation.eval_sliding(
-            model,
-            val,
-            seq,
-            recipe.eval.sliding_stride,
-            recipe.eval.sliding_batch_seqs,
-            tables,
-            device=env.device,
-            autocast_dtype=amp,
-            tail=recipe.eval.sliding_tail,
+            model, val, seq, e.sliding_stride, e.sliding_batch_seqs, tables, tail=e.sliding_tail, **kw
         )
         out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)
         log(f"sliding_window val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
@@ -126,14 +120,9 @@ def export(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any
     run = configure(recipe, pm, log=log)
     runlog = RunLog(None)
     runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    env = Env(torch.device("cpu"))
     state = TrainState(
-        recipe,
-        model,
-        Optimizers([], None),
-        Env(torch.device("cpu")),
-        runlog,
-        out_dir=out,
-        control_patterns=run.control_patterns,
+        recipe, model, Optimizers([], None), env, runlog, out_dir=out, control_patterns=run.control_patterns
     )
     exported = export_model(state, pm, out, ordered_plugins(pm))
     return {
