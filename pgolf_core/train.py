@@ -246,20 +246,11 @@ def _train(
         log.attach(out)
     state = TrainState(recipe, base_model, optimizers, env, log, out_dir=out, control_patterns=run.control_patterns)
     val_rows = max(recipe.eval.batch_tokens // (env.world_size * accum) // eval_seq, 1)
+    bf16 = torch.bfloat16 if env.is_cuda else None  # where each rank scores: the evaluators' keyword arguments
+    where: dict[str, Any] = dict(device=env.device, rank=env.rank, world_size=env.world_size, autocast_dtype=bf16)
 
     def run_eval(m: torch.nn.Module, after_chunk: Any = None) -> evaluation.EvalResult:
-        return evaluation.eval_standard(
-            m,
-            val_tokens,
-            eval_seq,
-            val_rows,
-            tables,
-            device=env.device,
-            rank=env.rank,
-            world_size=env.world_size,
-            autocast_dtype=torch.bfloat16 if env.is_cuda else None,
-            after_chunk=after_chunk,
-        )
+        return evaluation.eval_standard(m, val_tokens, eval_seq, val_rows, tables, after_chunk=after_chunk, **where)
 
     def train_step(loader: DistributedTokenLoader) -> torch.Tensor:
         optimizers.zero_grad()
@@ -298,7 +289,6 @@ def _train(
 
     # Main loop: the timer pauses during periodic validation; the warmdown follows elapsed time.
     cap_ms = 1000.0 * cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else None
-    tokens_per_step = cfg.train_batch_tokens
     training_ms, stop_after, last_val = 0.0, None, None
     log.start_progress(cfg.iterations, cfg.max_wallclock_seconds)
     env.sync()
@@ -334,7 +324,8 @@ def _train(
         if env.distributed:
             dist.all_reduce(bad, op=dist.ReduceOp.MAX)  # every rank stops at the same step
         if bad.item():
-            summary, msg = rundir.diverged(recipe.run.name, recipe.run.seed, step, train_loss.item(), _item(last_loss))
+            previous: float | None = None if last_loss is None else float(last_loss.item())
+            summary, msg = rundir.diverged(recipe.run.name, recipe.run.seed, step, train_loss.item(), previous)
             log.stop_progress()
             log.log(f"stopping: {msg}")
             if env.rank == 0:
@@ -356,7 +347,7 @@ def _train(
             log.metric(
                 event="train", step=step, train_loss=loss_value, train_time_ms=approx_ms, lr_scale=state.lr_scale
             )
-            log.update_progress(step, loss_value, tokens_per_step * step / max(approx_ms / 1000.0, 1e-9), approx_ms)
+            log.update_progress(step, loss_value, cfg.train_batch_tokens * step / max(approx_ms / 1e3, 1e-9), approx_ms)
         reached = cap_ms is not None and approx_ms >= cap_ms
         if env.distributed and cap_ms is not None:
             flag = torch.tensor(int(reached), device=env.device)
@@ -365,7 +356,6 @@ def _train(
         if stop_after is None and reached:
             stop_after = step
     log.stop_progress()
-    train_seconds = training_ms / 1000.0
     if env.is_cuda:
         log.log(
             f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
@@ -407,23 +397,13 @@ def _train(
     log.log(f"final_{label}_roundtrip_exact val_loss:{roundtrip.val_loss:.8f} val_bpb:{roundtrip.val_bpb:.8f}")
     sliding = None
     if recipe.eval.sliding_stride > 0:
+        stride, rows, tail = recipe.eval.sliding_stride, recipe.eval.sliding_batch_seqs, recipe.eval.sliding_tail
         sliding = evaluation.eval_sliding(
-            base_model,
-            val_tokens,
-            eval_seq,
-            recipe.eval.sliding_stride,
-            recipe.eval.sliding_batch_seqs,
-            tables,
-            device=env.device,
-            rank=env.rank,
-            world_size=env.world_size,
-            autocast_dtype=torch.bfloat16 if env.is_cuda else None,
-            tail=recipe.eval.sliding_tail,
-            after_chunk=adapt,
+            base_model, val_tokens, eval_seq, stride, rows, tables, tail=tail, after_chunk=adapt, **where
         )
         log.log(
             f"final_{label}_sliding_window val_loss:{sliding.val_loss:.4f} val_bpb:{sliding.val_bpb:.4f} "
-            f"stride:{recipe.eval.sliding_stride} eval_time:{1000 * sliding.seconds:.0f}ms"
+            f"stride:{stride} eval_time:{1000 * sliding.seconds:.0f}ms"
         )
         log.log(f"final_{label}_sliding_window_exact val_loss:{sliding.val_loss:.8f} val_bpb:{sliding.val_bpb:.8f}")
     eval_seconds = time.perf_counter() - t_eval
@@ -437,7 +417,7 @@ def _train(
         sliding=sliding,
         exported=exported,
         steps=step,
-        train_seconds=train_seconds,
+        train_seconds=training_ms / 1000.0,
         eval_seconds=eval_seconds,
         export_seconds=export_seconds,
         n_params=n_params,
@@ -456,10 +436,6 @@ def _train(
     if env.distributed:
         dist.destroy_process_group()
     return summary
-
-
-def _item(t: torch.Tensor | None) -> float | None:
-    return None if t is None else float(t.item())
 
 
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
