@@ -155,6 +155,7 @@ def _done_runs(out: Path) -> list[tuple[str, int]]:
     return sorted((e["variant"], e["seed"]) for e in events if e["event"] == "done")
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs; .ci/run runs the slow tests
 def test_sigkill_and_resume_runs_each_once(tmp_path):
     out = tmp_path / "abl"
     root = Path(__file__).resolve().parents[1]
@@ -190,6 +191,7 @@ def test_sigkill_and_resume_runs_each_once(tmp_path):
     assert "equal steps" in (out / "ablation.md").read_text()
 
 
+@pytest.mark.slow  # tens of seconds of subprocess runs; .ci/run runs the slow tests
 def test_submitit_local_executor_runs_two_variants(tmp_path):
     pytest.importorskip("submitit", reason="submitit not installed (optional extra `ablate`)")
     out = tmp_path / "abl"
