@@ -11,6 +11,9 @@ from typing import Any
 from pgolf_core.errors import PgolfError
 from pgolf_core.rundir import RunFault, WriteFault
 
+# Exit 2: bad input, or a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback.
+USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
+
 
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
@@ -40,13 +43,9 @@ def _load(args: argparse.Namespace) -> Any:
     from pgolf_core.registry import plugin_classes
 
     overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
+    classes = partial(plugin_classes, plugin_dirs=args.plugins_dir)
     return load_recipe(
-        args.recipe,
-        overrides,
-        enable=args.enable,
-        disable=args.disable,
-        smoke=args.smoke,
-        plugin_classes=partial(plugin_classes, plugin_dirs=args.plugins_dir),
+        args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_classes=classes
     )
 
 
@@ -128,14 +127,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
     p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR")
     p.set_defaults(func=cmd_plugins, overrides=[], enable=[], disable=[], smoke=False, seed=None)
-    try:
-        from pgolf_core.data.commands import register
-    except ImportError:  # pragma: no cover - data package incomplete
-        pass
-    else:
-        register(sub)
     from pgolf_core.ablate.cli import add_parser as add_ablate
+    from pgolf_core.data.commands import register
 
+    register(sub)
     add_ablate(sub)
     return parser
 
@@ -147,14 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe = args.order
     try:
         return int(args.func(args) or 0)
-    except PgolfError as exc:
-        print(f"pgolf: error: {exc}", file=sys.stderr)
-        return 2
     except (RunFault, WriteFault) as exc:  # the run started, then failed: exit 1, files written before kept
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 1
-    except (FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError) as exc:
-        # a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback
+    except USER_ERRORS as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
