@@ -136,16 +136,13 @@ def _instantiate(cls: type, name: str, recipe: Any) -> Any:
 
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
     """The registered plugins in hook-call order."""
-    return sorted((p for p in pm.get_plugins()), key=plugin_order)
+    return sorted(pm.get_plugins(), key=plugin_order)
 
 
 def hooks_of(cls_or_plugin: Any) -> list[str]:
     """Names of the hooks a plugin class implements."""
-    return sorted(
-        name
-        for name in dir(cls_or_plugin)
-        if name.startswith("pgolf_") and hasattr(getattr(cls_or_plugin, name), "pgolf_impl")
-    )
+    c = cls_or_plugin
+    return sorted(name for name in dir(c) if name.startswith("pgolf_") and hasattr(getattr(c, name), "pgolf_impl"))
 
 
 def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
