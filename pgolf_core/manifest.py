@@ -197,15 +197,14 @@ def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any, 
         return
     cap, warmup = recipe.train.max_wallclock_seconds, recipe.train.warmup_steps
     record_steps = 7000
+    stop = (
+        f", and the {cap:.0f} s wallclock cap then stops it after ~{max(int(cap / step_s), 1)} step(s)" if cap else ""
+    )
     log(
         f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
         f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "
         f"take about {record_steps * step_s / 86400:.0f} days"
         + (f"; its {warmup} untimed warmup steps alone take ~{warmup * step_s / 3600:.1f} h" if warmup else "")
-        + (
-            f", and the {cap:.0f} s wallclock cap then stops it after ~{max(int(cap / step_s), 1)} step(s)"
-            if cap
-            else ""
-        )
+        + stop
         + ". Add --smoke for a one-minute run of the same recipe at small size."
     )
