@@ -216,41 +216,29 @@ def export_dataset(
             "files_val": len(val_files),
             "files_train": len(train_files),
         }
-        manifest = _manifest(sp, model, counts, {**val_files, **train_files}, shard_tokens, val_fraction, source)
+        # Everything that identifies the data, and nothing machine-specific (no paths, no times).
+        manifest = {
+            "schema": "pgolf.dataset/1",
+            "source": source,
+            "tokenizer": {
+                "file": "tokenizer.model",
+                "sha256": hashlib.sha256(model).hexdigest(),
+                "vocab_size": sp.vocab_size(),
+                "sentencepiece": spm.__version__,
+                "trainer": {**TRAINER_SETTINGS, **DETERMINISTIC},
+            },
+            "bos_id": 1,
+            "append_eos": False,
+            "val_fraction": val_fraction,
+            "shard_tokens": shard_tokens,
+            "stats": counts,
+            "files": {**val_files, **train_files},
+        }
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         publish_dir(tmp, out_dir)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return BuiltDataset(out_dir, out_dir / "tokenizer.model", manifest)
-
-
-def _manifest(
-    sp: spm.SentencePieceProcessor,
-    model: bytes,
-    stats: dict[str, int],
-    files: dict[str, dict],
-    shard_tokens: int,
-    val_fraction: float,
-    source: dict[str, Any],
-) -> dict[str, Any]:
-    """Everything that identifies the data, and nothing machine-specific (no paths, no times)."""
-    return {
-        "schema": "pgolf.dataset/1",
-        "source": source,
-        "tokenizer": {
-            "file": "tokenizer.model",
-            "sha256": hashlib.sha256(model).hexdigest(),
-            "vocab_size": sp.vocab_size(),
-            "sentencepiece": spm.__version__,
-            "trainer": {**TRAINER_SETTINGS, **DETERMINISTIC},
-        },
-        "bos_id": 1,
-        "append_eos": False,
-        "val_fraction": val_fraction,
-        "shard_tokens": shard_tokens,
-        "stats": stats,
-        "files": files,
-    }
 
 
 def publish_dir(tmp: Path, final: Path) -> bool:
