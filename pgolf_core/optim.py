@@ -159,43 +159,27 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[
     fused = {"fused": True} if device_type == "cuda" else {}
     optimizers: list[torch.optim.Optimizer] = []
     muon: Muon | None = None
+
+    def adam(cls: type[torch.optim.Adam], params: list[Tensor], lr: float, beta2: float, wd: float) -> torch.optim.Adam:
+        group = {"params": params, "lr": lr, "base_lr": lr}
+        return cls([group], betas=(cfg.beta1, beta2), eps=cfg.adam_eps, weight_decay=wd, **fused)
+
     for name in ("token", "head", "matrix", "scalar"):  # the records' optimizer order
         params = groups[name]
         if not params:
             continue
         if name == "matrix":
-            muon = Muon(
-                params,
-                lr=cfg.matrix_lr,
-                momentum=cfg.muon_momentum,
-                backend_steps=cfg.muon_backend_steps,
-                weight_decay=cfg.muon_weight_decay,
-                orthogonalize=partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype)),
-            )
+            ns = partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype))
+            muon = Muon(params, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_weight_decay, ns)
             for muon_group in muon.param_groups:
                 muon_group["base_lr"] = cfg.matrix_lr
             optimizers.append(muon)
             continue
-        lr = adam_lrs[name]
-        optimizers.append(
-            adam_cls(
-                [{"params": params, "lr": lr, "base_lr": lr}],
-                betas=(cfg.beta1, cfg.beta2),
-                eps=cfg.adam_eps,
-                weight_decay=cfg.adam_weight_decay,
-                **fused,
-            )
-        )
+        optimizers.append(adam(adam_cls, params, adam_lrs[name], cfg.beta2, cfg.adam_weight_decay))
     for key, params in own.items():  # e.g. PR #194's SmearGate Adam (lr 0.02, betas (0.9, 0.99))
         c = dict(key)
         optimizers.append(
-            torch.optim.Adam(
-                [{"params": params, "lr": c["lr"], "base_lr": c["lr"]}],
-                betas=(cfg.beta1, c.get("betas_2", cfg.beta2)),
-                eps=cfg.adam_eps,
-                weight_decay=c.get("weight_decay", 0.0),
-                **fused,
-            )
+            adam(torch.optim.Adam, params, c["lr"], c.get("betas_2", cfg.beta2), c.get("weight_decay", 0.0))
         )
     return Optimizers(all=optimizers, muon=muon)
 
