@@ -108,23 +108,15 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, flash: Calla
     if k.size(1) != q.size(1) and not _SDPA_HAS_GQA:  # torch < 2.5: expand KV heads by hand
         rep = q.size(1) // k.size(1)
         k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    elif k.size(1) != q.size(1):
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
-    else:
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
-    return y.transpose(1, 2)
+    gqa: dict[str, Any] = {"enable_gqa": True} if k.size(1) != q.size(1) else {}
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa).transpose(1, 2)
 
 
 class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
         super().__init__()
-        d, self.num_heads, self.num_kv_heads, self.head_dim = (
-            spec.model_dim,
-            spec.num_heads,
-            spec.num_kv_heads,
-            spec.head_dim,
-        )
+        d = spec.model_dim
+        self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.backend = spec.attention
         self.flash = flash_kernel() if spec.attention == "flash" else None
         self.c_q = parts.linear("attn.c_q", d, d)
@@ -329,14 +321,6 @@ def mlp_hidden_of(model_dim: int, mlp_mult: float, mlp_hidden: int) -> int:
 
 
 __all__ = [
-    "GPT",
-    "ModelSpec",
-    "ModelParts",
-    "CastedLinear",
-    "Rotary",
-    "apply_rotary",
-    "causal_attention",
-    "apply_training_precision",
-    "count_parameters",
-    "mlp_hidden_of",
-]
+    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "Rotary", "apply_rotary", "causal_attention",
+    "apply_training_precision", "count_parameters", "mlp_hidden_of",
+]  # fmt: skip
