@@ -30,13 +30,9 @@ DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
 CODECS = ("zlib", "zstd")
 ARTIFACT_LIMIT_BYTES = 16_000_000  # decimal bytes, not MiB (T13)
 STATS_KEYS = (
-    "param_count",
-    "num_tensors",
-    "num_float_tensors",
-    "num_nonfloat_tensors",
-    "baseline_tensor_bytes",
+    "param_count", "num_tensors", "num_float_tensors", "num_nonfloat_tensors", "baseline_tensor_bytes",
     "int8_payload_bytes",
-)
+)  # fmt: skip
 
 
 def _nbytes(t: Tensor) -> int:
@@ -237,18 +233,7 @@ def write_atomic(path: str | Path, data: bytes) -> Path:
 
 
 __all__ = [
-    "ARTIFACT_LIMIT_BYTES",
-    "CODECS",
-    "DEFAULT_CLIP_QUANTILE",
-    "INT8_FORMAT",
-    "compress",
-    "decompress",
-    "dequantize_int8",
-    "require_codec",
-    "deserialize",
-    "quantize_int8",
-    "quantize_rows",
-    "quantize_tensor",
-    "serialize",
+    "ARTIFACT_LIMIT_BYTES", "CODECS", "DEFAULT_CLIP_QUANTILE", "INT8_FORMAT", "compress", "decompress",
+    "dequantize_int8", "require_codec", "deserialize", "quantize_int8", "quantize_rows", "quantize_tensor", "serialize",
     "write_atomic",
-]
+]  # fmt: skip
