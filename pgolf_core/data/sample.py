@@ -91,14 +91,9 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
         "file": SAMPLE_TEXT.name,
         "sha256": hashlib.sha256(SAMPLE_TEXT.read_bytes()).hexdigest(),
     }
+    docs = sample_documents()
     export_dataset(
-        sample_documents(),
-        VOCAB_SIZE,
-        final,
-        val_fraction=VAL_FRACTION,
-        shard_tokens=SHARD_TOKENS,
-        source=source,
-        log=log,
+        docs, VOCAB_SIZE, final, val_fraction=VAL_FRACTION, shard_tokens=SHARD_TOKENS, source=source, log=log
     )
     sample = _load(final)
     log(f"data: sample ready: {sample.train_tokens:,} train / {sample.val_tokens:,} val tokens in {final}")
