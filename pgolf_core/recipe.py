@@ -236,14 +236,14 @@ def load_recipe(
     plugin_tables = raw.setdefault("plugins", {})
     if not isinstance(plugin_tables, dict):
         raise RecipeError(f"{source}: [plugins] must be a table of [plugins.<name>] tables")
-    for name in enable:
-        _plugin_table(plugin_tables, name, f"--enable {name}")["enabled"] = True
-    for name in disable:
-        if name not in plugin_tables:
-            raise RecipeError(
-                f"--disable {name}: plugin {name!r} is not in {source}{did_you_mean(name, plugin_tables)}"
-            )
-        _plugin_table(plugin_tables, name, f"--disable {name}")["enabled"] = False
+    for name, on in [(n, True) for n in enable] + [(n, False) for n in disable]:
+        flag = f"--{'enable' if on else 'disable'} {name}"
+        if not on and name not in plugin_tables:
+            raise RecipeError(f"{flag}: plugin {name!r} is not in {source}{did_you_mean(name, plugin_tables)}")
+        table = plugin_tables.setdefault(name, {})
+        if not isinstance(table, dict):
+            raise RecipeError(f"{flag}: plugins.{name} is not a table")
+        table["enabled"] = on
 
     try:
         unknown = [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]
@@ -568,13 +568,6 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
             raise RecipeError(f"{where}: {part!r} is a value, not a table")
         node = child
     node[parts[-1]] = value
-
-
-def _plugin_table(tables: dict[str, Any], name: str, where: str) -> dict[str, Any]:
-    table = tables.setdefault(name, {})
-    if not isinstance(table, dict):
-        raise RecipeError(f"{where}: plugins.{name} is not a table")
-    return table
 
 
 def dump_toml(data: dict[str, Any]) -> str:
