@@ -43,10 +43,6 @@ def git_sha() -> str:
         return "unknown"
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def unigram_bpb(
     train_files: list[Path], val_tokens: torch.Tensor, tables: Any, max_train_tokens: int = 20_000_000
 ) -> float:
@@ -140,7 +136,7 @@ def summarize(
                 "train_dir": str(train_files[0].parent),
                 "val_tokens": int(val_tokens.numel() - 1),
                 "tokenizer": str(tokenizer_path),
-                "tokenizer_sha256": sha256_file(tokenizer_path),
+                "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
                 "val_bytes_per_token": float(roundtrip.bytes / max(roundtrip.tokens, 1)),
             },
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
