@@ -244,11 +244,8 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "record") -
 def count_scored(total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
     """(windows, scored positions) without a model: checks the tail arithmetic at full scale."""
     starts = window_starts(total, seq_len, stride, tail)
-    scored = 0
-    for ws in starts:
-        lo, hi = scored_span(ws, total, seq_len, stride, tail)
-        scored += hi - lo
-    return len(starts), scored
+    spans = (scored_span(ws, total, seq_len, stride, tail) for ws in starts)
+    return len(starts), sum(hi - lo for lo, hi in spans)
 
 
 def sliding_batches(

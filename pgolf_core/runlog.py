@@ -61,16 +61,9 @@ class RunLog:
     def start_progress(self, total_steps: int, wallclock_s: float) -> None:
         if not self._interactive:
             return
-        self.progress = Progress(
-            TextColumn("[bold]train"),
-            BarColumn(),
-            TextColumn("step {task.completed}/{task.total}"),
-            TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-            console=self.console,
-            transient=True,
-        )
+        bar = TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}")
+        info = TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()
+        self.progress = Progress(*bar, *info, console=self.console, transient=True)
         self.progress.start()
         self._task = self.progress.add_task("train", total=total_steps, info="")
         self._wallclock_s = wallclock_s
