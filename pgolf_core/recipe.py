@@ -261,11 +261,9 @@ def load_recipe(
         _check_core(recipe)
 
         if plugin_tables:
-            if plugin_classes is None:
-                from pgolf_core.registry import plugin_classes as default_plugin_classes
+            from pgolf_core import registry
 
-                plugin_classes = default_plugin_classes
-            classes = plugin_classes(sorted(plugin_tables), source)
+            classes = (plugin_classes or registry.plugin_classes)(sorted(plugin_tables), source)
             for name in sorted(plugin_tables):
                 if not isinstance(plugin_tables[name], dict):
                     got = _type_name(plugin_tables[name])
