@@ -79,17 +79,16 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             }
             for p in registry.ordered_plugins(pm)
         ]
-        if args.json:
-            print(json.dumps(rows, indent=2))
-            return 0
+    else:
+        rows = registry.describe(args.plugins_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2, default=str))
+        return 0
+    if args.order:
         for i, row in enumerate(rows):
             print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
         if not rows:
             print(f"{recipe.source}: no plugins enabled (the core model and loop only)")
-        return 0
-    rows = registry.describe(args.plugins_dir)
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
         return 0
     if not rows:
         print("no plugins installed (entry-point group 'pgolf.plugins')")
