@@ -69,15 +69,20 @@ def check_matches(checkpoint: str | Path, live: dict[str, torch.Tensor], weights
         )
 
 
+def _setup(recipe: Recipe, log: Any) -> tuple[Any, Any, RunLog]:
+    """The plugin manager, the configured run and a console-only log, as `train()` sets them up."""
+    pm = create_manager(recipe)
+    runlog = RunLog(None)
+    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    return pm, configure(recipe, pm, log=log), runlog
+
+
 def evaluate(
     recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print
 ) -> dict[str, Any]:
     """Score weights on the recipe's validation data (standard eval, plus sliding if configured), CPU/GPU."""
     env = Env(torch.device("cuda" if torch.cuda.is_available() and recipe.run.device != "cpu" else "cpu"))
-    pm = create_manager(recipe)
-    run = configure(recipe, pm, log=log)
-    runlog = RunLog(None)
-    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    pm, run, runlog = _setup(recipe, log)
     _, val_files, tok = resolve_data(recipe, env, runlog)  # data first: it fails before any model is built
     sp = load_tokenizer_for(tok, recipe.model.vocab_size)
     check_shards(val_files, recipe.model.vocab_size)
@@ -116,10 +121,7 @@ def export(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any
     """Quantize and compress `model`'s weights as the recipe's plugins say; returns byte counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    pm = create_manager(recipe)
-    run = configure(recipe, pm, log=log)
-    runlog = RunLog(None)
-    runlog.log = lambda msg, console=True: log(msg)  # type: ignore[method-assign]
+    pm, run, runlog = _setup(recipe, log)
     env = Env(torch.device("cpu"))
     state = TrainState(
         recipe, model, Optimizers([], None), env, runlog, out_dir=out, control_patterns=run.control_patterns

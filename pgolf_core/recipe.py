@@ -124,14 +124,9 @@ class DataConfig:
     val_pattern: str = "fineweb_val_*.bin"
 
 
-CORE_SECTIONS: dict[str, type] = {
-    "run": RunConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "export": ExportConfig,
-    "data": DataConfig,
-}
+CORE_SECTIONS: dict[str, type] = dict(
+    run=RunConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig, export=ExportConfig, data=DataConfig
+)
 
 
 @dataclass

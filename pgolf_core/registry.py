@@ -152,11 +152,6 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "origin": source.origin}
         try:
             cls = load_class(source)
-        except PgolfError as exc:
-            row["error"] = str(exc)
-            rows.append(row)
-            continue
-        try:
             config = getattr(cls, "Config", None)
             row.update(
                 version=str(getattr(cls, "version", "?")),
@@ -165,6 +160,8 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
                 config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
                 doc=(inspect.getdoc(cls) or "").split("\n")[0],
             )
+        except PgolfError as exc:
+            row["error"] = str(exc)
         except Exception as exc:  # noqa: BLE001 - a malformed third-party class (Config not a dataclass, ...)
             row["error"] = f"plugin {name!r} (from {source.origin}) is malformed: {type(exc).__name__}: {exc}"
         rows.append(row)

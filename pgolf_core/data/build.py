@@ -43,19 +43,11 @@ from pgolf_core.errors import DataError
 Log = Callable[[str], None]
 # The official sp1024 trainer settings (data/download_hf_docs_and_tokenize.py), with byte_fallback as
 # in the shipped model (false; T01 gotcha). vocab_size is the caller's.
-TRAINER_SETTINGS: dict[str, Any] = {
-    "model_type": "bpe",
-    "character_coverage": 0.999,
-    "byte_fallback": False,
-    "split_digits": True,
-    "normalization_rule_name": "nmt_nfkc",
-    "add_dummy_prefix": False,
-    "pad_id": 0,
-    "bos_id": 1,
-    "eos_id": 2,
-    "unk_id": 3,
-    "hard_vocab_limit": False,
-}
+TRAINER_SETTINGS: dict[str, Any] = dict(
+    model_type="bpe", character_coverage=0.999, byte_fallback=False, split_digits=True,
+    normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
+    hard_vocab_limit=False,
+)  # fmt: skip
 # Bit-identical tokenizers run to run: one thread, every sentence, no sampling or shuffling.
 DETERMINISTIC: dict[str, Any] = {"num_threads": 1, "input_sentence_size": 0, "shuffle_input_sentence": False}
 BOS_ID = 1
@@ -207,15 +199,10 @@ def export_dataset(
         log(f"data: writing shards ({n_val} validation, {len(docs) - n_val} training documents)")
         val_files, n_val_tokens = write_split(tmp, "val", docs[:n_val], sp, shard_tokens)
         train_files, n_train_tokens = write_split(tmp, "train", docs[n_val:], sp, shard_tokens)
-        counts = {
-            "docs_total": len(docs),
-            "docs_val": n_val,
-            "docs_train": len(docs) - n_val,
-            "tokens_val": n_val_tokens,
-            "tokens_train": n_train_tokens,
-            "files_val": len(val_files),
-            "files_train": len(train_files),
-        }
+        counts = dict(
+            docs_total=len(docs), docs_val=n_val, docs_train=len(docs) - n_val, tokens_val=n_val_tokens,
+            tokens_train=n_train_tokens, files_val=len(val_files), files_train=len(train_files),
+        )  # fmt: skip
         # Everything that identifies the data, and nothing machine-specific (no paths, no times).
         manifest = {
             "schema": "pgolf.dataset/1",
