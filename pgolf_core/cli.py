@@ -141,12 +141,9 @@ def main(argv: list[str] | None = None) -> int:
         args.recipe = args.order
     try:
         return int(args.func(args) or 0)
-    except (RunFault, WriteFault) as exc:  # the run started, then failed: exit 1, files written before kept
+    except (RunFault, WriteFault, *USER_ERRORS) as exc:
         print(f"pgolf: error: {exc}", file=sys.stderr)
-        return 1
-    except USER_ERRORS as exc:
-        print(f"pgolf: error: {exc}", file=sys.stderr)
-        return 2
+        return 1 if isinstance(exc, RunFault | WriteFault) else 2  # the run started, then failed: files kept
     except KeyboardInterrupt:
         print("pgolf: interrupted", file=sys.stderr)
         return 130

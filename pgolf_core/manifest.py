@@ -88,7 +88,6 @@ def summarize(
     reports: dict[str, Any],
     total_seconds: float,
 ) -> dict[str, Any]:
-    final = sliding or roundtrip
     return {
         "schema": "pgolf.summary/1",
         "name": recipe.run.name,
@@ -99,7 +98,7 @@ def summarize(
         "roundtrip_val_bpb": roundtrip.val_bpb,
         "sliding_val_loss": sliding.val_loss if sliding else None,
         "sliding_val_bpb": sliding.val_bpb if sliding else None,
-        "score_val_bpb": final.val_bpb,
+        "score_val_bpb": (sliding or roundtrip).val_bpb,
         "unigram_val_bpb": unigram_bpb(train_files, val_tokens.cpu(), tables),
         "artifact_bytes": exported.model_bytes + exported.code_bytes,
         "model_bytes": exported.model_bytes,

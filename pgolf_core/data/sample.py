@@ -20,7 +20,7 @@ from typing import Any
 import sentencepiece as spm
 import zstandard
 
-from pgolf_core.data.build import DETERMINISTIC, TRAINER_SETTINGS, Log, export_dataset
+from pgolf_core.data.build import DETERMINISTIC, TRAINER_SETTINGS, Log, export_dataset, sha256_file
 from pgolf_core.data.shards import HEADER_BYTES
 from pgolf_core.errors import DataError
 
@@ -86,11 +86,7 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
         return _load(final)
     log(f"data: building the embedded sample dataset into {final} (once)")
     final.parent.mkdir(parents=True, exist_ok=True)
-    source = {
-        "kind": "sample",
-        "file": SAMPLE_TEXT.name,
-        "sha256": hashlib.sha256(SAMPLE_TEXT.read_bytes()).hexdigest(),
-    }
+    source = {"kind": "sample", "file": SAMPLE_TEXT.name, "sha256": sha256_file(SAMPLE_TEXT)}
     docs = sample_documents()
     export_dataset(
         docs, VOCAB_SIZE, final, val_fraction=VAL_FRACTION, shard_tokens=SHARD_TOKENS, source=source, log=log
