@@ -84,8 +84,7 @@ def check_free(out: Path, overwrite: bool) -> None:
 class Claim:
     """The lock of one run directory, taken once every check passed and released however the run ends."""
 
-    def __init__(self) -> None:
-        self.path: Path | None = None
+    path: Path | None = None
 
     def take(self, out: Path, overwrite: bool, log: Callable[[str], None]) -> None:
         check_free(out, overwrite)

@@ -89,14 +89,9 @@ class _Fetcher:
             return dest
         download = _hub_download()
         self.log(f"data: downloading {remote} from {self.repo_id}")
-        remote_path = PurePosixPath(remote)
+        folder, _, filename = remote.rpartition("/")
         try:
-            cached = download(
-                repo_id=self.repo_id,
-                filename=remote_path.name,
-                repo_type="dataset",
-                subfolder=None if str(remote_path.parent) == "." else str(remote_path.parent),
-            )
+            cached = download(repo_id=self.repo_id, filename=filename, repo_type="dataset", subfolder=folder or None)
         except Exception as exc:  # network, auth and offline errors all end here
             raise DataError(
                 f"could not download {remote} from the Hugging Face dataset {self.repo_id} "
