@@ -92,7 +92,6 @@ def evaluate(
         backend, why = resolve_backend(recipe.model.attention, env.device.type)
         log(f"attention_backend:{backend} ({why})")
         model = build_model_with(model_spec(recipe, run.control_patterns, backend), pm, recipe.run.seed)
-        model.to(env.device)
         if env.is_cuda:  # the dtypes the run trained and scored in (bf16 rotary buffers and tables)
             apply_training_precision(model, run.control_patterns, recipe.train.fp32_embeddings)
     if checkpoint is not None:
@@ -101,9 +100,8 @@ def evaluate(
         load_weights(model, weights)
     model.to(env.device)
     tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
-    amp = torch.bfloat16 if env.is_cuda else None
     rows = max(recipe.eval.batch_tokens // seq, 1)
-    kw: dict[str, Any] = {"device": env.device, "autocast_dtype": amp}
+    kw: dict[str, Any] = {"device": env.device, "autocast_dtype": torch.bfloat16 if env.is_cuda else None}
     std = evaluation.eval_standard(model, val, seq, rows, tables, **kw)
     out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
     log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")

@@ -180,14 +180,13 @@ def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any, 
     """Say up front when a recipe sized for 8×H100 is started on a CPU, with a time estimate
     (`cpu_flops`: this CPU's fp32 matmul rate, measured here when not given)."""
     tokens = recipe.train.train_batch_tokens
-    flops_per_step = 6.0 * n_params * tokens
     if cpu_flops is None:
         a = torch.randn(512, 512)
         t0 = time.perf_counter()
         for _ in range(8):
             a @ a
         cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
-    step_s = flops_per_step / cpu_flops
+    step_s = 6.0 * n_params * tokens / cpu_flops
     if step_s < 10.0:
         return
     cap, warmup = recipe.train.max_wallclock_seconds, recipe.train.warmup_steps

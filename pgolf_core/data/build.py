@@ -254,9 +254,7 @@ def build_dataset(
         raise DataError(f"output directory {out_dir} already exists and is not empty; choose a new one")
     if not text_files:
         raise DataError("no text files given")
-    docs: list[str] = []
-    for f in text_files:
-        docs += read_documents(f)
+    docs = [doc for f in text_files for doc in read_documents(f)]
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
     out_dir.parent.mkdir(parents=True, exist_ok=True)
