@@ -2,7 +2,7 @@
 
 The record switches late QAT by setting the class attribute `CastedLinear._qat_enabled = True`
 after `torch.compile(base_model, dynamic=False, fullgraph=True)` has already traced the training
-graph with it False (TECHNIQUES.md T32). Whether the flip takes effect depends on whether Dynamo
+graph with it False. Whether the flip takes effect depends on whether Dynamo
 guards that attribute: if it does, the next call recompiles and fake-quantizes; if not, the cached
 graph keeps running without QAT. This script builds the record's `GPT` (the script you pass, loaded
 at run time, never vendored) exactly as the record's `main` does (bf16 model, fp32 `CastedLinear`

@@ -1,4 +1,4 @@
-"""A plain functional reference of the naive-baseline GPT math (TECHNIQUES.md T06).
+"""A plain functional reference of the naive-baseline GPT math.
 
 No modules, no slots, no plugins: a dict of tensors named like the baseline record's `state_dict`
 goes in, logits or the mean cross-entropy come out. The shapes are read off the tensors, so the

@@ -1,7 +1,7 @@
 """Artifact export: the baseline's int8 format, compression, atomic writes and byte accounting.
 
 `quantize_int8` produces exactly the object of the baseline's `quantize_state_dict_int8`
-(TECHNIQUES.md T09: same keys, dtypes and values), so an official `final_model.int8.ptz` loads
+(same keys, dtypes and values), so an official `final_model.int8.ptz` loads
 through `dequantize_int8` and a pgolf artifact loads through the baseline's dequantizer.
 The artifact counted by the challenge is the compressed model file plus the code (T13).
 """

@@ -5,7 +5,7 @@ Evaluation is a sequence of chunks. A generator scores one batch at a time under
 already-scored chunk to a test-time-training hook (`after_chunk`), which therefore never sees a
 token before that token has been scored (DESIGN.md, "score-first evaluator").
 
-Byte accounting follows TECHNIQUES.md T03: `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
+Byte accounting follows `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
 The tables are any object with `base_bytes`, `has_leading_space` and `is_boundary` tensors
 (`pgolf_core.data.bpb.ByteTables`); the bytes are computed here so this module needs nothing else.
 """
@@ -326,7 +326,7 @@ def eval_sliding(
     tail: str = "record",
     after_chunk: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
-    """Sliding-window eval (TECHNIQUES.md T05): each token scored with at least `seq_len - stride`
+    """Sliding-window eval: each token scored with at least `seq_len - stride`
     tokens of context (except in the first window), using `model.forward_logits`.
 
     Windows start at `0, stride, 2*stride, ... < total` (`total = len(val_tokens) - 1`), are split

@@ -1,7 +1,7 @@
 """The naive-baseline GPT of the challenge, with named slots that plugins fill at build time.
 
-Math, shapes, init and `state_dict` names follow the baseline record's `train_gpt.py`
-(TECHNIQUES.md T06), so an official checkpoint loads with strict key matching. The slots
+Math, shapes, init and `state_dict` names follow the baseline record's `train_gpt.py`,
+so an official checkpoint loads with strict key matching. The slots
 (embedding modules, per-layer rotary, per-layer attention post-processing, linear factory) are
 filled once, before optimizers and `torch.compile`; `forward` contains no hook calls.
 """

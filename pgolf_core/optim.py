@@ -1,4 +1,4 @@
-"""Optimizers and schedules of the records (TECHNIQUES.md T07, T08).
+"""Optimizers and schedules of the records.
 
 Muon (Newton–Schulz orthogonalized momentum) for the block matrices, Adam/AdamW for the token
 embedding and the small control tensors, a wallclock-aware linear warmdown and a Muon momentum

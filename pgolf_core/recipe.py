@@ -28,7 +28,7 @@ else:  # pragma: no cover - exercised on Python 3.10 only
     import tomli as tomllib
 
 # Substrings that mark small "control" tensors: Adam instead of Muon, kept fp32, fp32 passthrough
-# in the int8 exporter (TECHNIQUES.md T07). Plugins append their own through `pgolf_configure`.
+# in the int8 exporter. Plugins append their own through `pgolf_configure`.
 BASELINE_CONTROL_PATTERNS = "attn_scale attn_scales mlp_scale mlp_scales resid_mix resid_mixes q_gain".split()
 BASELINE_CONTROL_PATTERNS += ["skip_weight", "skip_weights"]
 
@@ -89,7 +89,7 @@ class TrainConfig:
     # 30-100x slower than float32, so `--smoke` switches to float32; full recipes keep the record's.
     muon_ns_dtype: str = "bfloat16"
     # On CUDA the records cast the model to bf16 and restore linears and control tensors to fp32,
-    # so embedding tables train as bf16 parameters (TECHNIQUES.md T06); true keeps them fp32.
+    # so embedding tables train as bf16 parameters; true keeps them fp32.
     fp32_embeddings: bool = False
     control_patterns: list[str] = field(default_factory=lambda: list(BASELINE_CONTROL_PATTERNS))
 
@@ -101,7 +101,7 @@ class EvalConfig:
     sliding_stride: int = 0  # 0 = no sliding-window eval
     sliding_batch_seqs: int = 32
     # "record": as the records (windows clipped at the end re-score the last positions);
-    # "once": every position scored exactly once (TECHNIQUES.md T05, tail-duplication quirk);
+    # "once": every position scored exactly once (tail-duplication quirk);
     # "pr63": PR #63's own loop (full windows only, a gap after the first; see evaluation.window_starts).
     sliding_tail: str = "record"
     max_tokens: int = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)

@@ -2,7 +2,7 @@
 
 What: bucket `h_0 = B − 1`, `h_i = ((36313·t_i) XOR (27191·t_{i−1})) mod (B − 1)` (int32); table
 E ∈ R^{B×k} zero-init, projection k→d, scalar `scale` (init 0.05); `scale · P(E[h])` is added to
-the token embedding before the embedding RMSNorm (TECHNIQUES.md T16, v2).
+the token embedding before the embedding RMSNorm (v2).
 Why: bigram statistics for the price of a small table. Source: PR #297 (4096×128), PR #374/#414
 (2048×128). The projection is zeroed here and overwritten by `ortho_init` when that plugin is on
 (as in the records). Reported Δbpb: not isolated in any record log.

@@ -1,6 +1,6 @@
 """EMA: an exponential moving average of the weights, exported instead of the live weights.
 
-What (TECHNIQUES.md T24): an fp32 shadow of every `state_dict()` tensor, taken at the first step's
+What: an fp32 shadow of every `state_dict()` tensor, taken at the first step's
 start (after the warm-up restore, so from the initial weights); after every optimizer step
 `ema ← decay·ema + (1 − decay)·w` (w read in fp32; no bias correction, constant decay, horizon
 ≈ 1/(1 − decay) = 333 steps at 0.997). After training the shadow, cast to each live tensor's dtype

@@ -1,6 +1,6 @@
 """GPTQ-lite: per-matrix choice of the int6 clip percentile with the lowest reconstruction error.
 
-What (TECHNIQUES.md T11, PR #414 `quantize_int6_per_row`): for each matrix the exporter stores as
+What (PR #414 `quantize_int6_per_row`): for each matrix the exporter stores as
 int6 (same category rule as int6_export; tensors above `[export] keep_float_max_numel`, not
 control tensors), try the percentiles p in (0.9990, 0.9995, 0.9999, 0.99999, 1.0): per-row clip
 c_r = quantile(|w_r|, p) (row max for p = 1), s_r = fp16(max(c_r/31, 1/31)),

@@ -1,6 +1,6 @@
 """int6 export: 6-bit integers (one per int8 byte) for the large matrices, as the records export.
 
-What (TECHNIQUES.md T10): two schemes, each reproducing its records' objects exactly.
+What: two schemes, each reproducing its records' objects exactly.
 - `scheme = "mixed"` (Variant B; PR #297/#374/#414/#415). A name's category is `embed` (tok_emb,
   lm_head), `mlp` (".mlp."), `attn` (".attn.", or ".proj." outside an MLP) or `other`. First rule
   that matches wins: non-float or numel <= `[export] keep_float_max_numel` -> "passthrough" (floats

@@ -1,6 +1,6 @@
 """LN scale: multiply block i's two pre-norm outputs by 1/sqrt(i+1).
 
-What: `attn(RMSNorm(x)·s_i)`, `mlp(RMSNorm(x)·s_i)` with `s_i = 1/√(i+1)` (TECHNIQUES.md T22).
+What: `attn(RMSNorm(x)·s_i)`, `mlp(RMSNorm(x)·s_i)` with `s_i = 1/√(i+1)`.
 With QK-norm the factor cancels in q and k, so it scales V (attention output ∝ s_i) and the relu²
 MLP output by s_i². No parameters. Why: deeper blocks write smaller updates into the residual
 stream at init, which steadies training of the 11-layer stacks. Source: R-PRP, PR #374/#414.

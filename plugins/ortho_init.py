@@ -1,6 +1,6 @@
 """OrthoInit: orthogonal init of the large linear layers, with the records' output scaling.
 
-What (PR #297/#374/#414 rule, TECHNIQUES.md T17): for every Linear, flagged zero-init → zeros;
+What (PR #297/#374/#414 rule): for every Linear, flagged zero-init → zeros;
 else if both dims ≥ `min_dim` (64) → `orthogonal_(gain=1)`, and if its name contains ".proj." or
 ends with ".proj" → × 1/√(2L). Record quirk: the block output projections are zero-init flagged,
 so the 1/√(2L) scaling reaches only `bigram.proj` and `ve_shared.proj`. `scale_zero_init_proj =

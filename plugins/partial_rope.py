@@ -2,7 +2,7 @@
 
 What: half-split rotary inside the first `dims` (dims 0..dims/2−1 pair with dims/2..dims−1), the
 rest pass through; frequencies `base^(−2i/dims)`. When the sequence is longer than the reference
-length, `base' = base·(T/ref)^(dims/(dims−2))` (TECHNIQUES.md T21).
+length, `base' = base·(T/ref)^(dims/(dims−2))`.
 Record quirk (#374/#414/#415): the reference length is hard-coded to 1024 while training at 2048,
 so the NTK branch always fires (effective base ≈ 22,082 for dims 16). `ntk_ref_len = 1024`
 reproduces it; `ntk_ref_len = 0` uses the recipe's train_seq_len (the fix: plain base at 2048).

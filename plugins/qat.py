@@ -1,6 +1,6 @@
 """STE fake quantization (QAT): `qat` for the whole run, `late_qat` from an LR-scale threshold on.
 
-What (TECHNIQUES.md T14): every CastedLinear forward uses `w + (Q(w) − w).detach()`, so the forward
+What: every CastedLinear forward uses `w + (Q(w) − w).detach()`, so the forward
 sees the per-row int6 grid values `Q(w) = clamp(round(w/s), qmin, qmax)·s` and the backward treats
 the quantizer as identity (straight-through estimator). `rule` picks a record's exact recipe:
 

@@ -1,7 +1,7 @@
 """SmearGate: blend each position's embedding with the previous position's.
 
 What: per-dimension gate `g` (zero-init, so σ(g) = 0.5): `x'_t = (1 − σ(g)) ⊙ x_t + σ(g) ⊙ x_{t−1}`,
-`x_{−1} = 0` (TECHNIQUES.md T15, "v2"). The scalar, input-dependent variant of PR #192 is
+`x_{−1} = 0` ("v2"). The scalar, input-dependent variant of PR #192 is
 selectable (`variant = "scalar"`: `x'_t = x_t + λ·σ(w·x_t)·x_{t−1}`, w and λ zero-init).
 Why: a cheap bigram-like signal at the input, applied once (not per layer).
 Source: PR #194 (before the embedding RMSNorm, own Adam β=(0.9, 0.99)), PR #297/#414 (after the

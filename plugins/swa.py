@@ -1,6 +1,6 @@
 """SWA ("Tight SWA"): the uniform average of weight snapshots taken late in the warmdown.
 
-What (TECHNIQUES.md T25): after an optimizer step, when the step's LR scale < `threshold` and the
+What: after an optimizer step, when the step's LR scale < `threshold` and the
 step index is a multiple of `every`, the `state_dict()` is copied to CPU (first snapshot) or added
 to the running sum there, in each tensor's own dtype as the records do (so bf16 embedding tables
 are summed in bf16). After training, if more than one snapshot was taken, `sum / count` cast back

@@ -3,7 +3,7 @@
 What: `ve = P(E_ve[ids]) · scale` once per forward (E_ve ∈ R^{V×dim} ~ N(0, 0.01²), P: dim → Hkv·D,
 zeroed here and made orthogonal by `ortho_init` as in the records, `scale` init 0.1); at layer ℓ
 the block's flat value projection gets `ve · layer_scale[ℓ]` (init 1.0) before the heads split, so
-it flows through attention and XSA (TECHNIQUES.md T23).
+it flows through attention and XSA.
 Why: re-injects token identity deep in the network. Source: PR #374/#414 (dim 128, layers 9, 10).
 State-dict keys match the records: `ve_shared.{embed,proj}.weight`, `ve_shared.scale`,
 `ve_layer_scales.{k}`. Reported Δbpb: not isolated.

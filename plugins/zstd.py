@@ -1,6 +1,6 @@
 """zstd: compress the export payload with Zstandard (level 22) instead of zlib-9.
 
-What (TECHNIQUES.md T13): `zstandard.ZstdCompressor(level=22).compress(raw)`, one frame, single
+What: `zstandard.ZstdCompressor(level=22).compress(raw)`, one frame, single
 thread, as PR #63/#194/#297/#374/#414/#415 do; the artifact is read back with the "zstd" codec.
 Why: on int6-in-int8 payloads zstd-22 is a few % smaller than zlib-9, enough to move records
 under the 16,000,000-byte cap (PR #297 README; ~5% in R-SG2's README). Not a bpb change by itself.

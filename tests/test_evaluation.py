@@ -1,4 +1,4 @@
-"""Evaluation (TECHNIQUES.md T03-T05): standard and sliding-window scores against naive loops on a
+"""Evaluation: standard and sliding-window scores against naive loops on a
 tiny random GPT, window/tail arithmetic at full scale, rank splits, and the score-first chunk hook."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The baseline GPT (TECHNIQUES.md T06): exact math against a plain functional reference, the record's
+"""The baseline GPT: exact math against a plain functional reference, the record's
 parameter count and state_dict names, init, graph-break-free tracing, and checkpoint round trips."""
 
 from __future__ import annotations

@@ -47,7 +47,7 @@ def test_shipped_recipe_loads_full_and_smoke(recipe):
     assert smoke.model.model_dim < full.model.model_dim or full.model.model_dim <= 128
 
 
-# model_params of each record's logs (RECIPES.md); the baseline's is tested in test_model.py.
+# model_params of each record's logs; the baseline's is tested in test_model.py.
 RECORD_PARAMS = {"pr414": 26_993_756, "pr194": 26_502_232, "pr63": 22_174_288, "baseline": 17_059_912}
 
 

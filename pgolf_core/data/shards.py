@@ -1,4 +1,4 @@
-"""The challenge's token shard format (TECHNIQUES.md T01), read and written bit-compatibly.
+"""The challenge's token shard format, read and written bit-compatibly.
 
 A shard is a 1024-byte header of 256 little-endian int32 (magic 20240520, version 1, token count,
 then zeros) followed by that many little-endian uint16 tokens. Readers check everything a

@@ -17,7 +17,7 @@ from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, s
 from pgolf_core.data.shards import read_shard, shard_files
 from pgolf_core.errors import DataError
 
-OFFICIAL_SETTINGS = {  # TECHNIQUES.md T01, byte_fallback as in the shipped model
+OFFICIAL_SETTINGS = {  # the official tokenizer's settings, byte_fallback as in the shipped model
     "model_type": "bpe",
     "character_coverage": 0.999,
     "byte_fallback": False,

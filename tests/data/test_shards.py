@@ -1,4 +1,4 @@
-"""Shard format (TECHNIQUES.md T01): byte-exact layout, and a clear error for each way a file can be wrong."""
+"""Shard format: byte-exact layout, and a clear error for each way a file can be wrong."""
 
 from __future__ import annotations
 

@@ -187,7 +187,7 @@ def test_fake_quantize_grids(rule, export_match, row0, row1):
 
 
 def _record_forward(rule: str, weight: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Each record's CastedLinear QAT forward, re-derived from TECHNIQUES.md T14."""
+    """Each record's CastedLinear QAT forward, re-derived from the record scripts."""
     if rule == "pr414":  # quantize an fp32 copy ([-32, 31]), cast, STE in the activation dtype
         w = weight.to(x.dtype)
         s = (weight.abs().amax(dim=1) / 31.0).clamp_min(1.0 / 31.0)
