@@ -1,0 +1,189 @@
+"""LQER: a rank-4 correction of the quantization error of the worst few matrices, stored in 2/4 bits.
+
+What (PR #1797, kept unchanged by #1851): after quantization, for every candidate matrix W (2-D,
+float, more than `min_numel` = 65,536 elements: the records' GPTQ'd tensors) the error is
+E = W − deq(W) in fp32. The `top_k` = 3 candidates with the largest Frobenius norm ‖E‖ (stable
+sort, so ties keep the state-dict order) are corrected: truncated SVD E = U S Vᵀ, r = min(4, len(S)),
+A = U[:, :r]·S[:r] (rows × r), B = Vᵀ[:r] (r × cols). "Asymmetric" means A and B get different
+grids, not a zero point:
+- A: int2, one fp16 scale for the whole matrix, s_A = fp16(max(max|A|, 1e-10) / 1.5),
+  q_A = clamp(round(A / s_A), −2, 1) (an asymmetric range: −2 is allowed, +2 is not);
+- B: int4 in groups of `group` = 64 consecutive values of B flattened row-major, one fp16 scale
+  per group, s_g = fp16(max(max|B_g|, 1e-10) / 7.5), q_B = clamp(round(B_g / s_g), −8, 7).
+If r·cols is not a multiple of `group` (or `asym = false`) the records' symmetric fallback is used:
+`factor_bits` = 4 → m = 7, one fp16 scale per row of A and per row of B, s = fp16(max(max|row|,
+1e-10) / m), q = clamp(round(x / s), −m, m). Integers are stored one per int8 (brotli packs them).
+At load: W' = deq(W) + (q_A·s_A) @ (q_B·s_B), summed in fp32 and cast to the dequantized dtype.
+Payload: `{name: {"qA", "sA", "qB", "sB"}}` (int8/fp16 tensors; the grid follows from the shapes:
+a 0-d `sA` is the asymmetric pair); it survives `torch.save(weights_only=True)`.
+Exactness: the records' values when the dequantized weights are fp32 (their CastedLinear matrices;
+a bf16 tensor is corrected from its bf16-rounded value instead). The records compute E against their
+full-Hessian GPTQ integers (int6 matrices, int7/int8 tok_emb); here against whatever format runs
+before (GPTQ-lite int6 in pgolf). A matrix whose error is exactly zero is never a candidate (the
+records would divide 0 by a zero fp16 scale).
+Why: a few matrices carry most of the int6 error; a rank-4 fix costs ~30 KB and "recovers ≈0.009 BPB
+of the int6 quantization tax" (PR #1797 README). In #1851's seed-42 run it corrected
+`blocks.*.mlp.fc.weight` and `tok_emb.weight`.
+Source: PR #1797 (`records/track_10min_16mb/2026-04-24_PR1787Base_Smear_LQERAsym_PhasedTTT_1.06157`,
+`_lqer_pack_asym`, `gptq_mixed_quantize`, `dequantize_mixed`), the same code in PR #1851
+(`2026-04-27_SmearGateBOSFix_PR1787Base_LQERAsym_PhasedTTT`); both credit a PR #1530 "v2" port.
+Reported Δbpb: ≈ −0.009 vs int6 alone (#1797 README, not a seeded ablation).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pgolf_core import PgolfError, hookimpl
+from pgolf_core.export import Correction, ExportPlan
+
+TAG = "lqer"
+SCALE_FLOOR = 1e-10
+
+
+@dataclass
+class Config:
+    rank: int = 4
+    top_k: int = 3  # matrices corrected, the largest ‖W − deq(W)‖ first
+    asym: bool = True  # int2 A (one scale) + int4 B (groups); false: the symmetric factor_bits grid
+    group: int = 64  # values of B (flattened) per fp16 scale, asymmetric grid
+    factor_bits: int = 4  # symmetric grid (and the fallback when r·cols % group != 0)
+    min_numel: int = 65_536  # candidates have more elements (the records' GPTQ'd tensors)
+    exclude: list[str] = field(default_factory=list)  # name substrings never corrected
+
+
+def quant_error(w: Tensor, deq: Tensor) -> Tensor:
+    """E = W − deq(W) in fp32, as the records compute it."""
+    return w.detach().float() - deq.detach().float()
+
+
+def select(errors: dict[str, Tensor], top_k: int) -> list[str]:
+    """The `top_k` names with the largest Frobenius norm of their error (stable: ties keep order)."""
+    norms = {name: float(e.norm()) for name, e in errors.items()}
+    return [name for name, _ in sorted(norms.items(), key=lambda kv: -kv[1])[:top_k]]
+
+
+def factorize(e: Tensor, rank: int) -> tuple[Tensor, Tensor]:
+    """A = U[:, :r]·S[:r], B = Vᵀ[:r] of the thin SVD, r = min(rank, len(S))."""
+    u, s, vh = torch.linalg.svd(e, full_matrices=False)
+    r = min(rank, s.numel())
+    return (u[:, :r] * s[:r]).contiguous(), vh[:r, :].contiguous()
+
+
+def pack_asym(a: Tensor, b: Tensor, group: int) -> dict[str, Tensor]:
+    """int2 A with one fp16 scale (range −2..1), int4 B with an fp16 scale per `group` values (−8..7)."""
+    s_a = (a.abs().amax().clamp_min(SCALE_FLOOR) / 1.5).to(torch.float16)
+    q_a = torch.clamp(torch.round(a / s_a.float()), -2, 1).to(torch.int8)
+    groups = b.reshape(-1, group)
+    s_b = (groups.abs().amax(dim=-1, keepdim=True).clamp_min(SCALE_FLOOR) / 7.5).to(torch.float16).reshape(-1)
+    q_b = torch.clamp(torch.round(groups / s_b.float().reshape(-1, 1)), -8, 7).to(torch.int8).reshape(b.shape)
+    return {"qA": q_a, "sA": s_a, "qB": q_b, "sB": s_b}
+
+
+def pack_sym(a: Tensor, b: Tensor, bits: int) -> dict[str, Tensor]:
+    """Symmetric ±(2^(bits−1) − 1) with one fp16 scale per row of A and per row of B."""
+    m = 2 ** (bits - 1) - 1
+    s_a = (a.abs().amax(dim=1).clamp_min(SCALE_FLOOR) / m).to(torch.float16)
+    s_b = (b.abs().amax(dim=1).clamp_min(SCALE_FLOOR) / m).to(torch.float16)
+    q_a = torch.clamp(torch.round(a / s_a.float().view(-1, 1)), -m, m).to(torch.int8)
+    q_b = torch.clamp(torch.round(b / s_b.float().view(-1, 1)), -m, m).to(torch.int8)
+    return {"qA": q_a, "sA": s_a, "qB": q_b, "sB": s_b}
+
+
+def factors(entry: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    """The dequantized factors (A, B) of one payload entry, in fp32."""
+    q_a, s_a, q_b, s_b = entry["qA"], entry["sA"], entry["qB"], entry["sB"]
+    if s_a.ndim == 0:  # asymmetric: one scale for A, group scales for flattened B
+        a = q_a.float() * float(s_a)
+        g = q_b.numel() // s_b.numel()
+        b = (q_b.reshape(-1, g).float() * s_b.float().view(-1, 1)).reshape(q_b.shape)
+        return a, b
+    return q_a.float() * s_a.float().view(-1, 1), q_b.float() * s_b.float().view(-1, 1)
+
+
+def correct(deq: Tensor, entry: dict[str, Tensor]) -> Tensor:
+    """deq + A @ B, summed in fp32, in deq's dtype."""
+    a, b = factors(entry)
+    if a.shape[0] != deq.shape[0] or b.shape[1] != deq.shape[-1] or deq.ndim != 2:
+        raise PgolfError(f"lqer: factors {tuple(a.shape)} x {tuple(b.shape)} do not fit a tensor {tuple(deq.shape)}")
+    return (deq.float() + a @ b).to(deq.dtype)
+
+
+class LqerCorrection:
+    """The `Correction` (tag "lqer") that `pgolf_export_corrections` contributes."""
+
+    tag = TAG
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+
+    def candidates(self, weights: dict[str, Tensor], dequantized: dict[str, Tensor]) -> dict[str, Tensor]:
+        c = self.config
+        out = {}
+        for name, w in weights.items():
+            deq = dequantized.get(name)
+            if deq is None or w.ndim != 2 or not w.is_floating_point() or w.numel() <= c.min_numel:
+                continue
+            if any(p in name for p in c.exclude):
+                continue
+            e = quant_error(w, deq)
+            if torch.count_nonzero(e):
+                out[name] = e
+        return out
+
+    def encode(self, weights: Any, dequantized: Any, plan: ExportPlan) -> dict[str, dict[str, Tensor]]:
+        c = self.config
+        errors = self.candidates(dict(weights), dict(dequantized))
+        payload = {}
+        for name in select(errors, c.top_k):
+            a, b = factorize(errors[name], c.rank)
+            if c.asym and b.numel() % c.group == 0:
+                payload[name] = pack_asym(a, b, c.group)
+            else:
+                payload[name] = pack_sym(a, b, c.factor_bits)
+        return payload
+
+    def apply(self, dequantized: dict[str, Tensor], payload: Any) -> dict[str, Tensor]:
+        out = dict(dequantized)
+        for name, entry in payload.items():
+            if name not in out:
+                raise PgolfError(f"lqer: the artifact corrects {name}, which the dequantized weights lack")
+            out[name] = correct(out[name], entry)
+        return out
+
+
+class Lqer:
+    """Rank-k quantization-error correction of the top-k matrices (PR #1797 / #1851)."""
+
+    name = "lqer"
+    version = "0.1.0"
+    order = 960  # after the format (int6_export 950), before the codecs (990)
+    Config = Config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        if config.rank < 1:
+            raise PgolfError(f"lqer: rank={config.rank}: expected 1 or more")
+        if config.top_k < 1:
+            raise PgolfError(f"lqer: top_k={config.top_k}: expected 1 or more (disable the plugin to correct none)")
+        if config.group < 1:
+            raise PgolfError(f"lqer: group={config.group}: expected 1 or more")
+        if not 2 <= config.factor_bits <= 8:
+            raise PgolfError(f"lqer: factor_bits={config.factor_bits}: expected 2..8 (stored in int8)")
+        if config.min_numel < 0:
+            raise PgolfError(f"lqer: min_numel={config.min_numel}: expected 0 or more")
+        if any(not s for s in config.exclude):
+            raise PgolfError(f"lqer: exclude={config.exclude}: an empty name substring would match every tensor")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
+
+    @hookimpl
+    def pgolf_export_corrections(self, state) -> Correction:
+        return LqerCorrection(self.config)

@@ -1,0 +1,76 @@
+"""lzma: compress the export payload as one .xz stream (LZMA2) at the recipe's preset.
+
+What: codec "lzma": `lzma.compress(raw, preset=level)` with Python's defaults, which is what the
+records call: the .xz container (`FORMAT_XZ`, so every blob starts with b"\\xfd7zXZ\\x00" and a reader
+recognises it), a CRC64 check, one LZMA2 filter with the preset's dictionary and match finder, no
+BCJ/delta filter, no `PRESET_EXTREME`, no byte shuffle. Read back with `lzma.decompress`. The
+preset is `[export] level` (0..9): PR #549 uses 6, PR #1019 uses 9. Standard library only.
+Why: on int6-in-int8 payloads LZMA2 is a little smaller than zstd-22 at a higher CPU cost; the
+records from 03-23 to 03-29 compress the model with it (`Serialized model int6+lzma`). Not a bpb
+change by itself: it only buys bytes under the 16,000,000-byte cap.
+Source: PR #549 (`records/track_10min_16mb/2026-03-23_LeakyReLU_LegalTTT_ParallelMuon`, preset 6),
+PR #1019 (`2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072`, preset 9, "from #364/#160"). Reported
+Δbpb: none (a size change; neither README isolates the bytes saved against zstd-22).
+Settings: none; the preset is the recipe's `[export] level` with `[export] compressor = "lzma"`.
+Output bytes are those of the installed liblzma (stable across xz 5.x releases in practice).
+"""
+
+from __future__ import annotations
+
+import lzma
+from dataclasses import dataclass
+
+from pgolf_core import PgolfError, hookimpl
+from pgolf_core.export import Codec
+
+XZ_MAGIC = b"\xfd7zXZ\x00"
+LEVELS = (0, 9)
+
+
+def encode(raw: bytes, level: int) -> bytes:
+    """The records' call: an .xz stream at `preset=level` (default check and filters)."""
+    if not LEVELS[0] <= level <= LEVELS[1]:
+        raise PgolfError(f"lzma: level={level}: expected a preset in {LEVELS[0]}..{LEVELS[1]}")
+    return lzma.compress(raw, format=lzma.FORMAT_XZ, preset=level)
+
+
+def decode(blob: bytes) -> bytes:
+    """One .xz stream back to bytes; anything else is a clear error, not a guess at another format."""
+    if not blob.startswith(XZ_MAGIC):
+        raise PgolfError(f"lzma: the blob does not start with the .xz magic {XZ_MAGIC!r} (got {blob[:6]!r})")
+    try:
+        return lzma.decompress(blob, format=lzma.FORMAT_XZ)
+    except lzma.LZMAError as exc:
+        raise PgolfError(f"lzma: the .xz stream is corrupt ({exc})") from exc
+
+
+CODEC = Codec("lzma", encode, decode, XZ_MAGIC)
+
+
+@dataclass
+class Config:
+    pass
+
+
+class Lzma:
+    """The .xz (LZMA2) codec of PR #549 / #1019."""
+
+    name = "lzma"
+    version = "0.1.0"
+    order = 990
+    Config = Config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs): the preset, when this codec writes."""
+        export = getattr(recipe, "export", None)
+        if export is not None and export.compressor == "lzma" and not LEVELS[0] <= export.level <= LEVELS[1]:
+            raise PgolfError(f"lzma: [export] level={export.level}: expected a preset in {LEVELS[0]}..{LEVELS[1]}")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
+
+    @hookimpl
+    def pgolf_codecs(self) -> list[Codec]:
+        return [CODEC]
