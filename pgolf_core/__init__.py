@@ -2,7 +2,8 @@
 
 Public API (stable names; plugins may import these and `hookimpl` only):
 `load_recipe`, `build_model`, `train`, `evaluate`, `export`, `hookimpl`, `ModelSpec`,
-`CastedLinear`, `PgolfError`.
+`CastedLinear`, `PgolfError`; parameter roles `declare_role`, `declare_all`, `role_of`, `ParamRole`;
+the export types `TensorPlan`, `ExportFormat`, `Correction`, `Codec`.
 """
 
 from __future__ import annotations
@@ -10,8 +11,10 @@ from __future__ import annotations
 from typing import Any
 
 from pgolf_core.errors import PgolfError
+from pgolf_core.exporter import Codec, Correction, ExportFormat, TensorPlan
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import CastedLinear, ModelSpec
+from pgolf_core.roles import ParamRole, declare_all, declare_role, role_of
 
 __version__ = "0.1.0"
 
@@ -46,9 +49,9 @@ def evaluate(recipe: Any, checkpoint: Any = None, model: Any = None, **kwargs: A
 
 def export(recipe: Any, model: Any, out_dir: Any, **kwargs: Any) -> dict:
     """Quantize + compress a model's weights into an artifact as the recipe says."""
-    from pgolf_core.api import export as _export
+    from pgolf_core.api import export_artifact
 
-    return _export(recipe, model, out_dir, **kwargs)
+    return export_artifact(recipe, model, out_dir, **kwargs)
 
 
 __all__ = [
@@ -61,5 +64,13 @@ __all__ = [
     "ModelSpec",
     "CastedLinear",
     "PgolfError",
+    "ParamRole",
+    "declare_role",
+    "declare_all",
+    "role_of",
+    "TensorPlan",
+    "ExportFormat",
+    "Correction",
+    "Codec",
     "__version__",
 ]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import pluggy
@@ -18,11 +18,10 @@ class RunContext:
     """Run-level settings that plugins may adjust in `pgolf_configure` (before the build)."""
 
     recipe: Recipe
-    control_patterns: list[str] = field(default_factory=list)
     log: Any = print
 
 
-def model_spec(recipe: Recipe, control_patterns: list[str], attention: str = "sdpa") -> ModelSpec:
+def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     m = recipe.model
     return ModelSpec(
         vocab_size=m.vocab_size,
@@ -38,12 +37,11 @@ def model_spec(recipe: Recipe, control_patterns: list[str], attention: str = "sd
         qk_gain_init=m.qk_gain_init,
         attention=attention,
         train_seq_len=recipe.train.train_seq_len,
-        control_patterns=list(control_patterns),
     )
 
 
 def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> RunContext:
-    run = RunContext(recipe=recipe, control_patterns=list(recipe.train.control_patterns), log=log)
+    run = RunContext(recipe=recipe, log=log)
     pm.hook.pgolf_configure(run=run)
     return run
 
@@ -71,5 +69,5 @@ def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GP
 def build_model(recipe: Recipe, pm: pluggy.PluginManager | None = None) -> GPT:
     """The recipe's model on CPU in fp32 with its plugins applied; deterministic for `run.seed`."""
     pm = pm or create_manager(recipe)
-    run = configure(recipe, pm, log=lambda msg: None)
-    return build_model_with(model_spec(recipe, run.control_patterns), pm, recipe.run.seed)
+    configure(recipe, pm, log=lambda msg: None)
+    return build_model_with(model_spec(recipe), pm, recipe.run.seed)

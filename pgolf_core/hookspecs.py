@@ -1,148 +1,206 @@
-"""The hook catalog: the public contract between the core and plugins.
+"""The hook catalog: the public contract between the core and plugins, grouped by phase.
 
-Hooks run at build time, once per optimizer step, at export and at eval; never inside a model's
-`forward`. Build hooks return *modules* that the core puts into named slots before the
-optimizers exist and before `torch.compile(fullgraph=True)`; anything that changes during
-training must be a tensor buffer updated in place from a step hook.
+A run calls the hooks at these points (nothing of a plugin's runs inside a model's `forward`):
 
-Collecting hooks return one answer per plugin, in `(plugin.order, name)` order. Exclusive hooks
-(`firstresult`) may be answered by at most one enabled plugin; the core supplies the default.
+    setup:   plugins load (unknown hook names are an error)   -> configure: pgolf_configure
+             model built on CPU in fp32, slots filled          -> build: pgolf_embed, pgolf_value_extras,
+                                                                  pgolf_rotary, pgolf_attention_post,
+                                                                  pgolf_linear; then pgolf_model_built
+             parameter roles collected; precision cast, optimizers, torch.compile
+    fit:     untimed warm-up, weights restored
+             for each step:  pgolf_step_start -> forward/backward/optimizer step -> pgolf_post_step
+             after the loop: pgolf_fit_end; weights = pgolf_final_weights (EMA/SWA) or the live ones
+    finish:  plan = pgolf_export_plan edits; fmt = pgolf_export_format; obj = fmt.quantize(...)
+             for each pgolf_export_corrections answer: stacked after quantization
+             blob = codec(obj) with the codec named by [export] compressor among pgolf_codecs
+             read back through the same reader as `pgolf eval`; round-trip and sliding evals,
+             pgolf_eval_adapt after each scored chunk of the last eval; summary
+
+Build hooks return *modules* that the core puts into named slots before the optimizers exist and
+before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
+updated in place from a train hook. Collecting hooks return one answer per plugin in
+`(plugin.order, name)` order. Exclusive hooks (`EXCLUSIVE_HOOKS`) are answered by at most one
+enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, registered last.
 
 Settings validation (configure phase, not a hook): a plugin class may define
 `validate(config, model, recipe) -> None` as a `staticmethod`. `load_recipe` calls it for each
 enabled plugin once the recipe is resolved, before anything is built, trained or written, with the
-plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`: `num_layers`,
-`model_dim`, `num_heads`, ...) and the whole `Recipe`. Raise `ValueError` (or `PgolfError`) whose
-message starts with the key, the value and the valid range (`"last_n=12: expected 0..11"`); the
-core prefixes the recipe file and `[plugins.<name>]`. Why a static method: the check needs no
-instance, so a bad setting is reported as the recipe loads, before `pgolf run` touches its output.
+plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`) and the whole `Recipe`.
+Raise `ValueError` (or `PgolfError`) whose message starts with the key, the value and the valid
+range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[plugins.<name>]`.
+
+Parameter roles (build phase, not a hook): a module says what its parameters are with
+`pgolf_core.declare_role(module, "weight", ...)` (optimizer group, control tensor, own Adam, zero
+init); see `pgolf_core.roles`.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
 import pluggy
+
+if TYPE_CHECKING:
+    from torch import Tensor, nn
+
+    from pgolf_core.build import RunContext
+    from pgolf_core.exporter import Codec, Correction, ExportContext, ExportFormat, ExportPlan
+    from pgolf_core.model import GPT, ModelSpec
+    from pgolf_core.recipe import Recipe
+    from pgolf_core.train import TrainState
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # Hooks that at most one enabled plugin may implement (checked when the run's plugins load).
-EXCLUSIVE_HOOKS = ("pgolf_rotary", "pgolf_linear", "pgolf_final_weights", "pgolf_quantize", "pgolf_compress")
+EXCLUSIVE_HOOKS = ("pgolf_rotary", "pgolf_linear", "pgolf_final_weights", "pgolf_export_format")
+PHASES = {
+    "configure": ("pgolf_configure",),
+    "build": (
+        "pgolf_embed", "pgolf_value_extras", "pgolf_rotary", "pgolf_attention_post", "pgolf_linear",
+        "pgolf_model_built",
+    ),
+    "train": ("pgolf_step_start", "pgolf_post_step", "pgolf_fit_end", "pgolf_final_weights"),
+    "export": ("pgolf_export_plan", "pgolf_export_format", "pgolf_export_corrections", "pgolf_codecs"),
+    "eval": ("pgolf_eval_adapt",),
+}  # fmt: skip
+
+
+# ---------------------------------------------------------------- configure
 
 
 @hookspec
-def pgolf_configure(run: Any) -> None:
-    """Adjust run-level settings once, before the model is built.
+def pgolf_configure(run: RunContext) -> None:
+    """Once, before the model is built: adjust run-level settings.
 
-    `run` is the `RunContext`: `run.recipe` (the resolved `Recipe`), `run.control_patterns`
-    (a list of name substrings marking small control tensors; append your parameters' names so
-    that they go to the scalar optimizer group and stay fp32), and `run.log(msg)`.
+    `run.recipe` is the resolved `Recipe`; `run.log(msg)` writes to the run log.
+    Default: nothing.
+    """
+
+
+# ---------------------------------------------------------------- build
+
+
+@hookspec
+def pgolf_embed(spec: ModelSpec) -> nn.Module | None:
+    """Once: a module applied around the token embedding (BigramHash, SmearGate), or None.
+
+    `forward(x, input_ids) -> x` with x [B, T, d], input_ids [B, T]. Its `stage` attribute says
+    where: `"pre_norm"` on the raw embedding before the embedding RMSNorm (BigramHash adds),
+    `"post_norm"` after it (SmearGate mixes); the last post-norm output is the residual anchor x0.
+    It is registered as `model.<state_dict_prefix>` (a required attribute) so that state-dict keys
+    match the record scripts'. Default: none.
     """
 
 
 @hookspec
-def pgolf_embed(spec: Any) -> Any:
-    """Return an `nn.Module` (or None) applied around the token embedding.
-
-    The module has `forward(x, input_ids) -> x` and a `stage` attribute: `"pre_norm"` modules run
-    on the raw embedding before the embedding RMSNorm (BigramHash adds), `"post_norm"` modules
-    after it (SmearGate mixes); the result of the last post-norm module is the residual anchor x0.
-    The module is registered as `model.<state_dict_prefix>` (a required attribute), so that its
-    state-dict keys match the record scripts' and record checkpoints load.
-    """
-
-
-@hookspec
-def pgolf_value_extras(spec: Any) -> Any:
-    """Return a module (or None) computed once per forward: `forward(input_ids) -> {layer: tensor}`
-    of shape [B, T, Hkv * D], added to that block's flat value projection before the heads split
-    (so it flows through attention and attention post-processing). Registered like `pgolf_embed`
-    modules; an empty `state_dict_prefix` puts the module's children at the model's top level.
+def pgolf_value_extras(spec: ModelSpec) -> nn.Module | None:
+    """Once: a module computed once per forward, `forward(input_ids) -> {layer: tensor}` with
+    tensors [B, T, Hkv * D], added to that block's flat value projection before the heads split
+    (value embeddings). Registered like `pgolf_embed` modules; an empty `state_dict_prefix` puts its
+    children at the model's top level (record key names). Default: none.
     """
 
 
 @hookspec(firstresult=True)
-def pgolf_rotary(spec: Any, layer: int) -> Any:
-    """Exclusive. Return the rotary module of block `layer`: `forward(q, k) -> (q, k)` on tensors
-    of shape [B, H, T, D] (after QK-norm, before q_gain). Default: full RoPE, base `rope_base`."""
+def pgolf_rotary(spec: ModelSpec, layer: int) -> nn.Module:
+    """Exclusive. Once per block: the rotary module, `forward(q, k) -> (q, k)` on [B, H, T, D]
+    (after QK-norm, before q_gain). Default: full RoPE with base `rope_base`."""
 
 
 @hookspec
-def pgolf_attention_post(spec: Any, layer: int) -> Any:
-    """Return a module `(y, v) -> y` applied after attention in block `layer` (or None).
+def pgolf_attention_post(spec: ModelSpec, layer: int) -> nn.Module | None:
+    """Once per block: a module `forward(y, v, x) -> y` applied after attention, or None (XSA,
+    attention output gates).
 
-    `y` is the attention output [B, T, H, D] before the heads are merged and projected; `v` is the
-    block's value tensor [B, T, Hkv, D] (GQA: query head h uses KV head h // (H // Hkv)).
+    `y` is the attention output [B, T, H, D] before the heads merge and project; `v` the block's
+    values [B, T, Hkv, D] (GQA: query head h reads KV head h // (H // Hkv)); `x` the normed block
+    input [B, T, d] that attention saw. Modules of several plugins run in plugin order. Default: none.
     """
 
 
 @hookspec(firstresult=True)
-def pgolf_linear(spec: Any, role: str, in_features: int, out_features: int) -> Any:
-    """Exclusive. Return the linear layer for `role` (or None for the default): the block linears
-    `attn.c_q`, `attn.c_k`, `attn.c_v`, `attn.proj`, `mlp.fc`, `mlp.proj`, an untied `lm_head`, and
-    whatever role plugins ask `spec.linear(role, in, out)` for (`bigram.proj`, `ve_shared.proj`).
-    It must keep a `.weight` of shape [out, in] (fp32 master weight cast to the activation dtype in
-    forward) and draw the same random numbers as `CastedLinear` (records' init order). Default:
-    `CastedLinear`."""
+def pgolf_linear(spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module:
+    """Exclusive. Once per linear layer: the layer for `role` (QAT's fake-quantized linear).
+
+    Roles: `attn.c_q`, `attn.c_k`, `attn.c_v`, `attn.proj`, `mlp.fc`, `mlp.proj`, an untied
+    `lm_head`, and those plugins ask `spec.linear(role, in, out)` for (`bigram.proj`,
+    `ve_shared.proj`). Keep a `.weight` [out, in] (fp32 master weight, cast to the activation dtype
+    in forward) and draw the same random numbers as `CastedLinear`. Default: `CastedLinear`.
+    """
 
 
 @hookspec
-def pgolf_model_built(model: Any, spec: Any) -> None:
-    """Called once after the model is built (fp32, CPU, before the precision cast, optimizers and
-    compile): init schemes, parameter group tags, static slots such as `block.norm_scale`."""
+def pgolf_model_built(model: GPT, spec: ModelSpec) -> None:
+    """Once, after the model is built (fp32, CPU, before the roles are collected, the precision
+    cast, the optimizers and compile): init schemes (OrthoInit) and static slots such as
+    `block.norm_scale` (LN scale). Default: nothing."""
+
+
+# ---------------------------------------------------------------- train
 
 
 @hookspec
-def pgolf_step_start(state: Any) -> None:
-    """Called before each optimizer step's forward. `state` is the `TrainState` (step, lr_scale,
-    elapsed_ms, model, optimizers, log)."""
+def pgolf_step_start(state: TrainState) -> None:
+    """Before each optimizer step's forward (late-QAT switch). `state` holds step, lr_scale,
+    elapsed_ms, model (uncompiled), optimizers and `report(key, value)`. Default: nothing."""
 
 
 @hookspec
-def pgolf_post_step(state: Any) -> None:
-    """Called after each optimizer step (EMA update, SWA snapshot, late-QAT switch)."""
+def pgolf_post_step(state: TrainState) -> None:
+    """After each optimizer step (EMA update, SWA snapshot). Default: nothing."""
+
+
+@hookspec
+def pgolf_fit_end(state: TrainState) -> None:
+    """Once, after the training loop and before the final weights are chosen (QAT switched off
+    for the final evals, as PR #63 did). Default: nothing."""
 
 
 @hookspec(firstresult=True)
-def pgolf_final_weights(state: Any) -> Any:
-    """Exclusive. Return the state dict to export and evaluate (EMA or SWA), or None to keep the
-    live weights. Default: the live weights."""
+def pgolf_final_weights(state: TrainState) -> dict[str, Tensor] | None:
+    """Exclusive. Once: the state dict to export and evaluate (EMA or SWA), or None.
+    Default: the live weights."""
+
+
+# ---------------------------------------------------------------- export
 
 
 @hookspec
-def pgolf_pre_export(state: Any, weights: dict, plan: dict) -> None:
-    """Edit the export `plan` (tensor name -> dict of settings such as `bits`, `clip`) before
-    quantization (GPTQ-lite clip search, pruning)."""
+def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
+    """Once, before quantization: edit `plan` (name -> `TensorPlan`: clip_percentile, clip_sigmas,
+    precomputed q/scale) for the tensors of `weights` (CPU, final weights). `ctx` holds the recipe,
+    the parameter roles and `report(key, value)`. GPTQ-lite's clip search.
+    Default: an empty plan per tensor."""
 
 
 @hookspec(firstresult=True)
-def pgolf_quantize(state: Any, weights: dict, plan: dict) -> Any:
-    """Exclusive. Return `(label, quantized_object, dequantize_fn)`: `label` names the format in
-    log lines (e.g. "int6"), `quantized_object` is what gets `torch.save`d and compressed, and
-    `dequantize_fn(quantized_object)` returns a state dict. Default: the baseline's int8."""
-
-
-@hookspec(firstresult=True)
-def pgolf_dequantize(obj: Any, dtypes: dict) -> Any:
-    """Return a state dict when `obj` (a deserialized artifact, e.g. `final_model.ptz` read back by
-    `pgolf eval --checkpoint`) is in a format this plugin writes, else None; `dtypes` maps each
-    name to the live model's dtype. Why: a plugin's `pgolf_quantize` format is only readable by
-    that plugin. Default: the baseline's int8 format and raw state dicts."""
-
-
-@hookspec(firstresult=True)
-def pgolf_compress(raw: bytes) -> Any:
-    """Exclusive. Return `(codec_name, compressed_bytes)`; `codec_name` must be one that
-    `pgolf_core.artifact.decompress` reads back ("zlib", "zstd"). Default: the recipe's `[export]`
-    compressor (zlib level 9 in the baseline)."""
+def pgolf_export_format(recipe: Recipe) -> ExportFormat:
+    """Exclusive. Once per run and per `pgolf eval`: the format object that quantizes the weights and reads them back (int6).
+    Its tag is stored in the artifact, so `pgolf eval` picks the same reader.
+    Default: the baseline's int8 per-row format."""
 
 
 @hookspec
-def pgolf_eval_adapt(model: Any, chunk: Any, state: Any) -> None:
-    """Called with each validation chunk *after* it was scored (test-time training on already
-    scored tokens only). `chunk` is `(x, y)`, the batch's input and target ids; `model` is the
-    uncompiled model holding the round-tripped weights, in eval mode, outside `inference_mode`.
-    Runs during the last, reported eval stage only (sliding window if enabled, else the round
-    trip); the run log names the plugins and the stage."""
+def pgolf_export_corrections(recipe: Recipe) -> Correction | None:
+    """Once per run and per `pgolf eval`: a correction stacked after quantization (LQER), or None. Corrections run in plugin
+    order, each on the previous one's dequantized weights; their payloads go into the artifact.
+    Default: none."""
+
+
+@hookspec
+def pgolf_codecs() -> list[Codec]:
+    """Once per run and per `pgolf eval`: the byte codecs this plugin adds (brotli, lzma); the
+    recipe's `[export] compressor` names the one that writes. Default: zlib and zstd."""
+
+
+# ---------------------------------------------------------------- eval
+
+
+@hookspec
+def pgolf_eval_adapt(model: GPT, chunk: tuple[Tensor, Tensor], state: TrainState) -> None:
+    """After each validation chunk of the last, reported eval stage was scored: test-time training
+    on already-scored tokens only. `chunk` is `(x, y)` input and target ids [rows, T]; `model` is
+    the uncompiled model holding the round-tripped weights, in eval mode, outside `inference_mode`.
+    The run log names the plugins and the stage. Default: nothing."""

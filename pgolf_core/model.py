@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core.attention import flash_kernel
+from pgolf_core.roles import Roles, declare_role, is_control, role_of
 
 # `enable_gqa` arrived in torch 2.5; older versions get K/V heads expanded by hand.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -39,7 +40,6 @@ class ModelSpec:
     qk_gain_init: float = 1.5
     attention: str = "sdpa"  # sdpa | flash (resolved; never "auto" here)
     train_seq_len: int = 1024
-    control_patterns: list[str] = field(default_factory=list)
     # The answer of the exclusive `pgolf_linear` hook (set by the build); None: CastedLinear.
     linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)
 
@@ -67,12 +67,6 @@ class CastedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
-
-
-def mark_zero_init(module: nn.Module) -> None:
-    """Flag an output projection for zero init, under the records' attribute name `_zero_init`
-    (init code, the core's or a plugin's, reads it once after the model is built)."""
-    module._zero_init = True  # type: ignore[assignment]
 
 
 class Rotary(nn.Module):
@@ -123,8 +117,9 @@ class CausalSelfAttention(nn.Module):
         self.c_k = parts.linear("attn.c_k", d, spec.kv_dim)
         self.c_v = parts.linear("attn.c_v", d, spec.kv_dim)
         self.proj = parts.linear("attn.proj", d, d)
-        mark_zero_init(self.proj)
+        declare_role(self.proj, "weight", zero_init=True)
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
+        declare_role(self, "q_gain", control=True)
         self.rotary = parts.rotary(layer)
         self.post = nn.ModuleList(parts.attention_post(layer))
 
@@ -142,7 +137,7 @@ class CausalSelfAttention(nn.Module):
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
         y = causal_attention(q, k, v.transpose(1, 2), self.backend, self.flash)
         for module in self.post:
-            y = module(y, v)
+            y = module(y, v, x)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
 
 
@@ -153,7 +148,7 @@ class MLP(nn.Module):
         super().__init__()
         self.fc = parts.linear("mlp.fc", spec.model_dim, spec.mlp_hidden)
         self.proj = parts.linear("mlp.proj", spec.mlp_hidden, spec.model_dim)
-        mark_zero_init(self.proj)
+        declare_role(self.proj, "weight", zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.proj(torch.relu(self.fc(x)).square())
@@ -171,6 +166,8 @@ class Block(nn.Module):
         self.attn_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
+        for name in ("attn_scale", "mlp_scale", "resid_mix"):
+            declare_role(self, name, control=True)
 
     def _norm(self, x: Tensor) -> Tensor:
         x = F.rms_norm(x, (x.size(-1),))
@@ -215,10 +212,11 @@ class GPT(nn.Module):
         self.num_decoder_layers = spec.num_layers - self.num_encoder_layers
         num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
         self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
+        declare_role(self, "skip_weights", control=True)
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
         self.lm_head = None if spec.tie_embeddings else parts.linear("lm_head", spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
-            mark_zero_init(self.lm_head)
+            declare_role(self.lm_head, "weight", zero_init=True)
         pre: list[str] = []
         post: list[str] = []
         for module in parts.embed():
@@ -239,6 +237,7 @@ class GPT(nn.Module):
             self.add_module(child_name, child)
         for param_name, param in module.named_parameters(recurse=False):
             self.register_parameter(param_name, param)
+            declare_role(self, param_name, **vars(role_of(module, param_name)))
         name = f"_flat_{len(self.__dict__.setdefault('_flat_modules', {}))}"
         self.__dict__["_flat_modules"][name] = module
         return name
@@ -250,7 +249,7 @@ class GPT(nn.Module):
         if self.spec.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.spec.tied_embed_init_std)
         for module in self.modules():
-            if isinstance(module, nn.Linear) and getattr(module, "_zero_init", False):
+            if isinstance(module, nn.Linear) and role_of(module, "weight").zero_init:
                 nn.init.zeros_(module.weight)
 
     def hidden(self, input_ids: Tensor) -> Tensor:
@@ -297,7 +296,7 @@ class GPT(nn.Module):
         return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean")
 
 
-def apply_training_precision(model: nn.Module, control_patterns: list[str], fp32_embeddings: bool = False) -> None:
+def apply_training_precision(model: nn.Module, roles: Roles, fp32_embeddings: bool = False) -> None:
     """The records' GPU precision policy: cast everything to bf16, then restore every Linear and
     every small/control parameter to fp32. Embedding tables therefore train as bf16 (T06), unless
     `fp32_embeddings` (the fix) restores them too."""
@@ -307,7 +306,7 @@ def apply_training_precision(model: nn.Module, control_patterns: list[str], fp32
             module.float()
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if param.ndim < 2 or any(p in name for p in control_patterns):
+            if param.ndim < 2 or is_control(name, roles):
                 param.data = param.data.float()
 
 

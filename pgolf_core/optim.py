@@ -2,9 +2,8 @@
 
 Muon (Newton–Schulz orthogonalized momentum) for the block matrices, Adam/AdamW for the token
 embedding and the small control tensors, a wallclock-aware linear warmdown and a Muon momentum
-warm-up. Parameter groups are decided by name rules; a plugin places its own parameters by
-setting `param._pgolf_group` to "token", "matrix", "scalar" or "head", and may give a parameter an
-Adam of its own with `param._pgolf_adam = {"lr": ..., "betas_2": ..., "weight_decay": ...}`.
+warm-up. Parameter groups come from the parameter roles (`pgolf_core.roles`): the declared group
+or own Adam, else the baseline's name rule.
 """
 
 from __future__ import annotations
@@ -18,6 +17,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pgolf_core.errors import PgolfError
+from pgolf_core.roles import NO_ROLE, Roles, group_of
 from pgolf_core.recipe import TrainConfig
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
@@ -88,25 +88,6 @@ class Muon(torch.optim.Optimizer):
         return None
 
 
-def param_group_of(name: str, param: Tensor, control_patterns: list[str]) -> str:
-    """Which optimizer group a parameter belongs to, by the records' rules (T07)."""
-    tagged = getattr(param, "_pgolf_group", None)
-    if tagged:
-        return str(tagged)
-    if name == "tok_emb.weight":
-        return "token"
-    if name.startswith("lm_head."):
-        return "head"
-    if name == "skip_weights" or any(p in name for p in control_patterns):
-        return "scalar"
-    if name.startswith("blocks."):
-        return "matrix" if param.ndim == 2 else "scalar"
-    raise PgolfError(
-        f"parameter {name!r} has no optimizer group: a plugin must tag it with "
-        "`param._pgolf_group = 'token' | 'matrix' | 'scalar' | 'head'`"
-    )
-
-
 @dataclass
 class Optimizers:
     """All optimizers of a run; `muon` is also in `all` (its momentum follows a schedule)."""
@@ -140,16 +121,16 @@ class Optimizers:
             opt.load_state_dict(state)
 
 
-def build_optimizers(model: nn.Module, cfg: TrainConfig, control_patterns: list[str], device_type: str) -> Optimizers:
+def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_type: str) -> Optimizers:
     """Token / head / scalar groups with Adam (AdamW when `adam_weight_decay > 0`), matrices with Muon."""
     groups: dict[str, list[Tensor]] = {"token": [], "head": [], "matrix": [], "scalar": []}
     own: dict[tuple, list[Tensor]] = {}
     for name, param in model.named_parameters():
-        custom = getattr(param, "_pgolf_adam", None)
+        custom = roles.get(name, NO_ROLE).adam
         if custom:
             own.setdefault(tuple(sorted(custom.items())), []).append(param)
             continue
-        group = param_group_of(name, param, control_patterns)
+        group = group_of(name, param, roles)
         if group not in groups:
             raise PgolfError(f"parameter {name!r}: unknown optimizer group {group!r}")
         groups[group].append(param)

@@ -29,8 +29,6 @@ else:  # pragma: no cover - exercised on Python 3.10 only
 
 # Substrings that mark small "control" tensors: Adam instead of Muon, kept fp32, fp32 passthrough
 # in the int8 exporter. Plugins append their own through `pgolf_configure`.
-BASELINE_CONTROL_PATTERNS = "attn_scale attn_scales mlp_scale mlp_scales resid_mix resid_mixes q_gain".split()
-BASELINE_CONTROL_PATTERNS += ["skip_weight", "skip_weights"]
 
 
 @dataclass
@@ -91,7 +89,6 @@ class TrainConfig:
     # On CUDA the records cast the model to bf16 and restore linears and control tensors to fp32,
     # so embedding tables train as bf16 parameters; true keeps them fp32.
     fp32_embeddings: bool = False
-    control_patterns: list[str] = field(default_factory=lambda: list(BASELINE_CONTROL_PATTERNS))
 
 
 @dataclass
@@ -109,7 +106,7 @@ class EvalConfig:
 
 @dataclass
 class ExportConfig:
-    compressor: str = "zlib"  # zlib | zstd
+    compressor: str = "zlib"  # zlib | zstd, or a codec an enabled plugin adds (brotli, lzma)
     level: int = 9
     keep_float_max_numel: int = 65_536
     clip_quantile: float = 0.9999984
@@ -311,7 +308,6 @@ RANGES: dict[str, list[tuple[str, float, float, bool]]] = {
     ],
 }
 _BELOW_ONE = {"beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"}  # [0, 1), not [0, 1]
-CODEC_LEVELS = {"zlib": (0, 9), "zstd": (1, 22)}
 
 
 def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
@@ -367,7 +363,6 @@ def _check_core(recipe: Recipe) -> None:
         ("model", "attention"): ("auto", "sdpa", "flash"),
         ("run", "device"): ("auto", "cpu", "cuda"),
         ("run", "compile"): ("auto", "on", "off"),
-        ("export", "compressor"): ("zlib", "zstd"),
         ("eval", "sliding_tail"): ("record", "once", "pr63"),
         ("train", "muon_ns_dtype"): ("bfloat16", "float32"),
     }
@@ -378,12 +373,6 @@ def _check_core(recipe: Recipe) -> None:
                 f"{where}: [{section}] {key}: expected one of {', '.join(map(repr, allowed))}, got {value!r}"
                 f"{did_you_mean(str(value), allowed)}"
             )
-    low, high = CODEC_LEVELS[recipe.export.compressor]
-    if not low <= recipe.export.level <= high:
-        raise RecipeError(
-            f"{where}: [export] level={recipe.export.level}: expected {low}..{high} for compressor "
-            f"{recipe.export.compressor!r}"
-        )
     # The per-rank micro-batch must hold whole sequences: world size from the launcher (torchrun sets
     # WORLD_SIZE), accumulation as the loop resolves it (0 = 8 // world).
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)

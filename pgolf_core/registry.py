@@ -24,6 +24,7 @@ from typing import Any
 import pluggy
 
 from pgolf_core import hookspecs
+from pgolf_core.defaults import Defaults
 from pgolf_core.errors import PgolfError, RecipeError, did_you_mean
 
 ENTRY_POINT_GROUP = "pgolf.plugins"
@@ -106,7 +107,9 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     """
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
+    pm.register(Defaults(), name=Defaults.name)  # first registered = called last
     enabled = recipe.enabled_plugins
+    available = discover(plugin_dirs) if enabled else {}
     classes = plugin_classes(enabled, recipe.source, plugin_dirs) if enabled else {}
     plugins = [_instantiate(classes[name], name, recipe) for name in enabled]
     for plugin in plugins:
@@ -114,9 +117,15 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
             plugin.name = type(plugin).__name__
     # pluggy calls the most recently registered implementation first: register in reverse.
     for plugin in sorted(plugins, key=plugin_order, reverse=True):
-        pm.register(plugin, name=plugin.name)
+        origin = available[plugin.name].origin if plugin.name in available else "?"
+        check_hook_names(plugin, origin)
+        try:
+            pm.register(plugin, name=plugin.name)
+        except pluggy.PluginValidationError as exc:  # a known hook with arguments the catalog lacks
+            raise PgolfError(f"plugin {plugin.name!r} (from {origin}): {exc}") from None
+    pm.check_pending()  # (check_hook_names has already named any method pluggy would reject here)
     for hook_name in hookspecs.EXCLUSIVE_HOOKS:
-        impls = getattr(pm.hook, hook_name).get_hookimpls()
+        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name != Defaults.name]
         if len(impls) > 1:
             names = sorted(impl.plugin_name for impl in impls)
             raise RecipeError(
@@ -134,9 +143,23 @@ def _instantiate(cls: type, name: str, recipe: Any) -> Any:
         raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from exc
 
 
+def check_hook_names(plugin: Any, origin: str) -> None:
+    """Every `pgolf_*` method is a catalog hook marked `@hookimpl`: a misspelled name or a missing
+    decorator would otherwise register nothing and fail silently."""
+    catalog = [name for phase in hookspecs.PHASES.values() for name in phase]
+    for attr in dir(plugin):
+        if not attr.startswith("pgolf_") or not callable(getattr(plugin, attr)):
+            continue
+        where = f"plugin {plugin.name!r} (from {origin}): method {attr}"
+        if attr not in catalog:
+            raise PgolfError(f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)} (see docs/hooks.md)")
+        if not hasattr(getattr(plugin, attr), "pgolf_impl"):
+            raise PgolfError(f"{where} is not decorated with @pgolf_core.hookimpl, so it would never be called")
+
+
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
-    """The registered plugins in hook-call order."""
-    return sorted(pm.get_plugins(), key=plugin_order)
+    """The recipe's plugins in hook-call order (the built-in defaults, always last, left out)."""
+    return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=plugin_order)
 
 
 def hooks_of(cls_or_plugin: Any) -> list[str]:

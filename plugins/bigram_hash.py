@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import CastedLinear, hookimpl
+from pgolf_core import CastedLinear, declare_role, hookimpl
 
 MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
@@ -83,7 +83,6 @@ class BigramHash:
 
     @hookimpl
     def pgolf_configure(self, run) -> None:
-        run.control_patterns.append("bigram.scale")
         c = self.config
         run.log(f"bigram_hash/table:{c.buckets}x{c.dim} scale_init:{c.scale_init}")
 
@@ -94,8 +93,8 @@ class BigramHash:
         module = BigramHashEmbedding(
             c.buckets, c.dim, spec.model_dim, c.scale_init, partial(spec.linear, "bigram.proj")
         )
-        module.embed.weight._pgolf_group = "token"
+        declare_role(module.embed, "weight", group="token")
         if module.proj is not None:
-            module.proj.weight._pgolf_group = "matrix"
-        module.scale._pgolf_group = "scalar"
+            declare_role(module.proj, "weight", group="matrix")
+        declare_role(module, "scale", group="scalar", control=True)  # records: "bigram.scale" is a control name
         return module

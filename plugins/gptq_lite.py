@@ -27,7 +27,8 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pgolf_core import PgolfError, hookimpl
+from pgolf_core import PgolfError, TensorPlan, hookimpl, quant
+from pgolf_core.roles import Roles, is_control
 
 INT6_MAX = 31
 
@@ -36,17 +37,6 @@ INT6_MAX = 31
 class Config:
     percentiles: list[float] = field(default_factory=lambda: [0.9990, 0.9995, 0.9999, 0.99999, 1.0])
     categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # = int6_export.int6_categories
-
-
-def category(name: str) -> str:
-    """The records' `_classify_param` (the same rule int6_export applies)."""
-    if "tok_emb" in name or "lm_head" in name:
-        return "embed"
-    if ".mlp." in name:
-        return "mlp"
-    if ".attn." in name or (".proj." in name and ".mlp." not in name):
-        return "attn"
-    return "other"
 
 
 def row_quantiles(a: Tensor, percentiles: list[float]) -> list[Tensor]:
@@ -100,10 +90,7 @@ def search_matrix(w: Tensor, percentiles: list[float]) -> tuple[float, Tensor, T
 
 def search_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
     """Other ranks (the record's fallback): one fp16 scale max|w|/31 (1.0 for all zeros), +-31."""
-    t32 = w.float()
-    amax = t32.abs().max().item()
-    scale = torch.tensor(amax / INT6_MAX if amax > 0 else 1.0, dtype=torch.float16)
-    return torch.clamp(torch.round(t32 / scale.float()), -INT6_MAX, INT6_MAX).to(torch.int8), scale
+    return quant.max_tensor(w.float(), INT6_MAX, INT6_MAX)
 
 
 class GptqLite:
@@ -128,32 +115,31 @@ class GptqLite:
         if unknown:
             raise PgolfError(f"gptq_lite: unknown categories {unknown} (embed, mlp, attn, other)")
 
-    def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, control_patterns: tuple[str, ...]) -> bool:
+    def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, roles: Roles) -> bool:
         return (
             t.is_floating_point()
             and t.numel() > keep_float_max_numel
             and t.ndim >= 1
-            and not any(p in name for p in control_patterns)
-            and category(name) in self.config.categories
+            and not is_control(name, roles)
+            and quant.category(name) in self.config.categories
         )
 
     @hookimpl
-    def pgolf_pre_export(self, state, weights, plan):
-        keep_max = state.recipe.export.keep_float_max_numel
-        patterns = tuple(state.control_patterns)
+    def pgolf_export_plan(self, plan, weights, ctx):
+        keep_max = ctx.recipe.export.keep_float_max_numel
         counts = {str(p): 0 for p in self.config.percentiles}
         per_tensor = 0
         for name, w in weights.items():
-            if not self.wanted(name, w, keep_max, patterns):
+            if not self.wanted(name, w, keep_max, ctx.roles):
                 continue
-            entry = plan.setdefault(name, {})
+            entry = plan.setdefault(name, TensorPlan())
             if w.ndim == 2:
                 p, q, s, _ = search_matrix(w.detach().cpu(), self.config.percentiles)
                 counts[str(p)] += 1
             else:
                 (q, s), p = search_tensor(w.detach().cpu()), 1.0
                 per_tensor += 1
-            entry.update(bits=6, clip_percentile=p, q=q, scale=s)
+            entry.clip_percentile, entry.q, entry.scale = p, q, s
         if per_tensor:
             counts["per_tensor_max"] = per_tensor
-        state.report("gptq_lite/percentiles", counts)
+        ctx.report("gptq_lite/percentiles", counts)

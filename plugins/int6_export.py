@@ -39,13 +39,16 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgolf_core import PgolfError, hookimpl
-from pgolf_core.artifact import quantize_rows, quantize_tensor
+from pgolf_core import ExportFormat, PgolfError, TensorPlan, hookimpl, quant
+from pgolf_core.exporter import FORMAT_KEY
+from pgolf_core.roles import Roles, is_control
 
 INT6_MAX = 31
 MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")
+MIXED_FORMAT = "int6_mixed_per_row_v1"  # pgolf's tag; the records' mixed objects have none
 ALL_FORMAT = "int6_in_int8_per_row_v1"
 ALL_FORMATS = (ALL_FORMAT, "int8_clean_per_row_v1")  # PR #194's tag, PR #63's tag
+NO_PLAN = TensorPlan()
 
 
 @dataclass
@@ -57,27 +60,12 @@ class Config:
     control_fp32: bool = False  # mixed only; true: the fix, control tensors stay fp32 even when small
 
 
-def category(name: str) -> str:
-    """The records' `_classify_param`: embed, mlp, attn or other (checked in that order)."""
-    if "tok_emb" in name or "lm_head" in name:
-        return "embed"
-    if ".mlp." in name:
-        return "mlp"
-    if ".attn." in name or (".proj." in name and ".mlp." not in name):
-        return "attn"
-    return "other"
-
-
 def int6_rowmax(t32: Tensor) -> tuple[Tensor, Tensor]:
     """Variant C (PR #374/#415): s = fp16(max(rowmax/31, 1/31)), q = clamp(round(w/s), −32, 31);
     other ranks: one fp16 scale max|w|/31 (1.0 for an all-zero tensor)."""
     if t32.ndim == 2:
-        scale = (t32.abs().amax(dim=1) / INT6_MAX).clamp_min(1.0 / INT6_MAX).to(torch.float16)
-        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -INT6_MAX - 1, INT6_MAX).to(torch.int8)
-        return q, scale
-    amax = t32.abs().max().item()
-    scale = torch.tensor(amax / INT6_MAX if amax > 0 else 1.0, dtype=torch.float16)
-    return torch.clamp(torch.round(t32 / scale.float()), -INT6_MAX - 1, INT6_MAX).to(torch.int8), scale
+        return quant.scaled_rows(t32, t32.abs().amax(dim=1), INT6_MAX, INT6_MAX + 1)
+    return quant.max_tensor(t32, INT6_MAX, INT6_MAX + 1)
 
 
 def int6_percentile(t32: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
@@ -87,42 +75,32 @@ def int6_percentile(t32: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
     if t32.ndim == 2:
         a = t32.abs()
         clip = a.amax(dim=1) if percentile >= 1.0 else torch.quantile(a, percentile, dim=1)
-        scale = (clip / INT6_MAX).clamp_min(1.0 / INT6_MAX).to(torch.float16)
-        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -INT6_MAX, INT6_MAX).to(torch.int8)
-        return q, scale
-    amax = t32.abs().max().item()
-    scale = torch.tensor(amax / INT6_MAX if amax > 0 else 1.0, dtype=torch.float16)
-    return torch.clamp(torch.round(t32 / scale.float()), -INT6_MAX, INT6_MAX).to(torch.int8), scale
+        return quant.scaled_rows(t32, clip, INT6_MAX, INT6_MAX)
+    return quant.max_tensor(t32, INT6_MAX, INT6_MAX)
 
 
 def int6_quantile(t32: Tensor, clip_quantile: float) -> tuple[Tensor, Tensor]:
     """Variant A (PR #63/#194): rows clipped to their `clip_quantile` of |w|, rounded with the fp32
     scale max(c/31, 1/31), scales stored fp16; other ranks: one fp32 scale c/31 (1.0 if c = 0)."""
     if t32.ndim == 2:
-        clip = torch.quantile(t32.abs(), clip_quantile, dim=1)[:, None]
-        scale = (clip / INT6_MAX).clamp_min(1.0 / INT6_MAX)
-        q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-INT6_MAX, INT6_MAX).to(torch.int8)
-        return q.contiguous(), scale.squeeze(1).to(torch.float16).contiguous()
-    clip = float(torch.quantile(t32.abs().flatten(), clip_quantile).item())
-    scale = torch.tensor(clip / INT6_MAX if clip > 0 else 1.0, dtype=torch.float32)
-    q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-INT6_MAX, INT6_MAX).to(torch.int8)
-    return q.contiguous(), scale
+        return quant.clipped_rows(t32, clip_quantile, INT6_MAX)
+    return quant.clipped_tensor(t32, clip_quantile, INT6_MAX)
 
 
-def _planned(name: str, t: Tensor, entry: dict[str, Any]) -> tuple[Tensor, Tensor]:
+def _planned(name: str, t: Tensor, entry: TensorPlan) -> tuple[Tensor, Tensor]:
     """The plan's integers and scales (checked), or the percentile grid computed here."""
-    q, s = entry.get("q"), entry.get("scale")
+    q, s = entry.q, entry.scale
     if q is None or s is None:
-        return int6_percentile(t.float(), float(entry["clip_percentile"]))
+        return int6_percentile(t.float(), float(entry.clip_percentile or 1.0))
     rows_ok = s.shape == ((q.shape[0],) if t.ndim == 2 else ())
     if q.shape != t.shape or q.dtype != torch.int8 or s.dtype != torch.float16 or not rows_ok:
         raise PgolfError(f"int6_export: the export plan's q/scale for {name} do not fit the tensor {tuple(t.shape)}")
     return q, s
 
 
-def _int6(name: str, t: Tensor, entry: dict[str, Any], rule: str, clip_quantile: float, stats: dict) -> tuple:
+def _int6(name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: float, stats: dict) -> tuple:
     """One tensor's int6 integers and scales: the plan's clip if any, else `rule`."""
-    if entry.get("clip_percentile") is not None:
+    if entry.clip_percentile is not None:
         stats["int6_planned"] += 1
         return _planned(name, t, entry)
     if rule == "plan":
@@ -137,22 +115,22 @@ def quantize(
     weights: dict[str, Tensor],
     config: Config,
     *,
-    control_patterns: tuple[str, ...],
+    roles: Roles,
     keep_float_max_numel: int = 65_536,
     clip_quantile: float = 0.9999984,
-    plan: dict[str, dict[str, Any]] | None = None,
+    plan: dict[str, TensorPlan] | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The export object of `config.scheme` and counts per treatment (see the module docstring)."""
     plan = plan or {}
     rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
-    planned = {k for k, v in plan.items() if v.get("clip_percentile") is not None}
+    planned = {k for k, v in plan.items() if v.clip_percentile is not None}
     if config.scheme == "mixed":
         obj, stats, int6_names = _quantize_mixed(
-            weights, config, rule, control_patterns, keep_float_max_numel, clip_quantile, plan
+            weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
         )
     else:
         obj, stats, int6_names = _quantize_all(
-            weights, config, rule, control_patterns, keep_float_max_numel, clip_quantile, plan
+            weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
         )
     stray = sorted(planned - int6_names)
     if stray:
@@ -164,14 +142,14 @@ def quantize(
     return obj, stats
 
 
-def _quantize_mixed(weights, config, rule, patterns, keep_max, clip_quantile, plan):
+def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan):
     result: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
     stats = dict.fromkeys(("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8"), 0)
     int6_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().cpu().contiguous()
-        control = t.is_floating_point() and any(p in name for p in patterns)
+        control = t.is_floating_point() and is_control(name, roles)
         if config.control_fp32 and control:
             result[name], meta[name] = t.float(), "passthrough_ctrl"
         elif not t.is_floating_point() or t.numel() <= keep_max:
@@ -180,20 +158,20 @@ def _quantize_mixed(weights, config, rule, patterns, keep_max, clip_quantile, pl
             result[name], meta[name] = t.float(), "passthrough_ctrl"
         elif any(p in name for p in config.fp16_keep):
             result[name], meta[name] = t.to(torch.float16), "passthrough_fp16"
-        elif category(name) in config.int6_categories:
-            q, s = _int6(name, t, plan.get(name, {}), rule, clip_quantile, stats)
+        elif quant.category(name) in config.int6_categories:
+            q, s = _int6(name, t, plan.get(name, NO_PLAN), rule, clip_quantile, stats)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int6"}
             int6_names.add(name)
         else:
             t32 = t.float()
-            q, s = quantize_rows(t32, clip_quantile) if t.ndim == 2 else quantize_tensor(t32, clip_quantile)
+            q, s = quant.clipped_rows(t32, clip_quantile, 127) if t.ndim == 2 else quant.clipped_tensor(t32, clip_quantile, 127)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
         kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
         stats[kind] += 1
-    return {"w": result, "m": meta}, stats, int6_names
+    return {FORMAT_KEY: MIXED_FORMAT, "w": result, "m": meta}, stats, int6_names
 
 
-def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan):
+def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
     quantized: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
     dtypes: dict[str, str] = {}
@@ -210,7 +188,7 @@ def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan
             continue
         keep = any(p in name for p in config.fp16_keep)
         if t.numel() <= keep_max or keep:
-            if any(p in name for p in patterns):
+            if is_control(name, roles):
                 passthrough[name] = t.float().contiguous()
                 stats["passthrough_ctrl"] += 1
                 continue
@@ -220,14 +198,14 @@ def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan
             passthrough[name] = t
             stats["passthrough_fp16" if keep and t.numel() > keep_max else "passthrough"] += 1
             continue
-        q, s = _int6(name, t, plan.get(name, {}), rule, clip_quantile, stats)
+        q, s = _int6(name, t, plan.get(name, NO_PLAN), rule, clip_quantile, stats)
         if s.ndim > 0:
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         quantized[name], scales[name], dtypes[name] = q, s, str(t.dtype).removeprefix("torch.")
         int6_names.add(name)
         stats["int6"] += 1
     obj: dict[str, Any] = {
-        "__quant_format__": ALL_FORMAT,
+        FORMAT_KEY: ALL_FORMAT,
         "quantized": quantized,
         "scales": scales,
         "dtypes": dtypes,
@@ -238,12 +216,6 @@ def _quantize_all(weights, config, rule, patterns, keep_max, clip_quantile, plan
     if orig_dtypes:
         obj["passthrough_orig_dtypes"] = orig_dtypes
     return obj, stats, int6_names
-
-
-def _dequant(q: Tensor, s: Tensor, dtype: torch.dtype) -> Tensor:
-    if s.ndim > 0:
-        return (q.float() * s.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
-    return (q.float() * float(s.item())).to(dtype).contiguous()
 
 
 def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None) -> dict[str, Tensor]:
@@ -259,7 +231,7 @@ def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None
                 t = w[name]
                 out[name] = t.to(want) if want is not None and t.is_floating_point() else t
             elif isinstance(info, dict) and info.get("type") in ("int6", "int8"):
-                out[name] = _dequant(w[name + ".q"], w[name + ".scale"], want or torch.float32)
+                out[name] = quant.dequantize(w[name + ".q"], w[name + ".scale"], want or torch.float32)
             else:
                 raise PgolfError(f"int6_export: unknown entry {info!r} for {name} in a mixed int6 object")
         return out
@@ -268,7 +240,7 @@ def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None
     orig = obj.get("passthrough_orig_dtypes", {})
     for name, q in obj["quantized"].items():
         dtype = dtypes.get(name) if dtypes and name in dtypes else getattr(torch, obj["dtypes"][name])
-        out[name] = _dequant(q, obj["scales"][name], dtype)
+        out[name] = quant.dequantize(q, obj["scales"][name], dtype)
     for name, t in obj["passthrough"].items():
         t = t.detach().to("cpu").contiguous()
         if dtypes and name in dtypes and t.is_floating_point():
@@ -306,28 +278,24 @@ class Int6Export:
             )
 
     @hookimpl
-    def pgolf_quantize(self, state, weights, plan):
-        export_cfg = state.recipe.export
-        obj, stats = quantize(
-            weights,
-            self.config,
-            control_patterns=tuple(state.control_patterns),
-            keep_float_max_numel=export_cfg.keep_float_max_numel,
-            clip_quantile=export_cfg.clip_quantile,
-            plan=plan,
-        )
-        state.report("int6_export/tensors", {k: v for k, v in stats.items() if v})
-        dtypes = {k: v.dtype for k, v in state.model.state_dict().items()}
+    def pgolf_export_format(self, recipe) -> ExportFormat:
+        return Int6Format(self.config, recipe.export.keep_float_max_numel, recipe.export.clip_quantile)
 
-        def dequantize_fn(quantized: dict[str, Any]) -> dict[str, Tensor]:
-            return dequantize(quantized, dtypes)
 
-        return "int6", obj, dequantize_fn
+class Int6Format:
+    """The int6 export format of `Config.scheme`; reads pgolf's and the records' objects."""
 
-    @hookimpl
-    def pgolf_dequantize(self, obj, dtypes):
-        """Read back either scheme's object (pgolf's or a record's), so `pgolf eval` scores an artifact."""
-        is_mixed = set(obj) == {"w", "m"}
-        if not is_mixed and obj.get("__quant_format__") not in ALL_FORMATS:
-            return None
+    label = "int6"
+    tags = (MIXED_FORMAT, "", *ALL_FORMATS)  # "": the records' untagged mixed objects
+
+    def __init__(self, config: Config, keep_float_max_numel: int, clip_quantile: float) -> None:
+        self.config, self.keep_max, self.clip_quantile = config, keep_float_max_numel, clip_quantile
+
+    def quantize(self, weights, plan, roles, report) -> dict[str, Any]:
+        obj, stats = quantize(weights, self.config, roles=roles, keep_float_max_numel=self.keep_max,
+                              clip_quantile=self.clip_quantile, plan=plan)  # fmt: skip
+        report("int6_export/tensors", {k: v for k, v in stats.items() if v})
+        return obj
+
+    def dequantize(self, obj, dtypes) -> dict[str, Tensor]:
         return dequantize(obj, dtypes)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pgolf_core import hookimpl
+from pgolf_core import hookimpl, role_of
 
 
 @dataclass
@@ -67,7 +67,7 @@ class OrthoInit:
                 if not isinstance(module, nn.Linear):
                     continue
                 w = module.weight
-                zero = getattr(module, "_zero_init", False)
+                zero = role_of(module, "weight").zero_init
                 if zero and not c.scale_zero_init_proj:
                     nn.init.zeros_(w)
                     continue

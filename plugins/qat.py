@@ -190,7 +190,7 @@ class QAT:
             set_qat(state.model, True)
 
     @hookimpl
-    def pgolf_pre_export(self, state, weights, plan) -> None:
+    def pgolf_fit_end(self, state) -> None:
         if self.rule.in_eval:  # #63 cleared its global flag before serialization and the final evals
             set_qat(state.model, False)
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import hookimpl
+from pgolf_core import declare_all, hookimpl
 
 
 @dataclass
@@ -98,8 +98,6 @@ class SmearGate:
 
     @hookimpl
     def pgolf_configure(self, run) -> None:
-        if self.config.as_control:
-            run.control_patterns.append("smear")
         run.log(f"smeargate/variant:{self.config.variant} placement:{self.config.placement}")
 
     @hookimpl
@@ -111,8 +109,6 @@ class SmearGate:
             if c.variant == "per_dim"
             else ScalarSmear(spec.model_dim, c.placement)
         )
-        for p in module.parameters():
-            p._pgolf_group = "scalar"
-            if c.own_adam_lr > 0:
-                p._pgolf_adam = {"lr": c.own_adam_lr, "betas_2": c.own_adam_beta2, "weight_decay": 0.0}
+        own = {"lr": c.own_adam_lr, "betas_2": c.own_adam_beta2, "weight_decay": 0.0} if c.own_adam_lr > 0 else None
+        declare_all(module, group="scalar", control=c.as_control, adam=own)  # as_control: the records' "smear" name
         return module

@@ -18,7 +18,7 @@ from functools import partial
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import PgolfError, hookimpl
+from pgolf_core import PgolfError, declare_all, declare_role, hookimpl
 
 MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
@@ -99,7 +99,6 @@ class ValueEmbed:
 
     @hookimpl
     def pgolf_configure(self, run) -> None:
-        run.control_patterns.extend(["ve_layer_scales", "ve_shared.scale"])
         bad = [i for i in self.config.layers if not 0 <= i < run.recipe.model.num_layers]
         if bad:
             raise PgolfError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
@@ -108,9 +107,10 @@ class ValueEmbed:
     @hookimpl
     def pgolf_value_extras(self, spec):
         module = ValueEmbeddings(spec, self.config)
-        module.ve_shared.embed.weight._pgolf_group = "token"
+        declare_role(module.ve_shared.embed, "weight", group="token")
         if module.ve_shared.proj is not None:
-            module.ve_shared.proj.weight._pgolf_group = "matrix"
-        for p in [module.ve_shared.scale, *module.ve_layer_scales]:
-            p._pgolf_group = "scalar"
+            declare_role(module.ve_shared.proj, "weight", group="matrix")
+        # Control tensors, as the records' names "ve_shared.scale" and "ve_layer_scales" made them.
+        declare_role(module.ve_shared, "scale", group="scalar", control=True)
+        declare_all(module.ve_layer_scales, group="scalar", control=True)
         return module

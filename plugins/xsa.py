@@ -23,7 +23,7 @@ class Config:
 
 
 class ExclusiveSelfAttention(nn.Module):
-    def forward(self, y: Tensor, v: Tensor) -> Tensor:
+    def forward(self, y: Tensor, v: Tensor, x: Tensor) -> Tensor:
         b, t, h, d = y.shape
         hkv = v.size(-2)
         grouped = y.reshape(b, t, hkv, h // hkv, d)

@@ -335,7 +335,7 @@ def test_training_precision_leaves_only_embedding_tables_bf16_unless_fixed():
     tables = {"tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"}
     for fix in (False, True):
         model = build_model(recipe)
-        apply_training_precision(model, recipe.train.control_patterns, fp32_embeddings=fix)
+        apply_training_precision(model, collect_roles(model), fp32_embeddings=fix)
         bf16 = {name for name, p in model.named_parameters() if p.dtype == torch.bfloat16}
         assert bf16 == (set() if fix else tables)
         assert all(p.dtype in (torch.float32, torch.bfloat16) for p in model.parameters())

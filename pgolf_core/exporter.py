@@ -1,0 +1,258 @@
+"""The export format: how trained weights become the artifact's bytes and come back.
+
+One path writes and one path reads, so the run's round trip scores exactly what `pgolf eval` will:
+
+    plan    = {name: TensorPlan()}            pgolf_export_plan edits it (GPTQ-lite, SDClip)
+    obj     = format.quantize(weights, plan)  the one exclusive format (int8 default, int6)
+    deq     = format.dequantize(obj)
+    for each correction (LQER):               stacked in order; each stores a payload in obj
+        payload = correction.encode(weights, deq, plan); deq = correction.apply(deq, payload)
+    blob    = codec.encode(torch.save(obj))   the recipe's `[export] compressor` and `level`
+
+`read_weights` undoes it from the blob alone: the codec is named by the blob's magic bytes (or the
+recipe's compressor), the format by the object's `__quant_format__` tag, the corrections by the
+keys of its `__corrections__` table. A plugin that adds a format, correction or codec is therefore
+readable wherever it is installed.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import torch
+from torch import Tensor
+
+from pgolf_core.artifact import deserialize, serialize, write_atomic
+from pgolf_core.errors import PgolfError, RecipeError
+
+if TYPE_CHECKING:
+    import pluggy
+
+    from pgolf_core.recipe import Recipe
+
+FORMAT_KEY = "__quant_format__"
+CORRECTIONS_KEY = "__corrections__"
+
+
+@dataclass
+class TensorPlan:
+    """How one tensor is exported; `pgolf_export_plan` implementations fill it in.
+
+    `clip_percentile`: clip each row at this quantile of |w| (GPTQ-lite's search result).
+    `clip_sigmas`: clip each row at k * std(row) (SDClip). `q`/`scale`: integers and scales already
+    computed by the plan's author (GPTQ-lite keeps its search's winners), used as they are.
+    """
+
+    clip_percentile: float | None = None
+    clip_sigmas: float | None = None
+    q: Tensor | None = None
+    scale: Tensor | None = None
+
+
+ExportPlan = dict[str, TensorPlan]
+
+
+class ExportFormat(Protocol):
+    """Turns a state dict into the object that is saved, and back. Exclusive: one per run.
+
+    `tags` are the `__quant_format__` values this format reads ("" for objects without a tag, such
+    as PR #414's); `quantize` stores the tag it writes under `obj[FORMAT_KEY]`. `roles` maps names
+    to `ParamRole` (control tensors pass through as fp32); `report(key, value)` logs a statistic.
+    """
+
+    label: str  # in log lines and summary keys: "int8", "int6"
+    tags: tuple[str, ...]
+
+    def quantize(
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Any, report: Callable[[str, Any], None]
+    ) -> dict[str, Any]: ...
+
+    def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]: ...
+
+
+class Correction(Protocol):
+    """A stage after quantization that stores extra data to shrink the reconstruction error (LQER).
+
+    `encode` sees the original weights and the current dequantized ones and returns its payload
+    (tensors, dicts, numbers: what `torch.save(weights_only)` can hold); `apply` adds the payload's
+    correction to dequantized weights. Both run in the writer; only `apply` runs in the reader.
+    """
+
+    tag: str
+
+    def encode(self, weights: Mapping[str, Tensor], dequantized: Mapping[str, Tensor], plan: ExportPlan) -> Any: ...
+
+    def apply(self, dequantized: dict[str, Tensor], payload: Any) -> dict[str, Tensor]: ...
+
+
+@dataclass(frozen=True)
+class Codec:
+    """A byte codec: `encode(raw, level) -> blob`, `decode(blob) -> raw`.
+
+    `magic` are the leading bytes of every blob it writes, so a reader can tell the codec from the
+    file alone; a codec without one (raw brotli) is read when the recipe names it.
+    """
+
+    name: str
+    encode: Callable[[bytes, int], bytes]
+    decode: Callable[[bytes], bytes]
+    magic: bytes = b""
+    levels: tuple[int, int] = (0, 0)  # the valid `[export] level` range
+
+
+def _zstandard() -> Any:
+    try:
+        import zstandard
+    except ImportError as exc:
+        raise PgolfError('codec "zstd" needs the zstandard package: pip install zstandard') from exc
+    return zstandard
+
+
+BUILTIN_CODECS = (
+    Codec("zlib", lambda raw, level: zlib.compress(raw, level), zlib.decompress, b"", (0, 9)),
+    Codec(  # PR #63 onward: one frame, one thread (threads change the bytes)
+        "zstd",
+        lambda raw, level: _zstandard().ZstdCompressor(level=level).compress(raw),
+        lambda blob: _zstandard().ZstdDecompressor().decompress(blob),
+        b"\x28\xb5\x2f\xfd",
+        (1, 22),
+    ),
+)
+
+
+def codec_table(codecs: Iterable[Codec]) -> dict[str, Codec]:
+    """Name -> codec; two codecs with one name is an error (a reader could not choose)."""
+    table: dict[str, Codec] = {}
+    for codec in codecs:
+        if codec.name in table:
+            raise PgolfError(f'two codecs are named "{codec.name}"; each codec name must be unique')
+        table[codec.name] = codec
+    return table
+
+
+def check_codec(codecs: Mapping[str, Codec], name: str, level: int, source: str) -> Codec:
+    """The recipe's codec, checked when the run's plugins load (a plugin may add codecs)."""
+    if name not in codecs:
+        raise RecipeError(
+            f'{source}: [export] compressor="{name}": no such codec (available: {", ".join(sorted(codecs))}; '
+            "a plugin such as brotli or lzma adds its codec when enabled)"
+        )
+    low, high = codecs[name].levels
+    if not low <= level <= high:
+        raise RecipeError(f'{source}: [export] level={level}: expected {low}..{high} for compressor "{name}"')
+    if name == "zstd":
+        _zstandard()
+    return codecs[name]
+
+
+@dataclass
+class ExportStack:
+    """A run's export parts: the format that writes, every format that reads (the writer first,
+    the built-in int8 last), the corrections in plugin order, and all codecs by name."""
+
+    format: ExportFormat
+    readers: list[ExportFormat]
+    corrections: list[Correction]
+    codecs: dict[str, Codec]
+
+    def quantize(
+        self,
+        weights: Mapping[str, Tensor],
+        plan: ExportPlan,
+        roles: Any,
+        dtypes: Mapping[str, torch.dtype],
+        report: Callable[[str, Any], None],
+    ) -> dict[str, Any]:
+        """The object to save: the format's, plus each correction's payload under `__corrections__`."""
+        obj = self.format.quantize(weights, plan, roles, report)
+        if self.corrections:
+            deq = self.format.dequantize(obj, dtypes)
+            obj[CORRECTIONS_KEY] = {}
+            for correction in self.corrections:
+                payload = correction.encode(weights, deq, plan)
+                obj[CORRECTIONS_KEY][correction.tag] = payload
+                deq = correction.apply(deq, payload)
+        return obj
+
+    def dequantize(self, obj: Any, dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
+        """Weights from a saved object: the reader its tag names, then its corrections in order.
+        A plain state dict (a `final_model.pt`) is returned as it is."""
+        if isinstance(obj, Mapping) and obj and all(isinstance(v, Tensor) for v in obj.values()):
+            return dict(obj)
+        tag = obj.get(FORMAT_KEY, "") if isinstance(obj, Mapping) else None
+        reader = next((f for f in self.readers if tag in f.tags), None)
+        if reader is None:
+            known = sorted({t or "(untagged)" for f in self.readers for t in f.tags})
+            raise PgolfError(
+                f"artifact format {tag or '(untagged)'!r} is not read by the enabled plugins (they read: "
+                f"{', '.join(known)}); evaluate with the recipe that wrote it"
+            )
+        weights = reader.dequantize(obj, dtypes)
+        by_tag = {c.tag: c for c in self.corrections}
+        for ctag, payload in obj.get(CORRECTIONS_KEY, {}).items():
+            if ctag not in by_tag:
+                raise PgolfError(f"artifact holds correction {ctag!r} but no enabled plugin applies it")
+            weights = by_tag[ctag].apply(weights, payload)
+        return weights
+
+    def decode(self, blob: bytes, codec: str) -> bytes:
+        """Raw bytes of an artifact: the codec its magic bytes name, else the recipe's `codec`."""
+        named = next((c for c in self.codecs.values() if c.magic and blob.startswith(c.magic)), None)
+        return (named or self.codecs[codec]).decode(blob)
+
+
+@dataclass
+class ExportContext:
+    """What `pgolf_export_plan` sees: the recipe, the parameter roles, `report(key, value)`."""
+
+    recipe: Recipe
+    roles: Any
+    report: Callable[[str, Any], None]
+
+
+def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
+    """The run's format, readers, corrections and codecs; the recipe's codec checked now, before
+    anything is trained."""
+    impls = pm.hook.pgolf_export_format.get_hookimpls()  # registration order: the defaults first
+    readers = [impl.function(recipe=recipe) for impl in reversed(impls)]
+    corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
+    codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
+    check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)
+    return ExportStack(readers[0], readers, corrections, codecs)
+
+
+@dataclass
+class Written:
+    label: str  # "int6_zstd": format and codec
+    path: Path
+    model_bytes: int
+    raw_bytes: int
+
+
+def write_artifact(
+    stack: ExportStack,
+    pm: pluggy.PluginManager,
+    weights: dict[str, Tensor],
+    ctx: ExportContext,
+    dtypes: Mapping[str, torch.dtype],
+    path: Path,
+    write: bool = True,
+) -> Written:
+    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically."""
+    plan: ExportPlan = {name: TensorPlan() for name in weights}
+    pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
+    raw = serialize(stack.quantize(weights, plan, ctx.roles, dtypes, ctx.report))
+    e = ctx.recipe.export
+    blob = stack.codecs[e.compressor].encode(raw, e.level)
+    if write:
+        write_atomic(path, blob)
+    return Written(f"{stack.format.label}_{e.compressor}", path, len(blob), len(raw))
+
+
+def read_artifact(stack: ExportStack, path: Path, dtypes: Mapping[str, torch.dtype], codec: str) -> dict[str, Tensor]:
+    """The weights of an artifact, as the run's round trip and `pgolf eval` both read them."""
+    return stack.dequantize(deserialize(stack.decode(path.read_bytes(), codec)), dtypes)

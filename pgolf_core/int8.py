@@ -1,0 +1,137 @@
+"""The baseline's int8 export format, the default `pgolf_export_format`.
+
+`quantize_int8` produces exactly the object of the baseline's `quantize_state_dict_int8`
+(same keys, dtypes and values), so an official `final_model.int8.ptz` loads
+through `dequantize_int8` and a pgolf artifact loads through the baseline's dequantizer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from pgolf_core import quant
+from pgolf_core.errors import PgolfError
+from pgolf_core.exporter import FORMAT_KEY, ExportPlan
+from pgolf_core.roles import Roles, is_control
+
+INT8_FORMAT = "int8_clean_per_row_v1"
+# The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
+# works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
+DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
+STATS_KEYS = (
+    "param_count", "num_tensors", "num_float_tensors", "num_nonfloat_tensors", "baseline_tensor_bytes",
+    "int8_payload_bytes",
+)  # fmt: skip
+
+
+def _nbytes(t: Tensor) -> int:
+    return int(t.numel()) * int(t.element_size())
+
+
+def _dtype_name(dtype: torch.dtype) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+# ---------------------------------------------------------------- int8 per-row quantization (baseline)
+
+
+def _keep_float(name: str, t: Tensor, roles: Roles, orig_dtypes: dict[str, str]) -> Tensor:
+    """Small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
+    their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)."""
+    if is_control(name, roles):
+        return t.float().contiguous()
+    if t.dtype in (torch.float32, torch.bfloat16):
+        orig_dtypes[name] = _dtype_name(t.dtype)
+        return t.to(torch.float16).contiguous()
+    return t
+
+
+def quantize_int8(
+    state_dict: Mapping[str, Tensor],
+    *,
+    keep_float_max_numel: int = 65_536,
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE,
+    roles: Roles | None = None,
+) -> tuple[dict[str, Any], dict[str, int]]:
+    """The baseline's int8 export object and its size stats.
+
+    Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
+    elements pass through (see `_keep_float`); the rest are quantized per row (2-D) or per tensor.
+    """
+    roles = roles or {}
+    quantized: dict[str, Tensor] = {}
+    scales: dict[str, Tensor] = {}
+    dtypes: dict[str, str] = {}
+    passthrough: dict[str, Tensor] = {}
+    orig_dtypes: dict[str, str] = {}
+    qmeta: dict[str, dict[str, Any]] = {}
+    stats = dict.fromkeys(STATS_KEYS, 0)
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        stats["param_count"] += int(t.numel())
+        stats["num_tensors"] += 1
+        stats["baseline_tensor_bytes"] += _nbytes(t)
+        if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
+            stats["num_nonfloat_tensors"] += int(not t.is_floating_point())
+            kept = _keep_float(name, t, roles, orig_dtypes) if t.is_floating_point() else t
+            passthrough[name] = kept
+            stats["int8_payload_bytes"] += _nbytes(kept)
+            continue
+        stats["num_float_tensors"] += 1
+        t32 = t.float()
+        q, s = quant.clipped_rows(t32, clip_quantile, 127) if t.ndim == 2 else quant.clipped_tensor(t32, clip_quantile, 127)
+        if s.ndim > 0:
+            qmeta[name] = {"scheme": "per_row", "axis": 0}
+        quantized[name], scales[name], dtypes[name] = q, s, _dtype_name(t.dtype)
+        stats["int8_payload_bytes"] += _nbytes(q) + _nbytes(s)
+    obj: dict[str, Any] = {
+        FORMAT_KEY: INT8_FORMAT,
+        "quantized": quantized,
+        "scales": scales,
+        "dtypes": dtypes,
+        "passthrough": passthrough,
+    }
+    if qmeta:  # optional keys, present only when non-empty, like the baseline
+        obj["qmeta"] = qmeta
+    if orig_dtypes:
+        obj["passthrough_orig_dtypes"] = orig_dtypes
+    return obj, stats
+
+
+def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Weights back from an int8 object (pgolf's or an official artifact's): `q * scale` per row
+    (broadcast over trailing dims) or per tensor, cast to the recorded dtype."""
+    if obj.get("__quant_format__") != INT8_FORMAT:
+        raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get('__quant_format__')!r})")
+    orig_dtypes = obj.get("passthrough_orig_dtypes", {})
+    out = {n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()}
+    for name, t in obj["passthrough"].items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = t.to(getattr(torch, orig_dtypes[name])).contiguous() if name in orig_dtypes else t
+    return out
+
+
+class Int8Format:
+    """The default export format: the baseline's int8 per-row object (`[export]` keep_float_max_numel
+    and clip_quantile)."""
+
+    label = "int8"
+    tags = (INT8_FORMAT,)
+
+    def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
+        self.keep_float_max_numel, self.clip_quantile = keep_float_max_numel, clip_quantile
+
+    def quantize(
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
+    ) -> dict[str, Any]:
+        obj, _ = quantize_int8(
+            weights, keep_float_max_numel=self.keep_float_max_numel, clip_quantile=self.clip_quantile, roles=roles
+        )
+        return obj
+
+    def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
+        return dequantize_int8(obj)
