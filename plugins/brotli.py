@@ -26,8 +26,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pgolf_core import PgolfError, hookimpl
-from pgolf_core.export import Codec
+from pgolf_core import Codec, PgolfError, hookimpl
 
 MAGIC = b"BSHF"
 LEVELS = (0, 11)
@@ -88,7 +87,7 @@ def make_codec(stride: int = 2, header_bytes: int = 1) -> Codec:
             raise PgolfError(f"brotli: the blob is not a brotli stream ({exc})") from exc
         return unshuffle(data, stride, header_bytes)
 
-    return Codec("brotli", encode, decode, b"")
+    return Codec("brotli", encode, decode, b"", LEVELS)
 
 
 @dataclass
@@ -114,9 +113,7 @@ class Brotli:
             raise PgolfError(f"brotli: header_bytes={config.header_bytes}: expected 1 (PR #1089) or 2 (PR #1204)")
         export = getattr(recipe, "export", None)
         if export is not None and export.compressor == "brotli":
-            if not LEVELS[0] <= export.level <= LEVELS[1]:
-                raise PgolfError(f"brotli: [export] level={export.level}: expected {LEVELS[0]}..{LEVELS[1]}")
-            load_brotli()  # missing package: found at recipe load, before anything is trained
+            load_brotli()  # a missing package is found at recipe load, before anything is trained
 
     def __init__(self, config: Config) -> None:
         self.validate(config)

@@ -38,8 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgolf_core import PgolfError, hookimpl
-from pgolf_core.export import Correction, ExportPlan
+from pgolf_core import Correction, PgolfError, hookimpl
+from pgolf_core.exporter import ExportPlan
 
 TAG = "lqer"
 SCALE_FLOOR = 1e-10
@@ -185,5 +185,5 @@ class Lqer:
         self.config = config
 
     @hookimpl
-    def pgolf_export_corrections(self, state) -> Correction:
+    def pgolf_export_corrections(self, recipe) -> Correction:
         return LqerCorrection(self.config)

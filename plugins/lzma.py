@@ -20,8 +20,7 @@ from __future__ import annotations
 import lzma
 from dataclasses import dataclass
 
-from pgolf_core import PgolfError, hookimpl
-from pgolf_core.export import Codec
+from pgolf_core import Codec, PgolfError, hookimpl
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LEVELS = (0, 9)
@@ -44,7 +43,7 @@ def decode(blob: bytes) -> bytes:
         raise PgolfError(f"lzma: the .xz stream is corrupt ({exc})") from exc
 
 
-CODEC = Codec("lzma", encode, decode, XZ_MAGIC)
+CODEC = Codec("lzma", encode, decode, XZ_MAGIC, LEVELS)
 
 
 @dataclass
@@ -62,10 +61,8 @@ class Lzma:
 
     @staticmethod
     def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs): the preset, when this codec writes."""
-        export = getattr(recipe, "export", None)
-        if export is not None and export.compressor == "lzma" and not LEVELS[0] <= export.level <= LEVELS[1]:
-            raise PgolfError(f"lzma: [export] level={export.level}: expected a preset in {LEVELS[0]}..{LEVELS[1]}")
+        """At recipe load (see pgolf_core.hookspecs). Nothing to check: the core checks `[export]
+        level` against the codec's `levels` (0..9)."""
 
     def __init__(self, config: Config) -> None:
         self.validate(config)

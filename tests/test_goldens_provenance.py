@@ -1,4 +1,5 @@
-"""Every golden fixture says where it came from: the record scripts (via tools/make_goldens.py), not pgolf."""
+"""Every golden fixture says where it came from: the record scripts (via tools/make_goldens.py or
+tools/make_export_goldens.py), not pgolf."""
 
 from __future__ import annotations
 
@@ -16,7 +17,9 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "pr63_golden": {"pr63"},
     "pr194_golden": {"pr194"},
     "pr414_golden": {"pr414"},
+    "export_later_golden": {"lqer", "lqer1851", "brotli", "brotli1204", "lzma", "lzma1019"},
 }
+GENERATORS = {"export_later_golden": "tools/make_export_goldens.py"}  # the others: tools/make_goldens.py
 
 
 def test_every_golden_is_known():
@@ -26,7 +29,8 @@ def test_every_golden_is_known():
 @pytest.mark.parametrize("path", GOLDENS, ids=lambda p: p.stem)
 def test_golden_is_stamped(path):
     stamp = torch.load(path, weights_only=False)["provenance"]
-    assert stamp["fixture"] == path.stem and stamp["generator"] == "tools/make_goldens.py"
+    assert stamp["fixture"] == path.stem
+    assert stamp["generator"] == GENERATORS.get(path.stem, "tools/make_goldens.py")
     assert set(stamp["records"]) == RECORDS[path.stem]
     for name, rec in stamp["records"].items():
         assert re.fullmatch(r"#\d+|openai/parameter-golf naive baseline", rec["pr"]), name
