@@ -143,7 +143,9 @@ def gptq_lite_dequantized(weights: dict[str, torch.Tensor]) -> dict[str, torch.T
     return out
 
 
-@pytest.mark.parametrize("config", [lqer.Config(top_k=5), lqer.Config(top_k=5, asym=False, rank=2)], ids=str)
+@pytest.mark.parametrize(
+    "config", [lqer.Config(top_k=5), lqer.Config(top_k=5, asym=False, rank=2)], ids=["asym_rank4", "sym_rank2"]
+)
 def test_lqer_lowers_the_error_of_every_corrected_matrix(config):
     weights = lqer_weights()
     deq = gptq_lite_dequantized(weights)
@@ -308,3 +310,34 @@ def test_lzma_round_trip_and_errors():
         codec.decode(codec.magic + b"\x00" * 20)
     with pytest.raises(PgolfError, match="level=10"):
         codec.encode(b"", 10)
+
+
+# ------------------------------------------------------------------ through the core's export stack
+
+
+@pytest.mark.parametrize("codec_name", ["brotli", "lzma"])
+def test_lqer_and_codecs_round_trip_through_an_artifact(codec_name):
+    """Writer and reader of pgolf_core.exporter: the payload is saved under `__corrections__`, read
+    back with `weights_only=True` and applied again, so the reader sees the writer's weights."""
+    from pgolf_core.artifact import deserialize, serialize
+    from pgolf_core.exporter import ExportStack, TensorPlan
+    from pgolf_core.int8 import Int8Format
+
+    if codec_name == "brotli":
+        pytest.importorskip("brotli")
+    codec = brotli_plugin.make_codec() if codec_name == "brotli" else lzma_plugin.CODEC
+    weights = lqer_weights()
+    dtypes = {k: v.dtype for k, v in weights.items()}
+    fmt = Int8Format(65_536, 0.9999984)
+    stack = ExportStack(fmt, [fmt], [lqer.LqerCorrection(lqer.Config())], {codec.name: codec})
+    obj = stack.quantize(weights, {k: TensorPlan() for k in weights}, {}, dtypes, lambda key, value: None)
+    payload = obj["__corrections__"]["lqer"]
+    assert len(payload) == 3
+    plain = fmt.dequantize(obj, dtypes)
+    blob = codec.encode(serialize(obj), 11 if codec_name == "brotli" else 9)
+    back = stack.dequantize(deserialize(stack.decode(blob, codec.name)), dtypes)
+    written = lqer.LqerCorrection(lqer.Config()).apply(plain, payload)
+    for name, t in back.items():
+        assert torch.equal(t, written[name]), name
+        if name in payload:
+            assert float((weights[name] - t).norm()) < float((weights[name] - plain[name]).norm())
