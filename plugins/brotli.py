@@ -10,9 +10,13 @@ quality=level)` with the library's other defaults (mode GENERIC, lgwin 22, lgblo
 - `header_bytes = 2` (PR #1204): the stride as two little-endian bytes, b"BSHF\\x02\\x00", always.
 The shuffled payload is the same in both; only the 5th/6th bytes differ, so a blob is read with the
 layout it was written with (raw brotli has no magic bytes: the recipe's compressor names the codec).
-Why: int6/int8 values and fp16 scales keep their high and low bytes apart after shuffling, which
-brotli's context modelling codes better; brotli-11 "typically beats lzma preset=9 by 1-5% on
-quantized weights" (PR #1089 code comment). Every readable record from 03-31 on writes it.
+Why: fewer artifact bytes, so more parameters fit under the cap. The shuffle puts the high and
+the low bytes of fp16 values (scales, passthrough tensors) in separate runs; brotli-11 "typically
+beats lzma preset=9 by 1-5% on quantized weights" (comment in PR #1089's train_gpt_human.py). Most
+records from 03-31 on write it. Measured here on a synthetic 387,074-byte int6 payload (GPTQ-lite
+int6 of the tests' integer-draw weights, almost all int8 bytes): brotli-11 181,547 bytes without
+the shuffle, 181,949 with it (the shuffle pays on fp16-heavy payloads, not on int8 integers),
+lzma-9 191,008, zstd-22 198,355.
 Source: PR #1089 (`records/track_10min_16mb/2026-03-28_TurboMuon_EngramLite_ParamBanking`,
 `_byte_shuffle`/`_byte_unshuffle`), PR #1204 (`2026-03-31_ParallelResiduals_MiniDepthRecurrence`).
 Reported Δbpb: none by itself (bytes under the cap; #1089 README: "optimal entropy coding").

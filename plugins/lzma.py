@@ -5,14 +5,16 @@ records call: the .xz container (`FORMAT_XZ`, so every blob starts with b"\\xfd7
 recognises it), a CRC64 check, one LZMA2 filter with the preset's dictionary and match finder, no
 BCJ/delta filter, no `PRESET_EXTREME`, no byte shuffle. Read back with `lzma.decompress`. The
 preset is `[export] level` (0..9): PR #549 uses 6, PR #1019 uses 9. Standard library only.
-Why: on int6-in-int8 payloads LZMA2 is a little smaller than zstd-22 at a higher CPU cost; the
-records from 03-23 to 03-29 compress the model with it (`Serialized model int6+lzma`). Not a bpb
-change by itself: it only buys bytes under the 16,000,000-byte cap.
+Why: fewer artifact bytes for the same weights, so more parameters fit under the 16,000,000-byte
+cap; the records from 03-23 to 03-29 compress the model with it (`Serialized model int6+lzma`).
+Measured here on a synthetic 387,074-byte int6 payload (GPTQ-lite int6 of the tests' integer-draw
+weights): zlib-9 204,860, zstd-22 198,355, lzma-6 and lzma-9 191,008 bytes (brotli-11: 181,547).
 Source: PR #549 (`records/track_10min_16mb/2026-03-23_LeakyReLU_LegalTTT_ParallelMuon`, preset 6),
 PR #1019 (`2026-03-25_ValCalib_GPTQ_XSA_BigramHash3072`, preset 9, "from #364/#160"). Reported
 Δbpb: none (a size change; neither README isolates the bytes saved against zstd-22).
 Settings: none; the preset is the recipe's `[export] level` with `[export] compressor = "lzma"`.
-Output bytes are those of the installed liblzma (stable across xz 5.x releases in practice).
+The bytes are the installed liblzma's: its encoder may change between releases (the golden fixture
+stamps the version, and the tests compare bytes only under the same one; decoding always works).
 """
 
 from __future__ import annotations
