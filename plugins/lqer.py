@@ -22,9 +22,10 @@ full-Hessian GPTQ integers (int6 matrices, int7/int8 tok_emb); here against what
 before (GPTQ-lite int6 in pgolf). A matrix whose error is exactly zero is never a candidate (the
 records would divide 0 by a zero fp16 scale).
 Why: the rank-4 fix is cheap in bytes, so it goes where the error is largest: on three matrices it
-costs ≈30 KB and "recovers ≈0.009 BPB of the int6 quantization tax" (PR #1797 README). #1851's seed-42 log lists the corrected tensors as
-`blocks.*.mlp.fc.weight` (int6) and `tok_emb.weight` (int7). On the tests' integer-draw weights after
-GPTQ-lite int6 (an almost flat error spectrum, so a hard case) rank 4 lowers ‖W − W'‖ by 1.4-3.7%.
+costs ≈30 KB and "recovers ≈0.009 BPB of the int6 quantization tax" (PR #1797 README). #1851's
+seed-42 log lists the corrected tensors as `blocks.*.mlp.fc.weight` (int6) and `tok_emb.weight`
+(int7). On the tests' integer-draw weights after GPTQ-lite int6 (an almost flat error spectrum, so a
+hard case) rank 4 lowers ‖W − W'‖ by 1.4-3.7%.
 Source: PR #1797 (`records/track_10min_16mb/2026-04-24_PR1787Base_Smear_LQERAsym_PhasedTTT_1.06157`,
 `_lqer_pack_asym`, `gptq_mixed_quantize`, `dequantize_mixed`), the same code in PR #1851
 (`2026-04-27_SmearGateBOSFix_PR1787Base_LQERAsym_PhasedTTT`); both credit a PR #1530 "v2" port.
