@@ -272,6 +272,31 @@ def lqer_hessians(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+class _RecordingLinalg:
+    """`torch.linalg` for the record's code, keeping each `svd` input and output: the fixture
+    stores the record's own singular vectors, so the tests check the packing and the correction
+    bit for bit even where another LAPACK build (or thread count) rounds the SVD differently."""
+
+    def __init__(self, calls: list) -> None:
+        self.calls = calls
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch.linalg, name)
+
+    def svd(self, *args: Any, **kwargs: Any) -> Any:
+        out = torch.linalg.svd(*args, **kwargs)
+        self.calls.append((args[0], out))
+        return out
+
+
+class _RecordingTorch:
+    def __init__(self, calls: list) -> None:
+        self.linalg = _RecordingLinalg(calls)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(torch, name)
+
+
 def make_lqer(ns: dict[str, Any]) -> dict:
     weights = later_tests.lqer_weights()
     hessians = lqer_hessians(weights)
@@ -281,7 +306,12 @@ def make_lqer(ns: dict[str, Any]) -> dict:
         h = ns["Hyperparameters"]()
         for k, v in overrides.items():
             setattr(h, k, v)
-        result, meta = ns["gptq_mixed_quantize"](weights, hessians, h)
+        calls: list = []
+        ns["torch"] = _RecordingTorch(calls)
+        try:
+            result, meta = ns["gptq_mixed_quantize"](weights, hessians, h)
+        finally:
+            ns["torch"] = torch
         quant = {k: v for k, v in result.items() if not k.split(".")[-1].startswith("lq")}
         if base is None:
             base = quant
@@ -289,12 +319,20 @@ def make_lqer(ns: dict[str, Any]) -> dict:
         elif differences(quant, base):
             raise SystemExit(f"lqer case {case}: the record's GPTQ integers differ between cases")
         deq = ns["dequantize_mixed"](result, meta, weights)
-        corrected = [k for k, m in meta.items() if "+lqer" in m]
+        factors = {k: v for k, v in result.items() if k.split(".")[-1].startswith("lq")}
+        order = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in factors))  # the record's selection order
+        if len(calls) != len(order):
+            raise SystemExit(f"lqer case {case}: {len(calls)} SVDs for {len(order)} corrected tensors")
+        svd = {}
+        for name, (e, (u, sv, vh)) in zip(order, calls, strict=True):
+            r = min(h.lqer_rank, sv.numel())
+            svd[name] = {"E": later_tests.digest(e), "U": u[:, :r].clone(), "S": sv[:r].clone(), "Vh": vh[:r].clone()}
         out["cases"][case] = {
             "hparams": {k: getattr(h, k) for k in LQER_KEYS},
             "meta": meta,
-            "factors": {k: v for k, v in result.items() if k.split(".")[-1].startswith("lq")},
-            "corrected_rows": {k: deq[k][:: later_tests.ROW_STEP].clone() for k in corrected},
+            "factors": factors,
+            "svd": svd,
+            "corrected_rows": {k: deq[k][:: later_tests.ROW_STEP].clone() for k in order},
         }
     return out
 
