@@ -8,8 +8,9 @@ code is copied into this repository) and are never run: only the functions named
 from each script's syntax tree and defined in a namespace of their own (the scripts' top-level
 imports of flash-attn and triton are not executed, so nothing needs stubbing), and for the codecs
 the script's own export statements, from `... = buf.getvalue()` to the final `brotli.compress` /
-`lzma.compress` of `main()`, are executed on the fixture's raw bytes. PR #1089's script is an
-lzma + base85 shim; its code is decompressed (never executed) first.
+`lzma.compress` of `main()`, are executed on the fixture's raw bytes (and PR #1797's and #1851's
+`_compress`/`_decompress` are checked to give PR #1089's bytes). PR #1089's script is an lzma +
+base85 shim; its code is decompressed (never executed) first.
 
     R=PG/records/track_10min_16mb  # each file as of its PR head below (git show SHA:PATH > FILE)
     python tools/make_export_goldens.py \\
@@ -426,6 +427,12 @@ def build(scripts: dict[str, Path]) -> tuple[dict, str]:
             raise SystemExit(f"{scripts[name]}: the record would not choose brotli here")
         ns["brotli"] = brotli
         data[name] = make_brotli(ns, record_compress(scripts[name], "brotli", ns), inputs, stride_name)
+    for name in ("lqer", "lqer1851"):  # the LQER records write PR #1089's format (their `_compress`)
+        ns = record_namespace(scripts[name], (*SHUFFLE_FUNCTIONS, "_compress", "_decompress"))
+        for case, entry in data["brotli"]["cases"].items():
+            raw, blob = bytes(entry["raw"].tolist()), bytes(entry["blob"].tolist())
+            if ns["_compress"](raw, "brotli") != blob or ns["_decompress"](blob, "brotli") != raw:
+                raise SystemExit(f"{RECORDS[name][0]}'s _compress/_decompress differ from PR #1089's on {case}")
     for name in ("lzma", "lzma1019"):
         ns = record_namespace(scripts[name], ())
         data[name] = make_lzma(record_compress(scripts[name], "lzma", ns), inputs)
