@@ -277,9 +277,21 @@ def load_recipe(
                 recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
             for name in recipe.enabled_plugins:
                 _validate_plugin(classes[name], recipe.plugins[name].config, recipe, f"{source}: [plugins.{name}]")
+        _check_codec(recipe, classes if plugin_tables else {})
         return recipe
     except RecipeError as exc:
         raise RecipeError(_blame_override(str(exc), overrides)) from None
+
+
+def _check_codec(recipe: Recipe, classes: dict[str, type]) -> None:
+    """`[export] compressor` among the built-in codecs and those the enabled plugins add."""
+    from pgolf_core.exporter import BUILTIN_CODECS, check_codec, codec_table
+
+    codecs = list(BUILTIN_CODECS)
+    for name in recipe.enabled_plugins:
+        if hasattr(classes[name], "pgolf_codecs"):
+            codecs += classes[name](recipe.plugins[name].config).pgolf_codecs()
+    check_codec(codec_table(codecs), recipe.export.compressor, recipe.export.level, recipe.source)
 
 
 # Ranges of single values, by section: (space-separated keys, lowest, highest, whether the lowest is allowed).

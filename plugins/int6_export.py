@@ -45,7 +45,6 @@ from pgolf_core.roles import Roles, is_control
 
 INT6_MAX = 31
 MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")
-MIXED_FORMAT = "int6_mixed_per_row_v1"  # pgolf's tag; the records' mixed objects have none
 ALL_FORMAT = "int6_in_int8_per_row_v1"
 ALL_FORMATS = (ALL_FORMAT, "int8_clean_per_row_v1")  # PR #194's tag, PR #63's tag
 NO_PLAN = TensorPlan()
@@ -168,7 +167,7 @@ def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
         kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
         stats[kind] += 1
-    return {FORMAT_KEY: MIXED_FORMAT, "w": result, "m": meta}, stats, int6_names
+    return {"w": result, "m": meta}, stats, int6_names  # no format tag: the records' exact object
 
 
 def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
@@ -286,7 +285,7 @@ class Int6Format:
     """The int6 export format of `Config.scheme`; reads pgolf's and the records' objects."""
 
     label = "int6"
-    tags = (MIXED_FORMAT, "", *ALL_FORMATS)  # "": the records' untagged mixed objects
+    tags = ("", *ALL_FORMATS)  # "": the mixed scheme's object, untagged as the records write it
 
     def __init__(self, config: Config, keep_float_max_numel: int, clip_quantile: float) -> None:
         self.config, self.keep_max, self.clip_quantile = config, keep_float_max_numel, clip_quantile

@@ -1,6 +1,6 @@
 """What the README promises around a run: exit code 1 for an artifact over the limit, `pgolf eval` of
 the int8 `.ptz` and `pgolf_core.api.evaluate` (standard and sliding) scoring exactly what the run's
-round trip scored, `pgolf_core.api.export` writing the run's artifact bytes, and `run.compile = "on"`.
+round trip scored, `pgolf_core.api.export_artifact` writing the run's artifact bytes, and `run.compile = "on"`.
 
 One tiny run (module fixture) with `grad_accum_steps=1`, so the run's eval batches and `evaluate`'s
 are the same rows and the scores must be equal, not close.
@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from pgolf_core import build_model
-from pgolf_core.api import evaluate, export
+from pgolf_core.api import evaluate, export_artifact
 from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
-from pgolf_core.train import load_weights, train
+from pgolf_core.setup import load_weights
+from pgolf_core.train import train
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "recipes" / "baseline.toml"
@@ -109,12 +110,12 @@ def test_evaluate_scores_checkpoints_and_models_exactly_as_the_run(oversize):
 
 
 def test_export_writes_the_runs_artifact_from_its_weights(oversize, tmp_path):
-    """`pgolf_core.api.export` of the run's final weights: the same int8+zlib bytes as the run wrote."""
+    """`pgolf_core.api.export_artifact` of the run's final weights: the same int8+zlib bytes as the run wrote."""
     _, out, s = oversize
     recipe = load_recipe(BASELINE, TINY)
     model = build_model(recipe)
     load_weights(model, torch.load(out / "final_model.pt", weights_only=True))
-    got = export(recipe, model, tmp_path / "export", log=lambda msg: None)
+    got = export_artifact(recipe, model, tmp_path / "export", log=lambda msg: None)
     assert (tmp_path / "export" / "final_model.ptz").read_bytes() == (out / "final_model.ptz").read_bytes()
     assert got["path"] == str(tmp_path / "export" / "final_model.ptz") and got["format"] == s["artifact_format"]
     assert (got["model_bytes"], got["code_bytes"], got["artifact_bytes"]) == (

@@ -20,8 +20,17 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core import artifact as export
+from pgolf_core import artifact, int8
 from pgolf_core.errors import PgolfError
+from pgolf_core.exporter import BUILTIN_CODECS, check_codec, codec_table
+from tests.record_rules import BASELINE_CONTROL, pattern_roles
+
+CODECS = codec_table(BUILTIN_CODECS)
+
+
+def quantize_int8(inputs: dict, **kwargs):
+    """The int8 format with the baseline's control tensors (its name patterns) as roles."""
+    return int8.quantize_int8(inputs, roles=pattern_roles(inputs, BASELINE_CONTROL), **kwargs)
 
 GOLDEN = Path(__file__).parent / "fixtures" / "int8_golden.pt"
 
@@ -105,7 +114,7 @@ def golden() -> dict:
 def test_int8_matches_baseline_bit_exactly(golden: dict, case: str) -> None:
     inputs = golden[case]["inputs"]
     assert fingerprint(inputs) == golden[case]["fingerprint"]  # the stored inputs are the ones the record read
-    obj, stats = export.quantize_int8(inputs, keep_float_max_numel=CASES[case], clip_quantile=0.9999984)
+    obj, stats = quantize_int8(inputs, keep_float_max_numel=CASES[case], clip_quantile=0.9999984)
     _assert_same(obj, golden[case]["obj"], case)
     assert stats == golden[case]["stats"]
 
@@ -113,23 +122,23 @@ def test_int8_matches_baseline_bit_exactly(golden: dict, case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_dequantize_matches_baseline(golden: dict, case: str) -> None:
     """The golden object is the baseline's own: pgolf reads an official artifact to the same bits."""
-    out = export.dequantize_int8(golden[case]["obj"])
+    out = int8.dequantize_int8(golden[case]["obj"])
     assert {k: fingerprint({k: v}) for k, v in out.items()} == golden[case]["dequantized"]
 
 
 def test_default_clip_constant_gives_same_bits() -> None:
     """0.9999984 and the baseline's 99.99984/100 differ as doubles but not as fp32 quantile fractions."""
     inputs = make_inputs("default")
-    a, _ = export.quantize_int8(inputs)
-    b, _ = export.quantize_int8(inputs, clip_quantile=0.9999984)
+    a, _ = quantize_int8(inputs)
+    b, _ = quantize_int8(inputs, clip_quantile=0.9999984)
     _assert_same(a, b, "obj")
 
 
 def test_round_trip_error_within_half_a_step() -> None:
     """|dequantized - clipped| <= s/2 per row, plus |q| times the fp16 storage error of the scale."""
     inputs = make_inputs("small")
-    obj, _ = export.quantize_int8(inputs, keep_float_max_numel=4096)
-    out = export.dequantize_int8(obj)
+    obj, _ = quantize_int8(inputs, keep_float_max_numel=4096)
+    out = int8.dequantize_int8(obj)
     assert sorted(out) == sorted(inputs)  # quantized names first, then passthrough, as the baseline
     for name in obj["passthrough"]:
         w = inputs[name]
@@ -156,40 +165,44 @@ def test_round_trip_error_within_half_a_step() -> None:
 
 def test_dequantize_rejects_other_formats() -> None:
     with pytest.raises(PgolfError, match="int8_clean_per_row_v1"):
-        export.dequantize_int8({"__quant_format__": "int6_in_int8_per_row_v1"})
+        int8.dequantize_int8({"__quant_format__": "int6_in_int8_per_row_v1"})
 
 
 def test_serialize_round_trip_weights_only() -> None:
-    obj, _ = export.quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
-    _assert_same(export.deserialize(export.serialize(obj)), obj, "obj")
+    obj, _ = quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
+    _assert_same(artifact.deserialize(artifact.serialize(obj)), obj, "obj")
 
 
 @pytest.mark.parametrize("codec,level", [("zlib", 9), ("zstd", 22)])
 def test_compress_round_trip(codec: str, level: int) -> None:
-    raw = export.serialize(export.quantize_int8(make_inputs("small"), keep_float_max_numel=4096)[0])
-    blob = export.compress(raw, codec, level)
+    raw = artifact.serialize(quantize_int8(make_inputs("small"), keep_float_max_numel=4096)[0])
+    blob = CODECS[codec].encode(raw, level)
     assert len(blob) < len(raw)
-    assert export.decompress(blob, codec) == raw
+    assert CODECS[codec].decode(blob) == raw and blob.startswith(CODECS[codec].magic)
 
 
 def test_zstd_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "zstandard", None)  # makes `import zstandard` raise ImportError
     with pytest.raises(PgolfError, match="pip install zstandard"):
-        export.compress(b"abc", "zstd", 22)
+        CODECS["zstd"].encode(b"abc", 22)
     with pytest.raises(PgolfError, match="pip install zstandard"):
-        export.decompress(b"abc", "zstd")
-    assert export.decompress(export.compress(b"abc", "zlib", 9), "zlib") == b"abc"  # zlib needs nothing
+        CODECS["zstd"].decode(b"abc")
+    with pytest.raises(PgolfError, match="pip install zstandard"):  # found when the recipe loads
+        check_codec(CODECS, "zstd", 22, "r.toml")
+    assert CODECS["zlib"].decode(CODECS["zlib"].encode(b"abc", 9)) == b"abc"  # zlib needs nothing
 
 
 def test_unknown_codec() -> None:
-    with pytest.raises(PgolfError, match="zlib, zstd"):
-        export.compress(b"abc", "lzma", 6)
+    with pytest.raises(PgolfError, match='r.toml: \\[export\\] compressor="lzma": no such codec \\(available: zlib, zstd'):
+        check_codec(CODECS, "lzma", 6, "r.toml")
+    with pytest.raises(PgolfError, match='r.toml: \\[export\\] level=10: expected 0..9 for compressor "zlib"'):
+        check_codec(CODECS, "zlib", 10, "r.toml")
 
 
 def test_write_atomic_replaces_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "final_model.ptz"
-    export.write_atomic(path, b"old")
-    export.write_atomic(path, b"new contents")
+    artifact.write_atomic(path, b"old")
+    artifact.write_atomic(path, b"new contents")
     assert path.read_bytes() == b"new contents"
 
     def fail(src: str, dst: str) -> None:
@@ -197,6 +210,6 @@ def test_write_atomic_replaces_and_cleans_up(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr("os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        export.write_atomic(path, b"partial")
+        artifact.write_atomic(path, b"partial")
     assert path.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind

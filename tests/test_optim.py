@@ -24,6 +24,8 @@ from pgolf_core.errors import PgolfError
 from pgolf_core.optim import Muon, build_optimizers, lr_scale, muon_momentum, newton_schulz5
 from pgolf_core.recipe import TrainConfig, load_recipe
 from pgolf_core.registry import create_manager
+from pgolf_core.roles import collect_roles, declare_role
+from tests.record_rules import control_patterns
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,8 +228,9 @@ def tiny(*sets: str, recipe: Path | None = None, smoke: bool = False):
     base = ["model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=4"]
     r = load_recipe(recipe, [*(base if recipe is None else []), *sets], smoke=smoke)
     pm = create_manager(r)
-    run = configure(r, pm, log=lambda msg: None)
-    return r, build_model_with(model_spec(r, run.control_patterns), pm, r.run.seed), run.control_patterns
+    configure(r, pm, log=lambda msg: None)
+    model = build_model_with(model_spec(r), pm, r.run.seed)
+    return r, model, collect_roles(model), control_patterns(r)
 
 
 def members(opt: torch.optim.Optimizer, model: nn.Module) -> set[str]:
@@ -252,9 +255,9 @@ def expected_groups(model: nn.Module, patterns: list[str]) -> dict[str, set[str]
 
 
 def test_baseline_groups_and_learning_rates():
-    recipe, model, patterns = tiny()
+    recipe, model, roles, patterns = tiny()
     cfg = recipe.train
-    opts = build_optimizers(model, cfg, patterns, "cpu")
+    opts = build_optimizers(model, cfg, roles, "cpu")
     token, muon, scalar = opts.all
     want = expected_groups(model, patterns)
     assert members(token, model) == want["token"] == {"tok_emb.weight"}
@@ -288,8 +291,8 @@ def test_untied_head_and_adamw_and_muon_settings():
         "train.muon_ns_dtype=float32",
         "train.beta2=0.99",
     ]
-    recipe, model, patterns = tiny(*sets)
-    opts = build_optimizers(model, recipe.train, patterns, "cpu")
+    recipe, model, roles, patterns = tiny(*sets)
+    opts = build_optimizers(model, recipe.train, roles, "cpu")
     token, head, muon, scalar = opts.all  # the records' order: token, head, matrix, scalar
     assert members(token, model) == {"tok_emb.weight"} and members(head, model) == {"lm_head.weight"}
     assert token.param_groups[0]["lr"] == 0.6 and head.param_groups[0]["lr"] == 0.008  # embed_lr, head_lr
@@ -317,14 +320,13 @@ class Toy(nn.Module):
 
 def test_plugin_tags_place_parameters_and_own_adams_group_by_settings():
     model = Toy()
-    model.extra_proj._pgolf_group = "matrix"
-    model.extra_table._pgolf_group = "token"
-    for p in (model.gate_a, model.gate_b):
-        p._pgolf_group = "scalar"
-        p._pgolf_adam = {"lr": 0.02, "betas_2": 0.99, "weight_decay": 0.0}
-    model.gate_c._pgolf_adam = {"lr": 0.5}
+    declare_role(model, "extra_proj", group="matrix")
+    declare_role(model, "extra_table", group="token")
+    for p in ("gate_a", "gate_b"):
+        declare_role(model, p, group="scalar", adam={"lr": 0.02, "betas_2": 0.99, "weight_decay": 0.0})
+    declare_role(model, "gate_c", adam={"lr": 0.5})
     cfg = TrainConfig()
-    opts = build_optimizers(model, cfg, [], "cpu")
+    opts = build_optimizers(model, cfg, collect_roles(model), "cpu")
     token, muon, own_ab, own_c = opts.all  # no head, no scalar members: those groups are skipped
     assert members(token, model) == {"tok_emb.weight", "extra_table"}
     assert members(muon, model) == {"blocks.0.weight", "extra_proj"}
@@ -340,29 +342,27 @@ def test_plugin_tags_place_parameters_and_own_adams_group_by_settings():
 
 
 def test_untagged_or_unknown_groups_are_errors():
-    with pytest.raises(PgolfError, match=r"'extra_proj' has no optimizer group.*_pgolf_group"):
-        build_optimizers(Toy(), TrainConfig(), [], "cpu")
-    model = Toy()
-    for p in (model.extra_proj, model.extra_table, model.gate_a, model.gate_b, model.gate_c):
-        p._pgolf_group = "scalar"
-    model.gate_c._pgolf_group = "muon"
-    with pytest.raises(PgolfError, match=r"'gate_c': unknown optimizer group 'muon'"):
-        build_optimizers(model, TrainConfig(), [], "cpu")
+    with pytest.raises(PgolfError, match=r"'extra_proj' has no optimizer group.*declare_role"):
+        build_optimizers(Toy(), TrainConfig(), {}, "cpu")
+    with pytest.raises(PgolfError, match=r"declare_role\('gate_c'\): group 'muon' is not one of"):
+        declare_role(Toy(), "gate_c", group="muon")
 
 
 def test_shipped_plugins_place_their_parameters_as_the_records():
     """PR #414: bigram and value-embedding tables with the token Adam, their projections with Muon,
     their scales (and the smear gate) with the scalar Adam; PR #194: the SmearGate vector in an Adam of
     its own (lr 0.02, beta2 0.99)."""
-    recipe, model, patterns = tiny("plugins.bigram_hash.dim=64", recipe=ROOT / "recipes" / "pr414.toml", smoke=True)
-    token, muon, scalar = build_optimizers(model, recipe.train, patterns, "cpu").all
+    recipe, model, roles, patterns = tiny(
+        "plugins.bigram_hash.dim=64", recipe=ROOT / "recipes" / "pr414.toml", smoke=True
+    )
+    token, muon, scalar = build_optimizers(model, recipe.train, roles, "cpu").all
     assert members(token, model) == {"tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"}
     assert {"bigram.proj.weight", "ve_shared.proj.weight"} <= members(muon, model)
     assert {"bigram.scale", "ve_shared.scale", "ve_layer_scales.0", "smear.gate"} <= members(scalar, model)
     assert type(token) is torch.optim.AdamW and token.param_groups[0]["lr"] == recipe.train.tied_embed_lr
 
-    recipe, model, patterns = tiny(recipe=ROOT / "recipes" / "pr194.toml", smoke=True)
-    opts = build_optimizers(model, recipe.train, patterns, "cpu").all
+    recipe, model, roles, patterns = tiny(recipe=ROOT / "recipes" / "pr194.toml", smoke=True)
+    opts = build_optimizers(model, recipe.train, roles, "cpu").all
     own = opts[-1]
     assert members(own, model) == {"smear_gate_param"} and len(opts) == 4
     assert (own.param_groups[0]["lr"], own.param_groups[0]["betas"]) == (0.02, (0.9, 0.99))
@@ -427,8 +427,8 @@ def test_muon_momentum_warms_up_linearly_then_stays():
 
 def test_ns_dtype_partial_is_what_the_run_uses():
     """`train.muon_ns_dtype` reaches the orthogonalization (float32 on CPU smoke runs)."""
-    recipe, model, patterns = tiny("train.muon_ns_dtype=float32")
-    muon = build_optimizers(model, recipe.train, patterns, "cpu").muon
+    recipe, model, roles, patterns = tiny("train.muon_ns_dtype=float32")
+    muon = build_optimizers(model, recipe.train, roles, "cpu").muon
     assert muon is not None
     g = draw((6, 4), seed=5).float()
     assert torch.equal(muon.orthogonalize(g, 5), partial(newton_schulz5, dtype=torch.float32)(g, 5))

@@ -56,7 +56,6 @@ class Plugin:
     @hookimpl
     def pgolf_configure(self, run):
         run.log("configured {name}")
-        run.control_patterns.append("{name}")
 {extra}
 
 PLUGIN = Plugin
@@ -94,17 +93,16 @@ def test_collecting_hooks_follow_order_then_name(tmp_path):
     run = RunContext(recipe=r, log=seen.append)
     pm.hook.pgolf_configure(run=run)
     assert seen == ["configured zeta", "configured alpha", "configured beta"]
-    assert run.control_patterns == ["zeta", "alpha", "beta"]
 
 
 def test_disabled_plugin_is_not_registered_and_has_no_effect(tmp_path):
     make_plugin(tmp_path, "alpha")
     on = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\nscale = 3.0\n")
     off = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\nscale = 3.0\n", disable=["alpha"])
-    assert registry.create_manager(off, [tmp_path]).get_plugins() == set()
+    assert registry.ordered_plugins(registry.create_manager(off, [tmp_path])) == []
     pm = registry.create_manager(on, [tmp_path])
-    m_on = build_model_with(model_spec(on, []), pm, seed=0)
-    m_off = build_model_with(model_spec(off, []), registry.create_manager(off, [tmp_path]), seed=0)
+    m_on = build_model_with(model_spec(on), pm, seed=0)
+    m_off = build_model_with(model_spec(off), registry.create_manager(off, [tmp_path]), seed=0)
     assert [len(b.attn.post) for b in m_on.blocks] == [0, 1]
     assert [len(b.attn.post) for b in m_off.blocks] == [0, 0]
     assert m_on.blocks[1].attn.post[0].scale == 3.0
@@ -165,9 +163,12 @@ def test_cli_reports_recipe_errors_with_exit_2(tmp_path, capsys):
 def test_cli_reports_plugin_setting_and_path_errors_with_exit_2(tmp_path, capsys):
     """A plugin's own validation names the recipe and table; an unusable --out is no traceback."""
     recipes = Path(__file__).resolve().parents[1] / "recipes"
-    assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "plugins.zstd.level=30"]) == 2
+    assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "plugins.xsa.last_n=30"]) == 2
     err = capsys.readouterr().err
-    assert f"{recipes / 'pr414.toml'}: [plugins.zstd] zstd: level must be between 1 and 22, got 30" in err
+    assert f"{recipes / 'pr414.toml'}: [plugins.xsa] xsa: last_n=30: expected 0..11 (model.num_layers)" in err
+    assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "export.level=30"]) == 2
+    err = capsys.readouterr().err
+    assert f'{recipes / "pr414.toml"}: [export] level=30: expected 1..22 for compressor "zstd"' in err
     (tmp_path / "afile").write_text("keep me")
     args = [
         "run",
@@ -199,3 +200,42 @@ def test_build_model_is_deterministic_for_the_seed(tmp_path):
     other = build_model(load_recipe(None, [*r_sets, "run.seed=1338"]))
     differ = [k for k, v in other.state_dict().items() if not torch.equal(v, a.state_dict()[k])]
     assert "tok_emb.weight" in differ  # the seed reaches the init (zero-init projections stay equal)
+
+
+MISSPELLED = """
+from pgolf_core import hookimpl
+
+
+class Plugin:
+    name = "{name}"
+    version = "0"
+    order = 100
+
+    def __init__(self, config):
+        pass
+
+    {body}
+
+
+PLUGIN = Plugin
+"""
+
+
+@pytest.mark.parametrize(
+    "body, error",
+    [
+        ("@hookimpl\n    def pgolf_post_stepp(self, state): pass", "method pgolf_post_stepp is not a hook of the catalog"
+         ' (did you mean "pgolf_post_step"?)'),
+        ("def pgolf_post_step(self, state): pass", "method pgolf_post_step is not decorated with @pgolf_core.hookimpl"),
+        ("@hookimpl\n    def pgolf_post_step(self, state, extra): pass", "hook 'pgolf_post_step'"),
+    ],
+    ids=["misspelled", "undecorated", "wrong-arguments"],
+)
+def test_a_hook_method_the_catalog_does_not_know_fails_at_load(tmp_path, body, error):
+    """A misspelled or undecorated hook would register nothing and silently do nothing: it is a load
+    error naming the plugin, where it comes from, and the method."""
+    (tmp_path / "typo.py").write_text(MISSPELLED.format(name="typo", body=body))
+    r = recipe_with(tmp_path, tmp_path, "[plugins.typo]\n")
+    with pytest.raises(PgolfError) as info:
+        registry.create_manager(r, [tmp_path])
+    assert f"plugin 'typo' (from {tmp_path / 'typo.py'})" in str(info.value) and error in str(info.value)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from pgolf_core import registry
-from pgolf_core.artifact import CODECS
+from pgolf_core.exporter import BUILTIN_CODECS
 from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
 
@@ -86,11 +86,11 @@ PLUGIN_LINE = {
     "bigram_hash": "bigram_hash/table:", "smeargate": "smeargate/variant:", "ln_scale": "ln_scale/layers:",
     "partial_rope": "partial_rope/dims:", "xsa": "xsa/layers:", "value_embed": "value_embed/layers:",
     "ortho_init": "ortho_init/min_dim:", "ema": "ema/applied:", "late_qat": "late_qat/activated_step:",
-    "gptq_lite": "gptq_lite/percentiles:", "int6_export": "int6_export/tensors:", "zstd": "int6+zstd",
+    "gptq_lite": "gptq_lite/percentiles:", "int6_export": "int6_export/tensors:",
 }  # fmt: skip
 PARAMS_OWNED = {"bigram_hash": 2048 * 128 + 1, "value_embed": 1024 * 128 + 128 * 64 + 3, "smeargate": 128}
-FORMAT_WITHOUT = {"int6_export": "int8_zstd", "zstd": "int6_zlib"}
-EXPORT_ONLY = {"int6_export", "zstd", "gptq_lite"}
+FORMAT_WITHOUT = {"int6_export": "int8_zstd"}
+EXPORT_ONLY = {"int6_export", "gptq_lite"}
 LOSS_EFFECT = 2e-5
 
 
@@ -124,7 +124,7 @@ def test_pr414_without_one_plugin_builds_trains_and_exports(plugin, pr414_all_pl
     else:
         assert abs(s["val_loss"] - full["val_loss"]) >= LOSS_EFFECT, f"{plugin}: {s['val_loss'] - full['val_loss']}"
     if plugin in FORMAT_WITHOUT:
-        assert s["model_bytes"] > full["model_bytes"]  # int8 is bigger than int6, zlib-9 than zstd-22
+        assert s["model_bytes"] > full["model_bytes"]  # int8 is bigger than int6
 
 
 def test_gptq_lite_changes_the_exported_integers(tmp_path):
@@ -133,8 +133,10 @@ def test_gptq_lite_changes_the_exported_integers(tmp_path):
     import torch
 
     from pgolf_core import build_model
-    from pgolf_core.api import export
-    from pgolf_core.artifact import decompress, deserialize
+    import zlib
+
+    from pgolf_core.api import export_artifact
+    from pgolf_core.artifact import deserialize
 
     recipe = load_recipe(PR414, smoke=True)
     model = build_model(recipe)
@@ -145,10 +147,11 @@ def test_gptq_lite_changes_the_exported_integers(tmp_path):
                 p.copy_(torch.randint(-64, 65, p.shape, generator=g) / 32)
                 p[:, 0] = 8.0
     blobs = {}
-    for name, disable in (("with", ["zstd"]), ("without", ["zstd", "gptq_lite"])):  # zlib-9: faster than zstd-22
-        r = load_recipe(PR414, disable=disable, smoke=True)
-        path = export(r, model, tmp_path / name, log=lambda msg: None)["path"]
-        blobs[name] = deserialize(decompress(Path(path).read_bytes(), "zlib"))["w"]
+    zlib9 = ['export.compressor="zlib"', "export.level=9"]  # zlib-9: faster than zstd-22
+    for name, disable in (("with", []), ("without", ["gptq_lite"])):
+        r = load_recipe(PR414, zlib9, disable=disable, smoke=True)
+        path = export_artifact(r, model, tmp_path / name, log=lambda msg: None)["path"]
+        blobs[name] = deserialize(zlib.decompress(Path(path).read_bytes()))["w"]
     assert blobs["with"].keys() == blobs["without"].keys()
     ints = [k for k, v in blobs["with"].items() if k.endswith(".q") and v.dtype == torch.int8]
     changed = [k for k in ints if not torch.equal(blobs["with"][k], blobs["without"][k])]
@@ -186,11 +189,12 @@ def test_core_names_no_plugin():
         used = _identifiers(tree) & forbidden
         assert not used, f"{path.relative_to(ROOT)} names plugin(s) {sorted(used)}"
         strings = {n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)}
-        assert not (strings & forbidden) - set(CODECS), f"{path.relative_to(ROOT)}: {sorted(strings & forbidden)}"
+        codecs = {c.name for c in BUILTIN_CODECS}
+        assert not (strings & forbidden) - codecs, f"{path.relative_to(ROOT)}: {sorted(strings & forbidden)}"
 
 
 def test_no_plugin_imports_another():
-    allowed_roots = {"torch", "numpy", "pgolf_core", "__future__", "zstandard"}
+    allowed_roots = {"torch", "numpy", "pgolf_core", "__future__", "zstandard", "brotli"}  # codec packages
 
     for path in sorted((ROOT / "plugins").glob("*.py")):
         tree = ast.parse(path.read_text())
@@ -280,7 +284,7 @@ def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path, capsys):
         assert line in log, f"{line!r} missing from the pr414 smoke log"
     assert "int6_zstd_roundtrip_exact" in log and "sliding_window_exact" in log
     assert abs(s["roundtrip_val_bpb"] - s["val_bpb"]) < 0.05
-    # `pgolf eval` reads the int6 + zstd artifact back (int6_export's pgolf_dequantize) and scores exactly
+    # `pgolf eval` reads the int6 + zstd artifact back (the run's reader: int6_export's format) and scores exactly
     # what the run's round trip scored (the round-trip stage is the standard eval when sliding is on)
     capsys.readouterr()
     assert (

@@ -107,14 +107,37 @@ class Plugin:
         self._note(f"post{state.step}")
 
     @hookimpl
+    def pgolf_fit_end(self, state):
+        self._note("fit_end")
+
+    @hookimpl
     def pgolf_final_weights(self, state):
         self._note("final")
         return None
 
     @hookimpl
-    def pgolf_pre_export(self, state, weights, plan):
-        self._note("pre_export")
-        state.report("phases/calls", " ".join(self.calls))
+    def pgolf_export_format(self, recipe):
+        self._note("format")
+
+    @hookimpl
+    def pgolf_export_corrections(self, recipe):
+        self._note("corrections")
+
+    @hookimpl
+    def pgolf_codecs(self):
+        self._note("codecs")
+        return []
+
+    @hookimpl
+    def pgolf_export_plan(self, plan, weights, ctx):
+        self._note("plan")
+        ctx.report("phases/calls", " ".join(self.calls))
+
+    @hookimpl
+    def pgolf_eval_adapt(self, model, chunk, state):
+        if self.calls[-1] != "adapt":
+            self._note("adapt")
+            state.report("phases/calls", " ".join(self.calls))
 
 
 PLUGIN = Plugin
@@ -132,7 +155,9 @@ def test_hooks_run_at_phase_boundaries_in_order(sample_cache, tmp_path):
         plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]),
     )
     s = train(recipe, tmp_path / "run", plugin_dirs=(plugins,), interactive=False)
-    expected = "configure model_built start0 post1 start1 post2 final pre_export"
+    # setup (configure, build, the export parts), fit (steps, fit end), finish (final weights, export plan,
+    # then adaptation after the scored chunks of the last eval)
+    expected = "configure format corrections codecs model_built start0 post1 start1 post2 fit_end final plan adapt"
     assert s["plugin_reports"]["phases/calls"] == expected
     assert s["plugins"] == [{"name": "phases", "version": "0", "order": 100}]
 

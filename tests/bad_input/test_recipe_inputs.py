@@ -119,6 +119,7 @@ CORE_CASES = [
     ("eval_batch_tokens_zero", ["--set", "eval.batch_tokens=0"], ["[eval] batch_tokens=0"]),
     ("zlib_level_out_of_range", ["--set", "export.level=10"], ["[export] level=10", "0..9"]),
     ("zstd_level_zero", ["--set", 'export.compressor="zstd"', "--set", "export.level=0"], ["level=0", "1..22"]),
+    ("codec_not_enabled", ["--set", 'export.compressor="brotli"'], ['compressor="brotli": no such codec', "zlib, zstd"]),
     ("clip_quantile_zero", ["--set", "export.clip_quantile=0"], ["[export] clip_quantile=0.0", "(0, 1]"]),
     ("clip_quantile_above_one", ["--set", "export.clip_quantile=1.5"], ["[export] clip_quantile=1.5"]),
     ("artifact_limit_zero", ["--set", "export.artifact_limit_bytes=0"], ["[export] artifact_limit_bytes=0"]),
@@ -152,7 +153,6 @@ PLUGIN_CASES = [
         ["[plugins.gptq_lite]", "percentiles"],
     ),
     ("int6_scheme_unknown", ["--set", 'plugins.int6_export.scheme="int7"'], ["[plugins.int6_export]", "scheme"]),
-    ("zstd_level_above_22", ["--set", "plugins.zstd.level=23"], ["[plugins.zstd]", "level"]),
     ("ortho_min_dim_negative", ["--set", "plugins.ortho_init.min_dim=-1"], ["[plugins.ortho_init]", "min_dim=-1"]),
     (
         "smeargate_beta2_one",

@@ -272,9 +272,9 @@ def smoke_state_dict(*overrides: str) -> dict[str, torch.Tensor]:
 
     recipe = load_recipe(BASELINE, list(overrides), smoke=True)
     pm = create_manager(recipe)
-    run = configure(recipe, pm, log=lambda msg: None)
+    configure(recipe, pm, log=lambda msg: None)
     backend, _ = resolve_backend(recipe.model.attention, "cpu")
-    return build_model_with(model_spec(recipe, run.control_patterns, backend), pm, 0).state_dict()
+    return build_model_with(model_spec(recipe, backend), pm, 0).state_dict()
 
 
 def test_eval_checkpoint_with_other_shapes(tmp_path, capsys, sample):

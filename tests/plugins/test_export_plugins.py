@@ -1,4 +1,4 @@
-"""Export plugins: int6_export, gptq_lite, zstd.
+"""Export plugins: int6_export and gptq_lite; the built-in zstd codec the records compress with.
 
 Record equivalence uses `tests/fixtures/export_golden.pt`. Its inputs are regenerated here by
 `make_weights` (integer draws and exact float arithmetic only, so the bits do not depend on the
@@ -14,18 +14,19 @@ CPU's vector unit); its outputs were produced once by the records' own functions
 
 from __future__ import annotations
 
-import builtins
 import hashlib
-import zlib
-from types import SimpleNamespace
+from pathlib import Path
 
 import pytest
 import torch
-from pgolf_plugins import gptq_lite, int6_export, zstd
+from pgolf_plugins import gptq_lite, int6_export
 
-from pgolf_core import PgolfError
-from pgolf_core.artifact import compress, decompress, deserialize, quantize_int8, serialize
+from pgolf_core import PgolfError, TensorPlan
+from pgolf_core.artifact import deserialize, serialize
+from pgolf_core.exporter import BUILTIN_CODECS, ExportContext, ExportStack, codec_table
+from pgolf_core.int8 import Int8Format, quantize_int8
 from pgolf_core.recipe import load_recipe
+from tests.record_rules import pattern_roles
 
 from .golden import FIXTURES
 
@@ -151,28 +152,36 @@ def check_inputs(golden: dict, case: str, weights: dict[str, torch.Tensor]) -> N
         )
 
 
-def fake_state(weights, patterns, *, keep=65_536, clip=0.9999984):
-    """What the export hooks read from `TrainState`."""
-    reports: dict = {}
-    return SimpleNamespace(
-        recipe=SimpleNamespace(export=SimpleNamespace(keep_float_max_numel=keep, clip_quantile=clip)),
-        model=SimpleNamespace(state_dict=lambda: weights),
-        control_patterns=list(patterns),
-        reports=reports,
-        report=reports.__setitem__,
-    )
+class Reports(dict):
+    """`ctx.report` records here; `.reports` reads them back like a run's TrainState."""
+
+    @property
+    def reports(self) -> dict:
+        return self
+
+
+BASELINE_RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "baseline.toml"
+
+
+def export_recipe(keep=65_536, clip=0.9999984):
+    """A recipe whose `[export]` settings are the records' (only those matter here)."""
+    recipe = load_recipe(BASELINE_RECIPE)
+    recipe.export.keep_float_max_numel, recipe.export.clip_quantile = keep, clip
+    return recipe
 
 
 def run_export(weights, patterns, *, gptq: bool, **int6_cfg):
-    """pre_export (gptq_lite) + quantize (int6_export) as `export_model` calls them."""
-    state = fake_state(weights, patterns)
-    plan: dict = {name: {} for name in weights}
+    """The plan (gptq_lite) and the format (int6_export) as a run's export calls them; returns the
+    reports, plan, format label, object and the format's reader."""
+    state = Reports()
+    ctx = ExportContext(export_recipe(), pattern_roles(weights, patterns), state.__setitem__)
+    plan = {name: TensorPlan() for name in weights}
     if gptq:
-        gptq_lite.GptqLite(gptq_lite.Config()).pgolf_pre_export(state=state, weights=weights, plan=plan)
-    label, obj, deq = int6_export.Int6Export(int6_export.Config(**int6_cfg)).pgolf_quantize(
-        state=state, weights=weights, plan=plan
-    )
-    return state, plan, label, obj, deq
+        gptq_lite.GptqLite(gptq_lite.Config()).pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
+    fmt = int6_export.Int6Export(int6_export.Config(**int6_cfg)).pgolf_export_format(recipe=ctx.recipe)
+    obj = fmt.quantize(weights, plan, ctx.roles, ctx.report)
+    dtypes = {k: v.dtype for k, v in weights.items()}
+    return state, plan, fmt.label, obj, lambda o: fmt.dequantize(o, dtypes)
 
 
 # ---------------------------------------------------------------- GPTQ-lite search
@@ -219,7 +228,7 @@ def test_mixed_gptq_equals_record_pr414(golden):
     check_inputs(golden, "mixed", weights)
     state, plan, label, obj, deq = run_export(weights, PR414_CONTROL, gptq=True)
     want = golden["mixed"]
-    assert label == "int6" and set(obj) == {"w", "m"}
+    assert label == "int6" and set(obj) == {"w", "m"}  # no format tag, as the record writes it
     assert obj["m"] == want["meta"]
     assert list(obj["w"]) == want["order"]  # same insertion order: same torch.save bytes
     assert digests(obj["w"]) == want["w"]
@@ -228,10 +237,9 @@ def test_mixed_gptq_equals_record_pr414(golden):
     assert sum(counts.values()) == sum(1 for m in want["meta"].values() if m == {"type": "int6"})
     assert state.reports["int6_export/tensors"]["int6_planned"] == sum(counts.values())
     # A plan with percentiles only (no integers) gives the same object; so does row_rule = "plan".
-    slim = {k: {"clip_percentile": v["clip_percentile"]} if "clip_percentile" in v else {} for k, v in plan.items()}
-    obj2, _ = int6_export.quantize(
-        weights, int6_export.Config(row_rule="plan"), control_patterns=PR414_CONTROL, plan=slim
-    )
+    slim = {k: TensorPlan(clip_percentile=v.clip_percentile) for k, v in plan.items()}
+    roles = pattern_roles(weights, PR414_CONTROL)
+    obj2, _ = int6_export.quantize(weights, int6_export.Config(row_rule="plan"), roles=roles, plan=slim)
     assert digests(obj2["w"]) == want["w"]
 
 
@@ -242,13 +250,15 @@ def test_mixed_record_artifact_loads(golden):
     *_, obj, deq = run_export(weights, PR414_CONTROL, gptq=True)
     out = deq(deserialize(serialize(obj)))
     assert {k: v.dtype for k, v in out.items()} == {k: v.dtype for k, v in weights.items()}
-    # read back without the run (`pgolf eval --checkpoint`): the hook claims only int6 objects
-    plugin = int6_export.Int6Export(int6_export.Config())
+    # read back as `pgolf eval --checkpoint` does: the untagged mixed object goes to int6, a raw
+    # state dict passes through, an unknown tag is an error naming what the plugins read
+    fmt = int6_export.Int6Export(int6_export.Config()).pgolf_export_format(recipe=export_recipe())
+    stack = ExportStack(fmt, [fmt, Int8Format()], [], codec_table(BUILTIN_CODECS))
     dtypes = {k: v.dtype for k, v in weights.items()}
-    again = plugin.pgolf_dequantize(obj=deserialize(serialize(obj)), dtypes=dtypes)
-    assert digests(again) == digests(out)
-    assert plugin.pgolf_dequantize(obj=dict(weights), dtypes=dtypes) is None
-    assert plugin.pgolf_dequantize(obj={"__quant_format__": "other"}, dtypes=dtypes) is None
+    assert digests(stack.dequantize(deserialize(serialize(obj)), dtypes)) == digests(out)
+    assert stack.dequantize(dict(weights), dtypes) == weights
+    with pytest.raises(PgolfError, match="artifact format 'other' is not read by the enabled plugins"):
+        stack.dequantize({"__quant_format__": "other", "w": {}}, dtypes)
 
 
 def test_control_fp32_fix_keeps_small_control_tensors_exact():
@@ -338,16 +348,16 @@ def test_configs_round_trip_through_toml(tmp_path):
     path.write_text(
         '[plugins.int6_export]\nscheme = "all"\nfp16_keep = ["tok_emb"]\nrow_rule = "quantile"\n'
         '[plugins.gptq_lite]\npercentiles = [0.999, 1.0]\ncategories = ["mlp"]\n'
-        "[plugins.zstd]\nlevel = 19\nfallback_zlib = true\n"
+        '[export]\ncompressor = "zstd"\nlevel = 19\n'
     )
     recipe = load_recipe(path)
     again = tmp_path / "again.toml"
     again.write_text(recipe.to_toml())
     recipe2 = load_recipe(again)
-    for name in ("int6_export", "gptq_lite", "zstd"):
+    for name in ("int6_export", "gptq_lite"):
         assert recipe2.plugins[name].config == recipe.plugins[name].config
     assert recipe2.plugins["int6_export"].config == int6_export.Config("all", ["mlp", "attn"], "quantile", ["tok_emb"])
-    assert recipe2.plugins["zstd"].config == zstd.Config(19, True)
+    assert (recipe2.export.compressor, recipe2.export.level) == ("zstd", 19)
 
 
 def test_bad_configs_fail_loudly():
@@ -359,56 +369,34 @@ def test_bad_configs_fail_loudly():
         gptq_lite.GptqLite(gptq_lite.Config(categories=["mlps"]))
     with pytest.raises(PgolfError, match="percentiles"):
         gptq_lite.GptqLite(gptq_lite.Config(percentiles=[1.5]))
-    with pytest.raises(PgolfError, match="level"):
-        zstd.Zstd(zstd.Config(level=30))
     weights = {"blocks.0.mlp.fc.weight": torch.ones(300, 300), "tok_emb.weight": torch.ones(300, 300)}
     with pytest.raises(PgolfError, match="no clip for blocks.0.mlp.fc.weight"):
         run_export(weights, (), gptq=False, row_rule="plan")
-    plan = {"tok_emb.weight": {"clip_percentile": 1.0}}
+    plan = {"tok_emb.weight": TensorPlan(clip_percentile=1.0)}
     with pytest.raises(PgolfError, match="not exported as int6.*tok_emb.weight"):
-        int6_export.quantize(weights, int6_export.Config(), control_patterns=(), plan=plan)
+        int6_export.quantize(weights, int6_export.Config(), roles={}, plan=plan)
 
 
-# ---------------------------------------------------------------- zstd
+# ---------------------------------------------------------------- zstd (built-in codec)
+
+ZSTD = codec_table(BUILTIN_CODECS)["zstd"]
+ZLIB = codec_table(BUILTIN_CODECS)["zlib"]
 
 
 def test_zstd_equals_the_records_compressor():
     import zstandard
 
     raw = serialize(make_weights(SPECS_414[:6], 1))
-    codec, blob = zstd.Zstd(zstd.Config()).pgolf_compress(raw=raw)
+    blob = ZSTD.encode(raw, 22)
     # the records' one-shot call `zstandard.ZstdCompressor(level=22).compress(raw)` writes one frame: the zstd
     # magic, the content size in the header, no checksum, nothing after the frame; level 22 (not the default 3)
-    assert codec == "zstd" and blob[:4] == b"\x28\xb5\x2f\xfd"
+    assert blob[:4] == b"\x28\xb5\x2f\xfd" == ZSTD.magic
     frame = zstandard.get_frame_parameters(blob)
     assert frame.content_size == len(raw) and not frame.has_checksum
     reader = zstandard.ZstdDecompressor().decompressobj()
     assert reader.decompress(blob) == raw and reader.unused_data == b""
     assert blob == zstandard.ZstdCompressor(level=22).compress(raw) != zstandard.ZstdCompressor(level=3).compress(raw)
-    assert decompress(blob, codec) == raw
-
-
-def test_zstd_threads_option_reads_back():
-    raw = serialize(make_weights(SPECS_414[:8], 2))
-    codec, blob = zstd.Zstd(zstd.Config(level=3, threads=2)).pgolf_compress(raw=raw)
-    assert codec == "zstd" and decompress(blob, codec) == raw
-    with pytest.raises(PgolfError, match="threads"):
-        zstd.Zstd(zstd.Config(threads=-2))
-
-
-def test_zstd_missing_is_an_error_unless_fallback_is_asked_for(monkeypatch):
-    real_import = builtins.__import__
-
-    def no_zstandard(name, *args, **kwargs):
-        if name == "zstandard":
-            raise ImportError("No module named 'zstandard'")
-        return real_import(name, *args, **kwargs)
-
-    monkeypatch.setattr(builtins, "__import__", no_zstandard)
-    with pytest.raises(PgolfError, match="zstandard package is not installed.*fallback_zlib"):
-        zstd.Zstd(zstd.Config())
-    raw = b"parameter golf " * 1000
-    assert zstd.Zstd(zstd.Config(fallback_zlib=True)).pgolf_compress(raw=raw) == ("zlib", zlib.compress(raw, 9))
+    assert ZSTD.decode(blob) == raw
 
 
 # ---------------------------------------------------------------- each plugin changes the export bytes
@@ -416,14 +404,14 @@ def test_zstd_missing_is_an_error_unless_fallback_is_asked_for(monkeypatch):
 
 def test_each_plugin_changes_the_artifact():
     weights = make_weights([s for s in SPECS_414 if s[0] != "blocks.1.resid_mix"], 7)  # no fp32 giant
-    core_obj, _ = quantize_int8(weights, control_patterns=PR414_CONTROL)
-    core = compress(serialize(core_obj), "zlib", 9)
+    core_obj, _ = quantize_int8(weights, roles=pattern_roles(weights, PR414_CONTROL))
+    core = ZLIB.encode(serialize(core_obj), 9)
     *_, rowmax_obj, _ = run_export(weights, PR414_CONTROL, gptq=False)
     *_, gptq_obj, _ = run_export(weights, PR414_CONTROL, gptq=True)
     rowmax_raw, gptq_raw = serialize(rowmax_obj), serialize(gptq_obj)
-    with_int6 = compress(rowmax_raw, "zlib", 9)
-    with_gptq = compress(gptq_raw, "zlib", 9)
-    _, with_zstd = zstd.Zstd(zstd.Config()).pgolf_compress(raw=gptq_raw)
+    with_int6 = ZLIB.encode(rowmax_raw, 9)
+    with_gptq = ZLIB.encode(gptq_raw, 9)
+    with_zstd = ZSTD.encode(gptq_raw, 22)
     assert len({core, with_int6, with_gptq, with_zstd}) == 4
     assert len(with_int6) < len(core) and len(with_zstd) < len(with_gptq)
 
@@ -435,7 +423,7 @@ def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
     from pgolf_core.train import train
 
     path = tmp_path / "r.toml"
-    path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[plugins.zstd]\n')
+    path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[export]\ncompressor = "zstd"\nlevel = 22\n')
     recipe = load_recipe(
         path,
         [

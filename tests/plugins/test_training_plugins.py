@@ -268,7 +268,7 @@ def test_qat_reproduces_the_records_training_loss(rule, tmp_path):
     qat_in_eval = rule == "pr63"  # #63's global flag had no train/eval check, until export
     expected_eval = golden["qat_train_loss128" if qat_in_eval else "loss128"].item()
     assert abs(loss_of(model, golden, False) - expected_eval) <= 1e-5
-    pm.hook.pgolf_pre_export(state=state, weights={}, plan={})
+    pm.hook.pgolf_fit_end(state=state)
     assert abs(loss_of(model, golden, False) - golden["loss128"].item()) <= 1e-5
 
 
