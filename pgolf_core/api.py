@@ -112,5 +112,3 @@ def export_artifact(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path,
         "format": written.label,
         "reports": reports,
     }
-
-

@@ -218,7 +218,8 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     """The run's format, readers, corrections and codecs; the recipe's codec checked now, before
     anything is trained."""
     impls = pm.hook.pgolf_export_format.get_hookimpls()  # registration order: the defaults first
-    readers = [f for f in (impl.function(recipe=recipe) for impl in reversed(impls)) if f is not None]
+    answers: list[Any] = [impl.function(recipe=recipe) for impl in reversed(impls)]
+    readers: list[ExportFormat] = [f for f in answers if f is not None]
     corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)

@@ -1,20 +1,30 @@
+# mypy: disable-error-code="empty-body"
 """The hook catalog: the public contract between the core and plugins, grouped by phase.
 
 A run calls the hooks at these points (nothing of a plugin's runs inside a model's `forward`):
 
-    setup:   plugins load (unknown hook names are an error)   -> configure: pgolf_configure
-             model built on CPU in fp32, slots filled          -> build: pgolf_embed, pgolf_value_extras,
-                                                                  pgolf_rotary, pgolf_attention_post,
-                                                                  pgolf_linear; then pgolf_model_built
-             parameter roles collected; precision cast, optimizers, torch.compile
-    fit:     untimed warm-up, weights restored
-             for each step:  pgolf_step_start -> forward/backward/optimizer step -> pgolf_post_step
-             after the loop: pgolf_fit_end; weights = pgolf_final_weights (EMA/SWA) or the live ones
-    finish:  plan = pgolf_export_plan edits; fmt = pgolf_export_format; obj = fmt.quantize(...)
-             for each pgolf_export_corrections answer: stacked after quantization
-             blob = codec(obj) with the codec named by [export] compressor among pgolf_codecs
-             read back through the same reader as `pgolf eval`; round-trip and sliding evals,
-             pgolf_eval_adapt after each scored chunk of the last eval; summary
+    # setup                                         (pgolf_core.setup)
+    plugins = load(recipe)                          # a pgolf_* method not in this catalog: load error
+    pgolf_configure(run)
+    export = (pgolf_export_format(recipe), pgolf_export_corrections(recipe), pgolf_codecs())
+    model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_linear)
+    pgolf_model_built(model, spec)
+    roles = collect_roles(model)                    # optimizer groups, fp32 keeping, export passthrough
+    optimizers, compiled = build_optimizers(model, roles), torch.compile(model, fullgraph=True)
+    # fit                                           (pgolf_core.train.Run.fit)
+    warm_up(); restore()                            # untimed: compilation
+    for step in range(iterations):                  # until the wallclock cap
+        pgolf_step_start(state)
+        loss = train_step()                         # forward, backward, optimizer step
+        pgolf_post_step(state)
+    pgolf_fit_end(state)
+    # finish                                        (pgolf_core.train.Run.finish)
+    weights = pgolf_final_weights(state) or live weights
+    plan = {name: TensorPlan()}; pgolf_export_plan(plan, weights, ctx)
+    obj = format.quantize(weights, plan, roles); each correction adds its payload
+    write(codec.encode(torch.save(obj)))            # codec = [export] compressor
+    weights = read_artifact(file)                   # the reader `pgolf eval` uses
+    score round trip, sliding window; pgolf_eval_adapt(model, chunk, state) after each scored chunk
 
 Build hooks return *modules* that the core puts into named slots before the optimizers exist and
 before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
@@ -28,6 +38,14 @@ enabled plugin once the recipe is resolved, before anything is built, trained or
 plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`) and the whole `Recipe`.
 Raise `ValueError` (or `PgolfError`) whose message starts with the key, the value and the valid
 range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[plugins.<name>]`.
+
+Slots planned for the later leaderboard (see the coverage table in docs/hooks.md), designed to fit
+without changing the hooks above: an MLP/activation slot (`pgolf_mlp`: LeakyReLU², SwiGLU), a block
+composition slot (`pgolf_block`: parallel residual lanes), a layer schedule (`pgolf_layer_schedule`:
+depth recurrence, switched by a buffer and compiled for both schedules in the warm-up), a
+calibration pass inside the training budget (`pgolf_calibrate`: full-Hessian GPTQ) and a
+pre-scoring adaptation that marks a run non-compliant (`pgolf_eval_prescore`). `x`, the block
+input, already reaches attention post-processing (attention output gates).
 
 Parameter roles (build phase, not a hook): a module says what its parameters are with
 `pgolf_core.declare_role(module, "weight", ...)` (optimizer group, control tensor, own Adam, zero
@@ -177,15 +195,17 @@ def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportC
 
 @hookspec(firstresult=True)
 def pgolf_export_format(recipe: Recipe) -> ExportFormat:
-    """Exclusive. Once per run and per `pgolf eval`: the format object that quantizes the weights and reads them back (int6).
-    Its tag is stored in the artifact, so `pgolf eval` picks the same reader.
+    """Exclusive. Once per run and per `pgolf eval`: the format object that quantizes the weights
+    and reads them back (int6). Its tag is stored in the artifact, so `pgolf eval` picks the same
+    reader.
     Default: the baseline's int8 per-row format."""
 
 
 @hookspec
 def pgolf_export_corrections(recipe: Recipe) -> Correction | None:
-    """Once per run and per `pgolf eval`: a correction stacked after quantization (LQER), or None. Corrections run in plugin
-    order, each on the previous one's dequantized weights; their payloads go into the artifact.
+    """Once per run and per `pgolf eval`: a correction stacked after quantization (LQER), or None.
+    Corrections run in plugin order, each on the previous one's dequantized weights; their payloads
+    go into the artifact.
     Default: none."""
 
 

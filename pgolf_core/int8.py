@@ -83,7 +83,11 @@ def quantize_int8(
             continue
         stats["num_float_tensors"] += 1
         t32 = t.float()
-        q, s = quant.clipped_rows(t32, clip_quantile, 127) if t.ndim == 2 else quant.clipped_tensor(t32, clip_quantile, 127)
+        q, s = (
+            quant.clipped_rows(t32, clip_quantile, 127)
+            if t.ndim == 2
+            else quant.clipped_tensor(t32, clip_quantile, 127)
+        )
         if s.ndim > 0:
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         quantized[name], scales[name], dtypes[name] = q, s, _dtype_name(t.dtype)
@@ -108,7 +112,9 @@ def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     if obj.get("__quant_format__") != INT8_FORMAT:
         raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get('__quant_format__')!r})")
     orig_dtypes = obj.get("passthrough_orig_dtypes", {})
-    out = {n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()}
+    out = {
+        n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
+    }
     for name, t in obj["passthrough"].items():
         t = t.detach().to("cpu").contiguous()
         out[name] = t.to(getattr(torch, orig_dtypes[name])).contiguous() if name in orig_dtypes else t
@@ -120,7 +126,7 @@ class Int8Format:
     and clip_quantile)."""
 
     label = "int8"
-    tags = (INT8_FORMAT,)
+    tags: tuple[str, ...] = (INT8_FORMAT,)
 
     def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
         self.keep_float_max_numel, self.clip_quantile = keep_float_max_numel, clip_quantile

@@ -17,8 +17,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 
 from pgolf_core.errors import PgolfError
-from pgolf_core.roles import NO_ROLE, Roles, group_of
 from pgolf_core.recipe import TrainConfig
+from pgolf_core.roles import NO_ROLE, Roles, group_of
 
 NS_COEFFS = (3.4445, -4.7750, 2.0315)
 

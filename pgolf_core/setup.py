@@ -117,8 +117,10 @@ def resolve_data(recipe: Recipe, env: Env, log: Any) -> tuple[list[Path], list[P
         sample = ensure_sample_data(log=log)
         if env.rank == 0:
             env.barrier()
-        return shard_files(Path(sample.path), cfg.train_pattern), shard_files(Path(sample.path), cfg.val_pattern), Path(
-            cfg.tokenizer or sample.tokenizer
+        return (
+            shard_files(Path(sample.path), cfg.train_pattern),
+            shard_files(Path(sample.path), cfg.val_pattern),
+            Path(cfg.tokenizer or sample.tokenizer),
         )
     root = Path(cfg.path).expanduser()
     if not root.is_dir():

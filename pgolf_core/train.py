@@ -130,7 +130,9 @@ class Run:
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
         self.val_rows = max(recipe.eval.batch_tokens // (env.world_size * self.accum) // data.eval_seq, 1)
         bf16 = torch.bfloat16 if env.is_cuda else None  # where each rank scores: the evaluators' keywords
-        self.where = dict(device=env.device, rank=env.rank, world_size=env.world_size, autocast_dtype=bf16)
+        self.where: dict[str, Any] = dict(
+            device=env.device, rank=env.rank, world_size=env.world_size, autocast_dtype=bf16
+        )
 
     def claim(self, claim: rundir.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""
@@ -204,12 +206,16 @@ class Run:
                     f"step:{step}/{cfg.iterations} val_loss:{val.val_loss:.4f} val_bpb:{val.val_bpb:.4f} "
                     f"train_time:{training_ms:.0f}ms step_avg:{training_ms / max(step, 1):.2f}ms"
                 )
-                log.metric(event="val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=training_ms)
+                log.metric(
+                    event="val", step=step, val_loss=val.val_loss, val_bpb=val.val_bpb, train_time_ms=training_ms
+                )
                 env.sync()
                 t0 = clock()
             if last_step:
                 if stop_after is not None and step < cfg.iterations:
-                    log.log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}")
+                    log.log(
+                        f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}"
+                    )
                 break
             # One step: schedules from elapsed time, then the step hooks around the optimizer step.
             state.step, state.elapsed_ms = step, training_ms + 1000.0 * (clock() - t0)
@@ -267,7 +273,9 @@ class Run:
             f"step:{step}/{cfg.iterations} train_loss:{loss:.4f} "
             f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms"
         )
-        self.log.metric(event="train", step=step, train_loss=loss, train_time_ms=approx_ms, lr_scale=self.state.lr_scale)
+        self.log.metric(
+            event="train", step=step, train_loss=loss, train_time_ms=approx_ms, lr_scale=self.state.lr_scale
+        )
         self.log.update_progress(step, loss, cfg.train_batch_tokens * step / max(approx_ms / 1e3, 1e-9), approx_ms)
 
     def finish(self) -> dict[str, Any]:
@@ -284,7 +292,9 @@ class Run:
         export_seconds = time.perf_counter() - t_export
         env.barrier()
         dtypes = {k: v.dtype for k, v in self.base.state_dict().items()}
-        load_weights(self.base, exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor))
+        load_weights(
+            self.base, exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor)
+        )
         roundtrip, sliding = self.final_evals(written.label)
         summary = manifest.summarize(
             recipe=recipe, env=env, plugins=self.plugins.ordered, pre=self.last_val, roundtrip=roundtrip,
@@ -329,7 +339,8 @@ class Run:
         adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
         adapt = None
         if adapters:
-            log.log(f"eval_adapt: {','.join(adapters)} on the final {'sliding_window' if e.sliding_stride > 0 else 'roundtrip'} eval")
+            stage = "sliding_window" if e.sliding_stride > 0 else "roundtrip"
+            log.log(f"eval_adapt: {','.join(adapters)} on the final {stage} eval")
 
             def adapt(x: torch.Tensor, y: torch.Tensor) -> None:
                 pm.hook.pgolf_eval_adapt(model=self.base, chunk=(x, y), state=self.state)

@@ -128,9 +128,7 @@ def quantize(
             weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
         )
     else:
-        obj, stats, int6_names = _quantize_all(
-            weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
-        )
+        obj, stats, int6_names = _quantize_all(weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan)
     stray = sorted(planned - int6_names)
     if stray:
         raise PgolfError(
@@ -163,7 +161,11 @@ def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan)
             int6_names.add(name)
         else:
             t32 = t.float()
-            q, s = quant.clipped_rows(t32, clip_quantile, 127) if t.ndim == 2 else quant.clipped_tensor(t32, clip_quantile, 127)
+            q, s = (
+                quant.clipped_rows(t32, clip_quantile, 127)
+                if t.ndim == 2
+                else quant.clipped_tensor(t32, clip_quantile, 127)
+            )
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
         kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
         stats[kind] += 1

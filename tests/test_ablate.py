@@ -211,13 +211,13 @@ def test_submitit_local_executor_runs_two_variants(tmp_path):
     ]
     r = subprocess.run(cmd, cwd=root, capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
-    assert _done_runs(out) == [("-zstd", 1337), ("full", 1337)]
+    assert _done_runs(out) == [("-int6_export", 1337), ("full", 1337)]
     rep = json.loads((out / "ablation.json").read_text())
-    assert [row["variant"] for row in rep["rows"]] == ["full", "-zstd"]
-    assert rep["rows"][1]["delta_bytes"] != 0  # zstd vs zlib: the artifact differs
+    assert [row["variant"] for row in rep["rows"]] == ["full", "-int6_export"]
+    assert rep["rows"][1]["delta_bytes"] != 0  # int6 vs int8: the artifact differs
 
 
 def _recipe_min(tmp_path: Path) -> Path:
     r = tmp_path / "z.toml"
-    r.write_text("[plugins.zstd]\n")
+    r.write_text("[plugins.int6_export]\n")
     return r

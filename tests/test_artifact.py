@@ -32,6 +32,7 @@ def quantize_int8(inputs: dict, **kwargs):
     """The int8 format with the baseline's control tensors (its name patterns) as roles."""
     return int8.quantize_int8(inputs, roles=pattern_roles(inputs, BASELINE_CONTROL), **kwargs)
 
+
 GOLDEN = Path(__file__).parent / "fixtures" / "int8_golden.pt"
 
 # The baseline's defaults, and a small threshold that puts the keep-float boundary on small tensors.
@@ -193,7 +194,9 @@ def test_zstd_missing_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_unknown_codec() -> None:
-    with pytest.raises(PgolfError, match='r.toml: \\[export\\] compressor="lzma": no such codec \\(available: zlib, zstd'):
+    with pytest.raises(
+        PgolfError, match='r.toml: \\[export\\] compressor="lzma": no such codec \\(available: zlib, zstd'
+    ):
         check_codec(CODECS, "lzma", 6, "r.toml")
     with pytest.raises(PgolfError, match='r.toml: \\[export\\] level=10: expected 0..9 for compressor "zlib"'):
         check_codec(CODECS, "zlib", 10, "r.toml")

@@ -224,8 +224,10 @@ PLUGIN = Plugin
 @pytest.mark.parametrize(
     "body, error",
     [
-        ("@hookimpl\n    def pgolf_post_stepp(self, state): pass", "method pgolf_post_stepp is not a hook of the catalog"
-         ' (did you mean "pgolf_post_step"?)'),
+        (
+            "@hookimpl\n    def pgolf_post_stepp(self, state): pass",
+            'method pgolf_post_stepp is not a hook of the catalog (did you mean "pgolf_post_step"?)',
+        ),
         ("def pgolf_post_step(self, state): pass", "method pgolf_post_step is not decorated with @pgolf_core.hookimpl"),
         ("@hookimpl\n    def pgolf_post_step(self, state, extra): pass", "hook 'pgolf_post_step'"),
     ],

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from pgolf_core import registry
-from pgolf_core.exporter import BUILTIN_CODECS
 from pgolf_core.cli import main
+from pgolf_core.exporter import BUILTIN_CODECS
 from pgolf_core.recipe import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -130,11 +130,11 @@ def test_pr414_without_one_plugin_builds_trains_and_exports(plugin, pr414_all_pl
 def test_gptq_lite_changes_the_exported_integers(tmp_path):
     """gptq_lite only changes rows whose clip exceeds the 1/31 scale floor, which two smoke steps never reach:
     export the same weights (rows up to 2 with one outlier of 8, from integer draws) with and without it."""
+    import zlib
+
     import torch
 
     from pgolf_core import build_model
-    import zlib
-
     from pgolf_core.api import export_artifact
     from pgolf_core.artifact import deserialize
 

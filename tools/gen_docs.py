@@ -16,13 +16,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def hooks_markdown() -> str:
+    """The catalog by phase: the module docstring (the run loop showing where each hook fires), one
+    section per phase with each hook's signature and documentation, then the leaderboard coverage."""
     lines = ["# Hook reference", "", "Generated from `pgolf_core/hookspecs.py` by `tools/gen_docs.py`.", ""]
     lines += [inspect.getdoc(hookspecs) or "", ""]
-    for name, fn in inspect.getmembers(hookspecs, inspect.isfunction):
-        if not name.startswith("pgolf_"):
-            continue
-        exclusive = " (exclusive)" if name in hookspecs.EXCLUSIVE_HOOKS else ""
-        lines += [f"## `{name}{inspect.signature(fn)}`{exclusive}", "", inspect.getdoc(fn) or "", ""]
+    for phase, names in hookspecs.PHASES.items():
+        lines += [f"# Phase: {phase}", ""]
+        for name in names:
+            fn = getattr(hookspecs, name)
+            exclusive = " (exclusive)" if name in hookspecs.EXCLUSIVE_HOOKS else ""
+            lines += [f"## `{name}{inspect.signature(fn)}`{exclusive}", "", inspect.getdoc(fn) or "", ""]
+    lines += [(ROOT / "tools" / "hook_coverage.md").read_text(encoding="utf-8")]
     return "\n".join(lines).rstrip() + "\n"
 
 

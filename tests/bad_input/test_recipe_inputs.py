@@ -119,7 +119,11 @@ CORE_CASES = [
     ("eval_batch_tokens_zero", ["--set", "eval.batch_tokens=0"], ["[eval] batch_tokens=0"]),
     ("zlib_level_out_of_range", ["--set", "export.level=10"], ["[export] level=10", "0..9"]),
     ("zstd_level_zero", ["--set", 'export.compressor="zstd"', "--set", "export.level=0"], ["level=0", "1..22"]),
-    ("codec_not_enabled", ["--set", 'export.compressor="brotli"'], ['compressor="brotli": no such codec', "zlib, zstd"]),
+    (
+        "codec_not_enabled",
+        ["--set", 'export.compressor="brotli"'],
+        ['compressor="brotli": no such codec', "zlib, zstd"],
+    ),
     ("clip_quantile_zero", ["--set", "export.clip_quantile=0"], ["[export] clip_quantile=0.0", "(0, 1]"]),
     ("clip_quantile_above_one", ["--set", "export.clip_quantile=1.5"], ["[export] clip_quantile=1.5"]),
     ("artifact_limit_zero", ["--set", "export.artifact_limit_bytes=0"], ["[export] artifact_limit_bytes=0"]),

@@ -423,7 +423,9 @@ def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
     from pgolf_core.train import train
 
     path = tmp_path / "r.toml"
-    path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[export]\ncompressor = "zstd"\nlevel = 22\n')
+    path.write_text(
+        '[plugins.int6_export]\nrow_rule = "plan"\n[plugins.gptq_lite]\n[export]\ncompressor = "zstd"\nlevel = 22\n'
+    )
     recipe = load_recipe(
         path,
         [
