@@ -55,22 +55,7 @@ def export(recipe: Any, model: Any, out_dir: Any, **kwargs: Any) -> dict:
 
 
 __all__ = [
-    "load_recipe",
-    "build_model",
-    "train",
-    "evaluate",
-    "export",
-    "hookimpl",
-    "ModelSpec",
-    "CastedLinear",
-    "PgolfError",
-    "ParamRole",
-    "declare_role",
-    "declare_all",
-    "role_of",
-    "TensorPlan",
-    "ExportFormat",
-    "Correction",
-    "Codec",
+    "load_recipe", "build_model", "train", "evaluate", "export", "hookimpl", "ModelSpec", "CastedLinear", "PgolfError",
+    "ParamRole", "declare_role", "declare_all", "role_of", "TensorPlan", "ExportFormat", "Correction", "Codec",
     "__version__",
-]
+]  # fmt: skip

@@ -28,13 +28,11 @@ def load_checkpoint(
     if not path.is_file():
         raise PgolfError(f"{path}: checkpoint not found")
     try:
-        return stack.dequantize(deserialize(path.read_bytes()), dtypes)  # an uncompressed torch.save
-    except PgolfError:
-        raise
-    except Exception:  # noqa: BLE001 - not a torch file: an artifact, compressed
-        pass
-    try:
-        return exporter.read_artifact(stack, path, dtypes, codec)
+        try:
+            obj = deserialize(path.read_bytes())  # an uncompressed torch.save
+        except Exception:  # noqa: BLE001 - not a torch file: a compressed artifact
+            return exporter.read_artifact(stack, path, dtypes, codec)
+        return stack.dequantize(obj, dtypes)
     except PgolfError:
         raise
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say what was tried
