@@ -25,7 +25,6 @@ import statistics
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import torch
@@ -37,7 +36,9 @@ from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.artifact import serialize  # noqa: E402
 from pgolf_core.build import configure  # noqa: E402
+from pgolf_core.exporter import ExportContext, TensorPlan, export_stack  # noqa: E402
 from pgolf_core.registry import create_manager  # noqa: E402
+from pgolf_core.roles import collect_roles  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Export (int6 GPTQ-lite + zstd-22), full-size #414 weights"
@@ -60,7 +61,9 @@ layers = [9, 10]
 [plugins.ortho_init]
 [plugins.int6_export]
 [plugins.gptq_lite]
-[plugins.zstd]
+[export]
+compressor = "zstd"
+level = 22
 """
 EMBEDDINGS = ("tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight")
 
@@ -117,21 +120,19 @@ def main() -> dict:
         path.write_text(RECIPE)
         recipe = load_recipe(path)
     pm = create_manager(recipe)
-    run = configure(recipe, pm, log=lambda msg: None)
+    configure(recipe, pm, log=lambda msg: None)
+    stack = export_stack(pm, recipe)
     model = build_model(recipe)
     weights = trained_like(model, args.seed)
     model.load_state_dict(weights)  # the model's dtypes become the template (embeddings stay fp32 there)
     n_params = sum(t.numel() for t in weights.values())
     reports: dict = {}
-    state = types.SimpleNamespace(
-        recipe=recipe, model=model, control_patterns=run.control_patterns, report=reports.__setitem__
-    )
+    ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
 
     def pgolf_quantize():
-        plan: dict = {name: {} for name in weights}
-        pm.hook.pgolf_pre_export(state=state, weights=weights, plan=plan)
-        label, obj, _ = pm.hook.pgolf_quantize(state=state, weights=weights, plan=plan)
-        return obj
+        plan = {name: TensorPlan() for name in weights}
+        pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
+        return stack.format.quantize(weights, plan, ctx.roles, ctx.report)
 
     def record_quantize():
         result, meta = record.mixed_quantize_int6({k: v for k, v in weights.items()}, {"mlp", "attn"})
@@ -164,9 +165,7 @@ def main() -> dict:
         return zstandard.ZstdCompressor(level=22).compress(raws["record"])
 
     def pgolf_compress() -> bytes:
-        codec, blob = pm.hook.pgolf_compress(raw=raws["pgolf"])
-        assert codec == "zstd"
-        return blob
+        return stack.codecs[recipe.export.compressor].encode(raws["pgolf"], recipe.export.level)
 
     zstd_t: dict[str, list[float]] = {"record": [], "pgolf": []}
     sizes: dict[str, int] = {}
@@ -274,8 +273,9 @@ tensors add {r["other"]:,} raw bytes; the whole artifact is {r["pgolf_bytes"]:,}
 ({r["pgolf_bytes"] / (r["bound"] + r["other"]) - 1:+.2%} against integers at order-0 entropy + the rest raw; \
 raw `torch.save`
 payload {r["raw_bytes"]:,} bytes). GPTQ-lite choices (matrices per percentile): {r["percentiles"]}. Threaded
-zstd (`plugins.zstd.threads = -1`) writes one standard frame that reads back the same way; at level 22 a 27 MB
-input is a single job, so it is no faster, but it came out smaller here.
+zstd (`zstandard.ZstdCompressor(level=22, threads=-1)`, not a pgolf setting) writes one standard frame that
+reads back the same way; at level 22 a 27 MB input is a single job, so it is no faster, but it came out
+smaller here.
 {r.get("note", "")}"""
     text = DOC.read_text() if DOC.exists() else "# Benchmarks\n"
     if SECTION in text:
