@@ -61,11 +61,16 @@ def check_matches(checkpoint: str | Path, live: dict[str, torch.Tensor], weights
 
 
 def evaluate(
-    recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print
+    recipe: Recipe,
+    checkpoint: str | Path | None = None,
+    model: torch.nn.Module | None = None,
+    log: Any = print,
+    plugin_dirs: tuple = (),
 ) -> dict[str, Any]:
-    """Score weights on the recipe's validation data (standard eval, plus sliding if configured)."""
+    """Score weights on the recipe's validation data (standard eval, plus sliding if configured).
+    `plugin_dirs`: the local plugin files the run loaded (`--plugins-dir`), whose formats and codecs read it."""
     env = setup_env(recipe.run.device)
-    plugins = load_plugins(recipe, log)
+    plugins = load_plugins(recipe, log, plugin_dirs)
     data = load_data(recipe, env, log, train=False)  # data first: it fails before any model is built
     if model is None:
         model, _ = build(recipe, plugins, env, log)
@@ -91,11 +96,14 @@ def evaluate(
     return out
 
 
-def export_artifact(recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any = print) -> dict[str, Any]:
-    """Quantize and compress `model`'s weights as the recipe's plugins say; returns byte counts."""
+def export_artifact(
+    recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any = print, plugin_dirs: tuple = ()
+) -> dict[str, Any]:
+    """Quantize and compress `model`'s weights as the recipe's plugins say (`plugin_dirs`: local plugin
+    files, as for `evaluate`); returns byte counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plugins = load_plugins(recipe, log)
+    plugins = load_plugins(recipe, log, plugin_dirs)
     reports: dict[str, Any] = {}
     ctx = exporter.ExportContext(recipe, collect_roles(model), reports.__setitem__)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}

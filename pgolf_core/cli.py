@@ -60,7 +60,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_eval(args: argparse.Namespace) -> int:
     from pgolf_core.api import evaluate
 
-    evaluate(_load(args), checkpoint=args.checkpoint)
+    evaluate(_load(args), checkpoint=args.checkpoint, plugin_dirs=tuple(args.plugins_dir))
     return 0
 
 
