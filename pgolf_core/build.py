@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 import pluggy
@@ -22,22 +22,12 @@ class RunContext:
 
 
 def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
+    """The `[model]` settings the model needs (the same names), with the MLP width and the attention
+    backend resolved and the training sequence length (for rotary scaling) added."""
     m = recipe.model
-    return ModelSpec(
-        vocab_size=m.vocab_size,
-        num_layers=m.num_layers,
-        model_dim=m.model_dim,
-        num_heads=m.num_heads,
-        num_kv_heads=m.num_kv_heads,
-        mlp_hidden=mlp_hidden_of(m.model_dim, m.mlp_mult, m.mlp_hidden),
-        tie_embeddings=m.tie_embeddings,
-        tied_embed_init_std=m.tied_embed_init_std,
-        logit_softcap=m.logit_softcap,
-        rope_base=m.rope_base,
-        qk_gain_init=m.qk_gain_init,
-        attention=attention,
-        train_seq_len=recipe.train.train_seq_len,
-    )
+    shared = {f.name: getattr(m, f.name) for f in fields(ModelSpec) if f.init and hasattr(m, f.name)}
+    shared.update(mlp_hidden=mlp_hidden_of(m.model_dim, m.mlp_mult, m.mlp_hidden), attention=attention)
+    return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
 
 
 def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> RunContext:
