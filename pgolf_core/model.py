@@ -298,7 +298,7 @@ class GPT(nn.Module):
 
 def apply_training_precision(model: nn.Module, roles: Roles, fp32_embeddings: bool = False) -> None:
     """The records' GPU precision policy: cast everything to bf16, then restore every Linear and
-    every small/control parameter to fp32. Embedding tables therefore train as bf16 (T06), unless
+    every small/control parameter to fp32. Embedding tables therefore train as bf16, unless
     `fp32_embeddings` (the fix) restores them too."""
     model.bfloat16()
     for module in model.modules():

@@ -8,10 +8,10 @@ start (after the warm-up restore, so from the initial weights); after every opti
 the export and every later eval (`ema/applied` reports the number of updates folded in).
 The update is two fused `torch._foreach_*` calls over all tensors, on the model's device.
 Why: averages out the noise of the last few hundred steps of the warmdown.
-Source: R-EMA, PR #414 (always on, decay 0.997 hard-coded). Reported: #414 post-EMA pre-quant
-standard-eval val_bpb 1.1385 / 1.1392 / 1.1389 (three seeds); Δbpb vs no EMA not isolated.
+Source: the 2026-03-20 11L_XSA4_EMA record, PR #414 (always on, decay 0.997 hard-coded). Reported: #414
+post-EMA pre-quant standard-eval val_bpb 1.1385 / 1.1392 / 1.1389 (three seeds); Δbpb vs no EMA not isolated.
 Exclusive with `swa` (both answer `pgolf_final_weights`). #414 also collected Tight-SWA snapshots
-but never used them (T32.2), so its recipe enables `ema` and leaves `swa` disabled.
+but never used them, so its recipe enables `ema` and leaves `swa` disabled.
 """
 
 from __future__ import annotations

@@ -3,9 +3,9 @@
 What: `attn(RMSNorm(x)·s_i)`, `mlp(RMSNorm(x)·s_i)` with `s_i = 1/√(i+1)`.
 With QK-norm the factor cancels in q and k, so it scales V (attention output ∝ s_i) and the relu²
 MLP output by s_i². No parameters. Why: deeper blocks write smaller updates into the residual
-stream at init, which steadies training of the 11-layer stacks. Source: R-PRP, PR #374/#414.
-Reported Δbpb: not isolated (introduced together with partial RoPE).
-It fills the model's static `norm_scale` slot before compilation.
+stream at init, which steadies training of the 11-layer stacks. Source: the 2026-03-21
+11L_XSA4_EMA_PartialRoPE_LateQAT record, PR #374/#414. Reported Δbpb: not isolated (introduced together with
+partial RoPE). It fills the model's static `norm_scale` slot before compilation.
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ the record recipes. PR #194's rule: `min_dim = 1` (every non-zero-init Linear).
 Runs late (order 900) so that it sees every plugin's layers, as the records' `_init_weights` does.
 Why: orthogonal matrices keep every singular value at 1, so early Muon steps (which orthogonalize
 updates) start from well-conditioned weights; PR #194's README says SmearGate needs it.
-Sources: R-SG2, PR #194, #297, #374, #414. Reported Δbpb: not isolated (PR #194 cites PR #212's
-ablation, unverified).
+Sources: the 2026-03-20 SmearGate_BigramHash record, PR #194, #297, #374, #414. Reported Δbpb: not isolated
+(PR #194 cites PR #212's ablation, unverified).
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ so the NTK branch always fires (effective base ≈ 22,082 for dims 16). `ntk_ref
 reproduces it; `ntk_ref_len = 0` uses the recipe's train_seq_len (the fix: plain base at 2048).
 Why: with QK-norm, most head dimensions need no position signal; leaving 48 of 64 dims
 unrotated frees them for content matching, and the rotated 16 still order the tokens.
-Source: R-PRP, PR #374/#414. Reported Δbpb: not isolated (introduced together with LN scale).
+Source: the 2026-03-21 11L_XSA4_EMA_PartialRoPE_LateQAT record, PR #374/#414. Reported Δbpb: not isolated
+(introduced together with LN scale).
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ class Config:
 
 
 def ntk_base(base: float, dims: int, seq_len: int, ref_len: int) -> float:
-    """`base·(T/ref)^(dims/(dims−2))` past the reference length, else `base` (T21)."""
+    """`base·(T/ref)^(dims/(dims−2))` past the reference length, else `base`."""
     return base * ((seq_len / ref_len) ** (dims / (dims - 2))) if seq_len > ref_len else base
 
 

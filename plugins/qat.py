@@ -16,7 +16,7 @@ in-training validation sees QAT, the round-trip eval does not). The other rules 
 (`qat`: PR #194's flag was set before compile, warm-up included) and act in train mode only.
 `export_match = true` (off by default; not a record setting) replaces the grid by the int6
 exporter's: `s = fp16(max(m/31, 1/31))`, ±31, computed on the fp32 weight. That is the fix for
-#414's QAT grid ≠ export grid (T32.4: QAT row max over [−32, 31] vs exported ±31 with fp16 scales);
+#414's QAT grid ≠ export grid (QAT row max over [−32, 31] vs exported ±31 with fp16 scales);
 GPTQ-lite's grid equals it whenever its 1.0 percentile wins.
 `scope = "all"` (the records): every CastedLinear, i.e. every layer the model's linear slot
 (`pgolf_linear`) builds: the block linears, an untied lm_head, and the projections other plugins
@@ -31,9 +31,9 @@ The records flipped Python flags instead, and whether that reaches a compiled gr
 PyTorch build: `benchmarks/check_late_qat_record.py` runs #414's own model past its switch under
 its own compile call. On an H100 with torch 2.11.0+cu130 the flip does NOT take effect (no
 recompile; compiled loss and gradients stay those of QAT off, while eager QAT-on gives 7.326 vs
-7.450); on CPU with torch 2.13 the same code recompiles and applies it. R-PRP's README also
-reports late QAT never ran. `late_qat.effective = false` reproduces that no-op: the activation is
-logged (`late_qat/activated_step`) but the buffers stay off.
+7.450); on CPU with torch 2.13 the same code recompiles and applies it. The README of the 2026-03-21
+PartialRoPE_LateQAT record also reports late QAT never ran. `late_qat.effective = false` reproduces that
+no-op: the activation is logged (`late_qat/activated_step`) but the buffers stay off.
 
 Why: trains the weights towards the int6 export grid, shrinking the quantization gap. Sources:
 PR #63 (whole run), PR #194 (whole run), PR #414 (late, LR scale < 0.15). Reported: PR #63 ~72 vs

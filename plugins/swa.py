@@ -8,12 +8,12 @@ to each dtype replaces the live weights (else the live weights stay). Reports `s
 step index the first snapshot was checked with) and `swa/count`.
 `check = "after"` tests the step index after its increment (PR #297/#374/#414); `"before"` tests the
 index before it (PR #194). The threshold compares against the LR multiplier, not the training
-fraction: PR #194's "SWA over the last 50 %" is the second half of the warmdown (T32.10).
+fraction: PR #194's "SWA over the last 50 %" is the second half of the warmdown.
 Why: averaging late checkpoints smooths the weights before quantization.
 Sources: PR #194 (every 50, LR scale < 0.5, before; 27-30 snapshots), PR #374 Tight SWA (every 50,
 < 0.2, after; 12 snapshots). Δbpb not isolated in the record logs.
-PR #414 collected Tight-SWA snapshots every 50 steps but exported the EMA weights only (T32.2;
-its README's "EMA stacks with Tight SWA" is not what the code does), so `recipes/pr414.toml`
+PR #414 collected Tight-SWA snapshots every 50 steps but exported the EMA weights only
+(its README's "EMA stacks with Tight SWA" is not what the code does), so `recipes/pr414.toml`
 leaves `swa` disabled: `ema` and `swa` both answer the exclusive `pgolf_final_weights` hook and
 cannot be enabled together.
 """

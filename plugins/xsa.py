@@ -3,8 +3,9 @@
 What: after attention, remove from each head's output its component along the token's own
 (normalized) value vector: `y ← y − (y·v̂) v̂`, with v̂ from the KV head serving that query head.
 GQA-aware through a [B, T, Hkv, H/Hkv, D] view, no repeat_interleave.
-Why: stops a token from attending to itself as a shortcut. Source: R-XSA (last 3), R-EMA/#374/#414
-(last 4). No parameters. Reported Δbpb: not isolated in the #414 log.
+Why: stops a token from attending to itself as a shortcut. Source: the 2026-03-20 11L_EfficientPartialXSA
+record (last 3), the 2026-03-20 11L_XSA4_EMA record/#374/#414 (last 4). No parameters. Reported Δbpb: not
+isolated in the #414 log.
 """
 
 from __future__ import annotations

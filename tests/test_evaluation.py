@@ -221,7 +221,7 @@ def test_pr63_tail_is_the_records_loop(seq_len: int, stride: int) -> None:
 
 
 def test_full_scale_counts() -> None:
-    """The real validation set: 62,021,632 tokens, T=2048, stride 64 (T05)."""
+    """The real validation set: 62,021,632 tokens, T=2048, stride 64."""
     assert ev.count_scored(62_021_632, 2048, 64, "record") == (969_088, 62_023_616)
     # PR #63: windows 0, 1984, 2048, ... while start + 2048 <= total; targets 2048..3967 never scored
     windows, scored = ev.count_scored(62_021_632, 2048, 64, "pr63")

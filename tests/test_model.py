@@ -324,7 +324,7 @@ def test_strict_load_rejects_a_foreign_key():
 
 
 def test_training_precision_leaves_only_embedding_tables_bf16_unless_fixed():
-    """The records' policy (T06), on the pr414 model: every Linear and every control or <2-D parameter
+    """The records' policy, on the pr414 model: every Linear and every control or <2-D parameter
     is fp32 after the bf16 cast, so exactly the embedding tables train as bf16; the fix keeps them fp32."""
     from pathlib import Path
 

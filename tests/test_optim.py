@@ -239,7 +239,7 @@ def members(opt: torch.optim.Optimizer, model: nn.Module) -> set[str]:
 
 
 def expected_groups(model: nn.Module, patterns: list[str]) -> dict[str, set[str]]:
-    """The baseline's rules (T07): tok_emb -> token; lm_head -> head; block matrices matching no
+    """The baseline's rules: tok_emb -> token; lm_head -> head; block matrices matching no
     control pattern -> Muon; everything else (1-D, control-named, skip_weights) -> scalar Adam."""
     groups: dict[str, set[str]] = {"token": set(), "head": set(), "matrix": set(), "scalar": set()}
     for n, p in model.named_parameters():

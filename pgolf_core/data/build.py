@@ -1,5 +1,5 @@
 """Turn your own text into challenge-format data: a SentencePiece BPE tokenizer trained with the
-official sp1024 settings (T01) at any vocab size, and `fineweb_{val,train}_NNNNNN.bin` shards.
+official sp1024 settings at any vocab size, and `fineweb_{val,train}_NNNNNN.bin` shards.
 
 Input files:
 * `.txt`: documents are separated by blank lines (a line holding only whitespace). Paragraph-sized
@@ -42,7 +42,7 @@ from pgolf_core.errors import DataError
 
 Log = Callable[[str], None]
 # The official sp1024 trainer settings (data/download_hf_docs_and_tokenize.py), with byte_fallback as
-# in the shipped model (false; T01 gotcha). vocab_size is the caller's.
+# in the shipped model (false). vocab_size is the caller's.
 TRAINER_SETTINGS: dict[str, Any] = dict(
     model_type="bpe", character_coverage=0.999, byte_fallback=False, split_digits=True,
     normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3,

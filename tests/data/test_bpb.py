@@ -1,4 +1,4 @@
-"""BPB byte tables (T03) against the official sp1024 tokenizer, with byte counts worked out by hand.
+"""BPB byte tables against the official sp1024 tokenizer, with byte counts worked out by hand.
 
 Independent rule for the expected numbers: the UTF-8 length of the normalized text (NFKC, runs of
 whitespace collapsed to one space, ends stripped), minus the bytes of characters the tokenizer maps
@@ -74,7 +74,7 @@ def test_tables_match_the_shipped_model(official) -> None:
     sp, tables = official
     assert tables.base_bytes.dtype == torch.int16 and tables.is_boundary.dtype == torch.bool
     assert tables.is_boundary.nonzero().flatten().tolist() == [0, 1, 2, 3]  # pad, bos, eos, unk
-    assert int(tables.has_leading_space.sum()) == 476  # pieces starting with "▁" (T01)
+    assert int(tables.has_leading_space.sum()) == 476  # pieces starting with "▁"
     assert int(tables.base_bytes[:4].abs().sum()) == 0
     assert tables.base_bytes[943].item() == 1 and tables.base_bytes[11].item() == 3  # "a", "▁the"
     wide = build_byte_tables(sp, 1100)

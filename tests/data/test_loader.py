@@ -1,4 +1,4 @@
-"""Token stream, distributed batches and validation truncation (T02, T04) on hand-made shards."""
+"""Token stream, distributed batches and validation truncation on hand-made shards."""
 
 from __future__ import annotations
 

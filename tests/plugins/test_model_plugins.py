@@ -30,7 +30,7 @@ def test_partial_rope_rotates_the_first_dims_with_the_ntk_base():
     rope = PartialRotary(head_dim=8, dims=4, base=10000.0, ref_len=8)
     q, k = torch.randn(2, 3, 16, 8, dtype=torch.float64), torch.randn(2, 1, 16, 8, dtype=torch.float64)
     rq, rk = rope.double()(q, k)
-    ntk_base = 10000.0 * (16 / 8) ** (4 / (4 - 2))  # T05/T21: base * (T/ref)^(d/(d-2))
+    ntk_base = 10000.0 * (16 / 8) ** (4 / (4 - 2))  # base * (T/ref)^(d/(d-2))
     assert torch.allclose(rq, rotate_by_hand(q, 4, ntk_base), atol=1e-6)
     assert torch.allclose(rk, rotate_by_hand(k, 4, ntk_base), atol=1e-6)
     assert torch.equal(rq[..., 4:], q[..., 4:])  # the rest passes through
