@@ -72,10 +72,9 @@ class BigramHash:
     @staticmethod
     def validate(config: Config, model=None, recipe=None) -> None:
         """At recipe load (see pgolf_core.hookspecs)."""
-        if config.buckets < 2:
-            raise ValueError(f"bigram_hash: buckets={config.buckets}: expected >= 2")
-        if config.dim < 1:
-            raise ValueError(f"bigram_hash: dim={config.dim}: expected >= 1")
+        for key, lowest in (("buckets", 2), ("dim", 1)):
+            if getattr(config, key) < lowest:
+                raise ValueError(f"bigram_hash: {key}={getattr(config, key)}: expected >= {lowest}")
 
     def __init__(self, config: Config) -> None:
         self.validate(config)
