@@ -243,17 +243,19 @@ class Run:
         self.steps, self.train_seconds = step, training_ms / 1000.0
         hook.pgolf_fit_end(state=state)
 
-    def any_rank(self, flag: bool, collective: bool = True) -> bool:
-        """True on every rank when it is true on one (a collective only when all ranks ask)."""
-        if not (self.env.distributed and collective):
+    def any_rank(self, flag: bool | torch.Tensor, collective: bool = True) -> bool:
+        """True on every rank when it is true on one (a collective only when all ranks ask); one
+        host sync, after the all-reduce."""
+        if isinstance(flag, bool) and not (self.env.distributed and collective):
             return flag
-        t = torch.tensor(int(flag), device=self.env.device)
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        t = torch.as_tensor(flag, device=self.env.device).to(torch.int32)
+        if self.env.distributed and collective:
+            dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
     def stop_if_diverged(self, step: int, loss: torch.Tensor, last: Any) -> None:
         """One host sync a step: a NaN/inf loss stops every rank at once, with a summary saying so."""
-        if not self.any_rank(bool((~torch.isfinite(loss)).item())):
+        if not self.any_rank(~torch.isfinite(loss)):
             return
         previous = None if last is None else float(last.item())
         summary, msg = rundir.diverged(self.recipe.run.name, self.recipe.run.seed, step, loss.item(), previous)
