@@ -68,8 +68,7 @@ class EvalSums:
         """Loss and BPB in the baseline's order of operations, so the floats match its logs exactly."""
         tokens, nbytes = self.token_count.item(), self.byte_count.item()
         val_loss = (self.nll_sum / self.token_count).item()
-        bits_per_token = val_loss / math.log(2.0)
-        return EvalResult(val_loss, bits_per_token * (tokens / nbytes), tokens, nbytes, seconds)
+        return EvalResult(val_loss, val_loss / math.log(2.0) * (tokens / nbytes), tokens, nbytes, seconds)
 
 
 @dataclass
@@ -112,12 +111,7 @@ class Placement:
 
 
 def standard_batches(
-    model: nn.Module,
-    val_tokens: Tensor,
-    seq_len: int,
-    batch_seqs: int,
-    tables: Any,
-    where: Placement,
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Placement
 ) -> Iterator[ScoredBatch]:
     """Score this rank's non-overlapping rows, `batch_seqs` rows per forward.
 
@@ -131,15 +125,14 @@ def standard_batches(
     if total_rows < 1:
         raise PgolfError(f"validation set ({val_tokens.numel()} tokens) is shorter than one row of {seq_len} + 1")
     row_start, row_end = where.share(total_rows)
-    device = where.device
     for first in range(row_start, row_end, batch_seqs):
         last = min(first + batch_seqs, row_end)
-        local = val_tokens[first * seq_len : last * seq_len + 1].to(device=device, dtype=torch.int64)
+        local = val_tokens[first * seq_len : last * seq_len + 1].to(device=where.device, dtype=torch.int64)
         x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
         with torch.inference_mode(), where.autocast():
             loss = model(x, y).detach()
         with torch.inference_mode():
-            count = torch.tensor(float(y.numel()), dtype=torch.float64, device=device)
+            count = torch.tensor(float(y.numel()), dtype=torch.float64, device=where.device)
             nll_sum = loss.to(torch.float64) * count
             nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
         yield ScoredBatch(x, y, nll_sum, count, nbytes)  # outside inference_mode: the consumer may train
@@ -197,6 +190,7 @@ def score_batches(
 
 
 def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
+    """Refuse a stride or tail the window arithmetic below cannot honour."""
     if not 0 < stride <= seq_len:
         raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
     if tail not in TAILS:
@@ -217,9 +211,8 @@ def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rec
     if ws == 0:
         return 0, wlen
     lo = max(wlen - stride, 0)
-    if tail == "once":
-        prev_end = min(ws - stride + seq_len, total)
-        lo = max(lo, prev_end - ws)
+    if tail == "once":  # start where the previous window (which started at ws - stride) stopped
+        lo = max(lo, min(ws - stride + seq_len, total) - ws)
     return lo, wlen
 
 
@@ -266,8 +259,7 @@ def sliding_batches(
         raise PgolfError(f"sliding-window batch must hold at least one window (got {batch_seqs})")
     total = val_tokens.numel() - 1
     starts = window_starts(total, seq_len, stride, tail)
-    lo_idx, hi_idx = where.share(len(starts))
-    mine = starts[lo_idx:hi_idx]
+    mine = starts[slice(*where.share(len(starts)))]
     positions = torch.arange(seq_len, device=where.device)
     for i in range(0, len(mine), batch_seqs):
         group = mine[i : i + batch_seqs]
@@ -348,9 +340,3 @@ def eval_sliding(
     where = Placement(torch.device(device), rank, world_size, autocast_dtype)
     batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail)
     return score_batches(model, batches, device, after_chunk).all_reduce().result(time.perf_counter() - start)
-
-
-__all__ = [
-    "EvalResult", "EvalSums", "Placement", "ScoredBatch", "TAILS", "count_scored", "eval_sliding", "eval_standard",
-    "score_batches", "scored_span", "sliding_batches", "standard_batches", "token_bytes", "window_starts",
-]  # fmt: skip
