@@ -46,20 +46,28 @@ TINY_SETTINGS: dict[str, dict] = {
     "late_qat": {"threshold": 0.6},
     "swa": {"every": 1, "threshold": 0.9},
     "gptq_lite": {},
+    "lqer": {"min_numel": 256},  # every quantized 32-dim matrix is a candidate (default: > 65,536 elements)
 }
 # Plugins that need a partner to act (the partner's own effect is subtracted by comparing against it).
 PARTNERS = {"gptq_lite": ["int6_export"]}
 # Recipe overrides for both runs of a plugin: the 32-dim matrices are all under the default 65,536-element
 # float-passthrough limit, so the exporters would have nothing to quantize; gptq_lite's clip percentiles
 # only differ from the row max on rows longer than ~100 weights whose max exceeds 1 (the scale floor is 1/31).
-EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "zstd")}
+EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer")}
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
+# Overrides for the run with the plugin only: a codec plugin acts when the recipe picks its codec (the run
+# without it keeps the default zlib-9, which the recipe could not name brotli or lzma without the plugin).
+WITH_ONLY = {
+    "brotli": ["export.compressor=brotli", "export.level=11"],
+    "lzma": ["export.compressor=lzma", "export.level=9"],
+}
 
 PLUGINS = sorted(registry.discover())
 # "Has an effect" means more than rounding noise (~1e-7 in these losses). Measured (loss = the larger change of
 # val_loss and round-trip val_loss): every training/model plugin moves the loss by >= 1.1e-3 (late_qat; xsa
-# 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3; zstd changes only
-# bytes (3,288). Thresholds sit >= 10x under the smallest of each kind.
+# 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3, lqer by 4.1e-4
+# (round trip only; +2,380 bytes); the codecs change only bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9).
+# Thresholds sit >= 10x under the smallest of each kind.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300
 
@@ -113,12 +121,17 @@ def reference_runs(sample_cache, tmp_path_factory):
 
 @pytest.mark.parametrize("name", PLUGINS)
 def test_trains_exports_and_has_an_effect(name, reference_runs, tmp_path):
+    if name == "brotli":
+        pytest.importorskip("brotli")  # an optional dependency (pgolf[brotli])
     partners = PARTNERS.get(name, [])
     extra = EXTRA.get(name, [])
     without = reference_runs(partners, extra)
-    with_it = train(tiny_recipe(tmp_path, partners + [name], extra), tmp_path / "run", interactive=False)
+    with_extra = extra + WITH_ONLY.get(name, [])
+    with_it = train(tiny_recipe(tmp_path, partners + [name], with_extra), tmp_path / "run", interactive=False)
     assert with_it["steps"] == 6 and (tmp_path / "run" / "summary.json").is_file()
     assert name in [p["name"] for p in with_it["plugins"]]
+    if name in WITH_ONLY:  # the artifact is written with the plugin's codec
+        assert with_it["artifact_format"] == f"int8_{name}" and without["artifact_format"] == "int8_zlib"
     loss = max(abs(with_it[k] - without[k]) for k in ("val_loss", "roundtrip_val_loss"))
     size = abs(with_it["model_bytes"] - without["model_bytes"])
     print(f"{name}: loss effect {loss:.3e}, artifact effect {size} bytes")
