@@ -18,6 +18,9 @@ import torch
 
 from pgolf_core.errors import DataError
 
+# Bytes each target spells given the token before it: one rule, shared with the evaluator.
+from pgolf_core.evaluation import token_bytes as token_bytes
+
 SPACE = "\u2581"
 
 
@@ -72,9 +75,3 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
         lead[i] = piece.startswith(SPACE)
         base[i] = len(piece[1:].encode() if lead[i] else piece.encode())
     return ByteTables(torch.from_numpy(base), torch.from_numpy(lead), torch.from_numpy(boundary))
-
-
-def token_bytes(prev_ids: torch.Tensor, tgt_ids: torch.Tensor, tables: ByteTables) -> torch.Tensor:
-    """Bytes each target spells given the token before it (int16, shaped like the ids)."""
-    space = tables.has_leading_space[tgt_ids] & ~tables.is_boundary[prev_ids]
-    return tables.base_bytes[tgt_ids] + space.to(torch.int16)

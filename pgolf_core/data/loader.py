@@ -23,9 +23,8 @@ class TokenStream:
         if not files:
             raise DataError("TokenStream needs at least one shard file")
         self.files = [Path(f) for f in files]
-        self.file_idx = 0
-        self.tokens = read_shard(self.files[0])
-        self.pos = 0
+        self.file_idx = -1
+        self._next_file()  # the first shard
 
     def _next_file(self) -> None:
         self.file_idx = (self.file_idx + 1) % len(self.files)
