@@ -72,14 +72,11 @@ class EvalSums:
 
 
 @dataclass
-class ScoredBatch:
-    """One scored chunk: its inputs/targets (normal tensors, usable for training) and its sums."""
+class ScoredBatch(EvalSums):
+    """One scored chunk: its sums and its inputs/targets (normal tensors, usable for training)."""
 
     x: Tensor
     y: Tensor
-    nll_sum: Tensor
-    token_count: Tensor
-    byte_count: Tensor
 
 
 def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
@@ -135,7 +132,7 @@ def standard_batches(
             count = torch.tensor(float(y.numel()), dtype=torch.float64, device=where.device)
             nll_sum = loss.to(torch.float64) * count
             nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
-        yield ScoredBatch(x, y, nll_sum, count, nbytes)  # outside inference_mode: the consumer may train
+        yield ScoredBatch(nll_sum, count, nbytes, x, y)  # outside inference_mode: the consumer may train
 
 
 def eval_standard(
@@ -263,7 +260,10 @@ def sliding_batches(
     positions = torch.arange(seq_len, device=where.device)
     for i in range(0, len(mine), batch_seqs):
         group = mine[i : i + batch_seqs]
-        x, y, lo, hi = _window_batch(val_tokens, group, batch_seqs, total, seq_len, stride, tail, where.device)
+        x, y = (t.to(where.device) for t in _windows(val_tokens, group, batch_seqs, total, seq_len))
+        # Padding rows (a short last batch) score nothing: span (0, 0).
+        spans = [scored_span(ws, total, seq_len, stride, tail) for ws in group] + [(0, 0)] * (batch_seqs - len(group))
+        lo, hi = torch.tensor(spans, dtype=torch.int64, device=where.device).unbind(1)
         mask = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])
         with torch.inference_mode(), where.autocast():
             logits = model.forward_logits(x)  # type: ignore[operator]  # nn.Module attributes type as Tensor
@@ -272,35 +272,23 @@ def sliding_batches(
             # torch.where, not boolean indexing: no host sync per batch on a GPU.
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
             nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
-        yield ScoredBatch(x, y, nll_sum, mask.sum().to(torch.float64), nbytes)
+        yield ScoredBatch(nll_sum, mask.sum().to(torch.float64), nbytes, x, y)
 
 
-def _window_batch(
-    val_tokens: Tensor,
-    group: list[int],
-    rows: int,
-    total: int,
-    seq_len: int,
-    stride: int,
-    tail: str,
-    device: torch.device,
-) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Zero-padded inputs/targets [rows, T] of the windows in `group`, with their scored spans.
+def _windows(val_tokens: Tensor, group: list[int], rows: int, total: int, seq_len: int) -> tuple[Tensor, Tensor]:
+    """Zero-padded inputs/targets [rows, T] of the windows in `group`, where the tokens live.
 
-    A short last batch is padded with empty windows (span (0, 0)) so every forward has the same
-    shape and a compiled `forward_logits` never recompiles. Built where the tokens live (no
-    per-window device copies), then moved in one copy.
+    A short last batch is padded with empty rows so every forward has the same shape and a
+    compiled `forward_logits` never recompiles. Built where the tokens live (no per-window
+    device copies); the caller moves them in one copy.
     """
     x = torch.zeros(rows, seq_len, dtype=torch.int64, device=val_tokens.device)
     y = torch.zeros_like(x)
-    spans = [(0, 0)] * rows
     for row, ws in enumerate(group):
         end = min(ws + seq_len, total)
         chunk = val_tokens[ws : end + 1].to(torch.int64)
         x[row, : end - ws], y[row, : end - ws] = chunk[:-1], chunk[1:]
-        spans[row] = scored_span(ws, total, seq_len, stride, tail)
-    lo, hi = torch.tensor(spans, dtype=torch.int64, device=device).unbind(1)
-    return x.to(device), y.to(device), lo, hi
+    return x, y
 
 
 def eval_sliding(
