@@ -38,7 +38,9 @@ def load_checkpoint(
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say what was tried
         raise PgolfError(
             f"{path}: neither a state dict (torch.save) nor an artifact of the recipe's codecs "
-            f"({', '.join(sorted(stack.codecs))}) and formats: {type(exc).__name__}: {exc}"
+            f"({', '.join(sorted(stack.codecs))}) and formats: {type(exc).__name__}: {exc} "
+            f'(read as [export] compressor="{codec}"; a plugin\'s codec, such as brotli or lzma, needs that '
+            "plugin enabled, and brotli, which has no magic bytes, needs compressor set to it)"
         ) from None
 
 
