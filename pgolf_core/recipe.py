@@ -246,9 +246,7 @@ def load_recipe(
             )
         recipe = Recipe(source=source)
         for section, cls in CORE_SECTIONS.items():
-            table = raw.get(section, {})
-            if not isinstance(table, dict):
-                raise RecipeError(f"{source}: {section} must be a table ([{section}]), got {_type_name(table)}")
+            table = _table(raw.get(section, {}), section, source)
             setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))
         _check_core(recipe)
 
@@ -257,10 +255,7 @@ def load_recipe(
 
             classes = (plugin_classes or registry.plugin_classes)(sorted(plugin_tables), source)
             for name in sorted(plugin_tables):
-                if not isinstance(plugin_tables[name], dict):
-                    got = _type_name(plugin_tables[name])
-                    raise RecipeError(f"{source}: plugins.{name} must be a table ([plugins.{name}]), got {got}")
-                table = dict(plugin_tables[name])
+                table = dict(_table(plugin_tables[name], f"plugins.{name}", source))
                 if smoke:
                     # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
                     # for a few hundred steps) beat the recipe; the user's --set beats both.
@@ -283,6 +278,13 @@ def load_recipe(
         raise RecipeError(_blame_override(str(exc), overrides)) from None
 
 
+def _table(value: Any, name: str, source: str) -> dict[str, Any]:
+    """`value` when it is a TOML table: `model = 3` or `[[model]]` where `[model]` was meant is an error."""
+    if not isinstance(value, dict):
+        raise RecipeError(f"{source}: {name} must be a table ([{name}]), got {_type_name(value)}")
+    return value
+
+
 def _check_codec(recipe: Recipe, classes: dict[str, type]) -> None:
     """`[export] compressor` among the built-in codecs and those the enabled plugins add."""
     from pgolf_core.exporter import BUILTIN_CODECS, check_codec, codec_table
@@ -294,31 +296,25 @@ def _check_codec(recipe: Recipe, classes: dict[str, type]) -> None:
     check_codec(codec_table(codecs), recipe.export.compressor, recipe.export.level, recipe.source)
 
 
-# Ranges of single values, by section: (space-separated keys, lowest, highest, whether the lowest is allowed).
+# Ranges of single values: (section, space-separated keys, lowest, highest, whether the lowest is allowed).
 # Why a table: one rule per line is reviewable, and every message comes out in the same form.
-RANGES: dict[str, list[tuple[str, float, float, bool]]] = {
-    "run": [("seed", 0, 2**32 - 1, True)],
-    "model": [
-        ("vocab_size num_layers model_dim num_heads num_kv_heads mlp_mult logit_softcap rope_base", 0, math.inf, False),
-        ("mlp_hidden tied_embed_init_std", 0, math.inf, True),
-    ],
-    "train": [
-        ("train_batch_tokens train_seq_len adam_eps muon_backend_steps", 0, math.inf, False),
-        ("warmup_steps warmdown_iters val_loss_every train_log_every grad_accum_steps", 0, math.inf, True),
-        ("grad_clip_norm max_wallclock_seconds muon_momentum_warmup_steps", 0, math.inf, True),
-        ("tied_embed_lr embed_lr head_lr matrix_lr scalar_lr adam_weight_decay muon_weight_decay", 0, math.inf, True),
-        ("beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, True),
-    ],
-    "eval": [
-        ("batch_tokens sliding_batch_seqs", 0, math.inf, False),
-        ("seq_len sliding_stride max_tokens", 0, math.inf, True),
-    ],
-    "export": [
-        ("keep_float_max_numel", 0, math.inf, True),
-        ("artifact_limit_bytes", 0, math.inf, False),
-        ("clip_quantile", 0, 1, False),
-    ],
-}
+RANGES: list[tuple[str, str, float, float, bool]] = [
+    ("run", "seed", 0, 2**32 - 1, True),
+    ("model", "vocab_size num_layers model_dim num_heads num_kv_heads", 0, math.inf, False),
+    ("model", "mlp_mult logit_softcap rope_base", 0, math.inf, False),
+    ("model", "mlp_hidden tied_embed_init_std", 0, math.inf, True),
+    ("train", "train_batch_tokens train_seq_len adam_eps muon_backend_steps", 0, math.inf, False),
+    ("train", "warmup_steps warmdown_iters val_loss_every train_log_every grad_accum_steps", 0, math.inf, True),
+    ("train", "grad_clip_norm max_wallclock_seconds muon_momentum_warmup_steps", 0, math.inf, True),
+    ("train", "tied_embed_lr embed_lr head_lr matrix_lr scalar_lr", 0, math.inf, True),
+    ("train", "adam_weight_decay muon_weight_decay", 0, math.inf, True),
+    ("train", "beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, True),
+    ("eval", "batch_tokens sliding_batch_seqs", 0, math.inf, False),
+    ("eval", "seq_len sliding_stride max_tokens", 0, math.inf, True),
+    ("export", "keep_float_max_numel", 0, math.inf, True),
+    ("export", "artifact_limit_bytes", 0, math.inf, False),
+    ("export", "clip_quantile", 0, 1, False),
+]
 _BELOW_ONE = {"beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"}  # [0, 1), not [0, 1]
 
 
@@ -345,15 +341,12 @@ def _check_core(recipe: Recipe) -> None:
     m, t, e, where = recipe.model, recipe.train, recipe.eval, recipe.source
     for section in CORE_SECTIONS:
         check_values(getattr(recipe, section), f"{where}: [{section}]")
-    for section, rules in RANGES.items():
-        for keys, low, high, low_ok in rules:
-            for key in keys.split():
-                value = getattr(getattr(recipe, section), key)
-                high_ok = key not in _BELOW_ONE
-                if not (low <= value <= high) or (value == low and not low_ok) or (value == high and not high_ok):
-                    raise RecipeError(
-                        f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, low_ok, high_ok)}"
-                    )
+    for section, keys, low, high, low_ok in RANGES:
+        for key in keys.split():
+            value = getattr(getattr(recipe, section), key)
+            high_ok = key not in _BELOW_ONE
+            if not (low <= value <= high) or (value == low and not low_ok) or (value == high and not high_ok):
+                raise RecipeError(f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, low_ok, high_ok)}")
 
     if t.iterations < 0 and t.max_wallclock_seconds <= 0:
         raise RecipeError(
@@ -529,8 +522,7 @@ def _read_toml(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise RecipeError(f"{path}: recipe file not found")
     try:
-        with path.open("rb") as f:
-            return tomllib.load(f)
+        return tomllib.loads(path.read_bytes().decode())  # what tomllib.load does, UnicodeDecodeError included
     except tomllib.TOMLDecodeError as exc:
         raise RecipeError(f"{path}: invalid TOML: {exc}") from None
     except UnicodeDecodeError as exc:
@@ -543,12 +535,11 @@ def _parse_override(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise RecipeError(f"--set {item}: expected section.key=value (e.g. train.matrix_lr=0.02)")
     key, text = item.split("=", 1)
-    key = key.strip()
     try:
         value = tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
         value = text  # bare words are strings: --set data.path=/data/fineweb10B_sp1024
-    return key, value
+    return key.strip(), value
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
