@@ -2,17 +2,18 @@
 
 What: every CastedLinear forward uses `w + (Q(w) − w).detach()`, so the forward
 sees the per-row int6 grid values `Q(w) = clamp(round(w/s), qmin, qmax)·s` and the backward treats
-the quantizer as identity (straight-through estimator). `rule` picks a record's exact recipe:
+the quantizer as identity (straight-through estimator). Four settings give each record's exact recipe
+(the defaults are PR #414's):
 
-| rule | scale `s` (per row, `m` = row max of `|w|`) | range | precision | when |
+| record | `scale` (per row, `m` = row max of `|w|`) | `qmin`, `qmax` | `precision` | `in_eval` |
 |---|---|---|---|---|
-| `pr414` | `max(m/31, 1/31)` | [−32, 31] | quantize an fp32 copy, cast to the activation dtype, STE in it | train |
-| `pr194` | `max(m/31, 1/31)` | ±31 | STE on the fp32 master weight, then cast | train |
-| `pr63`  | `max(m, 1/31)/31` (floor 1/961) | ±31 | cast first, quantize in the activation dtype | train+eval |
+| #414 | `"scale_floor"`: `max(m/31, 1/31)` | −32, 31 | `"fp32_quant"`: quantize an fp32 copy, cast, STE in the activation dtype | false |
+| #194 | `"scale_floor"` | −31, 31 | `"fp32_ste"`: STE on the fp32 master weight, then cast | false |
+| #63  | `"clip_floor"`: `max(m, 1/31)/31` (floor 1/961) | −31, 31 | `"activation"`: cast first, quantize in the activation dtype | true |
 
-`pr63`'s module-global flag had no train/eval check and was set after the warm-up and cleared before
-serialization: with that rule the switch turns on at the first training step and off at export (so
-in-training validation sees QAT, the round-trip eval does not). The other rules start on at build
+#63's module-global flag had no train/eval check and was set after the warm-up and cleared before
+serialization: with `in_eval = true` the switch turns on at the first training step and off when the
+fit ends (so in-training validation sees QAT, the round-trip eval does not). Otherwise QAT starts on at build
 (`qat`: PR #194's flag was set before compile, warm-up included) and act in train mode only.
 `export_match = true` (off by default; not a record setting) replaces the grid by the int6
 exporter's: `s = fp16(max(m/31, 1/31))`, ±31, computed on the fp32 weight. That is the fix for
@@ -66,16 +67,17 @@ class QuantRule:
     fp16_scale: bool = False
 
 
-RULES = {
-    "pr414": QuantRule("scale_floor", -32, 31, "fp32_quant", in_eval=False),
-    "pr194": QuantRule("scale_floor", -31, 31, "fp32_ste", in_eval=False),
-    "pr63": QuantRule("clip_floor", -31, 31, "activation", in_eval=True),
-}
+SCALES = ("scale_floor", "clip_floor")
+PRECISIONS = ("fp32_quant", "fp32_ste", "activation")
 
 
 @dataclass
 class Config:
-    rule: str = "pr414"  # pr414 | pr194 | pr63
+    scale: str = "scale_floor"  # scale_floor: max(m/qmax, 1/qmax) | clip_floor: max(m, 1/qmax)/qmax (#63)
+    qmin: int = -32  # #414; -31 in #194 and #63
+    qmax: int = 31
+    precision: str = "fp32_quant"  # fp32_quant (#414) | fp32_ste (#194) | activation (#63)
+    in_eval: bool = False  # true: on in eval mode too, from the first step until the fit ends (#63)
     export_match: bool = False  # the int6 exporter's grid: ±31, fp16-rounded row-max scale, fp32
     scope: str = "all"  # all (every CastedLinear, as the records) | blocks (the six block linears)
 
@@ -87,11 +89,12 @@ class LateConfig(Config):
 
 
 def resolve_rule(config: Config) -> QuantRule:
-    if config.rule not in RULES:
-        raise ValueError(f"qat: rule must be one of {', '.join(RULES)}, got {config.rule!r}")
-    if config.scope not in ("all", "blocks"):
-        raise ValueError(f"qat: scope must be all|blocks, got {config.scope!r}")
-    rule = RULES[config.rule]
+    for key, allowed in (("scale", SCALES), ("precision", PRECISIONS), ("scope", ("all", "blocks"))):
+        if getattr(config, key) not in allowed:
+            raise ValueError(f"qat: {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
+    if not config.qmin < 0 < config.qmax:
+        raise ValueError(f"qat: qmin={config.qmin}, qmax={config.qmax}: expected qmin < 0 < qmax")
+    rule = QuantRule(config.scale, config.qmin, config.qmax, config.precision, config.in_eval)
     if config.export_match:
         precision = "fp32_quant" if rule.precision == "activation" else rule.precision
         rule = dataclasses.replace(rule, scale="scale_floor", qmin=-31, qmax=31, precision=precision, fp16_scale=True)

@@ -54,8 +54,15 @@ def fake_state(model, step=0, lr_scale=1.0):
 CONFIGS = {
     "ema": {"decay": 0.99},
     "swa": {"every": 10, "threshold": 0.5, "check": "before"},
-    "qat": {"rule": "pr63", "export_match": True, "scope": "blocks"},
-    "late_qat": {"rule": "pr194", "threshold": 0.1, "effective": False},
+    "qat": {
+        "scale": "clip_floor",
+        "qmin": -31,
+        "precision": "activation",
+        "in_eval": True,
+        "export_match": True,
+        "scope": "blocks",
+    },
+    "late_qat": {"qmin": -31, "precision": "fp32_ste", "threshold": 0.1, "effective": False},
 }
 
 
@@ -74,7 +81,7 @@ def test_config_round_trips_and_rejects_unknown_keys(name, tmp_path):
 @pytest.mark.parametrize(
     "name, table",
     [
-        ("qat", {"rule": "pr999"}),
+        ("qat", {"precision": "fp64"}),
         ("late_qat", {"scope": "most"}),
         ("swa", {"check": "during"}),
         ("ema", {"decay": 1.0}),
@@ -164,6 +171,13 @@ def test_swa_needs_two_snapshots():
 
 # --- QAT: exact grids, precision rules, STE ---------------------------------------------------------
 
+# Each record's QAT settings (recipes/pr63.toml and pr194.toml set the same; #414's are the defaults).
+RECORD_QAT = {
+    "pr414": {},
+    "pr194": {"qmin": -31, "precision": "fp32_ste"},
+    "pr63": {"scale": "clip_floor", "qmin": -31, "precision": "activation", "in_eval": True},
+}
+
 W = torch.tensor([[0.5, -0.25, 0.1], [3.1, -3.1, 0.0]])
 
 
@@ -181,7 +195,7 @@ W = torch.tensor([[0.5, -0.25, 0.1], [3.1, -3.1, 0.0]])
     ],
 )
 def test_fake_quantize_grids(rule, export_match, row0, row1):
-    config = qat.Config(rule=rule, export_match=export_match)
+    config = qat.Config(**RECORD_QAT[rule], export_match=export_match)
     got = qat.fake_quantize(W, qat.resolve_rule(config))
     assert torch.allclose(got, torch.tensor([row0, row1]), rtol=0, atol=1e-7)
 
@@ -206,7 +220,7 @@ def test_precision_rules_match_each_record_in_bf16():
     weight, x = torch.randn(24, 40) * 0.7, torch.randn(3, 40).bfloat16()
     outputs = {}
     for rule in ("pr414", "pr194", "pr63"):
-        layer = qat.FakeQuantLinear(40, 24, qat.resolve_rule(qat.Config(rule=rule)), on=True)
+        layer = qat.FakeQuantLinear(40, 24, qat.resolve_rule(qat.Config(**RECORD_QAT[rule])), on=True)
         layer.weight.data.copy_(weight)
         outputs[rule] = layer(x)
         assert outputs[rule].dtype == torch.bfloat16
@@ -217,7 +231,7 @@ def test_precision_rules_match_each_record_in_bf16():
 @pytest.mark.parametrize("rule", ["pr414", "pr194", "pr63"])
 def test_straight_through_gradient(rule):
     torch.manual_seed(1)
-    layer = qat.FakeQuantLinear(16, 8, qat.resolve_rule(qat.Config(rule=rule)), on=True)
+    layer = qat.FakeQuantLinear(16, 8, qat.resolve_rule(qat.Config(**RECORD_QAT[rule])), on=True)
     x = torch.randn(4, 16)
     (layer(x) ** 2).sum().backward()
     w_q = qat.fake_quantize(layer.weight, layer.rule).requires_grad_()
@@ -246,7 +260,7 @@ RECORDS = {
 def record_model(tmp_path, rule: str, plugin: str = "qat", **settings):
     text, fixture, seed = RECORDS[rule]
     skip_init = ["ortho_init"] if "ortho_init" in text else []  # the weights are overwritten anyway
-    recipe = recipe_with(tmp_path, {plugin: {"rule": rule, **settings}}, text, overrides=(), disable=skip_init)
+    recipe = recipe_with(tmp_path, {plugin: {**RECORD_QAT[rule], **settings}}, text, overrides=(), disable=skip_init)
     pm = create_manager(recipe)
     model = build_model(recipe, pm)
     model.load_state_dict(randomize(model.state_dict(), seed), strict=True)
