@@ -57,10 +57,8 @@ def _alive(pid: int, host: str) -> bool:
         return False
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
+    except (ProcessLookupError, PermissionError) as exc:
+        return isinstance(exc, PermissionError)  # it exists, but belongs to another user
     return True
 
 

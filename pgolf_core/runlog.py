@@ -23,11 +23,10 @@ class RunLog:
         self.out_dir = out_dir
         self.log_path = out_dir / "train.log" if out_dir and self.enabled else None
         self.metrics_path = out_dir / "metrics.jsonl" if out_dir and self.enabled else None
-        tty = sys.stdout.isatty() if interactive is None else interactive
         self.console = Console(highlight=False, soft_wrap=True) if self.enabled else None
         self.progress: Progress | None = None
         self._task: Any = None
-        self._interactive = tty and self.enabled
+        self._interactive = (sys.stdout.isatty() if interactive is None else interactive) and self.enabled
         self._pending: list[str] = []  # lines logged before the run directory was claimed
 
     def log(self, msg: str, console: bool = True) -> None:
