@@ -12,6 +12,7 @@ registered", so an ablation cannot leave half-active state behind.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import importlib.metadata
 import importlib.util
 import inspect
@@ -44,29 +45,26 @@ def discover(plugin_dirs: Sequence[str | Path] = ()) -> dict[str, PluginSource]:
     file, exported as `PLUGIN`). Nothing is imported yet."""
     found: dict[str, PluginSource] = {}
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "?"
-        found[ep.name] = PluginSource(ep.name, dist, ep.load)
+        found[ep.name] = PluginSource(ep.name, ep.dist.name if ep.dist is not None else "?", ep.load)
     for directory in plugin_dirs:
         path = Path(directory)
         if not path.is_dir():
             raise PgolfError(f"--plugins-dir {directory}: not a directory")
         for file in sorted(path.glob("*.py")):
-            found[file.stem] = PluginSource(file.stem, str(file), _file_loader(file))
+            found[file.stem] = PluginSource(file.stem, str(file), functools.partial(_load_file, file))
     return found
 
 
-def _file_loader(file: Path) -> Any:
-    def load() -> type:
-        spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
-        spec.loader.exec_module(module)
-        if not hasattr(module, "PLUGIN"):
-            raise AttributeError(f"{file} defines no PLUGIN class")
-        return module.PLUGIN
-
-    return load
+def _load_file(file: Path) -> type:
+    """The `PLUGIN` class of a local plugin file, imported as module `pgolf_local_<stem>`."""
+    spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
+    spec.loader.exec_module(module)
+    if not hasattr(module, "PLUGIN"):
+        raise AttributeError(f"{file} defines no PLUGIN class")
+    return module.PLUGIN
 
 
 def load_class(source: PluginSource) -> type:

@@ -68,10 +68,7 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
         if sp.is_control(i) or sp.is_unknown(i) or sp.is_unused(i):
             continue
         boundary[i] = False
-        if sp.is_byte(i):
-            base[i] = 1
-            continue
-        piece = sp.id_to_piece(i)
+        piece = sp.id_to_piece(i)  # byte pieces are "<0xNN>": never a leading "▁", always one byte
         lead[i] = piece.startswith(SPACE)
-        base[i] = len(piece[1:].encode() if lead[i] else piece.encode())
+        base[i] = 1 if sp.is_byte(i) else len(piece.removeprefix(SPACE).encode())
     return ByteTables(torch.from_numpy(base), torch.from_numpy(lead), torch.from_numpy(boundary))
