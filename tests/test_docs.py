@@ -39,3 +39,24 @@ def test_readme_shows_the_current_pr414_plugin_order():
     snapshot = (ROOT / "tests" / "fixtures" / "plugin_order" / "pr414.txt").read_text(encoding="utf-8")
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     assert snapshot in readme, "README's pr414 plugin order is stale: copy tests/fixtures/plugin_order/pr414.txt"
+
+
+def test_no_file_refers_to_documents_outside_the_repository():
+    """The project stands alone: no tracked text names a reference document that is not in the
+    repository, or the private section codes ("T" and two digits) and record nicknames ("R-" and a
+    code) that stood for them; techniques are described in the project's words with their PR or
+    record folder."""
+    import re
+    import subprocess
+
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    pattern = re.compile(r"TECHNIQUES\.md|RECIPES\.md|ARCHITECTURE-NOTES|\bT\d\d(\.\d+)?\b|\bR-[A-Z0-9]{2,5}\b")
+    offenders = []
+    for name in files:
+        path = ROOT / name
+        if path.suffix not in {".py", ".md", ".toml", ".txt", ".cfg"} or not path.is_file():
+            continue
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            if pattern.search(line) and "pattern = re.compile" not in line:
+                offenders.append(f"{name}:{number}: {line.strip()[:80]}")
+    assert not offenders, "\n".join(offenders)
