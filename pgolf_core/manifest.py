@@ -3,7 +3,6 @@ the resolved recipe, code-byte accounting, and the up-front warning for full-sca
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import math
 import platform
@@ -16,7 +15,10 @@ import numpy as np
 import torch
 
 import pgolf_core
+from pgolf_core.data.bpb import tokenizer_sha256
 from pgolf_core.data.shards import read_shard
+from pgolf_core.evaluation import token_bytes
+from pgolf_core.registry import version_order
 
 CORE_DIR = Path(pgolf_core.__file__).resolve().parent
 # Tools that are not part of a training run's code path (data preparation, the CLI front end).
@@ -58,13 +60,9 @@ def unigram_bpb(
         if seen >= max_train_tokens:
             break
     logp = np.log(counts / counts.sum())
-    y = val_tokens[1:].numpy().astype(np.int64)
-    x = val_tokens[:-1].numpy().astype(np.int64)
-    base = tables.base_bytes.cpu().numpy().astype(np.float64)
-    lead = tables.has_leading_space.cpu().numpy()
-    boundary = tables.is_boundary.cpu().numpy()
-    n_bytes = (base[y] + (lead[y] & ~boundary[x])).sum()
-    return float(-logp[y].sum() / (math.log(2) * n_bytes))
+    val = val_tokens.to(torch.int64)
+    n_bytes = token_bytes(val[:-1], val[1:], tables.to("cpu")).sum().item()  # an exact integer sum
+    return float(-logp[val[1:].numpy()].sum() / (math.log(2) * n_bytes))
 
 
 def summarize(
@@ -86,7 +84,6 @@ def summarize(
     reports: dict[str, Any],
     total_seconds: float,
 ) -> dict[str, Any]:
-    train_files, val_tokens, tables, tokenizer_path = data.train_files, data.val_tokens, data.tables, data.tokenizer_path
     total_bytes = written.model_bytes + code_bytes
     return {
         "schema": "pgolf.summary/1",
@@ -99,7 +96,7 @@ def summarize(
         "sliding_val_loss": sliding.val_loss if sliding else None,
         "sliding_val_bpb": sliding.val_bpb if sliding else None,
         "score_val_bpb": (sliding or roundtrip).val_bpb,
-        "unigram_val_bpb": unigram_bpb(train_files, val_tokens.cpu(), tables),
+        "unigram_val_bpb": unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables),
         "artifact_bytes": total_bytes,
         "model_bytes": written.model_bytes,
         "code_bytes": code_bytes,
@@ -115,10 +112,7 @@ def summarize(
         "roundtrip_eval_seconds": roundtrip.seconds,
         "sliding_eval_seconds": sliding.seconds if sliding else None,
         "total_seconds": total_seconds,
-        "plugins": [
-            {"name": p.name, "version": str(getattr(p, "version", "?")), "order": int(getattr(p, "order", 100))}
-            for p in plugins
-        ],
+        "plugins": [{"name": p.name, **version_order(p)} for p in plugins],
         "plugin_reports": reports,
         "manifest": {
             "git_sha": git_sha(),
@@ -131,11 +125,11 @@ def summarize(
             "device": torch.cuda.get_device_name(env.device) if env.is_cuda else platform.processor() or "cpu",
             "device_count": env.world_size,
             "data": {
-                "train_shards": len(train_files),
-                "train_dir": str(train_files[0].parent),
-                "val_tokens": int(val_tokens.numel() - 1),
-                "tokenizer": str(tokenizer_path),
-                "tokenizer_sha256": hashlib.sha256(Path(tokenizer_path).read_bytes()).hexdigest(),
+                "train_shards": len(data.train_files),
+                "train_dir": str(data.train_files[0].parent),
+                "val_tokens": int(data.val_tokens.numel() - 1),
+                "tokenizer": str(data.tokenizer_path),
+                "tokenizer_sha256": tokenizer_sha256(data.tokenizer_path),
                 "val_bytes_per_token": float(roundtrip.bytes / max(roundtrip.tokens, 1)),
             },
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -162,10 +156,7 @@ def print_summary(summary: dict[str, Any], log: Any) -> None:
         f"summary: {s['name']} seed {s['seed']}  ({s['steps']} steps, {s['step_ms']:.1f} ms/step)",
         f"  val_bpb (pre-export)      {s['val_bpb']:.4f}   val_loss {s['val_loss']:.4f}",
         f"  val_bpb (round trip)      {s['roundtrip_val_bpb']:.4f}   ({s['artifact_format']})",
-    ]
-    if s["sliding_val_bpb"] is not None:
-        lines.append(f"  val_bpb (sliding window)  {s['sliding_val_bpb']:.4f}")
-    lines += [
+        *([f"  val_bpb (sliding window)  {s['sliding_val_bpb']:.4f}"] if s["sliding_val_bpb"] is not None else []),
         f"  unigram baseline val_bpb  {s['unigram_val_bpb']:.4f}",
         f"  artifact {s['artifact_bytes']:,} bytes = model {s['model_bytes']:,} + code {s['code_bytes']:,}"
         f"  (limit {s['artifact_limit_bytes']:,}{', OVER' if s['over_limit'] else ''})",
@@ -190,10 +181,8 @@ def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any, 
     if step_s < 10.0:
         return
     cap, warmup = recipe.train.max_wallclock_seconds, recipe.train.warmup_steps
-    record_steps = 7000
-    stop = (
-        f", and the {cap:.0f} s wallclock cap then stops it after ~{max(int(cap / step_s), 1)} step(s)" if cap else ""
-    )
+    record_steps, cap_steps = 7000, max(int(cap / step_s), 1)
+    stop = f", and the {cap:.0f} s wallclock cap then stops it after ~{cap_steps} step(s)" if cap else ""
     log(
         f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
         f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "

@@ -151,12 +151,8 @@ class Recipe:
         return [name for name, entry in self.plugins.items() if entry.enabled]
 
     def to_dict(self) -> dict[str, Any]:
-        out: dict[str, Any] = {name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}
-        out["plugins"] = {
-            name: {"enabled": entry.enabled, **_config_dict(entry.config)}
-            for name, entry in sorted(self.plugins.items())
-        }
-        return out
+        plugins = {name: {"enabled": e.enabled, **_config_dict(e.config)} for name, e in sorted(self.plugins.items())}
+        return {**{name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}, "plugins": plugins}
 
     def to_toml(self) -> str:
         return dump_toml(self.to_dict())
@@ -355,10 +351,9 @@ def _check_core(recipe: Recipe) -> None:
         )
 
     for key, by_key in (("model_dim", "num_heads"), ("num_heads", "num_kv_heads")):
-        if getattr(m, key) % getattr(m, by_key):
-            raise RecipeError(
-                f"{where}: [model] {key}={getattr(m, key)} must be divisible by {by_key}={getattr(m, by_key)}"
-            )
+        value, by = getattr(m, key), getattr(m, by_key)
+        if value % by:
+            raise RecipeError(f"{where}: [model] {key}={value} must be divisible by {by_key}={by}")
     if (m.model_dim // m.num_heads) % 2:
         raise RecipeError(
             f"{where}: [model] model_dim={m.model_dim}: head_dim = model_dim / num_heads = "
@@ -548,10 +543,9 @@ def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
         raise RecipeError(f"{where}: expected section.key (e.g. train.matrix_lr), got {key!r}")
     node = raw
     for part in parts[:-1]:
-        child = node.setdefault(part, {})
-        if not isinstance(child, dict):
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
             raise RecipeError(f"{where}: {part!r} is a value, not a table")
-        node = child
     node[parts[-1]] = value
 
 
@@ -563,8 +557,7 @@ def dump_toml(data: dict[str, Any]) -> str:
         scalars = {k: v for k, v in table.items() if not isinstance(v, dict)}
         if prefix and (scalars or not table):
             lines.append(f"\n[{prefix}]")
-        for key, value in scalars.items():
-            lines.append(f"{key} = {_toml_value(value)}")
+        lines.extend(f"{key} = {_toml_value(value)}" for key, value in scalars.items())
         for key, value in table.items():
             if isinstance(value, dict):
                 emit(f"{prefix}.{key}" if prefix else key, value)

@@ -94,6 +94,11 @@ def plugin_classes(names: Iterable[str], source: str, plugin_dirs: Sequence[str 
     return out
 
 
+def version_order(plugin: Any) -> dict[str, Any]:
+    """A plugin's (or plugin class's) version and order, with the defaults a bare class gets."""
+    return {"version": str(getattr(plugin, "version", "?")), "order": int(getattr(plugin, "order", 100))}
+
+
 def plugin_order(plugin: Any) -> tuple[int, str]:
     return (int(getattr(plugin, "order", 100)), str(getattr(plugin, "name", type(plugin).__name__)))
 
@@ -175,8 +180,7 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
             cls = load_class(source)
             config = getattr(cls, "Config", None)
             row.update(
-                version=str(getattr(cls, "version", "?")),
-                order=int(getattr(cls, "order", 100)),
+                **version_order(cls),
                 hooks=hooks_of(cls),
                 config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
                 doc=(inspect.getdoc(cls) or "").split("\n")[0],

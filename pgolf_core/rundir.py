@@ -71,8 +71,7 @@ def check_free(out: Path, overwrite: bool) -> None:
             f"{out} holds a finished run ({out / FINISHED}); pass --overwrite (train(overwrite=True)) "
             "to replace it, or choose another --out"
         )
-    owner = _owner(out)
-    if owner is not None and _alive(*owner):
+    if (owner := _owner(out)) is not None and _alive(*owner):
         raise PgolfError(
             f"{out} is in use by another run: pid {owner[0]} on {owner[1]} (lock {out / LOCK}); "
             "wait for it to finish or choose another --out"
@@ -93,8 +92,7 @@ class Claim:
                 fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
                 break
             except FileExistsError:
-                owner = _owner(out)
-                if owner is not None and _alive(*owner):
+                if (owner := _owner(out)) is not None and _alive(*owner):
                     raise PgolfError(f"{out} is in use by another run: pid {owner[0]} on {owner[1]}") from None
                 log(f"run_dir: taking over the stale lock {lock} (pid {owner[0] if owner else '?'} is gone)")
                 lock.unlink(missing_ok=True)

@@ -80,9 +80,7 @@ def load_validation_tokens(files: Sequence[str | Path], seq_len: int, max_tokens
     """
     if not files:
         raise DataError("no validation shard files given")
-    tokens = torch.cat([read_shard(f) for f in files])
-    if max_tokens > 0:
-        tokens = tokens[: max_tokens + 1]
+    tokens = torch.cat([read_shard(f) for f in files])[: max_tokens + 1 if max_tokens > 0 else None]
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
         raise DataError(
