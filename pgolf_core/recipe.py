@@ -383,11 +383,9 @@ def _check_core(recipe: Recipe) -> None:
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
             f"world_size x grad_accum_steps = {t.train_seq_len} x {world} x {accum} = {per_step}"
         )
-    eval_seq = e.seq_len or t.train_seq_len
-    if e.sliding_stride > eval_seq:
-        raise RecipeError(
-            f"{where}: [eval] sliding_stride={e.sliding_stride}: expected <= the eval sequence length {eval_seq}"
-        )
+    eval_seq, stride = e.seq_len or t.train_seq_len, e.sliding_stride
+    if stride > eval_seq:
+        raise RecipeError(f"{where}: [eval] sliding_stride={stride}: expected <= the eval sequence length {eval_seq}")
     for key in ("train_pattern", "val_pattern"):
         pattern = getattr(recipe.data, key)
         if not pattern or Path(pattern).is_absolute():
@@ -404,7 +402,8 @@ def estimate_memory(recipe: Recipe) -> tuple[int, int]:
     m, t = recipe.model, recipe.train
     hidden = m.mlp_hidden or int(m.mlp_mult * m.model_dim)
     kv_dim = m.model_dim // m.num_heads * m.num_kv_heads
-    per_layer = 2 * m.model_dim * m.model_dim + 2 * m.model_dim * kv_dim + 2 * m.model_dim * hidden
+    # Per layer: q and out (d x d), k and v (d x kv_dim), MLP up and down (d x hidden); exact integers.
+    per_layer = 2 * m.model_dim * (m.model_dim + kv_dim + hidden)
     params = m.vocab_size * m.model_dim * (1 if m.tie_embeddings else 2) + m.num_layers * per_layer
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     tokens = t.train_batch_tokens // (world * (t.grad_accum_steps or max(8 // max(world, 1), 1)))
@@ -503,10 +502,11 @@ def _hint_name(hint: Any) -> str:
     return getattr(hint, "__name__", str(hint))
 
 
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "table"}  # TOML's words
+
+
 def _type_name(value: Any) -> str:
-    return {bool: "bool", int: "int", float: "float", str: "string", list: "list", dict: "table"}.get(
-        type(value), type(value).__name__
-    )
+    return _TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
