@@ -26,7 +26,7 @@ from torch import Tensor, nn
 
 from pgolf_core.errors import PgolfError
 
-TAILS = ("record", "once", "pr63")
+TAILS = ("rescore_tail", "once", "full_windows")
 
 
 @dataclass
@@ -104,7 +104,7 @@ class Placement:
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
 
-# ---------------------------------------------------------------- standard evaluation (T04)
+# ---------------------------------------------------------------- standard evaluation
 
 
 def standard_batches(
@@ -183,7 +183,7 @@ def score_batches(
     return sums
 
 
-# ---------------------------------------------------------------- sliding-window evaluation (T05)
+# ---------------------------------------------------------------- sliding-window evaluation
 
 
 def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
@@ -192,17 +192,17 @@ def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
         raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
     if tail not in TAILS:
         raise PgolfError(f'sliding-window tail must be one of {TAILS} (got "{tail}")')
-    if tail == "pr63" and stride == seq_len:
-        raise PgolfError('sliding-window tail "pr63" needs stride < seq_len (PR #63\'s loop never ends there)')
+    if tail == "full_windows" and stride == seq_len:
+        raise PgolfError('sliding-window tail "full_windows" needs stride < seq_len (PR #63\'s loop never ends there)')
 
 
-def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
+def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> tuple[int, int]:
     """Window-local `[lo, hi)` of the positions a window starting at `ws` scores.
 
-    "record": all of the first window, else its last `stride` positions `[max(wlen-stride, 0), wlen)`;
+    "rescore_tail" (the records' loop): all of the first window, else its last `stride` positions `[max(wlen-stride, 0), wlen)`;
     windows clipped at `total` thereby re-score positions the last full window already scored.
     "once": the same, but starting where the previous window stopped, so nothing is scored twice.
-    "pr63": as "record" (its windows are all full, see `window_starts`).
+    "full_windows" (PR #63's loop): as "rescore_tail" (its windows are all full, see `window_starts`).
     """
     wlen = min(ws + seq_len, total) - ws
     if ws == 0:
@@ -213,25 +213,25 @@ def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rec
     return lo, wlen
 
 
-def window_starts(total: int, seq_len: int, stride: int, tail: str = "record") -> list[int]:
+def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> list[int]:
     """Starts `0, s, 2s, ... < total` (every such window has `wlen >= 1`, the records' filter).
 
     With tail="once", windows that would score nothing (clipped ones after the stream's end was
     reached) are dropped: they would cost a forward for no score.
-    With tail="pr63", PR #63's own loop: full windows only (`start + seq_len <= total`), and the
+    With tail="full_windows", PR #63's own loop: full windows only (`start + seq_len <= total`), and the
     second window starts at `seq_len - stride`, not `stride`. So targets `[seq_len, 2*seq_len -
     2*stride)` are never scored (1,920 of 62M at T=2048, s=64), nor those after the last full window.
     """
     _check_sliding(seq_len, stride, tail)
-    if tail == "pr63":
+    if tail == "full_windows":
         return [0, *range(seq_len - stride, total - seq_len + 1, stride)] if seq_len <= total else []
     starts = range(0, total, stride)
-    if tail == "record":
+    if tail == "rescore_tail":
         return list(starts)
     return [ws for ws in starts if ws == 0 or ws - stride + seq_len < total]
 
 
-def count_scored(total: int, seq_len: int, stride: int, tail: str = "record") -> tuple[int, int]:
+def count_scored(total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> tuple[int, int]:
     """(windows, scored positions) without a model: checks the tail arithmetic at full scale."""
     starts = window_starts(total, seq_len, stride, tail)
     spans = (scored_span(ws, total, seq_len, stride, tail) for ws in starts)
@@ -246,7 +246,7 @@ def sliding_batches(
     batch_seqs: int,
     tables: Any,
     where: Placement,
-    tail: str = "record",
+    tail: str = "rescore_tail",
 ) -> Iterator[ScoredBatch]:
     """Score this rank's windows, `batch_seqs` per `forward_logits` call, right-padded with zeros.
 
@@ -303,7 +303,7 @@ def eval_sliding(
     rank: int = 0,
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
-    tail: str = "record",
+    tail: str = "rescore_tail",
     after_chunk: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     """Sliding-window eval: each token scored with at least `seq_len - stride`
@@ -313,11 +313,11 @@ def eval_sliding(
     contiguously across ranks and scored `batch_seqs` at a time. The first window scores all its
     positions, later ones their last `stride`.
 
-    tail="record" reproduces the records exactly, including their quirk: windows clipped at the
+    tail="rescore_tail" reproduces the records exactly, including their quirk: windows clipped at the
     end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
     extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
     clipped window scores only positions no earlier window scored, and windows left with nothing
-    to score are skipped. tail="pr63" is PR #63's own loop (see `window_starts`). `after_chunk(x, y)`
+    to score are skipped. tail="full_windows" is PR #63's own loop (see `window_starts`). `after_chunk(x, y)`
     runs after each batch of windows was scored.
 
     Speed: pass a model whose `forward_logits` is compiled (PR #414 compiles it; every batch has

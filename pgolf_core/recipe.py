@@ -97,10 +97,10 @@ class EvalConfig:
     batch_tokens: int = 524_288
     sliding_stride: int = 0  # 0 = no sliding-window eval
     sliding_batch_seqs: int = 32
-    # "record": as the records (windows clipped at the end re-score the last positions);
+    # "rescore_tail": as the records (windows clipped at the end re-score the last positions);
     # "once": every position scored exactly once (tail-duplication quirk);
-    # "pr63": PR #63's own loop (full windows only, a gap after the first; see evaluation.window_starts).
-    sliding_tail: str = "record"
+    # "full_windows": PR #63's own loop (full windows only, a gap after the first; see evaluation.window_starts).
+    sliding_tail: str = "rescore_tail"
     max_tokens: int = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
 
 
@@ -363,7 +363,7 @@ def _check_core(recipe: Recipe) -> None:
         ("model", "attention"): ("auto", "sdpa", "flash"),
         ("run", "device"): ("auto", "cpu", "cuda"),
         ("run", "compile"): ("auto", "on", "off"),
-        ("eval", "sliding_tail"): ("record", "once", "pr63"),
+        ("eval", "sliding_tail"): ("rescore_tail", "once", "full_windows"),
         ("train", "muon_ns_dtype"): ("bfloat16", "float32"),
     }
     for (section, key), allowed in choices.items():

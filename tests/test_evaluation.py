@@ -179,11 +179,11 @@ def spans(total: int, seq_len: int, stride: int, tail: str) -> Counter:
 @pytest.mark.parametrize("seq_len,stride", [(8, 1), (8, 3), (8, 4), (8, 8), (16, 5), (16, 16)])
 def test_scored_positions_small_totals(seq_len: int, stride: int) -> None:
     for total in range(1, 70):
-        assert spans(total, seq_len, stride, "record") == literal_t05(total, seq_len, stride)
+        assert spans(total, seq_len, stride, "rescore_tail") == literal_t05(total, seq_len, stride)
         once = spans(total, seq_len, stride, "once")
         assert once == Counter(range(total)), (total, seq_len, stride)  # every target exactly once
         record_extra = sum(literal_t05(total, seq_len, stride).values()) - total
-        assert ev.count_scored(total, seq_len, stride, "record")[1] == total + record_extra
+        assert ev.count_scored(total, seq_len, stride, "rescore_tail")[1] == total + record_extra
         if total % stride == 0 and seq_len % stride == 0 and total >= seq_len:
             assert record_extra == seq_len - stride  # (T/s - 1) clipped windows, each re-scoring s
 
@@ -215,16 +215,16 @@ def literal_pr63(total: int, seq_len: int, stride: int) -> Counter:
 @pytest.mark.parametrize("seq_len,stride", [(8, 1), (8, 3), (8, 4), (16, 5), (16, 15)])
 def test_pr63_tail_is_the_records_loop(seq_len: int, stride: int) -> None:
     for total in range(1, 70):
-        assert spans(total, seq_len, stride, "pr63") == literal_pr63(total, seq_len, stride), total
-    with pytest.raises(PgolfError, match="pr63"):
-        ev.window_starts(100, 16, 16, "pr63")
+        assert spans(total, seq_len, stride, "full_windows") == literal_pr63(total, seq_len, stride), total
+    with pytest.raises(PgolfError, match="full_windows"):
+        ev.window_starts(100, 16, 16, "full_windows")
 
 
 def test_full_scale_counts() -> None:
     """The real validation set: 62,021,632 tokens, T=2048, stride 64."""
-    assert ev.count_scored(62_021_632, 2048, 64, "record") == (969_088, 62_023_616)
+    assert ev.count_scored(62_021_632, 2048, 64, "rescore_tail") == (969_088, 62_023_616)
     # PR #63: windows 0, 1984, 2048, ... while start + 2048 <= total; targets 2048..3967 never scored
-    windows, scored = ev.count_scored(62_021_632, 2048, 64, "pr63")
+    windows, scored = ev.count_scored(62_021_632, 2048, 64, "full_windows")
     last = 1984 + 64 * ((62_021_632 - 2048 - 1984) // 64)
     assert windows == 2 + (last - 1984) // 64 and scored == last + 2048 - 1920
     windows, scored = ev.count_scored(62_021_632, 2048, 64, "once")
@@ -246,7 +246,7 @@ def test_bad_sliding_settings() -> None:
 def test_sliding_with_full_stride_equals_standard(model: GPT, tables: Tables) -> None:
     val = stream(6 * T + 1)
     std = ev.eval_standard(model, val, T, 4, tables, device=CPU)
-    for tail in ("record", "once"):  # "pr63" rejects stride == seq_len (its loop would not end)
+    for tail in ("rescore_tail", "once"):  # "full_windows" rejects stride == seq_len (its loop would not end)
         sl = ev.eval_sliding(model, val, T, T, 4, tables, device=CPU, tail=tail)
         assert (sl.tokens, sl.bytes) == (std.tokens, std.bytes)
         assert close(sl.val_loss, std.val_loss) and close(sl.val_bpb, std.val_bpb)
@@ -270,10 +270,10 @@ def test_sliding_once_equals_per_token_naive(model: GPT, tables: Tables) -> None
 
 
 def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
-    """tail="record": one window at a time, unpadded, scoring the records' positions (tail included)."""
+    """tail="rescore_tail": one window at a time, unpadded, scoring the records' positions (tail included)."""
     val, stride = stream(4 * T + 1), 4
     total = val.numel() - 1
-    res = ev.eval_sliding(model, val, T, stride, 5, tables, device=CPU, tail="record")
+    res = ev.eval_sliding(model, val, T, stride, 5, tables, device=CPU, tail="rescore_tail")
     v = val.long()
     nll = count = byte_sum = 0.0
     for ws in range(0, total, stride):
@@ -290,9 +290,9 @@ def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
 
 
 def test_sliding_pr63_equals_the_records_loop(model: GPT, tables: Tables) -> None:
-    """tail="pr63": PR #63's eval loop, one full window at a time (no padding ever needed)."""
+    """tail="full_windows": PR #63's eval loop, one full window at a time (no padding ever needed)."""
     val, stride = stream(4 * T + 1 + 3), 4
-    res = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail="pr63")
+    res = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail="full_windows")
     v = val.long()
     nll = count = byte_sum = 0.0
     pos = 0

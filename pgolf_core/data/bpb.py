@@ -1,4 +1,4 @@
-"""Byte lookup tables for the bits-per-byte metric, with the challenge's exact rules (T03).
+"""Byte lookup tables for the bits-per-byte metric, with the challenge's exact rules.
 
 BPB divides the summed NLL by the UTF-8 bytes of the (NFKC-normalized) text the targets spell, so
 scores stay comparable across tokenizers. A piece's bytes are its text without one leading "▁"; the

@@ -1,4 +1,4 @@
-"""The training token stream and the validation tokens, with the baseline's exact semantics (T02, T04).
+"""The training token stream and the validation tokens, with the baseline's exact semantics.
 
 Training reads shards in order and wraps around forever: no shuffling, no document alignment.
 Each micro-step takes one contiguous chunk for all ranks and gives every rank its own disjoint
