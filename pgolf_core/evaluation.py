@@ -199,7 +199,8 @@ def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
 def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> tuple[int, int]:
     """Window-local `[lo, hi)` of the positions a window starting at `ws` scores.
 
-    "rescore_tail" (the records' loop): all of the first window, else its last `stride` positions `[max(wlen-stride, 0), wlen)`;
+    "rescore_tail" (the records' loop): all of the first window, else its last `stride` positions
+    `[max(wlen-stride, 0), wlen)`;
     windows clipped at `total` thereby re-score positions the last full window already scored.
     "once": the same, but starting where the previous window stopped, so nothing is scored twice.
     "full_windows" (PR #63's loop): as "rescore_tail" (its windows are all full, see `window_starts`).
