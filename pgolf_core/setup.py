@@ -112,29 +112,23 @@ def resolve_data(recipe: Recipe, env: Env, log: Any) -> tuple[list[Path], list[P
     if not cfg.path:
         from pgolf_core.data.sample import ensure_sample_data
 
-        if env.rank != 0:
+        if env.rank != 0:  # rank 0 builds the sample data, the others wait for it
             env.barrier()
         sample = ensure_sample_data(log=log)
         if env.rank == 0:
             env.barrier()
-        return (
-            shard_files(Path(sample.path), cfg.train_pattern),
-            shard_files(Path(sample.path), cfg.val_pattern),
-            Path(cfg.tokenizer or sample.tokenizer),
-        )
-    root = Path(cfg.path).expanduser()
-    if not root.is_dir():
-        raise PgolfError(
-            f"[data] path: {root} is not a directory (expected the folder of the shards, e.g. "
-            "data/datasets/fineweb10B_sp1024 from `pgolf data fineweb`)"
-        )
-    candidates = (
-        [Path(cfg.tokenizer).expanduser()]
-        if cfg.tokenizer
-        else [root / "tokenizer.model", root.parent.parent / "tokenizers" / "fineweb_1024_bpe.model"]
-    )
+        root, candidates = Path(sample.path), [Path(cfg.tokenizer or sample.tokenizer)]
+    else:
+        root = Path(cfg.path).expanduser()
+        if not root.is_dir():
+            raise PgolfError(
+                f"[data] path: {root} is not a directory (expected the folder of the shards, e.g. "
+                "data/datasets/fineweb10B_sp1024 from `pgolf data fineweb`)"
+            )
+        official = root.parent.parent / "tokenizers" / "fineweb_1024_bpe.model"
+        candidates = [Path(cfg.tokenizer).expanduser()] if cfg.tokenizer else [root / "tokenizer.model", official]
     tokenizer = next((c for c in candidates if c.is_file()), candidates[0])
-    if not tokenizer.is_file():
+    if cfg.path and not tokenizer.is_file():
         raise PgolfError(
             f"[data] tokenizer not found (looked at {', '.join(map(str, candidates))}); "
             "set data.tokenizer to the SentencePiece .model used to make the shards"
