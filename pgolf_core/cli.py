@@ -18,24 +18,15 @@ USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryErro
 def _recipe_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
     p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998",
-    )
-    p.add_argument("--enable", action="append", default=[], metavar="PLUGIN", help="turn a plugin on")
-    p.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="turn a plugin off")
+    for flag, dest, metavar, text in (
+        ("--set", "overrides", "KEY=VALUE",
+         "override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998"),
+        ("--enable", "enable", "PLUGIN", "turn a plugin on"),
+        ("--disable", "disable", "PLUGIN", "turn a plugin off"),
+        ("--plugins-dir", "plugins_dir", "DIR", "also load plugins from *.py files in DIR (each exporting PLUGIN)"),
+    ):  # fmt: skip
+        p.add_argument(flag, dest=dest, action="append", default=[], metavar=metavar, help=text)
     p.add_argument("--seed", type=int, help="shortcut for --set run.seed=N")
-    p.add_argument(
-        "--plugins-dir",
-        action="append",
-        default=[],
-        metavar="DIR",
-        help="also load plugins from *.py files in DIR (each exporting PLUGIN)",
-    )
 
 
 def _load(args: argparse.Namespace) -> Any:
@@ -67,7 +58,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_plugins(args: argparse.Namespace) -> int:
     from pgolf_core import registry
 
-    if args.order:
+    if args.recipe:
         recipe = _load(args)
         pm = registry.create_manager(recipe, args.plugins_dir)
         rows = [
@@ -84,7 +75,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
         return 0
-    if args.order:
+    if args.recipe:
         for i, row in enumerate(rows):
             print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
         if not rows:
@@ -123,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
     p.add_argument("--json", action="store_true")
-    p.add_argument("--order", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
+    p.add_argument("--order", dest="recipe", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
     p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR")
     p.set_defaults(func=cmd_plugins, overrides=[], enable=[], disable=[], smoke=False, seed=None)
     from pgolf_core.ablate.cli import add_parser as add_ablate
@@ -135,10 +126,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "order", None):
-        args.recipe = args.order
+    args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
     except (RunFault, WriteFault, *USER_ERRORS) as exc:

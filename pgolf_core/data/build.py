@@ -47,9 +47,9 @@ TRAINER_SETTINGS: dict[str, Any] = dict(
     model_type="bpe", character_coverage=0.999, byte_fallback=False, split_digits=True,
     normalization_rule_name="nmt_nfkc", add_dummy_prefix=False, pad_id=0, bos_id=1, eos_id=2, unk_id=3,
     hard_vocab_limit=False,
+    # Bit-identical tokenizers run to run: one thread, every sentence, no sampling or shuffling.
+    num_threads=1, input_sentence_size=0, shuffle_input_sentence=False,
 )  # fmt: skip
-# Bit-identical tokenizers run to run: one thread, every sentence, no sampling or shuffling.
-DETERMINISTIC: dict[str, Any] = {"num_threads": 1, "input_sentence_size": 0, "shuffle_input_sentence": False}
 BOS_ID = 1
 TRAIN_CHUNK_BYTES = 4000
 SHARD_TOKENS = 10**8
@@ -124,7 +124,6 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
             vocab_size=vocab_size,
             minloglevel=2,
             **TRAINER_SETTINGS,
-            **DETERMINISTIC,
         )
     except RuntimeError as exc:
         raise DataError(f"SentencePiece could not train a {vocab_size}-token vocabulary on this text: {exc}") from exc
@@ -153,11 +152,10 @@ def write_split(
         for ids in sp.encode(list(docs[start : start + 256])):
             toks = np.asarray([BOS_ID, *ids], dtype=np.uint16)
             total += toks.size
-            pos = 0
-            while pos < toks.size:
-                k = min(shard_tokens - fill, toks.size - pos)
-                buf[fill : fill + k] = toks[pos : pos + k]
-                fill, pos = fill + k, pos + k
+            while toks.size:
+                k = min(shard_tokens - fill, toks.size)
+                buf[fill : fill + k], toks = toks[:k], toks[k:]
+                fill += k
                 if fill == shard_tokens:
                     flush()
     if fill:
@@ -205,22 +203,13 @@ def export_dataset(
         )  # fmt: skip
         # Everything that identifies the data, and nothing machine-specific (no paths, no times).
         manifest = {
-            "schema": "pgolf.dataset/1",
-            "source": source,
-            "tokenizer": {
-                "file": "tokenizer.model",
-                "sha256": hashlib.sha256(model).hexdigest(),
-                "vocab_size": sp.vocab_size(),
-                "sentencepiece": spm.__version__,
-                "trainer": {**TRAINER_SETTINGS, **DETERMINISTIC},
-            },
-            "bos_id": 1,
-            "append_eos": False,
-            "val_fraction": val_fraction,
-            "shard_tokens": shard_tokens,
-            "stats": counts,
-            "files": {**val_files, **train_files},
-        }
+            "schema": "pgolf.dataset/1", "source": source,
+            "tokenizer": {"file": "tokenizer.model", "sha256": hashlib.sha256(model).hexdigest(),
+                          "vocab_size": sp.vocab_size(), "sentencepiece": spm.__version__,
+                          "trainer": TRAINER_SETTINGS},
+            "bos_id": 1, "append_eos": False, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
+            "stats": counts, "files": {**val_files, **train_files},
+        }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         publish_dir(tmp, out_dir)
     finally:

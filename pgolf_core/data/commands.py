@@ -16,47 +16,6 @@ from pathlib import Path
 from typing import Any
 
 
-def register(subparsers: Any) -> None:
-    """Add the `data` command (with `sample`, `build`, `fineweb`) to the main CLI's subparsers."""
-    data = subparsers.add_parser("data", help="prepare data: the embedded sample, your own text, or FineWeb")
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="{sample,build,fineweb}")
-
-    p = sub.add_parser("sample", help="build (once) the embedded sample dataset; no network needed")
-    p.add_argument("--cache", metavar="DIR", help="cache directory (default $PGOLF_CACHE or ~/.cache/pgolf)")
-    p.set_defaults(func=cmd_sample)
-
-    p = sub.add_parser("build", help="tokenizer + shards from your own .txt / .jsonl files")
-    p.add_argument(
-        "--text",
-        nargs="+",
-        required=True,
-        metavar="FILE",
-        help='.txt (documents separated by blank lines) or .jsonl (one {"text": ...} per line)',
-    )
-    p.add_argument("--vocab-size", type=int, required=True, metavar="N", help="tokenizer vocabulary, e.g. 1024")
-    p.add_argument("--out", required=True, metavar="DIR", help="new (or empty) output directory")
-    p.add_argument(
-        "--val-fraction",
-        type=float,
-        default=0.1,
-        metavar="F",
-        help="leading fraction of documents held out for validation (default 0.1)",
-    )
-    p.set_defaults(func=cmd_build)
-
-    p = sub.add_parser("fineweb", help="download the official FineWeb shards and tokenizer (needs pgolf[data])")
-    p.add_argument("--variant", default="sp1024", help="tokenizer family, e.g. sp1024 (default)")
-    p.add_argument(
-        "--train-shards",
-        type=int,
-        default=80,
-        metavar="N",
-        help="training shards of 100M tokens to fetch (default 80, as the official script)",
-    )
-    p.add_argument("--out", default="data", metavar="DIR", help="download root (default ./data)")
-    p.set_defaults(func=cmd_fineweb)
-
-
 def _summary(path: Path, tokenizer: Path, train_tokens: int, val_tokens: int) -> None:
     print(f"data:      {path}")
     print(f"tokenizer: {tokenizer}")
@@ -90,3 +49,36 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
     _summary(got.path, got.tokenizer, train, val)
     print(f"files:     {got.downloaded} downloaded, {got.skipped} already present")
     return 0
+
+
+# Subcommand, help, handler, then each option as (flag, add_argument keywords).
+COMMANDS = (
+    ("sample", "build (once) the embedded sample dataset; no network needed", cmd_sample, (
+        ("--cache", dict(metavar="DIR", help="cache directory (default $PGOLF_CACHE or ~/.cache/pgolf)")),
+    )),
+    ("build", "tokenizer + shards from your own .txt / .jsonl files", cmd_build, (
+        ("--text", dict(nargs="+", required=True, metavar="FILE",
+                        help='.txt (documents separated by blank lines) or .jsonl (one {"text": ...} per line)')),
+        ("--vocab-size", dict(type=int, required=True, metavar="N", help="tokenizer vocabulary, e.g. 1024")),
+        ("--out", dict(required=True, metavar="DIR", help="new (or empty) output directory")),
+        ("--val-fraction", dict(type=float, default=0.1, metavar="F",
+                                help="leading fraction of documents held out for validation (default 0.1)")),
+    )),
+    ("fineweb", "download the official FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
+        ("--variant", dict(default="sp1024", help="tokenizer family, e.g. sp1024 (default)")),
+        ("--train-shards", dict(type=int, default=80, metavar="N",
+                                help="training shards of 100M tokens to fetch (default 80, as the official script)")),
+        ("--out", dict(default="data", metavar="DIR", help="download root (default ./data)")),
+    )),
+)  # fmt: skip
+
+
+def register(subparsers: Any) -> None:
+    """Add the `data` command (with `sample`, `build`, `fineweb`) to the main CLI's subparsers."""
+    data = subparsers.add_parser("data", help="prepare data: the embedded sample, your own text, or FineWeb")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="{sample,build,fineweb}")
+    for name, text, func, options in COMMANDS:
+        p = sub.add_parser(name, help=text)
+        for flag, kwargs in options:
+            p.add_argument(flag, **kwargs)
+        p.set_defaults(func=func)

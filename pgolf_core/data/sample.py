@@ -20,7 +20,7 @@ from typing import Any
 import sentencepiece as spm
 import zstandard
 
-from pgolf_core.data.build import DETERMINISTIC, TRAINER_SETTINGS, Log, export_dataset, sha256_file
+from pgolf_core.data.build import TRAINER_SETTINGS, Log, export_dataset, sha256_file
 from pgolf_core.data.shards import HEADER_BYTES
 from pgolf_core.errors import DataError
 
@@ -60,7 +60,7 @@ def sample_key() -> str:
     if not SAMPLE_TEXT.is_file():
         raise DataError(f"the embedded sample text {SAMPLE_TEXT} is missing; reinstall pgolf (or git checkout it)")
     h = hashlib.sha256(SAMPLE_TEXT.read_bytes())
-    settings = {**TRAINER_SETTINGS, **DETERMINISTIC, "vocab": VOCAB_SIZE, "val": VAL_FRACTION, "shard": SHARD_TOKENS}
+    settings = {**TRAINER_SETTINGS, "vocab": VOCAB_SIZE, "val": VAL_FRACTION, "shard": SHARD_TOKENS}
     h.update(json.dumps([settings, spm.__version__, BUILD_VERSION], sort_keys=True).encode())
     return h.hexdigest()[:16]
 
