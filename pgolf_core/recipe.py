@@ -121,9 +121,8 @@ class DataConfig:
     val_pattern: str = "fineweb_val_*.bin"
 
 
-CORE_SECTIONS: dict[str, type] = dict(
-    run=RunConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig, export=ExportConfig, data=DataConfig
-)
+CORE_SECTIONS: dict[str, type] = dict(run=RunConfig, model=ModelConfig, train=TrainConfig, eval=EvalConfig,
+                                      export=ExportConfig, data=DataConfig)  # fmt: skip
 
 
 @dataclass
@@ -168,26 +167,14 @@ def _config_dict(config: Any) -> dict[str, Any]:
 # Overrides applied by `--smoke`: every enabled plugin stays, the model, sequence and step
 # counts shrink so that a 2-core CPU finishes in about a minute. User `--set`s still win.
 SMOKE_OVERRIDES: dict[str, Any] = {
-    "model.model_dim": 128,
-    "model.num_heads": 4,
-    "model.num_kv_heads": 2,
-    "train.iterations": 300,
-    "train.warmup_steps": 2,
-    "train.train_batch_tokens": 8 * 128,
-    "train.train_seq_len": 128,
-    "train.max_wallclock_seconds": 45.0,
-    "train.warmdown_iters": 100,
-    "train.val_loss_every": 100,
-    "train.train_log_every": 25,
-    "train.grad_accum_steps": 1,
-    "train.muon_momentum_warmup_steps": 50,
+    "model.model_dim": 128, "model.num_heads": 4, "model.num_kv_heads": 2,
+    "train.iterations": 300, "train.warmup_steps": 2, "train.train_batch_tokens": 8 * 128, "train.train_seq_len": 128,
+    "train.max_wallclock_seconds": 45.0, "train.warmdown_iters": 100, "train.val_loss_every": 100,
+    "train.train_log_every": 25, "train.grad_accum_steps": 1, "train.muon_momentum_warmup_steps": 50,
     "train.muon_ns_dtype": "float32",
-    "eval.seq_len": 0,
-    "eval.batch_tokens": 16 * 128,
-    "eval.max_tokens": 32_768,
-    "eval.sliding_batch_seqs": 16,
+    "eval.seq_len": 0, "eval.batch_tokens": 16 * 128, "eval.max_tokens": 32_768, "eval.sliding_batch_seqs": 16,
     "export.keep_float_max_numel": 4096,
-}
+}  # fmt: skip
 
 
 def load_recipe(
@@ -360,12 +347,10 @@ def _check_core(recipe: Recipe) -> None:
             f"{m.model_dim // m.num_heads} must be even for RoPE"
         )
     choices = {
-        ("model", "attention"): ("auto", "sdpa", "flash"),
-        ("run", "device"): ("auto", "cpu", "cuda"),
-        ("run", "compile"): ("auto", "on", "off"),
-        ("eval", "sliding_tail"): ("rescore_tail", "once", "full_windows"),
+        ("model", "attention"): ("auto", "sdpa", "flash"), ("run", "device"): ("auto", "cpu", "cuda"),
+        ("run", "compile"): ("auto", "on", "off"), ("eval", "sliding_tail"): ("rescore_tail", "once", "full_windows"),
         ("train", "muon_ns_dtype"): ("bfloat16", "float32"),
-    }
+    }  # fmt: skip
     for (section, key), allowed in choices.items():
         value = getattr(getattr(recipe, section), key)
         if value not in allowed:
