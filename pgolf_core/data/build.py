@@ -64,6 +64,14 @@ class BuiltDataset:
     tokenizer: Path
     manifest: dict[str, Any] = field(repr=False)
 
+    @property
+    def train_tokens(self) -> int:
+        return int(self.manifest["stats"]["tokens_train"])
+
+    @property
+    def val_tokens(self) -> int:
+        return int(self.manifest["stats"]["tokens_val"])
+
 
 def read_documents(path: str | Path) -> list[str]:
     """Documents of one `.txt` or `.jsonl` file (rules in the module docstring)."""
@@ -143,10 +151,8 @@ def write_split(
     fill = total = 0
 
     def flush() -> None:
-        nonlocal fill
         path = write_shard(out_dir / f"fineweb_{split}_{len(files):06d}.bin", buf[:fill])
         files[path.name] = {"tokens": fill, "sha256": sha256_file(path)}
-        fill = 0
 
     for start in range(0, len(docs), 256):
         for ids in sp.encode(list(docs[start : start + 256])):
@@ -158,6 +164,7 @@ def write_split(
                 fill += k
                 if fill == shard_tokens:
                     flush()
+                    fill = 0
     if fill:
         flush()
     return files, total

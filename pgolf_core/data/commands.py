@@ -17,9 +17,7 @@ from typing import Any
 
 
 def _summary(path: Path, tokenizer: Path, train_tokens: int, val_tokens: int) -> None:
-    print(f"data:      {path}")
-    print(f"tokenizer: {tokenizer}")
-    print(f"tokens:    {train_tokens:,} train, {val_tokens:,} val")
+    print(f"data:      {path}\ntokenizer: {tokenizer}\ntokens:    {train_tokens:,} train, {val_tokens:,} val")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -34,8 +32,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     from pgolf_core.data.build import build_dataset
 
     built = build_dataset(args.text, args.vocab_size, args.out, val_fraction=args.val_fraction)
-    stats = built.manifest["stats"]
-    _summary(built.path, built.tokenizer, stats["tokens_train"], stats["tokens_val"])
+    _summary(built.path, built.tokenizer, built.train_tokens, built.val_tokens)
     print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}")
     return 0
 

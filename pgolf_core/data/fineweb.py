@@ -94,9 +94,8 @@ class _Fetcher:
             cached = download(repo_id=self.repo_id, filename=filename, repo_type="dataset", subfolder=folder or None)
         except Exception as exc:  # network, auth and offline errors all end here
             raise DataError(
-                f"could not download {remote} from the Hugging Face dataset {self.repo_id} "
-                f"({type(exc).__name__}: {exc}). Are you offline? Files already in {self.out_dir} are kept; "
-                "rerun when connected to resume."
+                f"could not download {remote} from the Hugging Face dataset {self.repo_id} ({type(exc).__name__}: "
+                f"{exc}). Are you offline? Files already in {self.out_dir} are kept; rerun when connected to resume."
             ) from exc
         source = Path(cached).resolve(strict=True)  # the HF cache may hand back a snapshot symlink
         dest.parent.mkdir(parents=True, exist_ok=True)

@@ -13,14 +13,12 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import sentencepiece as spm
 import zstandard
 
-from pgolf_core.data.build import TRAINER_SETTINGS, Log, export_dataset, sha256_file
+from pgolf_core.data.build import TRAINER_SETTINGS, BuiltDataset, Log, export_dataset, sha256_file
 from pgolf_core.data.shards import HEADER_BYTES
 from pgolf_core.errors import DataError
 
@@ -31,21 +29,8 @@ SHARD_TOKENS = 2**18  # several train shards, so the sample exercises shard cros
 BUILD_VERSION = 2  # bump when the build procedure changes in a way the settings below do not capture
 
 
-@dataclass(frozen=True)
-class SampleData:
-    """The built sample: `path` holds `fineweb_{val,train}_*.bin`, `tokenizer.model`, `manifest.json`."""
-
-    path: Path
-    tokenizer: Path
-    manifest: dict[str, Any] = field(repr=False)
-
-    @property
-    def train_tokens(self) -> int:
-        return int(self.manifest["stats"]["tokens_train"])
-
-    @property
-    def val_tokens(self) -> int:
-        return int(self.manifest["stats"]["tokens_val"])
+# The built sample: `path` holds `fineweb_{val,train}_*.bin`, `tokenizer.model`, `manifest.json`.
+SampleData = BuiltDataset
 
 
 def cache_root(cache_dir: str | Path | None = None) -> Path:
