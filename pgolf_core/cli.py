@@ -59,15 +59,9 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     from pgolf_core import registry
 
     if args.recipe:
-        recipe = _load(args)
-        pm = registry.create_manager(recipe, args.plugins_dir)
-        rows = [
-            {
-                "name": p.name,
-                "order": int(getattr(p, "order", 100)),
-                "version": str(getattr(p, "version", "?")),
-                "hooks": registry.hooks_of(p),
-            }
+        pm = registry.create_manager(recipe := _load(args), args.plugins_dir)
+        rows = [  # "order": 0 only fixes the key order (name, order, version, hooks); version_order sets it
+            {"name": p.name, "order": 0, **registry.version_order(p), "hooks": registry.hooks_of(p)}
             for p in registry.ordered_plugins(pm)
         ]
     else:
