@@ -362,8 +362,7 @@ def _check_core(recipe: Recipe) -> None:
     # WORLD_SIZE), accumulation as the loop resolves it (0 = 8 // world).
     world = int(os.environ.get("WORLD_SIZE", "1") or 1)
     accum = t.grad_accum_steps or (8 // world if world > 0 and 8 % world == 0 else 1)
-    per_step = t.train_seq_len * world * accum
-    if t.train_batch_tokens % per_step:
+    if t.train_batch_tokens % (per_step := t.train_seq_len * world * accum):
         raise RecipeError(
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
             f"world_size x grad_accum_steps = {t.train_seq_len} x {world} x {accum} = {per_step}"
