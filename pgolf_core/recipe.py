@@ -221,8 +221,7 @@ def load_recipe(
         table["enabled"] = on
 
     try:
-        unknown = [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]
-        if unknown:
+        if unknown := [key for key in raw if key not in CORE_SECTIONS and key != "plugins"]:
             raise RecipeError(
                 f"{source}: unknown table [{unknown[0]}]{did_you_mean(unknown[0], [*CORE_SECTIONS, 'plugins'])}; "
                 f"valid tables: {', '.join(f'[{s}]' for s in CORE_SECTIONS)}, [plugins.<name>]"
@@ -245,8 +244,7 @@ def load_recipe(
                     for key, value in getattr(classes[name], "SMOKE", {}).items():
                         if f"plugins.{name}.{key}" not in user_set:
                             table[key] = value
-                enabled = table.pop("enabled", True)
-                if not isinstance(enabled, bool):
+                if not isinstance(enabled := table.pop("enabled", True), bool):
                     raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
                 config_cls = getattr(classes[name], "Config", None)
                 config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
@@ -515,10 +513,9 @@ def _parse_override(item: str) -> tuple[str, Any]:
         raise RecipeError(f"--set {item}: expected section.key=value (e.g. train.matrix_lr=0.02)")
     key, text = item.split("=", 1)
     try:
-        value = tomllib.loads(f"v = {text}")["v"]
+        return key.strip(), tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
-        value = text  # bare words are strings: --set data.path=/data/fineweb10B_sp1024
-    return key.strip(), value
+        return key.strip(), text  # bare words are strings: --set data.path=/data/fineweb10B_sp1024
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
