@@ -16,7 +16,7 @@ from pgolf_core.artifact import deserialize
 from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import Recipe
 from pgolf_core.roles import collect_roles
-from pgolf_core.setup import build, load_data, load_plugins, load_weights, setup_env
+from pgolf_core.setup import build, eval_rows, load_data, load_plugins, load_weights, setup_env
 
 
 def load_checkpoint(
@@ -33,8 +33,8 @@ def load_checkpoint(
         except Exception:  # noqa: BLE001 - not a torch file: a compressed artifact
             return exporter.read_artifact(stack, path, dtypes, codec)
         return stack.dequantize(obj, dtypes)
-    except PgolfError:
-        raise
+    except PgolfError as exc:  # a format or codec the recipe's plugins do not provide: name the file
+        raise PgolfError(f"{path}: {exc}") from None
     except Exception as exc:  # noqa: BLE001 - a corrupt or foreign file: say what was tried
         raise PgolfError(
             f"{path}: neither a state dict (torch.save) nor an artifact of the recipe's codecs "
@@ -82,8 +82,7 @@ def evaluate(
         check_matches(checkpoint, model.state_dict(), weights)
         load_weights(model, weights)
     model.to(env.device)
-    rows = max(recipe.eval.batch_tokens // data.eval_seq, 1)
-    kw: dict[str, Any] = {"device": env.device, "autocast_dtype": torch.bfloat16 if env.is_cuda else None}
+    rows, kw = eval_rows(recipe, env), env.placement()  # the run's batches, on every rank
     std = evaluation.eval_standard(model, data.val_tokens, data.eval_seq, rows, data.tables, **kw)
     out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
     log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")

@@ -56,6 +56,11 @@ class Env:
         if self.distributed:
             dist.barrier()
 
+    def placement(self) -> dict[str, Any]:
+        """Where each rank scores: the evaluators' keyword arguments (bf16 autocast on GPU)."""
+        bf16 = torch.bfloat16 if self.is_cuda else None
+        return dict(device=self.device, rank=self.rank, world_size=self.world_size, autocast_dtype=bf16)
+
 
 def setup_env(device_pref: str) -> Env:
     """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
@@ -78,6 +83,21 @@ def setup_env(device_pref: str) -> Env:
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     return Env(device=device, rank=rank, world_size=world, distributed=distributed)
+
+
+def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
+    if recipe.train.grad_accum_steps > 0:
+        return recipe.train.grad_accum_steps
+    if 8 % world_size:
+        raise PgolfError(f"world size {world_size} must divide 8 (or set train.grad_accum_steps explicitly)")
+    return 8 // world_size
+
+
+def eval_rows(recipe: Recipe, env: Env) -> int:
+    """Sequences per eval batch on each rank, as the records split `eval.batch_tokens` (over ranks
+    and accumulation steps); `pgolf eval` uses the same, so it scores the run's batches exactly."""
+    per_rank = recipe.eval.batch_tokens // (env.world_size * grad_accum_steps(recipe, env.world_size))
+    return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
 
 
 @dataclass

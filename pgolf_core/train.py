@@ -23,13 +23,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgolf_core import evaluation, exporter, manifest, rundir
 from pgolf_core.data.loader import DistributedTokenLoader
-from pgolf_core.errors import PgolfError
 from pgolf_core.model import count_parameters
 from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import Recipe
 from pgolf_core.roles import ParamRole
 from pgolf_core.runlog import RunLog, write_json_atomic
-from pgolf_core.setup import Env, build, load_data, load_plugins, load_weights, setup_env
+from pgolf_core.setup import Env, build, eval_rows, grad_accum_steps, load_data, load_plugins, load_weights, setup_env
 
 
 @dataclass
@@ -52,14 +51,6 @@ class TrainState:
         self.reports[key] = value
         self.log.log(f"{key}:{value}")
         self.log.metric(event="plugin", step=self.step, key=key, value=value)
-
-
-def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
-    if recipe.train.grad_accum_steps > 0:
-        return recipe.train.grad_accum_steps
-    if 8 % world_size:
-        raise PgolfError(f"world size {world_size} must divide 8 (or set train.grad_accum_steps explicitly)")
-    return 8 // world_size
 
 
 def train(
@@ -128,11 +119,7 @@ class Run:
         if not env.is_cuda:
             manifest.warn_if_full_scale_on_cpu(recipe, self.n_params, self.accum, log.log)
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
-        self.val_rows = max(recipe.eval.batch_tokens // (env.world_size * self.accum) // data.eval_seq, 1)
-        bf16 = torch.bfloat16 if env.is_cuda else None  # where each rank scores: the evaluators' keywords
-        self.where: dict[str, Any] = dict(
-            device=env.device, rank=env.rank, world_size=env.world_size, autocast_dtype=bf16
-        )
+        self.val_rows, self.where = eval_rows(recipe, env), env.placement()
 
     def claim(self, claim: rundir.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""

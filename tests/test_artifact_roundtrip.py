@@ -5,7 +5,7 @@ local plugin file.
 One tiny run per format (module fixture) with `exporter.read_artifact` wrapped by a spy: the run's round trip
 and `pgolf_core.api.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
 eval must score exactly the run's round trip (`eval.sliding_stride=0`: the round trip is the standard eval;
-`grad_accum_steps=1`: the same eval rows). The codecs are checked without training again: the run's final
+`grad_accum_steps=4`: the eval splits its batches over accumulation steps as the run does). The codecs are checked without training again: the run's final
 weights are exported with each codec and read back by `load_checkpoint`, which must give the run's own
 dequantized weights bit for bit (the codec only moves bytes).
 """
@@ -39,7 +39,7 @@ TINY = [
     "model.num_layers=2",
     "train.train_seq_len=32",
     "train.train_batch_tokens=256",
-    "train.grad_accum_steps=1",
+    "train.grad_accum_steps=4",
     "train.iterations=3",
     "train.warmup_steps=0",
     "train.max_wallclock_seconds=0",
