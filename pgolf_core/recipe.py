@@ -365,12 +365,10 @@ def _check_core(recipe: Recipe) -> None:
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
             f"world_size x grad_accum_steps = {t.train_seq_len} x {world} x {accum} = {per_step}"
         )
-    eval_seq, stride = e.seq_len or t.train_seq_len, e.sliding_stride
-    if stride > eval_seq:
+    if (stride := e.sliding_stride) > (eval_seq := e.seq_len or t.train_seq_len):
         raise RecipeError(f"{where}: [eval] sliding_stride={stride}: expected <= the eval sequence length {eval_seq}")
     for key in ("train_pattern", "val_pattern"):
-        pattern = getattr(recipe.data, key)
-        if not pattern or Path(pattern).is_absolute():
+        if not (pattern := getattr(recipe.data, key)) or Path(pattern).is_absolute():
             raise RecipeError(
                 f"{where}: [data] {key}={pattern!r}: expected a non-empty file pattern relative to data.path "
                 f"(e.g. 'fineweb_train_*.bin')"
