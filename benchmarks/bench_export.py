@@ -129,7 +129,7 @@ def main() -> dict:
     reports: dict = {}
     ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
 
-    def pgolf_quantize():
+    def quantize_as_a_run():
         plan = {name: TensorPlan() for name in weights}
         pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
         return stack.format.quantize(weights, plan, ctx.roles, ctx.report)
@@ -141,7 +141,7 @@ def main() -> dict:
     times: dict[str, list[float]] = {"record": [], "pgolf": []}
     objs: dict[str, dict] = {}
     for r in range(args.repeats):
-        order = [("record", record_quantize), ("pgolf", pgolf_quantize)]
+        order = [("record", record_quantize), ("pgolf", quantize_as_a_run)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             seconds, objs[name] = timed(fn)
             times[name].append(seconds)
@@ -164,13 +164,13 @@ def main() -> dict:
     def record_compress() -> bytes:
         return zstandard.ZstdCompressor(level=22).compress(raws["record"])
 
-    def pgolf_compress() -> bytes:
+    def compress_as_a_run() -> bytes:
         return stack.codecs[recipe.export.compressor].encode(raws["pgolf"], recipe.export.level)
 
     zstd_t: dict[str, list[float]] = {"record": [], "pgolf": []}
     sizes: dict[str, int] = {}
     for r in range(args.zstd_repeats):
-        order = [("record", record_compress), ("pgolf", pgolf_compress)]
+        order = [("record", record_compress), ("pgolf", compress_as_a_run)]
         for name, fn in order if r % 2 == 0 else order[::-1]:
             seconds, blob = timed(fn)
             zstd_t[name].append(seconds)

@@ -3,7 +3,7 @@
 Evaluation is a sequence of chunks. A generator scores one batch at a time under
 `inference_mode` and yields it; the caller adds it to float64 sums and only then may hand the
 already-scored chunk to a test-time-training hook (`after_chunk`), which therefore never sees a
-token before that token has been scored (DESIGN.md, "score-first evaluator").
+token before that token has been scored (the challenge's rule for test-time training).
 
 Byte accounting follows `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
 The tables are any object with `base_bytes`, `has_leading_space` and `is_boundary` tensors

@@ -9,10 +9,10 @@ One path writes and one path reads, so the run's round trip scores exactly what 
         payload = correction.encode(weights, deq, plan); deq = correction.apply(deq, payload)
     blob    = codec.encode(torch.save(obj))   the recipe's `[export] compressor` and `level`
 
-`read_weights` undoes it from the blob alone: the codec is named by the blob's magic bytes (or the
-recipe's compressor), the format by the object's `__quant_format__` tag, the corrections by the
-keys of its `__corrections__` table. A plugin that adds a format, correction or codec is therefore
-readable wherever it is installed.
+`read_artifact` undoes it: the codec is named by the blob's magic bytes (else it is the recipe's
+compressor: raw brotli has none), the format by the object's `__quant_format__` tag, the
+corrections by the keys of its `__corrections__` table. A plugin's format, correction or codec is
+therefore read back by any recipe that enables that plugin (`pgolf eval` with the run's recipe).
 """
 
 from __future__ import annotations
@@ -43,12 +43,11 @@ class TensorPlan:
     """How one tensor is exported; `pgolf_export_plan` implementations fill it in.
 
     `clip_percentile`: clip each row at this quantile of |w| (GPTQ-lite's search result).
-    `clip_sigmas`: clip each row at k * std(row) (SDClip). `q`/`scale`: integers and scales already
-    computed by the plan's author (GPTQ-lite keeps its search's winners), used as they are.
+    `q`/`scale`: integers and scales already computed by the plan's author (GPTQ-lite keeps its
+    search's winners), used as they are. A format that cannot honour a plan entry refuses it.
     """
 
     clip_percentile: float | None = None
-    clip_sigmas: float | None = None
     q: Tensor | None = None
     scale: Tensor | None = None
 

@@ -30,7 +30,7 @@ Build hooks return *modules* that the core puts into named slots before the opti
 before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
 updated in place from a train hook. Collecting hooks return one answer per plugin in
 `(plugin.order, name)` order. Exclusive hooks (`EXCLUSIVE_HOOKS`) are answered by at most one
-enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, registered last.
+enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, which pluggy calls last.
 
 Settings validation (configure phase, not a hook): a plugin class may define
 `validate(config, model, recipe) -> None` as a `staticmethod`. `load_recipe` calls it for each
@@ -43,8 +43,9 @@ Slots planned for the later leaderboard (see the coverage table in docs/hooks.md
 without changing the hooks above: an MLP/activation slot (`pgolf_mlp`: LeakyReLU², SwiGLU), a block
 composition slot (`pgolf_block`: parallel residual lanes), a layer schedule (`pgolf_layer_schedule`:
 depth recurrence, switched by a buffer and compiled for both schedules in the warm-up), a
-calibration pass inside the training budget (`pgolf_calibrate`: full-Hessian GPTQ) and a
-pre-scoring adaptation that marks a run non-compliant (`pgolf_eval_prescore`). `x`, the block
+calibration pass inside the training budget (`pgolf_calibrate`: full-Hessian GPTQ), a
+pre-scoring adaptation that marks a run non-compliant (`pgolf_eval_prescore`), and the others the
+coverage table proposes (`pgolf_logits`, `pgolf_optimizers`, `pgolf_tokenizer`, `pgolf_eval_score`). `x`, the block
 input, already reaches attention post-processing (attention output gates).
 
 Parameter roles (build phase, not a hook): a module says what its parameters are with
@@ -187,7 +188,7 @@ def pgolf_final_weights(state: TrainState) -> dict[str, Tensor] | None:
 
 @hookspec
 def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
-    """Once, before quantization: edit `plan` (name -> `TensorPlan`: clip_percentile, clip_sigmas,
+    """Once, before quantization: edit `plan` (name -> `TensorPlan`: clip_percentile,
     precomputed q/scale) for the tensors of `weights` (CPU, final weights). `ctx` holds the recipe,
     the parameter roles and `report(key, value)`. GPTQ-lite's clip search.
     Default: an empty plan per tensor."""

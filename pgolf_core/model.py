@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core.attention import flash_kernel
-from pgolf_core.roles import Roles, declare_role, is_control, role_of
+from pgolf_core.roles import Roles, collect_roles, declare_role, is_control, role_of
 
 # `enable_gqa` arrived in torch 2.5; older versions get K/V heads expanded by hand.
 _SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
@@ -248,9 +248,10 @@ class GPT(nn.Module):
     def _init_weights(self) -> None:
         if self.spec.tie_embeddings:
             nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.spec.tied_embed_init_std)
-        for module in self.modules():
-            if isinstance(module, nn.Linear) and role_of(module, "weight").zero_init:
-                nn.init.zeros_(module.weight)
+        roles = collect_roles(self)  # every parameter declared zero_init (the output projections)
+        for name, param in self.named_parameters():
+            if name in roles and roles[name].zero_init:
+                nn.init.zeros_(param)
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states [B, T, d]."""

@@ -7,9 +7,13 @@ the quantizer as identity (straight-through estimator). Four settings give each 
 
 | record | `scale` (per row, `m` = row max of `|w|`) | `qmin`, `qmax` | `precision` | `in_eval` |
 |---|---|---|---|---|
-| #414 | `"scale_floor"`: `max(m/31, 1/31)` | −32, 31 | `"fp32_quant"`: quantize an fp32 copy, cast, STE in the activation dtype | false |
-| #194 | `"scale_floor"` | −31, 31 | `"fp32_ste"`: STE on the fp32 master weight, then cast | false |
-| #63  | `"clip_floor"`: `max(m, 1/31)/31` (floor 1/961) | −31, 31 | `"activation"`: cast first, quantize in the activation dtype | true |
+| #414 | `"scale_floor"`: `max(m/31, 1/31)` | −32, 31 | `"fp32_quant"` | false |
+| #194 | `"scale_floor"` | −31, 31 | `"fp32_ste"` | false |
+| #63  | `"clip_floor"`: `max(m, 1/31)/31` (floor 1/961) | −31, 31 | `"activation"` | true |
+
+`fp32_quant`: quantize an fp32 copy, cast it to the activation dtype, STE in that dtype;
+`fp32_ste`: STE on the fp32 master weight, then cast; `activation`: cast first, quantize in the
+activation dtype.
 
 #63's module-global flag had no train/eval check and was set after the warm-up and cleared before
 serialization: with `in_eval = true` the switch turns on at the first training step and off when the

@@ -50,13 +50,15 @@ def test_no_file_refers_to_documents_outside_the_repository():
     import subprocess
 
     files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
-    pattern = re.compile(r"TECHNIQUES\.md|RECIPES\.md|ARCHITECTURE-NOTES|\bT\d\d(\.\d+)?\b|\bR-[A-Z0-9]{2,5}\b")
+    pattern = re.compile(
+        r"TECHNIQUES\.md|RECIPES\.md|DESIGN\.md|ARCHITECTURE-NOTES|\bT\d\d(\.\d+)?\b|\bR-[A-Z0-9]{2,5}\b"
+    )
     offenders = []
     for name in files:
         path = ROOT / name
         if path.suffix not in {".py", ".md", ".toml", ".txt", ".cfg"} or not path.is_file():
             continue
         for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if pattern.search(line) and "pattern = re.compile" not in line:
+            if pattern.search(line) and "TECHNIQUES\\.md|" not in line:
                 offenders.append(f"{name}:{number}: {line.strip()[:80]}")
     assert not offenders, "\n".join(offenders)

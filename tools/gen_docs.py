@@ -25,7 +25,8 @@ def hooks_markdown() -> str:
         for name in names:
             fn = getattr(hookspecs, name)
             exclusive = " (exclusive)" if name in hookspecs.EXCLUSIVE_HOOKS else ""
-            lines += [f"## `{name}{inspect.signature(fn)}`{exclusive}", "", inspect.getdoc(fn) or "", ""]
+            signature = str(inspect.signature(fn)).replace("'", "")  # annotations are strings (PEP 563)
+            lines += [f"## `{name}{signature}`{exclusive}", "", inspect.getdoc(fn) or "", ""]
     lines += [(ROOT / "tools" / "hook_coverage.md").read_text(encoding="utf-8")]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -1,4 +1,4 @@
-"""The plugin contract (DESIGN.md), checked for every installed plugin:
+"""The plugin contract (CONTRIBUTING.md, "A new technique"), checked for every installed plugin:
 1. its config round-trips through TOML and rejects unknown keys;
 2. a tiny model with it builds, trains a few steps on CPU and exports;
 3. it has an effect: the loss or the export bytes move by more than noise (LOSS_EFFECT, BYTES_EFFECT);
