@@ -1,13 +1,13 @@
-"""An artifact written by a run is read back by `pgolf eval` through the same code path as the run's round
-trip, for int8, int6 and int6 + LQER, with each codec (zlib, zstd, brotli, lzma) and with a codec added by a
-local plugin file.
+"""An artifact written by a run is read back by `pgolf eval` through the same code path as the run's round trip,
+for int8, int6 and int6 + LQER, with each codec (zlib, zstd, brotli, lzma) and with a codec added by a local
+plugin file.
 
 One tiny run per format (module fixture) with `exporter.read_artifact` wrapped by a spy: the run's round trip
 and `pgolf_core.api.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
-eval must score exactly the run's round trip (`eval.sliding_stride=0`: the round trip is the standard
-eval; `grad_accum_steps=4`: the eval splits its batches over accumulation steps as the run does). The
-codecs are checked without training again: the run's final weights are exported with each codec and read back by `load_checkpoint`, which must give the run's own
-dequantized weights bit for bit (the codec only moves bytes).
+eval must score exactly the run's round trip (`eval.sliding_stride=0`: the round trip is the standard eval;
+`grad_accum_steps=4`: the eval splits its batches over accumulation steps as the run does). The codecs are
+checked without training again: the run's final weights are exported with each codec and read back by
+`load_checkpoint`, which must give the run's own dequantized weights bit for bit (the codec only moves bytes).
 """
 
 from __future__ import annotations
