@@ -134,11 +134,9 @@ class Int8Format:
     def quantize(
         self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
     ) -> dict[str, Any]:
-        planned = sorted(
-            name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None
-        )
-        if planned:  # e.g. gptq_lite without int6_export: its search would silently be thrown away
-            raise PgolfError(f"the int8 export format ignores export plans, but one is set for {planned[:3]}")
+        planned = [name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None]
+        if planned:  # e.g. gptq_lite with int6_export ablated: say so instead of dropping it silently
+            report("int8/export_plan_ignored", len(planned))
         obj, _ = quantize_int8(
             weights, keep_float_max_numel=self.keep_float_max_numel, clip_quantile=self.clip_quantile, roles=roles
         )
