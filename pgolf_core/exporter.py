@@ -28,6 +28,7 @@ from torch import Tensor
 
 from pgolf_core.artifact import deserialize, serialize, write_atomic
 from pgolf_core.errors import PgolfError, RecipeError
+from pgolf_core.roles import Roles
 
 if TYPE_CHECKING:
     import pluggy
@@ -67,7 +68,7 @@ class ExportFormat(Protocol):
     tags: tuple[str, ...]
 
     def quantize(
-        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Any, report: Callable[[str, Any], None]
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
     ) -> dict[str, Any]: ...
 
     def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]: ...
@@ -162,7 +163,7 @@ class ExportStack:
         self,
         weights: Mapping[str, Tensor],
         plan: ExportPlan,
-        roles: Any,
+        roles: Roles,
         dtypes: Mapping[str, torch.dtype],
         report: Callable[[str, Any], None],
     ) -> dict[str, Any]:
@@ -209,7 +210,7 @@ class ExportContext:
     """What `pgolf_export_plan` sees: the recipe, the parameter roles, `report(key, value)`."""
 
     recipe: Recipe
-    roles: Any
+    roles: Roles
     report: Callable[[str, Any], None]
 
 
