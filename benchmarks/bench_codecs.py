@@ -40,31 +40,13 @@ from pgolf_plugins import brotli as brotli_plugin  # noqa: E402
 from pgolf_plugins import gptq_lite, int6_export, lqer  # noqa: E402
 from pgolf_plugins import lzma as lzma_plugin  # noqa: E402
 
+from benchmarks.bench_export import trained_like  # noqa: E402  (the same synthetic weights as that benchmark)
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.artifact import serialize  # noqa: E402
 from pgolf_core.exporter import BUILTIN_CODECS, CORRECTIONS_KEY, ExportContext, TensorPlan  # noqa: E402
 from pgolf_core.roles import collect_roles  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "pr414.toml"
-EMBEDDINGS = ("tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight")  # bf16 on GPU
-
-
-def trained_like(model: torch.nn.Module, seed: int) -> dict[str, torch.Tensor]:
-    """benchmarks/bench_export.py's generator (copied so this benchmark does not depend on that one's
-    imports): init weights + Student-t noise (degrees of freedom drawn per tensor from 3..16) with a
-    log-normal scale per row (median 0.4); embedding tables in bf16, as they train on GPU."""
-    g = torch.Generator().manual_seed(seed)
-    out = {}
-    for name, t in model.state_dict().items():
-        t = t.detach().float()
-        df = (3, 4, 5, 8, 16)[int(torch.randint(0, 5, (1,), generator=g))]
-        chi2 = sum(torch.randn(t.shape, generator=g) ** 2 for _ in range(df)) / df
-        noise = torch.randn(t.shape, generator=g) / torch.sqrt(chi2)
-        rows = t.shape[0] if t.ndim >= 2 else 1
-        scale = 0.4 * torch.exp(0.5 * torch.randn(rows, generator=g)).view(-1, *([1] * max(t.ndim - 1, 0)))
-        w = t + noise * (scale if t.ndim >= 2 else 0.1)
-        out[name] = w.to(torch.bfloat16) if name in EMBEDDINGS else w
-    return out
 
 
 def versions() -> dict[str, str]:

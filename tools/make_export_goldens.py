@@ -56,6 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.plugins import test_later_export as later_tests  # noqa: E402
+from tools.make_goldens import differences  # noqa: E402  (one bit-exact comparison for both generators)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "export_later_golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -78,24 +79,6 @@ LQER_FUNCTIONS = (
 SHUFFLE_FUNCTIONS = ("_byte_shuffle", "_byte_unshuffle")
 
 # ------------------------------------------------------------------ reading record scripts
-
-
-def differences(a: object, b: object, where: str = "") -> list[str]:
-    """Bit-exact comparison (tensors: dtype, shape and bytes); the paths that differ."""
-    if isinstance(b, torch.Tensor):
-        same = isinstance(a, torch.Tensor) and a.dtype == b.dtype and a.shape == b.shape
-        if same:
-            same = a.contiguous().reshape(-1).view(torch.uint8).equal(b.contiguous().reshape(-1).view(torch.uint8))
-        return [] if same else [where]
-    if isinstance(b, dict):
-        if not isinstance(a, dict) or list(a) != list(b):
-            return [f"{where} keys"]
-        return [d for k in b for d in differences(a[k], b[k], f"{where}.{k}")]
-    if isinstance(b, (list, tuple)):
-        if not isinstance(a, (list, tuple)) or len(a) != len(b):
-            return [where]
-        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in differences(x, y, f"{where}[{i}]")]
-    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
 def sha256(path: Path) -> str:
