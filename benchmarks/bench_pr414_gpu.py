@@ -38,6 +38,7 @@ from benchmarks.record_script import (  # noqa: E402
 )
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.model import apply_training_precision  # noqa: E402
+from pgolf_core.roles import collect_roles  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> dict:
     model.load_state_dict(ref.state_dict(), strict=True)
     ref = as_the_record_trains_on_cuda(record, ref.to(device))
     model = model.to(device)
-    apply_training_precision(model, list(record.CONTROL_TENSOR_NAME_PATTERNS))
+    apply_training_precision(model, collect_roles(model))  # as a run casts it
     x = torch.randint(0, recipe.model.vocab_size, (args.batch, args.seq), generator=g).to(device)
     y = torch.randint(0, recipe.model.vocab_size, (args.batch, args.seq), generator=g).to(device)
 
