@@ -22,7 +22,7 @@ from pgolf_core.registry import version_order
 
 CORE_DIR = Path(pgolf_core.__file__).resolve().parent
 # Tools that are not part of a training run's code path (data preparation, the CLI front end).
-NOT_COUNTED = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
+NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/")
 
 
 def code_files(plugins: list[Any]) -> list[Path]:
@@ -30,9 +30,10 @@ def code_files(plugins: list[Any]) -> list[Path]:
 
     The challenge counts the bytes of one `train_gpt.py`; pgolf counts the UTF-8 bytes of the
     core modules used by a run and of each enabled plugin's module (data-preparation tools and
-    the CLI front end are excluded), an upper bound on what an exported single script needs.
+    the CLI front end and `pgolf ablate`, which drives runs from outside, are excluded), an upper
+    bound on what an exported single script needs.
     """
-    core = [p for p in sorted(CORE_DIR.rglob("*.py")) if p.relative_to(CORE_DIR).as_posix() not in NOT_COUNTED]
+    core = [p for p in sorted(CORE_DIR.rglob("*.py")) if not p.relative_to(CORE_DIR).as_posix().startswith(NOT_COUNTED)]
     extra = {Path(inspect.getfile(type(p))).resolve() for p in plugins}
     return core + sorted(extra - set(core))
 
