@@ -66,25 +66,10 @@ def unigram_bpb(
     return float(-logp[val[1:].numpy()].sum() / (math.log(2) * n_bytes))
 
 
-def summarize(
-    *,
-    recipe: Any,
-    env: Any,
-    plugins: list[Any],
-    pre: Any,
-    roundtrip: Any,
-    sliding: Any,
-    written: Any,
-    code_bytes: int,
-    steps: int,
-    train_seconds: float,
-    eval_seconds: float,
-    export_seconds: float,
-    n_params: int,
-    data: Any,
-    reports: dict[str, Any],
-    total_seconds: float,
-) -> dict[str, Any]:
+def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, code_bytes: int, seconds: dict) -> dict:
+    """The summary of a finished `train.Run` (schema in docs/summary.md); `seconds` holds the eval
+    and export times."""
+    recipe, env, data, steps, train_seconds = run.recipe, run.env, run.data, run.steps, run.train_seconds
     total_bytes = written.model_bytes + code_bytes
     return {
         "schema": "pgolf.summary/1", "name": recipe.run.name, "seed": recipe.run.seed,
@@ -96,11 +81,12 @@ def summarize(
         "artifact_bytes": total_bytes, "model_bytes": written.model_bytes, "code_bytes": code_bytes,
         "artifact_limit_bytes": recipe.export.artifact_limit_bytes,
         "over_limit": total_bytes > recipe.export.artifact_limit_bytes, "artifact_format": written.label,
-        "model_params": n_params, "steps": steps, "step_ms": 1000.0 * train_seconds / max(steps, 1),
-        "train_seconds": train_seconds, "eval_seconds": eval_seconds, "export_seconds": export_seconds,
+        "model_params": run.n_params, "steps": steps, "step_ms": 1000.0 * train_seconds / max(steps, 1),
+        "train_seconds": train_seconds, "eval_seconds": seconds["eval"], "export_seconds": seconds["export"],
         "roundtrip_eval_seconds": roundtrip.seconds, "sliding_eval_seconds": sliding.seconds if sliding else None,
-        "total_seconds": total_seconds,
-        "plugins": [{"name": p.name, **version_order(p)} for p in plugins], "plugin_reports": reports,
+        "total_seconds": time.perf_counter() - run.t_start,
+        "plugins": [{"name": p.name, **version_order(p)} for p in run.plugins.ordered],
+        "plugin_reports": run.state.reports,
         "manifest": {
             "git_sha": git_sha(), "recipe_sha256": recipe.sha256(), "recipe_source": recipe.source,
             "pgolf_version": getattr(pgolf_core, "__version__", "?"),

@@ -285,13 +285,8 @@ class Run:
             self.base, exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor)
         )
         roundtrip, sliding = self.final_evals(written.label)
-        summary = manifest.summarize(
-            recipe=recipe, env=env, plugins=self.plugins.ordered, pre=self.last_val, roundtrip=roundtrip,
-            sliding=sliding, written=written, code_bytes=code_bytes, steps=self.steps,
-            train_seconds=self.train_seconds, eval_seconds=time.perf_counter() - t_eval,
-            export_seconds=export_seconds, n_params=self.n_params, data=self.data, reports=state.reports,
-            total_seconds=time.perf_counter() - self.t_start,
-        )  # fmt: skip
+        seconds = {"eval": time.perf_counter() - t_eval, "export": export_seconds}
+        summary = manifest.summarize(self, self.last_val, roundtrip, sliding, written, code_bytes, seconds)
         if env.rank == 0:
             resolved = manifest.resolved_recipe_text(recipe, self.plugins.ordered, summary)
             exporter.write_atomic(self.out / "recipe.resolved.toml", resolved.encode("utf-8"))
