@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.plugins import test_later_export as later_tests  # noqa: E402
-from tools.make_goldens import differences  # noqa: E402  (one bit-exact comparison for both generators)
+from tools.make_goldens import differences, name_pairs  # noqa: E402  (one bit-exact comparison for both generators)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "export_later_golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -384,13 +384,7 @@ def provenance(scripts: dict[str, Path], commits: dict[str, str], brotli_version
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
-    for v in values:
-        name, sep, rest = v.partition("=")
-        if not sep or name not in RECORDS:
-            raise SystemExit(f"{flag} {v!r}: expected NAME=VALUE with NAME one of {', '.join(RECORDS)}")
-        out[name] = rest
-    return out
+    return name_pairs(values, flag, RECORDS)
 
 
 def build(scripts: dict[str, Path]) -> tuple[dict, str]:

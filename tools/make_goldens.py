@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import ModuleType
 
@@ -277,14 +277,19 @@ def differences(a: object, b: object, where: str = "") -> list[str]:
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
-def _pairs(values: list[str], flag: str) -> dict[str, str]:
-    out = {}
+def name_pairs(values: list[str], flag: str, names: Iterable[str]) -> dict[str, str]:
+    """`NAME=VALUE` command-line pairs, NAME one of `names` (the record scripts a generator knows)."""
+    out, names = {}, list(names)
     for v in values:
         name, sep, rest = v.partition("=")
-        if not sep or name not in RECORDS:
-            raise SystemExit(f"{flag} {v!r}: expected NAME=VALUE with NAME one of {', '.join(RECORDS)}")
+        if not sep or name not in names:
+            raise SystemExit(f"{flag} {v!r}: expected NAME=VALUE with NAME one of {', '.join(names)}")
         out[name] = rest
     return out
+
+
+def _pairs(values: list[str], flag: str) -> dict[str, str]:
+    return name_pairs(values, flag, RECORDS)
 
 
 def main(argv: list[str] | None = None) -> int:
