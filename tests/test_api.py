@@ -20,28 +20,18 @@ from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
 from pgolf_core.setup import load_weights
 from pgolf_core.train import train
+from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
 BASELINE = ROOT / "recipes" / "baseline.toml"
-TINY = [
-    "model.model_dim=32",
-    "model.num_heads=4",
-    "model.num_kv_heads=2",
-    "model.num_layers=2",
-    "train.train_seq_len=32",
-    "train.train_batch_tokens=512",
-    "train.grad_accum_steps=1",
-    "train.iterations=4",
-    "train.warmup_steps=0",
-    "train.max_wallclock_seconds=0",
-    "train.warmdown_iters=2",
-    "train.val_loss_every=0",
-    "train.train_log_every=1",
-    "eval.max_tokens=2048",
-    "eval.batch_tokens=512",
-    "eval.sliding_stride=16",
-    "eval.sliding_batch_seqs=8",
-]
+TINY = tiny(
+    train__grad_accum_steps=1,
+    train__iterations=4,
+    train__warmdown_iters=2,
+    eval__batch_tokens=512,
+    eval__sliding_stride=16,
+    eval__sliding_batch_seqs=8,
+)
 LIMIT = 1000  # bytes: any artifact (the code alone is > 100 kB) is over it
 
 

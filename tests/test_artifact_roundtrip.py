@@ -31,27 +31,20 @@ from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import dump_toml, load_recipe
 from pgolf_core.setup import load_plugins, load_weights
 from pgolf_core.train import train
+from tests.tiny import tiny
 
-TINY = [
-    "model.model_dim=64",
-    "model.num_heads=4",
-    "model.num_kv_heads=2",
-    "model.num_layers=2",
-    "train.train_seq_len=32",
-    "train.train_batch_tokens=256",
-    "train.grad_accum_steps=4",
-    "train.iterations=3",
-    "train.warmup_steps=0",
-    "train.max_wallclock_seconds=0",
-    "train.warmdown_iters=2",
-    "train.val_loss_every=0",
-    "train.train_log_every=1",
-    "eval.max_tokens=1024",
-    "eval.batch_tokens=512",
-    "eval.sliding_stride=0",
+TINY = tiny(
+    model__model_dim=64,
+    train__train_batch_tokens=256,
+    train__grad_accum_steps=4,
+    train__iterations=3,
+    train__warmdown_iters=2,
+    eval__max_tokens=1024,
+    eval__batch_tokens=512,
+    eval__sliding_stride=0,
     # Every 64x64 and 64x128 matrix (and the 1024x64 embedding) is quantized, not kept float.
-    "export.keep_float_max_numel=1024",
-]
+    export__keep_float_max_numel=1024,
+)
 # LQER's candidates: every quantized matrix (the default 65,536 elements would leave only the embedding).
 LQER = {"min_numel": 1000}
 FORMATS: dict[str, dict[str, dict]] = {

@@ -17,25 +17,10 @@ from pgolf_core import registry
 from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
 from pgolf_core.train import train
+from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = [
-    "model.model_dim=32",
-    "model.num_heads=4",
-    "model.num_kv_heads=2",
-    "model.num_layers=2",
-    "train.train_seq_len=32",
-    "train.train_batch_tokens=512",
-    "train.iterations=6",
-    "train.warmup_steps=0",
-    "train.max_wallclock_seconds=0",
-    "train.warmdown_iters=3",
-    "train.val_loss_every=0",
-    "train.train_log_every=1",
-    "train.muon_momentum_warmup_steps=3",
-    "eval.max_tokens=2048",
-    "eval.batch_tokens=1024",
-]
+TINY = tiny(train__muon_momentum_warmup_steps=3)
 
 
 def losses(run_dir: Path) -> list[float]:
