@@ -108,8 +108,7 @@ def export_artifact(
     reports: dict[str, Any] = {}
     ctx = exporter.ExportContext(recipe, collect_roles(model), reports.__setitem__)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    dtypes = {k: v.dtype for k, v in weights.items()}
-    written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, dtypes, out / "final_model.ptz")
+    written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, out / "final_model.ptz")
     code_bytes = sum(len(f.read_bytes()) for f in manifest.code_files(plugins.ordered))
     return {
         "path": str(written.path),

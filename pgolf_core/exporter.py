@@ -239,19 +239,21 @@ def write_artifact(
     pm: pluggy.PluginManager,
     weights: dict[str, Tensor],
     ctx: ExportContext,
-    dtypes: Mapping[str, torch.dtype],
     path: Path,
     write: bool = True,
 ) -> Written:
-    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically."""
+    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically.
+    Corrections see the weights dequantized in `weights`' own dtypes (the live model's)."""
     plan: ExportPlan = {name: TensorPlan() for name in weights}
     pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
+    dtypes = {name: t.dtype for name, t in weights.items()}
     raw = serialize(stack.quantize(weights, plan, ctx.roles, dtypes, ctx.report))
     e = ctx.recipe.export
     blob = stack.codecs[e.compressor].encode(raw, e.level)
     if write:
         write_atomic(path, blob)
-    return Written(f"{stack.format.label}_{e.compressor}", path, len(blob), len(raw))
+    label = "+".join([stack.format.label, *(c.tag for c in stack.corrections)])  # "int6+lqer"
+    return Written(f"{label}_{e.compressor}", path, len(blob), len(raw))
 
 
 def read_artifact(stack: ExportStack, path: Path, dtypes: Mapping[str, torch.dtype], codec: str) -> dict[str, Tensor]:

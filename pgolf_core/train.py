@@ -303,9 +303,8 @@ class Run:
         if self.env.rank == 0:
             exporter.write_atomic(self.out / "final_model.pt", exporter.serialize(weights))
         ctx = exporter.ExportContext(recipe, state.roles, state.report)
-        dtypes = {k: v.dtype for k, v in weights.items()}
         path, rank0 = self.out / "final_model.ptz", self.env.rank == 0
-        written = exporter.write_artifact(self.plugins.export, self.plugins.pm, weights, ctx, dtypes, path, rank0)
+        written = exporter.write_artifact(self.plugins.export, self.plugins.pm, weights, ctx, path, rank0)
         files = manifest.code_files(self.plugins.ordered)
         code_bytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in files)
         fmt, total = written.label.replace("_", "+", 1), written.model_bytes + code_bytes

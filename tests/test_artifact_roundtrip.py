@@ -117,7 +117,7 @@ def test_pgolf_eval_reads_the_artifact_with_the_runs_reader_and_scores_its_round
     s, scored = run["summary"], run["scored"]
     assert (scored["val_bpb"], scored["val_loss"]) == (s["roundtrip_val_bpb"], s["roundtrip_val_loss"])
     assert "sliding_val_bpb" not in scored and s["roundtrip_val_bpb"] != s["val_bpb"]  # quantization moved it
-    assert s["artifact_format"] == {"int8": "int8_zlib"}.get(run["fmt"], "int6_zlib")
+    assert s["artifact_format"] == {"int8": "int8_zlib", "int6": "int6_zlib"}.get(run["fmt"], "int6+lqer_zlib")
 
 
 def test_the_artifact_is_the_format_it_claims(run):

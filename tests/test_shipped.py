@@ -238,11 +238,11 @@ def code_lines(path: Path) -> int:
 # (1,393 code lines). It is not there yet.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_717
+TRAINING_PATH_BUDGET = 2_716
 DATA_TOOLS_BUDGET = 535
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
-# the two figures above. #9 cut 185 lines and added the export stack (format objects, codec registry,
-# corrections), parameter roles and the setup/fit/finish split: 2,717 + 535 = 3,252, 56 over the old 3,196.
+# the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,
+# corrections), parameter roles and the setup/fit/finish split: 2,716 + 535 = 3,251, 55 over the old 3,196.
 # That overrun is not paid back yet; both budgets only go down from here.
 
 
