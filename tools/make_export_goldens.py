@@ -56,7 +56,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.plugins import test_later_export as later_tests  # noqa: E402
-from tools.make_goldens import differences, name_pairs  # noqa: E402  (one bit-exact comparison for both generators)
+from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402  (one bit-exact comparison for both generators)
 
 FIXTURE = ROOT / "tests" / "fixtures" / "export_later_golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -364,23 +364,8 @@ def make_lzma(compress: Any, inputs: dict[str, bytes]) -> dict:
 
 
 def provenance(scripts: dict[str, Path], commits: dict[str, str], brotli_version: str) -> dict:
-    return {
-        "fixture": FIXTURE.stem,
-        "generator": "tools/make_export_goldens.py",
-        "records": {
-            name: {
-                "pr": RECORDS[name][0],
-                "folder": f"records/track_10min_16mb/{RECORDS[name][1]}",
-                "script_sha256": sha256(scripts[name]),
-                "commit": commits.get(name, ""),
-            }
-            for name in RECORDS
-        },
-        "torch": str(torch.__version__),
-        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-        "brotli": brotli_version,
-        "liblzma": later_tests.liblzma_version(),
-    }
+    out = stamp("tools/make_export_goldens.py", FIXTURE.stem, RECORDS, list(RECORDS), scripts, commits)
+    return {**out, "brotli": brotli_version, "liblzma": later_tests.liblzma_version()}
 
 
 def _pairs(values: list[str], flag: str) -> dict[str, str]:

@@ -58,23 +58,29 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def provenance(fixture: str, scripts: dict[str, Path], commits: dict[str, str]) -> dict:
-    """The stamp every fixture carries (checked by tests/test_goldens_provenance.py)."""
+def stamp(generator: str, fixture: str, records: dict, names: list[str], scripts: dict, commits: dict) -> dict:
+    """The stamp every fixture carries (checked by tests/test_goldens_provenance.py): the generator,
+    each record script it read (PR, folder, sha256, commit), the torch version and CPU capability.
+    `records` maps a name to its (PR, folder); both golden generators use this."""
     return {
         "fixture": fixture,
-        "generator": "tools/make_goldens.py",
+        "generator": generator,
         "records": {
             name: {
-                "pr": RECORDS[name][0],
-                "folder": f"records/track_10min_16mb/{RECORDS[name][1]}",
+                "pr": records[name][0],
+                "folder": f"records/track_10min_16mb/{records[name][1]}",
                 "script_sha256": sha256(scripts[name]),
                 "commit": commits.get(name, ""),
             }
-            for name in NEEDS[fixture]
+            for name in names
         },
         "torch": str(torch.__version__),
         "cpu_capability": torch.backends.cpu.get_cpu_capability(),
     }
+
+
+def provenance(fixture: str, scripts: dict[str, Path], commits: dict[str, str]) -> dict:
+    return stamp("tools/make_goldens.py", fixture, RECORDS, list(NEEDS[fixture]), scripts, commits)
 
 
 # ------------------------------------------------------------------ int8 (baseline exporter)
