@@ -39,8 +39,8 @@ def load_checkpoint(
         raise PgolfError(
             f"{path}: neither a state dict (torch.save) nor an artifact of the recipe's codecs "
             f"({', '.join(sorted(stack.codecs))}) and formats: {type(exc).__name__}: {exc} "
-            f'(read as [export] compressor="{codec}"; a plugin\'s codec, such as brotli or lzma, needs that '
-            "plugin enabled, and brotli, which has no magic bytes, needs compressor set to it)"
+            f'(read as [export] compressor="{codec}"; a codec a plugin adds needs that plugin enabled, and one '
+            "without magic bytes needs [export] compressor set to it)"
         ) from None
 
 

@@ -139,7 +139,7 @@ def check_codec(codecs: Mapping[str, Codec], name: str, level: int, source: str)
     if name not in codecs:
         raise RecipeError(
             f'{source}: [export] compressor="{name}": no such codec (available: {", ".join(sorted(codecs))}; '
-            "a plugin such as brotli or lzma adds its codec when enabled)"
+            "a codec plugin adds its codec when its [plugins.<name>] table is enabled)"
         )
     low, high = codecs[name].levels
     if not low <= level <= high:
