@@ -44,11 +44,13 @@ class TensorPlan:
     """How one tensor is exported; `pgolf_export_plan` implementations fill it in.
 
     `clip_percentile`: clip each row at this quantile of |w| (GPTQ-lite's search result).
+    `row_clip`: each row's absolute clip |w| <= c_r, one value per row [rows] (SDClip: k * std(row)).
     `q`/`scale`: integers and scales already computed by the plan's author (GPTQ-lite keeps its
     search's winners), used as they are. A format that cannot honour a plan entry refuses it.
     """
 
     clip_percentile: float | None = None
+    row_clip: Tensor | None = None
     q: Tensor | None = None
     scale: Tensor | None = None
 
