@@ -45,6 +45,7 @@ def parts_from_plugins(spec: ModelSpec, pm: pluggy.PluginManager) -> ModelParts:
         value_extras=lambda: [m for m in hook.pgolf_value_extras(spec=spec) if m is not None],
         rotary_factory=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
         attention_post=lambda layer: [m for m in hook.pgolf_attention_post(spec=spec, layer=layer) if m is not None],
+        mlp_factory=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
     )
 
 

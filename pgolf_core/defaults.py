@@ -12,12 +12,12 @@ from torch import nn
 from pgolf_core.exporter import BUILTIN_CODECS, Codec, ExportFormat
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.int8 import Int8Format
-from pgolf_core.model import CastedLinear, ModelSpec, Rotary
+from pgolf_core.model import MLP, CastedLinear, ModelSpec, Rotary
 from pgolf_core.recipe import Recipe
 
 
 class Defaults:
-    """The naive baseline's parts: full RoPE, CastedLinear, int8 export, zlib and zstd."""
+    """The naive baseline's parts: full RoPE, relu² MLP, CastedLinear, int8 export, zlib and zstd."""
 
     name = "defaults"
     version = "builtin"
@@ -26,6 +26,10 @@ class Defaults:
     @hookimpl
     def pgolf_rotary(self, spec: ModelSpec, layer: int) -> nn.Module:
         return Rotary(spec.head_dim, base=spec.rope_base)
+
+    @hookimpl
+    def pgolf_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:
+        return MLP(spec)
 
     @hookimpl
     def pgolf_linear(self, spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module:

@@ -7,7 +7,8 @@ A run calls the hooks at these points (nothing of a plugin's runs inside a model
     plugins = load(recipe)                          # a pgolf_* method not in this catalog: load error
     pgolf_configure(run)
     export = (pgolf_export_format(recipe), pgolf_export_corrections(recipe), pgolf_codecs())
-    model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_linear)
+    model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_mlp,
+                pgolf_linear)
     pgolf_model_built(model, spec)
     roles = collect_roles(model)                    # optimizer groups, fp32 keeping, export passthrough
     optimizers, compiled = build_optimizers(model, roles), torch.compile(model, fullgraph=True)
@@ -40,9 +41,9 @@ Raise `ValueError` (or `PgolfError`) whose message starts with the key, the valu
 range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[plugins.<name>]`.
 
 Slots planned for the later leaderboard (see the coverage table in docs/hooks.md), designed to fit
-without changing the hooks above: an MLP/activation slot (`pgolf_mlp`: LeakyReLU², SwiGLU), a block
-composition slot (`pgolf_block`: parallel residual lanes), a layer schedule (`pgolf_layer_schedule`:
-depth recurrence, switched by a buffer and compiled for both schedules in the warm-up), a
+without changing the hooks above: a block composition slot (`pgolf_block`: parallel residual
+lanes), a layer schedule (`pgolf_layer_schedule`: depth recurrence, switched by a buffer and
+compiled for both schedules in the warm-up), a
 calibration pass inside the training budget (`pgolf_calibrate`: full-Hessian GPTQ), a
 pre-scoring adaptation that marks a run non-compliant (`pgolf_eval_prescore`), and the others the
 coverage table proposes (`pgolf_logits`, `pgolf_optimizers`, `pgolf_tokenizer`, `pgolf_eval_score`). `x`, the block
@@ -73,11 +74,11 @@ hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
 
 # Hooks that at most one enabled plugin may implement (checked when the run's plugins load).
-EXCLUSIVE_HOOKS = ("pgolf_rotary", "pgolf_linear", "pgolf_final_weights", "pgolf_export_format")
+EXCLUSIVE_HOOKS = ("pgolf_rotary", "pgolf_mlp", "pgolf_linear", "pgolf_final_weights", "pgolf_export_format")
 PHASES = {
     "configure": ("pgolf_configure",),
     "build": (
-        "pgolf_embed", "pgolf_value_extras", "pgolf_rotary", "pgolf_attention_post", "pgolf_linear",
+        "pgolf_embed", "pgolf_value_extras", "pgolf_rotary", "pgolf_attention_post", "pgolf_mlp", "pgolf_linear",
         "pgolf_model_built",
     ),
     "train": ("pgolf_step_start", "pgolf_post_step", "pgolf_fit_end", "pgolf_final_weights"),
@@ -137,6 +138,15 @@ def pgolf_attention_post(spec: ModelSpec, layer: int) -> nn.Module | None:
     values [B, T, Hkv, D] (GQA: query head h reads KV head h // (H // Hkv)); `x` the normed block
     input [B, T, d] that attention saw. Modules of several plugins run in plugin order. Default: none.
     """
+
+
+@hookspec(firstresult=True)
+def pgolf_mlp(spec: ModelSpec, layer: int) -> nn.Module:
+    """Exclusive. Once per block: the MLP, `forward(x) -> x` on the normed block input [B, T, d]
+    (LeakyReLU², SwiGLU). Build its layers with `spec.linear("mlp.fc", d, spec.mlp_hidden)` and
+    `spec.linear("mlp.proj", spec.mlp_hidden, d)` as attributes `fc` and `proj`, in that order, so that
+    the state-dict keys, QAT's linears and the random init match the baseline; declare the output
+    projection `zero_init`. Default: relu², `proj(relu(fc(x))²)`."""
 
 
 @hookspec(firstresult=True)

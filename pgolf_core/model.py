@@ -2,7 +2,7 @@
 
 Math, shapes, init and `state_dict` names follow the baseline record's `train_gpt.py`,
 so an official checkpoint loads with strict key matching. The slots
-(embedding modules, per-layer rotary, per-layer attention post-processing, linear factory) are
+(embedding modules, per-layer rotary, attention post-processing and MLP, linear factory) are
 filled once, before optimizers and `torch.compile`; `forward` contains no hook calls.
 """
 
@@ -142,12 +142,12 @@ class CausalSelfAttention(nn.Module):
 
 
 class MLP(nn.Module):
-    """relu² MLP (from modded-nanogpt)."""
+    """relu² MLP (from modded-nanogpt); the default answer of `pgolf_mlp`."""
 
-    def __init__(self, spec: ModelSpec, parts: ModelParts) -> None:
+    def __init__(self, spec: ModelSpec) -> None:
         super().__init__()
-        self.fc = parts.linear("mlp.fc", spec.model_dim, spec.mlp_hidden)
-        self.proj = parts.linear("mlp.proj", spec.mlp_hidden, spec.model_dim)
+        self.fc = spec.linear("mlp.fc", spec.model_dim, spec.mlp_hidden)
+        self.proj = spec.linear("mlp.proj", spec.mlp_hidden, spec.model_dim)
         declare_role(self.proj, "weight", zero_init=True)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -162,7 +162,7 @@ class Block(nn.Module):
         super().__init__()
         d = spec.model_dim
         self.attn = CausalSelfAttention(spec, parts, layer)
-        self.mlp = MLP(spec, parts)
+        self.mlp = parts.mlp(layer)
         self.attn_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
@@ -191,9 +191,13 @@ class ModelParts:
     value_extras: Callable[[], list[nn.Module]] = lambda: []
     rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
     attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
+    mlp_factory: Callable[[int], nn.Module | None] = lambda layer: None
 
     def rotary(self, layer: int) -> nn.Module:
         return self.rotary_factory(layer) or Rotary(self.spec.head_dim, base=self.spec.rope_base)
+
+    def mlp(self, layer: int) -> nn.Module:
+        return self.mlp_factory(layer) or MLP(self.spec)
 
     def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
         return self.spec.linear(role, in_features, out_features)
@@ -321,6 +325,6 @@ def mlp_hidden_of(model_dim: int, mlp_mult: float, mlp_hidden: int) -> int:
 
 
 __all__ = [
-    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "Rotary", "apply_rotary", "causal_attention",
+    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "MLP", "Rotary", "apply_rotary", "causal_attention",
     "apply_training_precision", "count_parameters", "mlp_hidden_of",
 ]  # fmt: skip
