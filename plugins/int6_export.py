@@ -22,10 +22,15 @@ The int6 grid of a tensor: the export plan's `clip_percentile` when it has one (
 c_r = quantile(|w_r|, p), s = fp16(max(c/31, 1/31)), q in [-31, 31]; the plan's own `q`/`scale` are
 used when present), else `row_rule`:
 - "rowmax" (Variant C, PR #374/#415): s = fp16(max(rowmax/31, 1/31)), q in [-32, 31];
+- "rowmax_eps" (PR #297): s = max(fp16(rowmax/31), fp16 tiny), no 1/31 floor, q in [-32, 31];
 - "quantile" (Variant A): rows clipped to `[export] clip_quantile`, rounded with the fp32 scale
   max(c/31, 1/31), scales stored fp16;
 - "plan": every int6 tensor must have a plan clip (guarantees that the #414 search ran);
 - "auto": rowmax for "mixed", quantile for "all" (what each record does).
+A plan's `row_clip` (absolute clip c_r per row, SDClip, PR #1394) takes the place of the rule, for
+int6 tensors (qmax 31) and the mixed scheme's int8 ones (qmax 127) alike, with PR #1394's grid:
+s = fp16(max(c/qmax, 1e-10)), q = clamp(round(w/s), ±qmax) (a row whose scale rounds to 0 in fp16,
+e.g. an all-zero row, gets q = 0). A plan entry with both `row_clip` and `clip_percentile` is refused.
 Why: 63 levels instead of 255 cost little accuracy and compress far better with zstd-22, which
 pays for the 3x MLP and 11 layers under 16 MB (PR #63 onward). Reported: the GPTQ-lite clip search
 gains -0.0006 bpb over rowmax (PR #414). Dequantized weights come back in the live model's dtypes.
@@ -54,7 +59,7 @@ NO_PLAN = TensorPlan()
 class Config:
     scheme: str = "mixed"  # mixed (PR #297/#374/#414) | all (PR #63/#194)
     int6_categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # mixed only
-    row_rule: str = "auto"  # int6 grid without a plan clip: auto | rowmax | quantile | plan (see above)
+    row_rule: str = "auto"  # int6 grid without a plan clip: auto | rowmax | rowmax_eps | quantile | plan (see above)
     fp16_keep: list[str] = field(default_factory=list)  # name substrings kept fp16 (#63/#194: tok_emb)
     control_fp32: bool = False  # mixed only; true: the fix, control tensors stay fp32 even when small
 
@@ -65,6 +70,18 @@ def int6_rowmax(t32: Tensor) -> tuple[Tensor, Tensor]:
     if t32.ndim == 2:
         return quant.scaled_rows(t32, t32.abs().amax(dim=1), INT6_MAX, INT6_MAX + 1)
     return quant.max_tensor(t32, INT6_MAX, INT6_MAX + 1)
+
+
+def int6_rowmax_eps(t32: Tensor) -> tuple[Tensor, Tensor]:
+    """PR #297: s = max(fp16(max(rowmax/31, 1e-12)), fp16 tiny) (so small rows keep their own
+    scale), q = clamp(round(w/s), −32, 31); other ranks: one fp16 scale max(max|w|/31, 1e-12)."""
+    if t32.ndim == 2:
+        scale = (t32.abs().amax(dim=1) / INT6_MAX).clamp_min(1e-12).to(torch.float16)
+        scale = scale.clamp_min(torch.finfo(torch.float16).tiny)
+        q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -(INT6_MAX + 1), INT6_MAX).to(torch.int8)
+        return q, scale
+    scale = torch.tensor(max(t32.abs().max().item() / INT6_MAX, 1e-12), dtype=torch.float16)
+    return torch.clamp(torch.round(t32 / scale.float()), -(INT6_MAX + 1), INT6_MAX).to(torch.int8), scale
 
 
 def int6_percentile(t32: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
@@ -86,19 +103,54 @@ def int6_quantile(t32: Tensor, clip_quantile: float) -> tuple[Tensor, Tensor]:
     return quant.clipped_tensor(t32, clip_quantile, INT6_MAX)
 
 
-def _planned(name: str, t: Tensor, entry: TensorPlan) -> tuple[Tensor, Tensor]:
-    """The plan's integers and scales (checked), or the percentile grid computed here."""
-    q, s = entry.q, entry.scale
-    if q is None or s is None:
-        return int6_percentile(t.float(), float(entry.clip_percentile or 1.0))
+def row_clipped(t32: Tensor, clip: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
+    """PR #1394's grid for an absolute per-row clip c (SDClip: c = k · std(row)):
+    s = fp16(max(c/qmax, 1e-10)), q = clamp(round(w/s), ±qmax); w itself is not clamped. A scale
+    that is 0 in fp16 (std 0) gives q = 0 where w/s is 0/0 (the record's NaN cast), ±qmax elsewhere."""
+    scale = (clip.float() / qmax).clamp_min(1e-10).to(torch.float16)
+    q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -qmax, qmax)
+    return torch.nan_to_num(q, nan=0.0).to(torch.int8), scale
+
+
+def _row_clip(name: str, t: Tensor, entry: TensorPlan, qmax: int, stats: dict) -> tuple[Tensor, Tensor]:
+    """A tensor quantized with the plan's row clip (checked), or the plan's own q/scale if it has them."""
+    clip = entry.row_clip
+    assert clip is not None
+    if entry.clip_percentile is not None:
+        raise PgolfError(
+            f"int6_export: the export plan sets both row_clip and clip_percentile for {name}; "
+            "enable one of sdclip and gptq_lite"
+        )
+    if t.ndim != 2 or tuple(clip.shape) != (t.shape[0],) or not clip.is_floating_point():
+        raise PgolfError(
+            f"int6_export: the export plan's row_clip for {name} has shape {tuple(clip.shape)}; expected one "
+            f"float per row of the 2-D tensor {tuple(t.shape)}"
+        )
+    stats["row_clip"] += 1
+    if entry.q is not None and entry.scale is not None:
+        return _checked(name, t, entry.q, entry.scale)
+    return row_clipped(t.float(), clip.detach().cpu(), qmax)
+
+
+def _checked(name: str, t: Tensor, q: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     rows_ok = s.shape == ((q.shape[0],) if t.ndim == 2 else ())
     if q.shape != t.shape or q.dtype != torch.int8 or s.dtype != torch.float16 or not rows_ok:
         raise PgolfError(f"int6_export: the export plan's q/scale for {name} do not fit the tensor {tuple(t.shape)}")
     return q, s
 
 
+def _planned(name: str, t: Tensor, entry: TensorPlan) -> tuple[Tensor, Tensor]:
+    """The plan's integers and scales (checked), or the percentile grid computed here."""
+    q, s = entry.q, entry.scale
+    if q is None or s is None:
+        return int6_percentile(t.float(), float(entry.clip_percentile or 1.0))
+    return _checked(name, t, q, s)
+
+
 def _int6(name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: float, stats: dict) -> tuple:
     """One tensor's int6 integers and scales: the plan's clip if any, else `rule`."""
+    if entry.row_clip is not None:
+        return _row_clip(name, t, entry, INT6_MAX, stats)
     if entry.clip_percentile is not None:
         stats["int6_planned"] += 1
         return _planned(name, t, entry)
@@ -107,6 +159,8 @@ def _int6(name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: flo
             f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; '
             "enable gptq_lite (or choose another row_rule)"
         )
+    if rule == "rowmax_eps":
+        return int6_rowmax_eps(t.float())
     return int6_rowmax(t.float()) if rule == "rowmax" else int6_quantile(t.float(), clip_quantile)
 
 
@@ -123,12 +177,14 @@ def quantize(
     plan = plan or {}
     rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
     planned = {k for k, v in plan.items() if v.clip_percentile is not None}
+    clipped = {k for k, v in plan.items() if v.row_clip is not None}
     if config.scheme == "mixed":
-        obj, stats, int6_names = _quantize_mixed(
+        obj, stats, int6_names, quantized = _quantize_mixed(
             weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
         )
     else:
         obj, stats, int6_names = _quantize_all(weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan)
+        quantized = int6_names
     stray = sorted(planned - int6_names)
     if stray:
         raise PgolfError(
@@ -136,14 +192,23 @@ def quantize(
             f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); make gptq_lite.categories match "
             f"int6_export.int6_categories (and fp16_keep)"
         )
+    stray = sorted(clipped - quantized)
+    if stray:
+        raise PgolfError(
+            f"int6_export: the export plan sets row clips for tensors that are not quantized "
+            f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); make sdclip.categories match what "
+            f"int6_export quantizes (scheme, fp16_keep, [export] keep_float_max_numel)"
+        )
     return obj, stats
 
 
 def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan):
     result: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
-    stats = dict.fromkeys(("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8"), 0)
+    kinds = ("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8", "row_clip")
+    stats = dict.fromkeys(kinds, 0)
     int6_names: set[str] = set()
+    int8_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().cpu().contiguous()
         control = t.is_floating_point() and is_control(name, roles)
@@ -160,16 +225,19 @@ def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int6"}
             int6_names.add(name)
         else:
-            t32 = t.float()
-            q, s = (
-                quant.clipped_rows(t32, clip_quantile, 127)
-                if t.ndim == 2
-                else quant.clipped_tensor(t32, clip_quantile, 127)
-            )
+            t32, entry = t.float(), plan.get(name, NO_PLAN)
+            if entry.row_clip is not None:
+                q, s = _row_clip(name, t, entry, 127, stats)
+            elif t.ndim == 2:
+                q, s = quant.clipped_rows(t32, clip_quantile, 127)
+            else:
+                q, s = quant.clipped_tensor(t32, clip_quantile, 127)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
+            int8_names.add(name)
         kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
         stats[kind] += 1
-    return {"w": result, "m": meta}, stats, int6_names  # no format tag: the records' exact object
+    # no format tag: the records' exact object
+    return {"w": result, "m": meta}, stats, int6_names, int6_names | int8_names
 
 
 def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
@@ -179,7 +247,8 @@ def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
     passthrough: dict[str, Tensor] = {}
     orig_dtypes: dict[str, str] = {}
     qmeta: dict[str, dict[str, Any]] = {}
-    stats = dict.fromkeys(("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned"), 0)
+    kinds = ("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "row_clip")
+    stats = dict.fromkeys(kinds, 0)
     int6_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().to("cpu").contiguous()
@@ -268,8 +337,10 @@ class Int6Export:
         """At recipe load (see pgolf_core.hookspecs)."""
         if config.scheme not in ("mixed", "all"):
             raise PgolfError(f'int6_export: scheme must be "mixed" or "all", got "{config.scheme}"')
-        if config.row_rule not in ("auto", "rowmax", "quantile", "plan"):
-            raise PgolfError(f'int6_export: row_rule must be auto, rowmax, quantile or plan, got "{config.row_rule}"')
+        if config.row_rule not in ("auto", "rowmax", "rowmax_eps", "quantile", "plan"):
+            raise PgolfError(
+                f'int6_export: row_rule must be auto, rowmax, rowmax_eps, quantile or plan, got "{config.row_rule}"'
+            )
         unknown = sorted(set(config.int6_categories) - {"embed", "mlp", "attn", "other"})
         if unknown:
             raise PgolfError(f"int6_export: unknown int6_categories {unknown} (embed, mlp, attn, other)")

@@ -6,6 +6,11 @@ ends with ".proj" → × 1/√(2L). Record quirk: the block output projections a
 so the 1/√(2L) scaling reaches only `bigram.proj` and `ve_shared.proj`. `scale_zero_init_proj =
 true` is the fix the READMEs describe (orthogonal × 1/√(2L) on attn.proj/mlp.proj too), off in
 the record recipes. PR #194's rule: `min_dim = 1` (every non-zero-init Linear).
+PR #297's "Overtone" init adds two settings (both off by default, on in `recipes/pr297.toml`):
+`overtone = true` reshapes the tied embedding's spectrum (SVD `W = U diag(S) Vᵀ` of the normal
+init, then `S_k = S_1 / √k`, a power-law decay like a string's overtones), before the orthogonal
+pass as the record does; `phase_resid_mix = true` sets block i's `resid_mix` to (φ_i, 1 − φ_i) with
+φ_i = σ(3·(i/(L−1) − 0.5)), so early blocks lean on the embedding x0 and late ones on the residual.
 Runs late (order 900) so that it sees every plugin's layers, as the records' `_init_weights` does.
 Why: orthogonal matrices keep every singular value at 1, so early Muon steps (which orthogonalize
 updates) start from well-conditioned weights; PR #194's README says SmearGate needs it.
@@ -29,6 +34,20 @@ class Config:
     min_dim: int = 64
     scale_proj: bool = True
     scale_zero_init_proj: bool = False
+    overtone: bool = False  # PR #297: tied embedding singular values S_k = S_1 / sqrt(k)
+    phase_resid_mix: bool = False  # PR #297: block i's resid_mix = (phi_i, 1 - phi_i), phi_i = sigmoid(3(i/(L-1) - .5))
+
+
+def overtone_spectrum(w: torch.Tensor) -> torch.Tensor:
+    """`w` with its singular values replaced by S_1 / sqrt(k), k = 1.. (same singular vectors)."""
+    u, s, vh = torch.linalg.svd(w, full_matrices=False)
+    target = s[0] * (1.0 / torch.arange(1, s.shape[0] + 1, dtype=s.dtype)) ** 0.5
+    return (u * target[None, :]) @ vh
+
+
+def resid_mix_phase(layer: int, num_layers: int) -> torch.Tensor:
+    """φ_i = σ(3·(i/(L−1) − 0.5)) (a 0-d fp32 tensor), the weight of the residual stream in block i."""
+    return torch.sigmoid(torch.tensor(3.0 * (layer / max(num_layers - 1, 1) - 0.5)))
 
 
 def is_output_projection(name: str) -> bool:
@@ -56,13 +75,16 @@ class OrthoInit:
     def pgolf_configure(self, run) -> None:
         c = self.config
         scaled = "all output projections" if c.scale_zero_init_proj else "non-zero-init .proj (record rule)"
-        run.log(f"ortho_init/min_dim:{c.min_dim} 1/sqrt(2L) on:{scaled if c.scale_proj else 'none'}")
+        extras = "".join(f" {k}:on" for k in ("overtone", "phase_resid_mix") if getattr(c, k))
+        run.log(f"ortho_init/min_dim:{c.min_dim} 1/sqrt(2L) on:{scaled if c.scale_proj else 'none'}{extras}")
 
     @hookimpl
     def pgolf_model_built(self, model, spec) -> None:
         c = self.config
         gain = 1.0 / math.sqrt(2 * spec.num_layers)
         with torch.no_grad():
+            if c.overtone and spec.tie_embeddings:  # the record reshapes only a tied table
+                model.tok_emb.weight.data = overtone_spectrum(model.tok_emb.weight.data)
             for name, module in model.named_modules():
                 if not isinstance(module, nn.Linear):
                     continue
@@ -75,3 +97,8 @@ class OrthoInit:
                     nn.init.orthogonal_(w, gain=1.0)
                     if c.scale_proj and is_output_projection(name):
                         w.mul_(gain)
+            if c.phase_resid_mix:
+                for i, block in enumerate(model.blocks):
+                    phase = resid_mix_phase(i, spec.num_layers)
+                    block.resid_mix.data[0] = phase * torch.ones(block.resid_mix.shape[1])
+                    block.resid_mix.data[1] = (1 - phase) * torch.ones(block.resid_mix.shape[1])

@@ -10,6 +10,7 @@ the quantizer as identity (straight-through estimator). Four settings give each 
 | #414 | `"scale_floor"`: `max(m/31, 1/31)` | −32, 31 | `"fp32_quant"` | false |
 | #194 | `"scale_floor"` | −31, 31 | `"fp32_ste"` | false |
 | #63  | `"clip_floor"`: `max(m, 1/31)/31` (floor 1/961) | −31, 31 | `"activation"` | true |
+| #297 | `"row_max"`: `max(m, 1e−12)/31` (no real floor) | −32, 31 | `"activation"` | false |
 
 `fp32_quant`: quantize an fp32 copy, cast it to the activation dtype, STE in that dtype;
 `fp32_ste`: STE on the fp32 master weight, then cast; `activation`: cast first, quantize in the
@@ -39,6 +40,12 @@ recompile; compiled loss and gradients stay those of QAT off, while eager QAT-on
 7.450); on CPU with torch 2.13 the same code recompiles and applies it. The README of the 2026-03-21
 PartialRoPE_LateQAT record also reports late QAT never ran. `late_qat.effective = false` reproduces that
 no-op: the activation is logged (`late_qat/activated_step`) but the buffers stay off.
+
+PR #297's late QAT (`late_qat`, `scope = "blocks"`) switches on by wallclock, not by LR scale:
+`start_frac = 0.85` turns it on at the first step whose elapsed training time is >= 85 % of
+`max_wallclock_seconds` (never without a cap, as the record's check), and `lr_factor = 0.5`
+multiplies every optimizer group's base LR by 0.5 at that moment (once; the warmdown scale still
+applies on top). The defaults (`start_frac = 0`: the LR-scale threshold; `lr_factor = 1`) are #414's.
 
 Why: trains the weights towards the int6 export grid, shrinking the quantization gap. Sources:
 PR #63 (whole run), PR #194 (whole run), PR #414 (late, LR scale < 0.15). Reported: PR #63 ~72 vs
@@ -71,13 +78,14 @@ class QuantRule:
     fp16_scale: bool = False
 
 
-SCALES = ("scale_floor", "clip_floor")
+SCALES = ("scale_floor", "clip_floor", "row_max")
 PRECISIONS = ("fp32_quant", "fp32_ste", "activation")
 
 
 @dataclass
 class Config:
-    scale: str = "scale_floor"  # scale_floor: max(m/qmax, 1/qmax) | clip_floor: max(m, 1/qmax)/qmax (#63)
+    # scale_floor: max(m/qmax, 1/qmax) | clip_floor: max(m, 1/qmax)/qmax (#63) | row_max: max(m, 1e-12)/qmax (#297)
+    scale: str = "scale_floor"
     qmin: int = -32  # #414; -31 in #194 and #63
     qmax: int = 31
     precision: str = "fp32_quant"  # fp32_quant (#414) | fp32_ste (#194) | activation (#63)
@@ -90,6 +98,8 @@ class Config:
 class LateConfig(Config):
     threshold: float = 0.15  # switch on at the first step whose LR scale is below this (#414)
     effective: bool = True  # false: log the switch but keep QAT off (#414's suspected no-op)
+    start_frac: float = 0.0  # > 0: switch on at this fraction of the wallclock cap instead (#297: 0.85)
+    lr_factor: float = 1.0  # every optimizer group's base LR x this when QAT switches on (#297: 0.5)
 
 
 def resolve_rule(config: Config) -> QuantRule:
@@ -111,6 +121,8 @@ def fake_quantize(w: Tensor, rule: QuantRule) -> Tensor:
     row_max = w.abs().amax(dim=1, keepdim=True)
     if rule.scale == "clip_floor":
         scale = row_max.clamp_min(1.0 / rule.qmax) / float(rule.qmax)
+    elif rule.scale == "row_max":  # #297: the row max itself (an all-zero row guarded by 1e-12)
+        scale = row_max.clamp_min(1e-12) / float(rule.qmax)
     else:
         scale = (row_max / float(rule.qmax)).clamp_min(1.0 / rule.qmax)
     if rule.fp16_scale:
@@ -175,6 +187,12 @@ class QAT:
         threshold = getattr(config, "threshold", None)
         if threshold is not None and not 0.0 < threshold <= 1.0:
             raise ValueError(f"qat: threshold={threshold}: expected an LR scale in (0, 1]")
+        start_frac = getattr(config, "start_frac", 0.0)
+        if not 0.0 <= start_frac <= 1.0:
+            raise ValueError(f"qat: start_frac={start_frac}: expected a wallclock fraction in [0, 1] (0: off)")
+        lr_factor = getattr(config, "lr_factor", 1.0)
+        if not lr_factor > 0.0:
+            raise ValueError(f"qat: lr_factor={lr_factor}: expected > 0")
 
     def __init__(self, config: Config) -> None:
         self.config = config
@@ -217,14 +235,29 @@ class LateQAT(QAT):
     def _on_at_build(self) -> bool:
         return False
 
+    def _due(self, state) -> bool:
+        c = self.config
+        if c.start_frac <= 0.0:
+            return state.lr_scale < c.threshold
+        cap_ms = 1000.0 * state.recipe.train.max_wallclock_seconds
+        return cap_ms > 0 and state.elapsed_ms / cap_ms >= c.start_frac  # #297: no cap, no QAT
+
     @hookimpl
     def pgolf_step_start(self, state) -> None:
-        if self.active or state.lr_scale >= self.config.threshold:
+        c = self.config
+        if self.active or not self._due(state):
             return
         self.active = True
-        if self.config.effective:
+        if c.effective:
             set_qat(state.model, True)
+        if c.lr_factor != 1.0:  # before this step's LRs are set from base_lr x scale, as #297 does
+            for opt in state.optimizers.all:
+                for group in opt.param_groups:
+                    group["base_lr"] *= c.lr_factor
         state.report("late_qat/activated_step", state.step)
         state.report("late_qat/lr_scale", round(float(state.lr_scale), 6))
-        if not self.config.effective:
+        if c.start_frac > 0.0:
+            frac = state.elapsed_ms / (1000.0 * state.recipe.train.max_wallclock_seconds)
+            state.report("late_qat/wallclock_frac", round(frac, 6))
+        if not c.effective:
             state.report("late_qat/effective", False)

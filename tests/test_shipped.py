@@ -48,7 +48,10 @@ def test_shipped_recipe_loads_full_and_smoke(recipe):
 
 
 # model_params of each record's logs; the baseline's is tested in test_model.py.
-RECORD_PARAMS = {"pr414": 26_993_756, "pr194": 26_502_232, "pr63": 22_174_288, "baseline": 17_059_912}
+RECORD_PARAMS = {
+    "pr415": 26_993_756, "pr414": 26_993_756, "pr297": 22_368_841, "pr194": 26_502_232, "pr63": 22_174_288,
+    "baseline": 17_059_912,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize("name", sorted(RECORD_PARAMS))
