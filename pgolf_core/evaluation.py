@@ -1,8 +1,9 @@
 """Validation scoring in bits per byte: standard (non-overlapping rows) and sliding-window.
 
-Evaluation is a sequence of chunks. A generator scores one batch at a time under
-`inference_mode` and yields it; the caller adds it to float64 sums and only then may hand the
-already-scored chunk to a test-time-training hook (`after_chunk`), which therefore never sees a
+Evaluation is a sequence of batches. A generator scores one batch at a time under
+`inference_mode` and yields it; the caller adds it to float64 sums. Test-time training
+(`eval_sliding(..., adapt=...)`) splits the windows into chunks of validation tokens and hands a
+chunk to the adaptation hook only after every window of it was scored: the hook never receives a
 token before that token has been scored (the challenge's rule for test-time training).
 
 Byte accounting follows `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
@@ -15,8 +16,8 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -52,7 +53,7 @@ class EvalSums:
     def zeros(cls, device: torch.device | str) -> EvalSums:
         return cls(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(3)))
 
-    def add(self, batch: ScoredBatch) -> None:
+    def add(self, batch: EvalSums) -> None:
         self.nll_sum += batch.nll_sum
         self.token_count += batch.token_count
         self.byte_count += batch.byte_count
@@ -103,6 +104,35 @@ class Placement:
             return contextlib.nullcontext()
         return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
 
+    def average(self, tensors: Sequence[Tensor | None]) -> None:
+        """Mean over ranks in place (gradients of a test-time-training step); a no-op in one process."""
+        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
+            for t in tensors:
+                if t is not None:
+                    dist.all_reduce(t, op=dist.ReduceOp.AVG)
+
+
+@dataclass
+class ValChunk:
+    """Validation tokens handed to an eval hook: inputs `tokens[:-1]`, targets `tokens[1:]` (int64, on
+    the eval device). For `pgolf_eval_adapt` every target was scored before the chunk was made
+    (`scored`); `pgolf_eval_prescore` gets the whole unscored stream (`scored=False`).
+    Chunk `index` of `count`; `where` says this rank's device and share; `report(key, value)` logs."""
+
+    tokens: Tensor
+    index: int
+    count: int
+    where: Placement
+    scored: bool = True
+    report: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
+
+    def rows(self, seq_len: int) -> tuple[Tensor, Tensor]:
+        """This rank's contiguous share of the chunk's full rows `(x, y)` [rows, seq_len] (as the records
+        split a chunk for training; a partial last row is dropped)."""
+        first, last = self.where.share((self.tokens.numel() - 1) // seq_len)
+        local = self.tokens[first * seq_len : last * seq_len + 1]
+        return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+
 
 # ---------------------------------------------------------------- standard evaluation
 
@@ -146,38 +176,25 @@ def eval_standard(
     rank: int = 0,
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
-    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
 ) -> EvalResult:
     """The baseline's `eval_val`: every target of the truncated stream scored once, context 0..T-1.
 
     Rows are split contiguously across ranks; sums are float64 and all-reduced when
     `torch.distributed` is initialized. The model is put in eval mode and left in train mode.
-    `after_chunk(x, y)` runs after each batch was scored, outside `inference_mode`.
     """
     start = time.perf_counter()
     where = Placement(torch.device(device), rank, world_size, autocast_dtype)
     batches = standard_batches(model, val_tokens, seq_len, batch_seqs, tables, where)
-    return score_batches(model, batches, device, after_chunk).all_reduce().result(time.perf_counter() - start)
+    return score_batches(model, batches, device).all_reduce().result(time.perf_counter() - start)
 
 
-def score_batches(
-    model: nn.Module,
-    batches: Iterator[ScoredBatch],
-    device: torch.device,
-    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
-) -> EvalSums:
-    """This rank's raw sums (not all-reduced, so a rank split is testable without a process group).
-
-    Each batch is added, then handed to the hook; eval mode is re-set in case the hook trained.
-    """
+def score_batches(model: nn.Module, batches: Iterator[ScoredBatch], device: torch.device) -> EvalSums:
+    """This rank's raw sums (not all-reduced, so a rank split is testable without a process group)."""
     sums = EvalSums.zeros(device)
     model.eval()
     try:
         for batch in batches:
             sums.add(batch)
-            if after_chunk is not None:
-                after_chunk(batch.x, batch.y)
-                model.eval()
     finally:
         model.train()
     return sums
@@ -239,6 +256,17 @@ def count_scored(total: int, seq_len: int, stride: int, tail: str = "rescore_tai
     return len(starts), sum(hi - lo for lo, hi in spans)
 
 
+def chunk_windows(starts: list[int], total: int, seq_len: int, stride: int, tail: str, chunk: int) -> list[list[int]]:
+    """The window starts of each chunk of `chunk` targets, a window belonging to the chunk of the first
+    target it scores (PR #461's rule). Every target of chunks 0..k is scored once the windows of
+    chunks 0..k are: a window scoring a target t < (k+1) * chunk starts scoring at or before t."""
+    groups: list[list[int]] = [[] for _ in range(max(1, -(-total // chunk)))]
+    for ws in starts:
+        first = ws + scored_span(ws, total, seq_len, stride, tail)[0]
+        groups[min(first // chunk, len(groups) - 1)].append(ws)
+    return groups
+
+
 def sliding_batches(
     model: nn.Module,
     val_tokens: Tensor,
@@ -248,15 +276,17 @@ def sliding_batches(
     tables: Any,
     where: Placement,
     tail: str = "rescore_tail",
+    starts: list[int] | None = None,
 ) -> Iterator[ScoredBatch]:
-    """Score this rank's windows, `batch_seqs` per `forward_logits` call, right-padded with zeros.
+    """Score this rank's share of the windows `starts` (default: all of them), `batch_seqs` per
+    `forward_logits` call, right-padded with zeros.
 
     Per-position cross-entropy in fp32; only the positions of `scored_span` count (padding never does).
     """
     if batch_seqs < 1:
         raise PgolfError(f"sliding-window batch must hold at least one window (got {batch_seqs})")
     total = val_tokens.numel() - 1
-    starts = window_starts(total, seq_len, stride, tail)
+    starts = window_starts(total, seq_len, stride, tail) if starts is None else starts
     mine = starts[slice(*where.share(len(starts)))]
     positions = torch.arange(seq_len, device=where.device)
     for i in range(0, len(mine), batch_seqs):
@@ -305,7 +335,8 @@ def eval_sliding(
     world_size: int = 1,
     autocast_dtype: torch.dtype | None = None,
     tail: str = "rescore_tail",
-    after_chunk: Callable[[Tensor, Tensor], None] | None = None,
+    adapt: Callable[[ValChunk], None] | None = None,
+    chunk_tokens: int = 32_768,
 ) -> EvalResult:
     """Sliding-window eval: each token scored with at least `seq_len - stride`
     tokens of context (except in the first window), using `model.forward_logits`.
@@ -318,8 +349,12 @@ def eval_sliding(
     end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
     extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
     clipped window scores only positions no earlier window scored, and windows left with nothing
-    to score are skipped. tail="full_windows" is PR #63's own loop (see `window_starts`). `after_chunk(x, y)`
-    runs after each batch of windows was scored.
+    to score are skipped. tail="full_windows" is PR #63's own loop (see `window_starts`).
+
+    `adapt` (test-time training): the windows are scored chunk by chunk (`chunk_windows`, each
+    chunk's windows split across ranks), and after chunk k (but the last) `adapt` receives its tokens
+    `val_tokens[k*chunk_tokens : (k+1)*chunk_tokens + 1]`, all scored by then; the model it adapts
+    scores chunk k+1. Without `adapt` the windows are one chunk: the same scores, batched as before.
 
     Speed: pass a model whose `forward_logits` is compiled (PR #414 compiles it; every batch has
     the same shape, so one graph serves all). Eager and compiled bf16 scores differ by ~1e-4
@@ -327,5 +362,14 @@ def eval_sliding(
     """
     start = time.perf_counter()
     where = Placement(torch.device(device), rank, world_size, autocast_dtype)
-    batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail)
-    return score_batches(model, batches, device, after_chunk).all_reduce().result(time.perf_counter() - start)
+    total = val_tokens.numel() - 1
+    starts = window_starts(total, seq_len, stride, tail)
+    groups = chunk_windows(starts, total, seq_len, stride, tail, chunk_tokens) if adapt else [starts]
+    sums = EvalSums.zeros(device)
+    for k, group in enumerate(groups):
+        batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail, group)
+        sums.add(score_batches(model, batches, device))
+        if adapt is not None and k < len(groups) - 1:
+            tokens = val_tokens[k * chunk_tokens : min((k + 1) * chunk_tokens, total) + 1]
+            adapt(ValChunk(tokens.to(device=where.device, dtype=torch.int64), k, len(groups), where))
+    return sums.all_reduce().result(time.perf_counter() - start)

@@ -25,7 +25,9 @@ A run calls the hooks at these points (nothing of a plugin's runs inside a model
     obj = format.quantize(weights, plan, roles); each correction adds its payload
     write(codec.encode(torch.save(obj)))            # codec = [export] compressor
     weights = read_artifact(file)                   # the reader `pgolf eval` uses
-    score round trip, sliding window; pgolf_eval_adapt(model, chunk, state) after each scored chunk
+    score round trip
+    pgolf_eval_prescore(model, all_val_tokens)      # reproduces pre-scoring TTT; marks the run non-compliant
+    score sliding window chunk by chunk; pgolf_eval_adapt(model, chunk) after each chunk was scored
 
 Build hooks return *modules* that the core puts into named slots before the optimizers exist and
 before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
@@ -43,11 +45,10 @@ range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[p
 Slots planned for the later leaderboard (see the coverage table in docs/hooks.md), designed to fit
 without changing the hooks above: a block composition slot (`pgolf_block`: parallel residual
 lanes), a layer schedule (`pgolf_layer_schedule`: depth recurrence, switched by a buffer and
-compiled for both schedules in the warm-up), a
-calibration pass inside the training budget (`pgolf_calibrate`: full-Hessian GPTQ), a
-pre-scoring adaptation that marks a run non-compliant (`pgolf_eval_prescore`), and the others the
-coverage table proposes (`pgolf_logits`, `pgolf_optimizers`, `pgolf_tokenizer`, `pgolf_eval_score`). `x`, the block
-input, already reaches attention post-processing (attention output gates).
+compiled for both schedules in the warm-up), a calibration pass inside the training budget
+(`pgolf_calibrate`: full-Hessian GPTQ), and the others the coverage table proposes (`pgolf_logits`,
+`pgolf_optimizers`, `pgolf_tokenizer`, `pgolf_eval_score`). `x`, the block input, already reaches
+attention post-processing (attention output gates).
 
 Parameter roles (build phase, not a hook): a module says what its parameters are with
 `pgolf_core.declare_role(module, "weight", ...)` (optimizer group, control tensor, own Adam, zero
@@ -64,6 +65,7 @@ if TYPE_CHECKING:
     from torch import Tensor, nn
 
     from pgolf_core.build import RunContext
+    from pgolf_core.evaluation import ValChunk
     from pgolf_core.exporter import Codec, Correction, ExportContext, ExportFormat, ExportPlan
     from pgolf_core.model import GPT, ModelSpec
     from pgolf_core.recipe import Recipe
@@ -83,7 +85,7 @@ PHASES = {
     ),
     "train": ("pgolf_step_start", "pgolf_post_step", "pgolf_fit_end", "pgolf_final_weights"),
     "export": ("pgolf_export_plan", "pgolf_export_format", "pgolf_export_corrections", "pgolf_codecs"),
-    "eval": ("pgolf_eval_adapt",),
+    "eval": ("pgolf_eval_adapt", "pgolf_eval_prescore"),
 }  # fmt: skip
 
 
@@ -230,8 +232,24 @@ def pgolf_codecs() -> list[Codec]:
 
 
 @hookspec
-def pgolf_eval_adapt(model: GPT, chunk: tuple[Tensor, Tensor], state: TrainState) -> None:
-    """After each validation chunk of the last, reported eval stage was scored: test-time training
-    on already-scored tokens only. `chunk` is `(x, y)` input and target ids [rows, T]; `model` is
-    the uncompiled model holding the round-tripped weights, in eval mode, outside `inference_mode`.
-    The run log names the plugins and the stage. Default: nothing."""
+def pgolf_eval_adapt(model: GPT, chunk: ValChunk) -> None:
+    """After each chunk of the final sliding-window eval was scored (all but the last): test-time
+    training on those already-scored tokens (score-first TTT, PR #461/#549). The model it leaves
+    scores the next chunk.
+
+    `chunk.tokens` [n + 1] are the chunk's inputs and targets (int64, eval device), every target
+    scored before the hook runs; `chunk.rows(seq_len)` is this rank's share of its full rows;
+    `chunk.where.average(grads)` averages gradients over ranks; `chunk.index`/`chunk.count` place it
+    (0 starts a fresh optimizer); `chunk.report(key, value)` logs. `model` is the uncompiled model
+    holding the round-tripped weights, in train mode, outside `inference_mode`. The chunk size is
+    `[eval] chunk_tokens`; without a sliding stride the windows are the rows (stride = seq_len).
+    Default: nothing."""
+
+
+@hookspec
+def pgolf_eval_prescore(model: GPT, chunk: ValChunk) -> None:
+    """Once, before the final sliding-window eval: adapt on validation tokens *before* they are
+    scored, as PR #297 and #415 did. The challenge forbids it, so any implementation marks the run
+    non-compliant (`summary.json` `"eval_compliant": false`, said in the log at the start and the
+    end); it exists to reproduce those records. `chunk` is the whole validation stream
+    (`scored=False`, one chunk). Default: nothing."""

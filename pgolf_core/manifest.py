@@ -84,6 +84,7 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
         "model_params": run.n_params, "steps": steps, "step_ms": 1000.0 * train_seconds / max(steps, 1),
         "train_seconds": train_seconds, "eval_seconds": seconds["eval"], "export_seconds": seconds["export"],
         "roundtrip_eval_seconds": roundtrip.seconds, "sliding_eval_seconds": sliding.seconds if sliding else None,
+        "eval_compliant": not run.noncompliance, "eval_noncompliance": run.noncompliance or None,
         "total_seconds": time.perf_counter() - run.t_start,
         "plugins": [{"name": p.name, **version_order(p)} for p in run.plugins.ordered],
         "plugin_reports": run.state.reports,

@@ -97,6 +97,7 @@ class EvalConfig:
     batch_tokens: int = 524_288
     sliding_stride: int = 0  # 0 = no sliding-window eval
     sliding_batch_seqs: int = 32
+    chunk_tokens: int = 32_768  # test-time training: windows scored per chunk before the model adapts
     # "rescore_tail": as the records (windows clipped at the end re-score the last positions);
     # "once": every position scored exactly once (tail-duplication quirk);
     # "full_windows": PR #63's own loop (full windows only, a gap after the first; see evaluation.window_starts).
@@ -290,7 +291,7 @@ RANGES: list[tuple[str, str, float, float, bool]] = [
     ("train", "tied_embed_lr embed_lr head_lr matrix_lr scalar_lr", 0, math.inf, True),
     ("train", "adam_weight_decay muon_weight_decay", 0, math.inf, True),
     ("train", "beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, True),
-    ("eval", "batch_tokens sliding_batch_seqs", 0, math.inf, False),
+    ("eval", "batch_tokens sliding_batch_seqs chunk_tokens", 0, math.inf, False),
     ("eval", "seq_len sliding_stride max_tokens", 0, math.inf, True),
     ("export", "keep_float_max_numel", 0, math.inf, True),
     ("export", "artifact_limit_bytes", 0, math.inf, False),

@@ -120,6 +120,17 @@ class Run:
             manifest.warn_if_full_scale_on_cpu(recipe, self.n_params, self.accum, log.log)
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
         self.val_rows, self.where = eval_rows(recipe, env), env.placement()
+        hook = self.plugins.pm.hook
+        self.adapters = [impl.plugin_name for impl in hook.pgolf_eval_adapt.get_hookimpls()]
+        self.prescorers = [impl.plugin_name for impl in hook.pgolf_eval_prescore.get_hookimpls()]
+        if self.prescorers:
+            log.log(f"WARNING: eval not compliant: {self.noncompliance}")
+
+    @property
+    def noncompliance(self) -> str:
+        """Why the run's score breaks the challenge's eval rule ("" when it does not)."""
+        names = ", ".join(self.prescorers)
+        return f"{names} adapt(s) on validation tokens before scoring them (pgolf_eval_prescore)" if names else ""
 
     def claim(self, claim: rundir.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""
@@ -127,11 +138,9 @@ class Run:
             claim.take(self.out, self.overwrite, self.log.log)
             self.log.attach(self.out)
 
-    def evaluate(self, model: torch.nn.Module, after_chunk: Any = None) -> evaluation.EvalResult:
+    def evaluate(self, model: torch.nn.Module) -> evaluation.EvalResult:
         d = self.data
-        return evaluation.eval_standard(
-            model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, after_chunk=after_chunk, **self.where
-        )
+        return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, **self.where)
 
     def train_step(self, loader: DistributedTokenLoader) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; DDP syncs gradients on the last one only."""
@@ -316,33 +325,41 @@ class Run:
         return written, code_bytes
 
     def final_evals(self, label: str) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
-        """Round trip, then sliding window if configured. Test-time adaptation (pgolf_eval_adapt)
-        joins the last, reported stage only, and sees each chunk after it was scored."""
-        e, log, d, pm = self.recipe.eval, self.log, self.data, self.plugins.pm
-        adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
-        adapt = None
-        if adapters:
-            stage = "sliding_window" if e.sliding_stride > 0 else "roundtrip"
-            log.log(f"eval_adapt: {','.join(adapters)} on the final {stage} eval")
-
-            def adapt(x: torch.Tensor, y: torch.Tensor) -> None:
-                pm.hook.pgolf_eval_adapt(model=self.base, chunk=(x, y), state=self.state)
-
-        rt = self.evaluate(self.model, adapt if e.sliding_stride <= 0 else None)
+        """Round trip, then sliding window if configured or if a plugin adapts at eval time (its windows
+        are then the rows, stride = seq_len): pre-scoring adaptation first, then chunk by chunk,
+        scoring each chunk before `pgolf_eval_adapt` trains on it."""
+        e, log, d, pm, state = self.recipe.eval, self.log, self.data, self.plugins.pm, self.state
+        rt = self.evaluate(self.model)
         log.log(
             f"final_{label}_roundtrip val_loss:{rt.val_loss:.4f} val_bpb:{rt.val_bpb:.4f} "
             f"eval_time:{1000 * rt.seconds:.0f}ms"
         )
         log.log(f"final_{label}_roundtrip_exact val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
-        if e.sliding_stride <= 0:
+        if e.sliding_stride <= 0 and not (self.adapters or self.prescorers):
             return rt, None
+        stride, where = e.sliding_stride or d.eval_seq, evaluation.Placement(**self.where)
+        if self.prescorers:
+            t0, tokens = time.perf_counter(), d.val_tokens.to(device=where.device, dtype=torch.int64)
+            whole = evaluation.ValChunk(tokens, 0, 1, where, scored=False, report=state.report)
+            pm.hook.pgolf_eval_prescore(model=self.base, chunk=whole)
+            state.report("eval/prescore_seconds", time.perf_counter() - t0)
+        adapt = None
+        if self.adapters:
+            log.log(f"eval_adapt: {','.join(self.adapters)} after each scored chunk of {e.chunk_tokens} tokens")
+
+            def adapt(chunk: evaluation.ValChunk) -> None:
+                chunk.report = state.report
+                pm.hook.pgolf_eval_adapt(model=self.base, chunk=chunk)
+
         sl = evaluation.eval_sliding(
-            self.base, d.val_tokens, d.eval_seq, e.sliding_stride, e.sliding_batch_seqs, d.tables,
-            tail=e.sliding_tail, after_chunk=adapt, **self.where,
+            self.base, d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables,
+            tail=e.sliding_tail, adapt=adapt, chunk_tokens=e.chunk_tokens, **self.where,
         )  # fmt: skip
         log.log(
             f"final_{label}_sliding_window val_loss:{sl.val_loss:.4f} val_bpb:{sl.val_bpb:.4f} "
-            f"stride:{e.sliding_stride} eval_time:{1000 * sl.seconds:.0f}ms"
+            f"stride:{stride} eval_time:{1000 * sl.seconds:.0f}ms"
         )
         log.log(f"final_{label}_sliding_window_exact val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
+        if self.prescorers:
+            log.log(f"WARNING: eval not compliant: {self.noncompliance}")
         return rt, sl

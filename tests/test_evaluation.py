@@ -1,5 +1,5 @@
 """Evaluation: standard and sliding-window scores against naive loops on a
-tiny random GPT, window/tail arithmetic at full scale, rank splits, and the score-first chunk hook."""
+tiny random GPT, window/tail arithmetic at full scale, rank splits, and score-first chunked adaptation."""
 
 from __future__ import annotations
 
@@ -127,32 +127,92 @@ def test_standard_rank_split_adds_up(model: GPT, tables: Tables) -> None:
     assert parts[0].token_count.item() == 3 * T  # rows [0, 3) and [3, 7): contiguous split
 
 
-def test_chunks_reach_the_hook_only_after_scoring(model: GPT, tables: Tables) -> None:
-    """Score-first: the hook sees each batch after it was scored, outside inference_mode, and may
-    train on it; later batches are scored by the adapted model (in eval mode again)."""
-    val = stream(4 * T + 1)
-    frozen = [b.nll_sum.item() for b in ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU))]
+class Spy(torch.nn.Module):
+    """Wraps a model and records, in order, every scoring forward (window inputs) and every chunk
+    handed to the adaptation hook, so a test can check what was scored before what was handed."""
+
+    def __init__(self, inner: GPT) -> None:
+        super().__init__()
+        self.inner, self.events = inner, []
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        self.events.append(("score", x.clone()))
+        return self.inner.forward_logits(x)
+
+
+def window_of(row: torch.Tensor, v: torch.Tensor, stride: int) -> int | None:
+    """The start of the window whose inputs are `row` (None for a padding row)."""
+    for ws in range(0, v.numel() - 1, stride):
+        n = min(T, v.numel() - 1 - ws)
+        if torch.equal(row[:n], v[ws : ws + n]) and not row[n:].any():
+            return ws
+    return None
+
+
+@pytest.mark.parametrize("tail", ev.TAILS)
+def test_chunked_sliding_without_adaptation_equals_plain(model: GPT, tables: Tables, tail: str) -> None:
+    """Chunking changes only the batching: the same windows, tokens and bytes; the float64 loss sum is
+    grouped by chunk, so it may differ in the last bits (measured: equal here)."""
+    val, stride = stream(9 * T + 1 + 5), 4
+    plain = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail=tail)
+    chunked = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, tail=tail,
+                              adapt=lambda chunk: None, chunk_tokens=2 * T + 3)  # fmt: skip
+    assert (chunked.tokens, chunked.bytes) == (plain.tokens, plain.bytes)
+    assert close(chunked.val_bpb, plain.val_bpb, rel=1e-12) and close(chunked.val_loss, plain.val_loss, rel=1e-12)
+
+
+def test_adaptation_sees_only_scored_tokens_in_order(model: GPT, tables: Tables) -> None:
+    """A cheating hook gets no access: each chunk's tokens are a copy (no storage to read ahead in),
+    every one of its targets was scored by an earlier forward, and over the run the hook sees the
+    targets 0..(K-1)*chunk in order, each once. It trains on every chunk (lr 0.5, a large step), and
+    the next chunk is scored by the adapted model: the total differs from the frozen model's."""
+    val, stride, chunk_tokens = stream(6 * T + 1 + 5), 4, 2 * T
     adapted = GPT(model.spec)
     adapted.load_state_dict(model.state_dict())
-    opt = torch.optim.SGD(adapted.parameters(), lr=0.5)
-    seen: list[torch.Tensor] = []
+    spy, opt = Spy(adapted), torch.optim.SGD(adapted.parameters(), lr=0.5)
 
-    def train_on(x: torch.Tensor, y: torch.Tensor) -> None:
-        assert not torch.is_inference_mode_enabled() and torch.is_grad_enabled()
-        seen.append(x)
-        adapted.train()
+    def cheat(chunk: ev.ValChunk) -> None:
+        assert not torch.is_inference_mode_enabled() and adapted.training and chunk.scored
+        assert chunk.tokens.untyped_storage().nbytes() == chunk.tokens.numel() * 8  # nothing beyond it
+        spy.events.append(("adapt", chunk.tokens.clone()))
+        x, y = chunk.rows(T)
         opt.zero_grad()
         adapted(x, y).backward()
         opt.step()
 
-    sums = list(ev.standard_batches(adapted, val, T, 2, tables, ev.Placement(CPU)))
-    assert math.isclose(sums[0].nll_sum.item(), frozen[0], rel_tol=1e-12)  # nothing adapted yet
-    adapted.load_state_dict(model.state_dict())
-    res = ev.eval_standard(adapted, val, T, 2, tables, device=CPU, after_chunk=train_on)
-    assert [x.shape for x in seen] == [(2, T), (2, T)]
-    assert torch.equal(seen[0], val[: 2 * T].long().reshape(2, T))
-    assert not close(res.val_loss * res.tokens, sum(frozen), rel=1e-4)  # the second chunk saw new weights
-    assert adapted.training
+    res = ev.eval_sliding(spy, val, T, stride, 3, tables, device=CPU, adapt=cheat, chunk_tokens=chunk_tokens)
+    v, total = val.long(), val.numel() - 1
+    scored: set[int] = set()
+    handed: list[int] = []
+    for kind, data in spy.events:
+        if kind == "score":
+            for row in data:
+                if (ws := window_of(row, v, stride)) is not None:
+                    lo, hi = ev.scored_span(ws, total, T, stride)
+                    scored.update(range(ws + lo, ws + hi))
+        else:
+            first = len(handed)  # chunks are contiguous: the next chunk starts where the last one ended
+            assert torch.equal(data, v[first : first + data.numel()])
+            targets = range(first, first + data.numel() - 1)
+            assert set(targets) <= scored, f"targets {sorted(set(targets) - scored)[:5]} handed before scoring"
+            handed.extend(targets)
+    k = -(-total // chunk_tokens)
+    assert handed == list(range((k - 1) * chunk_tokens)) and [e[0] for e in spy.events].count("adapt") == k - 1
+    frozen = ev.eval_sliding(model, val, T, stride, 3, tables, device=CPU, adapt=lambda c: None,
+                             chunk_tokens=chunk_tokens)  # fmt: skip
+    assert res.tokens == frozen.tokens and not close(res.val_loss, frozen.val_loss, rel=1e-3)
+    first_chunk = [ws for ws in range(0, total, stride) if ws + ev.scored_span(ws, total, T, stride)[0] < chunk_tokens]
+    b0 = ev.sliding_batches(model, val, T, stride, 3, tables, ev.Placement(CPU), starts=first_chunk)
+    b1 = ev.sliding_batches(spy.inner, val, T, stride, 3, tables, ev.Placement(CPU), starts=first_chunk)
+    assert not torch.equal(next(b0).nll_sum, next(b1).nll_sum)  # the adapted model differs from the frozen one
+
+
+def test_chunk_rows_are_this_ranks_share() -> None:
+    tokens = torch.arange(5 * T + 3)
+    chunk = ev.ValChunk(tokens, 0, 2, ev.Placement(CPU, 1, 2))
+    x, y = chunk.rows(T)  # 5 full rows: rank 1 of 2 gets rows [2, 5)
+    assert torch.equal(x, tokens[2 * T : 5 * T].reshape(3, T))
+    assert torch.equal(y, tokens[2 * T + 1 : 5 * T + 1].reshape(3, T))
 
 
 # ---------------------------------------------------------------- window arithmetic

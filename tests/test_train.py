@@ -119,10 +119,10 @@ class Plugin:
         ctx.report("phases/calls", " ".join(self.calls))
 
     @hookimpl
-    def pgolf_eval_adapt(self, model, chunk, state):
+    def pgolf_eval_adapt(self, model, chunk):
         if self.calls[-1] != "adapt":
             self._note("adapt")
-            state.report("phases/calls", " ".join(self.calls))
+            chunk.report("phases/calls", " ".join(self.calls))
 
 
 PLUGIN = Plugin
@@ -135,7 +135,7 @@ def test_hooks_run_at_phase_boundaries_in_order(sample_cache, tmp_path):
     (plugins / "phases.py").write_text(textwrap.dedent(PHASE_PLUGIN))
     recipe = load_recipe(
         None,
-        [*TINY, "train.iterations=2"],
+        [*TINY, "train.iterations=2", "eval.chunk_tokens=1024"],  # 2,048 validation targets: 2 chunks
         enable=["phases"],
         plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]),
     )
@@ -237,16 +237,15 @@ class Plugin:
         self.targets = 0
 
     @hookimpl
-    def pgolf_eval_adapt(self, model, chunk, state):
-        x, y = chunk
-        assert not torch.is_inference_mode_enabled() and not x.is_inference()
+    def pgolf_eval_adapt(self, model, chunk):
+        x, y = chunk.rows(32)
+        assert not torch.is_inference_mode_enabled() and not x.is_inference() and chunk.scored
         model.zero_grad(set_to_none=True)
         model(x, y).backward()  # a real training step on already-scored tokens
         with torch.no_grad():
             model.tok_emb.weight.sub_(0.5 * model.tok_emb.weight.grad)
         self.chunks += 1
-        self.targets += y.numel()
-        state.report("ttt_probe/chunks", self.chunks)
+        chunk.report("ttt_probe/chunks", self.chunks)
 
 
 PLUGIN = Plugin
@@ -258,7 +257,7 @@ def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp
     plugins.mkdir()
     (plugins / "ttt_probe.py").write_text(TTT_PLUGIN)
     classes = partial(registry.plugin_classes, plugin_dirs=[plugins])
-    sets = [*TINY, "eval.sliding_stride=16", "eval.max_tokens=2048"]
+    sets = [*TINY, "eval.sliding_stride=16", "eval.max_tokens=2048", "eval.chunk_tokens=512"]
     with_ttt = train(
         load_recipe(None, sets, enable=["ttt_probe"], plugin_classes=classes),
         tmp_path / "ttt",
@@ -266,11 +265,56 @@ def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp
         interactive=False,
     )
     plain = train(load_recipe(None, sets), tmp_path / "plain", interactive=False)
-    assert with_ttt["plugin_reports"]["ttt_probe/chunks"] > 1
-    assert "eval_adapt: ttt_probe on the final sliding_window eval" in (tmp_path / "ttt" / "train.log").read_text()
+    assert with_ttt["plugin_reports"]["ttt_probe/chunks"] == 3  # 2,048 targets in chunks of 512: all but the last
+    assert "eval_adapt: ttt_probe after each scored chunk of 512 tokens" in (tmp_path / "ttt" / "train.log").read_text()
+    assert with_ttt["eval_compliant"] is True and with_ttt["eval_noncompliance"] is None
     # Only the last stage adapts: everything before it is the same run, the sliding score is not.
     assert with_ttt["roundtrip_val_bpb"] == plain["roundtrip_val_bpb"]
     assert with_ttt["sliding_val_bpb"] != plain["sliding_val_bpb"]
+
+
+PRESCORE_PLUGIN = """
+import torch
+from pgolf_core import hookimpl
+
+
+class Prescore:
+    name = "prescore_probe"
+    version = "0"
+    order = 100
+
+    def __init__(self, config):
+        pass
+
+    @hookimpl
+    def pgolf_eval_prescore(self, model, chunk):
+        assert not chunk.scored and chunk.count == 1
+        chunk.report("prescore_probe/tokens", chunk.tokens.numel())
+        with torch.no_grad():
+            model.tok_emb.weight.mul_(0.9)
+
+
+PLUGIN = Prescore
+"""
+
+
+def test_prescoring_adaptation_marks_the_run_non_compliant(sample_cache, tmp_path):
+    """pgolf_eval_prescore sees the whole unscored stream once; the summary and the log (start and end) say
+    the run breaks the eval rule, and only the sliding stage (run at stride = seq_len) is affected."""
+    plugins = tmp_path / "plugins"
+    plugins.mkdir()
+    (plugins / "prescore_probe.py").write_text(PRESCORE_PLUGIN)
+    classes = partial(registry.plugin_classes, plugin_dirs=[plugins])
+    sets = [*TINY, "eval.max_tokens=2048"]
+    out = train(load_recipe(None, sets, enable=["prescore_probe"], plugin_classes=classes), tmp_path / "pre",
+                plugin_dirs=(plugins,), interactive=False)  # fmt: skip
+    plain = train(load_recipe(None, sets), tmp_path / "plain", interactive=False)
+    assert out["eval_compliant"] is False and "prescore_probe" in out["eval_noncompliance"]
+    assert out["plugin_reports"]["prescore_probe/tokens"] == 2049
+    assert out["roundtrip_val_bpb"] == plain["roundtrip_val_bpb"] and plain["sliding_val_bpb"] is None
+    assert out["sliding_val_bpb"] is not None and out["score_val_bpb"] == out["sliding_val_bpb"]
+    log = (tmp_path / "pre" / "train.log").read_text()
+    assert log.count("WARNING: eval not compliant: prescore_probe") == 2
 
 
 def test_full_scale_recipe_on_cpu_says_so_with_an_estimate():
