@@ -371,5 +371,5 @@ def eval_sliding(
         sums.add(score_batches(model, batches, device))
         if adapt is not None and k < len(groups) - 1:
             tokens = val_tokens[k * chunk_tokens : min((k + 1) * chunk_tokens, total) + 1]
-            adapt(ValChunk(tokens.to(device=where.device, dtype=torch.int64), k, len(groups), where))
+            adapt(ValChunk(tokens.to(where.device, torch.int64, copy=True), k, len(groups), where))  # a copy
     return sums.all_reduce().result(time.perf_counter() - start)
