@@ -56,12 +56,20 @@ def discover(plugin_dirs: Sequence[str | Path] = ()) -> dict[str, PluginSource]:
 
 
 def _load_file(file: Path) -> type:
-    """The `PLUGIN` class of a local plugin file, imported as module `pgolf_local_<stem>`."""
+    """The `PLUGIN` class of a local plugin file, imported once per process as module `pgolf_local_<stem>`
+    (like any import: loading it again must give the same `Config` class, or configs would not compare)."""
+    loaded = sys.modules.get(f"pgolf_local_{file.stem}")
+    if loaded is not None and getattr(loaded, "__file__", None) == str(file) and hasattr(loaded, "PLUGIN"):
+        return loaded.PLUGIN
     spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
-    spec.loader.exec_module(module)
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[spec.name]  # a failed import is not cached: the fixed file loads next time
+        raise
     if not hasattr(module, "PLUGIN"):
         raise AttributeError(f"{file} defines no PLUGIN class")
     return module.PLUGIN

@@ -41,6 +41,7 @@ TINY = (
 # in tests/plugins/test_contract.py, where the smallest loss effect is 1.3e-4 and the smallest bytes effect 2,380.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300
+LOSS_KEYS = ("val_loss", "roundtrip_val_loss", "sliding_val_loss")  # eval plugins act on the sliding eval only
 _REFERENCE_RUNS: dict[tuple, dict] = {}  # runs without the plugin, shared by the contracts of one process
 
 
@@ -70,6 +71,7 @@ class PluginContract:
 
         names = [*self.partners, self.name] if with_plugin else list(self.partners)
         tables = {n: dict(self.settings) if n == self.name else {} for n in names}
+        Path(tmp_path).mkdir(parents=True, exist_ok=True)
         path = Path(tmp_path) / f"{'-'.join(names) or 'none'}.toml"
         path.write_text(dump_toml({"plugins": tables}))
         overrides = [*TINY, *self.overrides, *(self.overrides_with if with_plugin else ()), *extra]
@@ -175,25 +177,25 @@ class PluginContract:
 
     def check_effect(self, tmp_path: Path) -> tuple[dict, dict]:
         """Trains and exports the tiny run with and without the plugin; the plugin is in the summary,
-        and the loss (final or round-trip val_loss) or the artifact bytes move by more than noise.
+        and a loss (`LOSS_KEYS`: final, round-trip, and sliding-window when both runs score one) or the
+        artifact bytes move by more than noise.
         Returns the summaries `(with_plugin, without)` for further, plugin-specific checks."""
         from pgolf_core.train import train
 
         tmp_path = Path(tmp_path)
         key = (tuple(self.partners), tuple(self.overrides), tuple(map(str, self.plugin_dirs)))
         if key not in _REFERENCE_RUNS:
-            (tmp_path / "without").mkdir(parents=True, exist_ok=True)
             ref = self.recipe(tmp_path / "without", with_plugin=False)
             _REFERENCE_RUNS[key] = train(ref, tmp_path / "without" / "run", interactive=False)
         without = _REFERENCE_RUNS[key]
         out = tmp_path / "with" / "run"
-        (tmp_path / "with").mkdir(parents=True, exist_ok=True)
         recipe = self.recipe(tmp_path / "with")
         with_it = train(recipe, out, interactive=False, plugin_dirs=tuple(self.plugin_dirs))
         assert with_it["steps"] == recipe.train.iterations, f"{self.name}: trained {with_it['steps']} steps"
         assert (out / "summary.json").is_file() and "final_" in (out / "train.log").read_text()
         assert self.name in [p["name"] for p in with_it["plugins"]], f"{self.name}: not in the run's summary"
-        loss = max(abs(with_it[k] - without[k]) for k in ("val_loss", "roundtrip_val_loss"))
+        keys = [k for k in LOSS_KEYS if with_it.get(k) is not None and without.get(k) is not None]
+        loss = max(abs(with_it[k] - without[k]) for k in keys)
         size = abs(with_it["model_bytes"] - without["model_bytes"])
         print(f"{self.name}: loss effect {loss:.3e}, artifact effect {size} bytes")
         assert loss >= self.loss_effect or size >= self.bytes_effect, (
@@ -206,8 +208,6 @@ class PluginContract:
     def check_all(self, tmp_path: Path) -> tuple[dict, dict]:
         """All four checks, each in its own subfolder; returns `check_effect`'s summaries."""
         tmp_path = Path(tmp_path)
-        for check in ("config", "compiles", "no_recompile", "effect"):
-            (tmp_path / check).mkdir(parents=True, exist_ok=True)
         self.check_config(tmp_path / "config")
         self.check_compiles(tmp_path / "compiles")
         self.check_no_recompile(tmp_path / "no_recompile")
