@@ -17,6 +17,7 @@ import importlib.metadata
 import importlib.util
 import inspect
 import sys
+import traceback
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,16 +77,47 @@ def _load_file(file: Path) -> type:
 
 
 def load_class(source: PluginSource) -> type:
-    """Import one plugin class; a failure is a clear error naming the distribution."""
+    """Import one plugin class; a failure is a clear error naming the plugin, where it comes from
+    (distribution or file), the line that failed and the fix."""
     try:
         cls = source.load()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import error of third-party code, even sys.exit
+        frames = traceback.extract_tb(exc.__traceback__)
+        at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
         raise PgolfError(
-            f"plugin {source.name!r} (from {source.origin}) failed to load: {type(exc).__name__}: {exc}"
+            f"plugin {source.name!r} (from {source.origin}) failed to load: {type(exc).__name__}: {exc}{at}; "
+            f"{_fix(source)}"
         ) from None
     if not inspect.isclass(cls):
         raise PgolfError(f"plugin {source.name!r} (from {source.origin}) is not a class: {cls!r}")
+    check_config_fields(cls, source)
     return cls
+
+
+def _fix(source: PluginSource) -> str:
+    if source.origin.endswith(".py"):  # a --plugins-dir file
+        return f"fix {source.origin}, or move it out of the --plugins-dir folder"
+    return (
+        f"fix the plugin's code or its missing dependency, then reinstall it (pip install {source.origin}), "
+        f"or uninstall it (pip uninstall {source.origin})"
+    )
+
+
+def check_config_fields(cls: type, source: PluginSource) -> None:
+    """A `Config` value without a type annotation is a plain class attribute, not a dataclass field:
+    the setting would silently not exist (its TOML key an "unknown key")."""
+    config = getattr(cls, "Config", None)
+    if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
+        return
+    annotated = {k for c in inspect.getmro(config) for k in getattr(c, "__annotations__", {})}
+    for key, value in vars(config).items():
+        if key.startswith("_") or key in annotated or callable(value) or isinstance(value, staticmethod | classmethod):
+            continue
+        raise PgolfError(
+            f"plugin {source.name!r} (from {source.origin}): Config.{key} = {value!r} has no type annotation, "
+            f"so it is not a setting ([plugins.{source.name}] {key} would be an unknown key); "
+            f"write `{key}: {type(value).__name__} = {value!r}`"
+        )
 
 
 def plugin_classes(names: Iterable[str], source: str, plugin_dirs: Sequence[str | Path] = ()) -> dict[str, type]:
@@ -139,9 +171,11 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
         impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name != Defaults.name]
         if len(impls) > 1:
             names = sorted(impl.plugin_name for impl in impls)
+            origins = ", ".join(f"{n!r} from {available[n].origin if n in available else '?'}" for n in names)
             raise RecipeError(
                 f"{recipe.source}: plugins {' and '.join(repr(n) for n in names)} both implement the "
-                f"exclusive hook {hook_name}; enable only one of them"
+                f"exclusive hook {hook_name} ({origins}); only one plugin may answer it: enable only one of "
+                f"them (--disable NAME, or remove its [plugins.NAME] table)"
             )
     return pm
 
@@ -163,7 +197,10 @@ def check_hook_names(plugin: Any, origin: str) -> None:
             continue
         where = f"plugin {plugin.name!r} (from {origin}): method {attr}"
         if attr not in catalog:
-            raise PgolfError(f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)} (see docs/hooks.md)")
+            raise PgolfError(
+                f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)}: rename it to a hook of "
+                "docs/hooks.md, or give a helper method a name without the pgolf_ prefix"
+            )
         if not hasattr(getattr(plugin, attr), "pgolf_impl"):
             raise PgolfError(f"{where} is not decorated with @pgolf_core.hookimpl, so it would never be called")
 

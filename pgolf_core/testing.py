@@ -95,7 +95,7 @@ class PluginContract:
         again_path.write_text(recipe.to_toml())
         again = load_recipe(again_path, plugin_classes=self._classes()).plugins[self.name].config
         assert again == config, f"{self.name}: config {config!r} reads back from TOML as {again!r}"
-        if dataclasses.is_dataclass(config):
+        if dataclasses.is_dataclass(config) and not isinstance(config, type):
             assert dataclasses.asdict(again) == dataclasses.asdict(config), f"{self.name}: config fields differ"
         bad = tmp_path / "bad.toml"
         bad.write_text(f"[plugins.{self.name}]\nno_such_key_xyz = 1\n")
@@ -151,7 +151,7 @@ class PluginContract:
         recipe = self.recipe(tmp_path, extra=["run.compile=off"])
         run = Run(recipe, tmp_path / "recompile-run", False, tuple(self.plugin_dirs), False)
         torch._dynamo.reset()
-        run.model = torch.compile(run.base, backend="aot_eager", fullgraph=True, dynamic=False)
+        run.model = torch.compile(run.base, backend="aot_eager", fullgraph=True, dynamic=False)  # type: ignore[assignment]
         cfg, state, hook = recipe.train, run.state, run.plugins.pm.hook
         run.warm_up()
         graphs = _unique_graphs()

@@ -241,3 +241,71 @@ def test_a_hook_method_the_catalog_does_not_know_fails_at_load(tmp_path, body, e
     with pytest.raises(PgolfError) as info:
         registry.create_manager(r, [tmp_path])
     assert f"plugin 'typo' (from {tmp_path / 'typo.py'})" in str(info.value) and error in str(info.value)
+
+
+# ---------------------------------------------------------------- errors an author meets (pgolf new-plugin)
+
+
+def test_import_failure_names_plugin_distribution_line_and_fix(tmp_path):
+    def load():
+        import pgolf_no_such_dependency  # noqa: F401
+
+    source = registry.PluginSource("fancy", "pgolf-fancy", load)
+    with pytest.raises(PgolfError) as info:
+        registry.load_class(source)
+    msg = str(info.value)
+    assert msg.startswith("plugin 'fancy' (from pgolf-fancy) failed to load: ModuleNotFoundError: No module named")
+    assert f" at {__file__}:" in msg
+    assert msg.endswith(
+        "fix the plugin's code or its missing dependency, then reinstall it (pip install pgolf-fancy), "
+        "or uninstall it (pip uninstall pgolf-fancy)"
+    )
+    (tmp_path / "local.py").write_text("x = 1\nraise ValueError('bad value')\n")
+    with pytest.raises(PgolfError) as info:
+        recipe_with(tmp_path, tmp_path, "[plugins.local]\n")
+    assert str(info.value) == (
+        f"plugin 'local' (from {tmp_path / 'local.py'}) failed to load: ValueError: bad value at "
+        f"{tmp_path / 'local.py'}:2; fix {tmp_path / 'local.py'}, or move it out of the --plugins-dir folder"
+    )
+    (tmp_path / "local.py").write_text(MISSPELLED.format(name="local", body="pass"))  # fixed: loads now
+    assert recipe_with(tmp_path, tmp_path, "[plugins.local]\n").plugins["local"].config is None
+
+
+def test_config_value_without_type_annotation_is_a_load_error(tmp_path, capsys):
+    text = PLUGIN_TEMPLATE.format(name="untyped", order=100, doc="Untyped.", extra="")
+    (tmp_path / "untyped.py").write_text(textwrap.dedent(text).replace("    scale: float = 2.0\n", "    scale = 2.0\n"))
+    expected = (
+        f"plugin 'untyped' (from {tmp_path / 'untyped.py'}): Config.scale = 2.0 has no type annotation, so it is "
+        "not a setting ([plugins.untyped] scale would be an unknown key); write `scale: float = 2.0`"
+    )
+    with pytest.raises(PgolfError) as info:
+        recipe_with(tmp_path, tmp_path, "[plugins.untyped]\nscale = 3.0\n")
+    assert str(info.value) == expected
+    assert main(["plugins", "--plugins-dir", str(tmp_path)]) == 0  # listed as broken, not fatal
+    assert f"untyped  BROKEN: {expected}" in capsys.readouterr().out
+
+
+def test_unknown_hook_name_says_the_fix(tmp_path):
+    body = "@hookimpl\n    def pgolf_mlpp(self, spec): pass"
+    (tmp_path / "typo.py").write_text(MISSPELLED.format(name="typo", body=body))
+    r = recipe_with(tmp_path, tmp_path, "[plugins.typo]\n")
+    with pytest.raises(PgolfError) as info:
+        registry.create_manager(r, [tmp_path])
+    assert str(info.value) == (
+        f"plugin 'typo' (from {tmp_path / 'typo.py'}): method pgolf_mlpp is not a hook of the catalog "
+        '(did you mean "pgolf_mlp"?): rename it to a hook of docs/hooks.md, or give a helper method a name '
+        "without the pgolf_ prefix"
+    )
+
+
+def test_exclusive_hook_conflict_names_where_each_plugin_comes_from(tmp_path):
+    make_plugin(tmp_path, "rope_a", extra=ROTARY)
+    make_plugin(tmp_path, "rope_b", extra=ROTARY)
+    r = recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
+    with pytest.raises(RecipeError) as info:
+        registry.create_manager(r, [tmp_path])
+    assert str(info.value) == (
+        f"{tmp_path / 'r.toml'}: plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary "
+        f"('rope_a' from {tmp_path / 'rope_a.py'}, 'rope_b' from {tmp_path / 'rope_b.py'}); only one plugin may "
+        "answer it: enable only one of them (--disable NAME, or remove its [plugins.NAME] table)"
+    )
