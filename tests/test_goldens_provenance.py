@@ -18,8 +18,14 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "pr194_golden": {"pr194"},
     "pr414_golden": {"pr414"},
     "export_later_golden": {"lqer", "lqer1851", "brotli", "brotli1204", "lzma", "lzma1019"},
+    "record_pr297_golden": {"pr297"},
+    "record_pr415_golden": {"pr415"},
 }
-GENERATORS = {"export_later_golden": "tools/make_export_goldens.py"}  # the others: tools/make_goldens.py
+GENERATORS = {
+    "export_later_golden": "tools/make_export_goldens.py",
+    "record_pr297_golden": "tools/make_ttt_record_goldens.py",
+    "record_pr415_golden": "tools/make_ttt_record_goldens.py",
+}  # the others: tools/make_goldens.py
 
 
 def test_every_golden_is_known():
