@@ -29,11 +29,11 @@ TINY_SETTINGS: dict[str, dict] = {
     "lqer": {"min_numel": 256},  # every quantized 32-dim matrix is a candidate (default: > 65,536 elements)
 }
 # Plugins that need a partner to act (the partner's own effect is subtracted by comparing against it).
-PARTNERS = {"gptq_lite": ["int6_export"]}
+PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"]}
 # Recipe overrides for both runs of a plugin: the 32-dim matrices are all under the default 65,536-element
 # float-passthrough limit, so the exporters would have nothing to quantize; gptq_lite's clip percentiles
 # only differ from the row max on rows longer than ~100 weights whose max exceeds 1 (the scale floor is 1/31).
-EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer")}
+EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer", "sdclip")}
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
 # Overrides for the run with the plugin only: a codec plugin acts when the recipe picks its codec (the run
 # without it keeps the default zlib-9, which the recipe could not name brotli or lzma without the plugin).
@@ -46,7 +46,8 @@ PLUGINS = sorted(registry.discover())
 # "Has an effect" means more than rounding noise (~1e-7 in these losses). Measured (loss = the larger change of
 # val_loss and round-trip val_loss): every training/model plugin moves the loss by >= 1.1e-3 (late_qat; xsa
 # 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3, lqer by 4.1e-4
-# (round trip only; +2,380 bytes); the codecs change only bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9).
+# (round trip only; +2,380 bytes), sdclip by 1.3e-3 (+5,918 bytes, both with int6_export), leaky_relu2 by
+# 7.4e-3; the codecs change only bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9).
 # Thresholds sit >= 10x under the smallest of each kind.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300
