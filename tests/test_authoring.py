@@ -248,3 +248,15 @@ def test_testing_module_imports_neither_pytest_nor_plugins():
     )
     done = run_py(["-c", code], ROOT)
     assert done.returncode == 0, done.stderr
+
+
+def test_the_tutorial_plugin_passes_the_contract(tmp_path, sample_cache):
+    """docs/writing-plugins.md's plugin, as printed there, loaded with --plugins-dir: it compiles clean and acts."""
+    text = (ROOT / "docs" / "writing-plugins.md").read_text(encoding="utf-8")
+    code = text.split("```python\n")[1].split("```")[0]
+    folder = local_plugin(tmp_path / "mine", "out_gate", code)
+    contract = PluginContract("out_gate", settings={"width": 8}, plugin_dirs=[folder])
+    contract.check_config(tmp_path / "config")
+    contract.check_compiles(tmp_path / "compiles")
+    with_it, _ = contract.check_effect(tmp_path / "effect")
+    assert with_it["plugins"][0]["name"] == "out_gate"
