@@ -42,10 +42,13 @@ plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`) and
 Raise `ValueError` (or `PgolfError`) whose message starts with the key, the value and the valid
 range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[plugins.<name>]`.
 
+Static model slots, set in `pgolf_model_built` (no hook of their own): `block.norm_scale` (LN
+scale), `block.parallel` (GPT-J parallel attention and MLP), and the layer schedule
+`model.set_layer_orders(orders)` with `model.layer_phase` switched by a train hook (depth
+recurrence; the warm-up compiles every phase, so the switch never recompiles).
+
 Slots planned for the later leaderboard (see the coverage table in docs/hooks.md), designed to fit
-without changing the hooks above: a block composition slot (`pgolf_block`: parallel residual
-lanes), a layer schedule (`pgolf_layer_schedule`: depth recurrence, switched by a buffer and
-compiled for both schedules in the warm-up), a calibration pass inside the training budget
+without changing the hooks above: a calibration pass inside the training budget
 (`pgolf_calibrate`: full-Hessian GPTQ), and the others the coverage table proposes (`pgolf_logits`,
 `pgolf_optimizers`, `pgolf_tokenizer`, `pgolf_eval_score`). `x`, the block input, already reaches
 attention post-processing (attention output gates).
@@ -165,8 +168,10 @@ def pgolf_linear(spec: ModelSpec, role: str, in_features: int, out_features: int
 @hookspec
 def pgolf_model_built(model: GPT, spec: ModelSpec) -> None:
     """Once, after the model is built (fp32, CPU, before the roles are collected, the precision
-    cast, the optimizers and compile): init schemes (OrthoInit) and static slots such as
-    `block.norm_scale` (LN scale). Default: nothing."""
+    cast, the optimizers and compile): init schemes (OrthoInit) and the static slots
+    `block.norm_scale` (LN scale), `block.parallel` (parallel residuals) and
+    `model.set_layer_orders([[0, 1, 2, 3, 4, 5, 3, 4, 5, 6, 7, 8]])` (depth recurrence: phases 1.. of the
+    virtual-to-physical layer order; a train hook sets `model.layer_phase`). Default: nothing."""
 
 
 # ---------------------------------------------------------------- train

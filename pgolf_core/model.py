@@ -155,8 +155,10 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-    # Slot: a constant that multiplies both pre-norm outputs (LN scale sets 1/sqrt(layer+1)).
+    # Static slots, set in `pgolf_model_built`: a constant that multiplies both pre-norm outputs (LN
+    # scale sets 1/sqrt(layer+1)); GPT-J-style parallel lanes, attention and MLP reading the same input.
     norm_scale: float = 1.0
+    parallel: bool = False
 
     def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
         super().__init__()
@@ -176,9 +178,9 @@ class Block(nn.Module):
     def forward(self, x: Tensor, x0: Tensor, v_extra: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        x = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self._norm(x), v_extra)
-        x = x + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self._norm(x))
-        return x
+        attn_out = self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self._norm(x), v_extra)
+        h = x + attn_out
+        return h + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self._norm(x if self.parallel else h))
 
 
 @dataclass
@@ -204,7 +206,13 @@ class ModelParts:
 
 
 class GPT(nn.Module):
-    """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights."""
+    """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights.
+
+    Layer schedule (depth recurrence): `layer_orders[layer_phase]` lists the block run at each virtual
+    layer, physical indices that may repeat; the first half (rounded down) is the encoder. Phase 0 is
+    `0..L-1`. `layer_phase` is a Python int, so `torch.compile` keeps one graph per phase: the run's
+    warm-up compiles every phase, and a plugin switching phases mid-run never recompiles.
+    """
 
     def __init__(self, spec: ModelSpec, parts: ModelParts | None = None) -> None:
         super().__init__()
@@ -212,11 +220,7 @@ class GPT(nn.Module):
         self.spec = spec
         self.logit_softcap = spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
-        self.num_encoder_layers = spec.num_layers // 2
-        self.num_decoder_layers = spec.num_layers - self.num_encoder_layers
-        num_skips = min(self.num_encoder_layers, self.num_decoder_layers)
-        self.skip_weights = nn.Parameter(torch.ones(num_skips, spec.model_dim, dtype=torch.float32))
-        declare_role(self, "skip_weights", control=True)
+        self.set_layer_orders([])
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
         self.lm_head = None if spec.tie_embeddings else parts.linear("lm_head", spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
@@ -229,6 +233,18 @@ class GPT(nn.Module):
         self.embed_pre_names, self.embed_post_names = tuple(pre), tuple(post)
         self.value_extra_names = tuple(self._attach(module) for module in parts.value_extras())
         self._init_weights()
+
+    def set_layer_orders(self, orders: list[list[int]]) -> None:
+        """Phases 1.. of the layer schedule (build time: `pgolf_model_built`, before the optimizers); the
+        skip weights are sized for the phase with the most encoder/decoder pairs, and phase k's decoder
+        position i uses skip weight i (PR #1493's rule)."""
+        n = self.spec.num_layers
+        if bad := [o for o in orders if not o or not all(0 <= p < n for p in o)]:
+            raise ValueError(f"layer order {bad[0]}: expected a non-empty list of block indices in [0, {n})")
+        self.layer_orders, self.layer_phase = (tuple(range(n)), *(tuple(o) for o in orders)), 0
+        num_skips = max(len(o) // 2 for o in self.layer_orders)  # min(enc, dec) = enc: the encoder is the smaller half
+        self.skip_weights = nn.Parameter(torch.ones(num_skips, self.spec.model_dim, dtype=torch.float32))
+        declare_role(self, "skip_weights", control=True)
 
     def _attach(self, module: nn.Module) -> str:
         """Register a plugin module as `self.<state_dict_prefix>`, or, when the prefix is empty, its
@@ -267,14 +283,14 @@ class GPT(nn.Module):
             x = self._plugin_module(name)(x, input_ids)
         x0 = x
         extra = self._value_extras(input_ids)
+        order = self.layer_orders[self.layer_phase]
         skips: list[Tensor] = []
-        for i in range(self.num_encoder_layers):
-            x = self.blocks[i](x, x0, extra.get(i))
+        for layer in order[: len(order) // 2]:
+            x = self.blocks[layer](x, x0, extra.get(layer))
             skips.append(x)
-        for i in range(self.num_decoder_layers):
+        for i, layer in enumerate(order[len(order) // 2 :]):
             if skips:
                 x = x + self.skip_weights[i].to(dtype=x.dtype)[None, None, :] * skips.pop()
-            layer = self.num_encoder_layers + i
             x = self.blocks[layer](x, x0, extra.get(layer))
         return F.rms_norm(x, (x.size(-1),))
 

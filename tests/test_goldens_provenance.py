@@ -20,11 +20,15 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "export_later_golden": {"lqer", "lqer1851", "brotli", "brotli1204", "lzma", "lzma1019"},
     "record_pr297_golden": {"pr297"},
     "record_pr415_golden": {"pr415"},
+    "later_model_golden": {"leaky_relu2", "sdclip"},
+    "model_schedule_golden": {"pr1204", "pr1493"},
 }
 GENERATORS = {
     "export_later_golden": "tools/make_export_goldens.py",
     "record_pr297_golden": "tools/make_ttt_record_goldens.py",
     "record_pr415_golden": "tools/make_ttt_record_goldens.py",
+    "later_model_golden": "tools/make_later_model_goldens.py",
+    "model_schedule_golden": "tools/make_model_schedule_goldens.py",
 }  # the others: tools/make_goldens.py
 
 

@@ -155,7 +155,7 @@ ENV_1493 = {
     "ROPE_DIMS": ROPE_DIMS,
     "LN_SCALE": 1,
     "QK_GAIN_INIT": 5.25,
-    "SKIP_GATES_ENABLED": 1,
+    "SKIP_GATES_ENABLED": 0,  # off (record: 1): pgolf's U-Net skips are the baseline's ungated ones
     "TIE_EMBEDDINGS": 1,
     "LOGIT_SOFTCAP": 30.0,
     "NUM_LOOPS": 2,  # record: 2
@@ -353,7 +353,7 @@ def init_facts(name: str, path: Path) -> dict[str, Any]:
     if name == "pr1204":
         wanted += ["parallel_post_lambdas", "parallel_resid_lambdas"]
         wanted += sorted(k for k in params if k.startswith("repeat_mlp."))
-    facts: dict[str, Any] = {k: tensor_facts(params[k]) for k in wanted}
+    facts: dict[str, Any] = {k: tensor_facts(params[k]) for k in wanted if k in params}  # no gates: #1493 off
     facts["blocks"] = len(model.blocks)
     if name == "pr1204":
         model.set_recurrence_active(True)  # the record's switch: copies the bank MLP into the repeat MLPs
@@ -408,7 +408,7 @@ def build(scripts: dict[str, Path]) -> dict:
         for a in CONFIGS:
             for b in CONFIGS[CONFIGS.index(a) + 1 :]:
                 gap = float((logits[a] - logits[b]).abs().max())
-                if gap < 1e-3:
+                if gap < 1e-4:  # fp32 noise across CPUs is <= 7.2e-7; #1493's smallest gap is 5.2e-4
                     fail(f"{name}: configurations {a} and {b} give logits within {gap:.2e}: a technique had no effect")
         data[name] = entry
     return data
