@@ -49,7 +49,8 @@ class DepthRecurrence:
         last = (model.num_layers if model is not None else config.loop_end + 1) - 1
         if not 0 <= config.loop_start <= config.loop_end <= last:
             raise ValueError(
-                f"loop_start={config.loop_start} loop_end={config.loop_end}: expected 0 <= loop_start <= loop_end <= {last}"
+                f"loop_start={config.loop_start} loop_end={config.loop_end}: "
+                f"expected 0 <= loop_start <= loop_end <= {last}"
             )
         if config.num_loops < 1:
             raise ValueError(f"num_loops={config.num_loops}: expected >= 1")

@@ -27,6 +27,8 @@ TINY_SETTINGS: dict[str, dict] = {
     "swa": {"every": 1, "threshold": 0.9},
     "gptq_lite": {},
     "lqer": {"min_numel": 256},  # every quantized 32-dim matrix is a candidate (default: > 65,536 elements)
+    "parallel_residuals": {"start_layer": 0},
+    "depth_recurrence": {"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac": 0.5},
 }
 # Plugins that need a partner to act (the partner's own effect is subtracted by comparing against it).
 PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"]}
@@ -35,6 +37,9 @@ PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"]}
 # only differ from the row max on rows longer than ~100 weights whose max exceeds 1 (the scale floor is 1/31).
 EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer", "sdclip")}
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
+# Parallel lanes differ from sequential ones by what attention wrote, which a 6-step run with zero-init
+# output projections keeps tiny; a larger matrix lr makes it measurable.
+EXTRA["parallel_residuals"] = ["train.matrix_lr=0.5"]
 # Overrides for the run with the plugin only: a codec plugin acts when the recipe picks its codec (the run
 # without it keeps the default zlib-9, which the recipe could not name brotli or lzma without the plugin).
 WITH_ONLY = {
@@ -47,7 +52,8 @@ PLUGINS = sorted(registry.discover())
 # val_loss and round-trip val_loss): every training/model plugin moves the loss by >= 1.1e-3 (late_qat; xsa
 # 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3, lqer by 4.1e-4
 # (round trip only; +2,380 bytes), sdclip by 1.3e-3 (+5,918 bytes, both with int6_export), leaky_relu2 by
-# 7.4e-3; the codecs change only bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9).
+# 7.4e-3, depth_recurrence by 2.8e-2, parallel_residuals by 2.5e-2 (matrix lr 0.5); the codecs change only
+# bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9).
 # Thresholds sit >= 10x under the smallest of each kind.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300

@@ -35,9 +35,10 @@ def record_model(tmp_path: Path, plugins: dict, shapes: dict):
     path = tmp_path / "recipe.toml"
     path.write_text(dump_toml(tables))
     sets = [
-        f"model.vocab_size={shapes['vocab']}", f"model.num_layers={shapes['layers']}", f"model.model_dim={shapes['dim']}",
-        f"model.num_heads={shapes['heads']}", f"model.num_kv_heads={shapes['kv_heads']}",
-        f"model.mlp_mult={float(shapes['mlp_mult'])}", "model.qk_gain_init=5.25", f"train.train_seq_len={shapes['seq']}",
+        f"model.vocab_size={shapes['vocab']}", f"model.num_layers={shapes['layers']}",
+        f"model.model_dim={shapes['dim']}", f"model.num_heads={shapes['heads']}",
+        f"model.num_kv_heads={shapes['kv_heads']}", f"model.mlp_mult={float(shapes['mlp_mult'])}",
+        "model.qk_gain_init=5.25", f"train.train_seq_len={shapes['seq']}",
         f"train.train_batch_tokens={shapes['seq'] * 8}",
     ]  # fmt: skip
     return build_model(load_recipe(path, sets))
@@ -65,7 +66,8 @@ def golden_ids() -> torch.Tensor:
 def test_recurrence_sizes_the_skips_for_the_looped_order(tmp_path, golden):
     shapes = torch.load(FIXTURE, weights_only=False)["shapes"]
     plain, looped = record_model(tmp_path, {}, shapes), record_model(tmp_path, RECURRENCE, shapes)
-    assert plain.skip_weights.shape == (3, 24) and looped.skip_weights.shape == tuple(golden["init"]["skip_weights"]["shape"])
+    assert plain.skip_weights.shape == (3, 24)
+    assert looped.skip_weights.shape == tuple(golden["init"]["skip_weights"]["shape"])
     assert sum(p.numel() for p in looped.parameters()) - sum(p.numel() for p in plain.parameters()) == 2 * 24
     assert looped.layer_orders == (tuple(range(6)), (0, 1, 2, 3, 2, 3, 2, 3, 4, 5)) and looped.layer_phase == 1
 
