@@ -11,11 +11,13 @@ every plugin, and getting one of them wrong fails silently (a plugin never disco
 
 from __future__ import annotations
 
+import argparse
 import keyword
 import re
 from importlib import resources
 from pathlib import Path
 from string import Template
+from typing import Any
 
 from pgolf_core.errors import PgolfError
 
@@ -101,7 +103,7 @@ def recipe_table(name: str, phase: str) -> str:
     return "\n".join(lines)
 
 
-def new_plugin(name: str, directory: str | Path = ".", phase: str = "build", log=print) -> Path:
+def new_plugin(name: str, directory: str | Path = ".", phase: str = "build", log: Any = print) -> Path:
     """Write the package `<directory>/pgolf-<name>/`; bad input writes nothing."""
     target = Path(directory) / f"pgolf-{name}"
     files = render(name, phase)  # checks the phase first
@@ -119,3 +121,17 @@ def new_plugin(name: str, directory: str | Path = ".", phase: str = "build", log
     log("\nPaste into a recipe (or run with --enable " + name + "):\n")
     log(recipe_table(name, phase))
     return target
+
+
+def add_parser(sub: Any) -> None:
+    """`pgolf new-plugin NAME [--dir DIR] [--phase PHASE]`."""
+    p = sub.add_parser("new-plugin", help="scaffold an installable technique plugin package pgolf-NAME/")
+    p.add_argument("name", help="plugin name: a lowercase Python identifier, e.g. attn_gate")
+    p.add_argument("--dir", default=".", help="where to create pgolf-NAME/ (default: the current folder)")
+    p.add_argument("--phase", choices=tuple(PHASES), default="build", help="the phase of the hook to write")
+    p.set_defaults(func=_cmd)
+
+
+def _cmd(args: argparse.Namespace) -> int:
+    new_plugin(args.name, args.dir, args.phase)
+    return 0

@@ -87,13 +87,6 @@ def cmd_plugins(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_new_plugin(args: argparse.Namespace) -> int:
-    from pgolf_core.authoring import new_plugin
-
-    new_plugin(args.name, args.dir, args.phase)
-    return 0
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf as parts: core + plugins + recipes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -117,16 +110,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", dest="recipe", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
     p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR")
     p.set_defaults(func=cmd_plugins, overrides=[], enable=[], disable=[], smoke=False, seed=None)
-    p = sub.add_parser("new-plugin", help="scaffold an installable technique plugin package pgolf-NAME/")
-    p.add_argument("name", help="plugin name: a lowercase Python identifier, e.g. attn_gate")
-    p.add_argument("--dir", default=".", help="where to create pgolf-NAME/ (default: the current folder)")
-    p.add_argument("--phase", choices=("build", "train", "export", "eval"), default="build",
-                   help="the phase of the hook the template implements (default: build)")
-    p.set_defaults(func=cmd_new_plugin)
     from pgolf_core.ablate.cli import add_parser as add_ablate
+    from pgolf_core.authoring import add_parser as add_new_plugin
     from pgolf_core.data.commands import register
 
     register(sub)
+    add_new_plugin(sub)
     add_ablate(sub)
     return parser
 

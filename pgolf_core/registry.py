@@ -59,18 +59,14 @@ def discover(plugin_dirs: Sequence[str | Path] = ()) -> dict[str, PluginSource]:
 def _load_file(file: Path) -> type:
     """The `PLUGIN` class of a local plugin file, imported once per process as module `pgolf_local_<stem>`
     (like any import: loading it again must give the same `Config` class, or configs would not compare)."""
-    loaded = sys.modules.get(f"pgolf_local_{file.stem}")
+    loaded = sys.modules.get(f"pgolf_local_{file.stem}")  # (a failed import left no PLUGIN: it is retried)
     if loaded is not None and getattr(loaded, "__file__", None) == str(file) and hasattr(loaded, "PLUGIN"):
         return loaded.PLUGIN
     spec = importlib.util.spec_from_file_location(f"pgolf_local_{file.stem}", file)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
-    try:
-        spec.loader.exec_module(module)
-    except BaseException:
-        del sys.modules[spec.name]  # a failed import is not cached: the fixed file loads next time
-        raise
+    spec.loader.exec_module(module)
     if not hasattr(module, "PLUGIN"):
         raise AttributeError(f"{file} defines no PLUGIN class")
     return module.PLUGIN
@@ -82,25 +78,19 @@ def load_class(source: PluginSource) -> type:
     try:
         cls = source.load()
     except (Exception, SystemExit) as exc:  # noqa: BLE001 - any import error of third-party code, even sys.exit
-        frames = traceback.extract_tb(exc.__traceback__)
+        frames, dist = traceback.extract_tb(exc.__traceback__), source.origin
         at = f" at {frames[-1].filename}:{frames[-1].lineno}" if frames else ""
+        fix = f"fix {dist}, or move it out of the --plugins-dir folder" if dist.endswith(".py") else (
+            f"fix its code or install its missing dependency, then reinstall it (pip install {dist}), "
+            f"or uninstall it (pip uninstall {dist})"
+        )  # fmt: skip
         raise PgolfError(
-            f"plugin {source.name!r} (from {source.origin}) failed to load: {type(exc).__name__}: {exc}{at}; "
-            f"{_fix(source)}"
+            f"plugin {source.name!r} (from {dist}) failed to load: {type(exc).__name__}: {exc}{at}; {fix}"
         ) from None
     if not inspect.isclass(cls):
         raise PgolfError(f"plugin {source.name!r} (from {source.origin}) is not a class: {cls!r}")
     check_config_fields(cls, source)
     return cls
-
-
-def _fix(source: PluginSource) -> str:
-    if source.origin.endswith(".py"):  # a --plugins-dir file
-        return f"fix {source.origin}, or move it out of the --plugins-dir folder"
-    return (
-        f"fix the plugin's code or its missing dependency, then reinstall it (pip install {source.origin}), "
-        f"or uninstall it (pip uninstall {source.origin})"
-    )
 
 
 def check_config_fields(cls: type, source: PluginSource) -> None:
@@ -110,13 +100,13 @@ def check_config_fields(cls: type, source: PluginSource) -> None:
     if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
         return
     annotated = {k for c in inspect.getmro(config) for k in getattr(c, "__annotations__", {})}
-    for key, value in vars(config).items():
-        if key.startswith("_") or key in annotated or callable(value) or isinstance(value, staticmethod | classmethod):
-            continue
+    values = (bool, int, float, str, list, tuple)  # a setting's value; methods, properties, ... are not settings
+    bare = [(k, v) for k, v in vars(config).items() if isinstance(v, values) and not (k[0] == "_" or k in annotated)]
+    for key, value in bare[:1]:
         raise PgolfError(
-            f"plugin {source.name!r} (from {source.origin}): Config.{key} = {value!r} has no type annotation, "
-            f"so it is not a setting ([plugins.{source.name}] {key} would be an unknown key); "
-            f"write `{key}: {type(value).__name__} = {value!r}`"
+            f"plugin {source.name!r} (from {source.origin}): Config.{key} = {value!r} has no type annotation, so it "
+            f"is not a setting ([plugins.{source.name}] {key} would be an unknown key); write "
+            f"`{key}: {type(value).__name__} = {value!r}`"
         )
 
 
@@ -197,10 +187,8 @@ def check_hook_names(plugin: Any, origin: str) -> None:
             continue
         where = f"plugin {plugin.name!r} (from {origin}): method {attr}"
         if attr not in catalog:
-            raise PgolfError(
-                f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)}: rename it to a hook of "
-                "docs/hooks.md, or give a helper method a name without the pgolf_ prefix"
-            )
+            fix = "rename it to a hook of docs/hooks.md, or give a helper method a name without the pgolf_ prefix"
+            raise PgolfError(f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)}: {fix}")
         if not hasattr(getattr(plugin, attr), "pgolf_impl"):
             raise PgolfError(f"{where} is not decorated with @pgolf_core.hookimpl, so it would never be called")
 

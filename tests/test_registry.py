@@ -257,7 +257,7 @@ def test_import_failure_names_plugin_distribution_line_and_fix(tmp_path):
     assert msg.startswith("plugin 'fancy' (from pgolf-fancy) failed to load: ModuleNotFoundError: No module named")
     assert f" at {__file__}:" in msg
     assert msg.endswith(
-        "fix the plugin's code or its missing dependency, then reinstall it (pip install pgolf-fancy), "
+        "fix its code or install its missing dependency, then reinstall it (pip install pgolf-fancy), "
         "or uninstall it (pip uninstall pgolf-fancy)"
     )
     (tmp_path / "local.py").write_text("x = 1\nraise ValueError('bad value')\n")
