@@ -117,3 +117,27 @@ def test_ortho_init_record_rule_and_the_fix():
         assert orthogonal_rows_times(weights[name], gain)
     for name in ("blocks.3.attn.c_q.weight", "blocks.3.mlp.fc.weight"):
         assert orthogonal_rows_times(weights[name], 1.0)
+
+
+def test_ortho_init_overtone_and_phase_resid_mix_are_off_by_default():
+    """PR #297's settings: off (the other recipes' init unchanged: resid_mix (1, 0), a normal table's
+    spectrum); on: S_k/S_1 = 1/sqrt(k) for the tied table, resid_mix of block i = (phi_i, 1 - phi_i)."""
+    from pathlib import Path
+
+    from pgolf_plugins.ortho_init import Config
+
+    assert not Config().overtone and not Config().phase_resid_mix
+    path = Path(__file__).resolve().parents[2] / "recipes" / "pr297.toml"
+    small = ["model.model_dim=64", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=5",
+             "plugins.ortho_init.overtone=false", "plugins.ortho_init.phase_resid_mix=false"]  # fmt: skip
+    plain = build_model(load_recipe(path, small))
+    on = build_model(load_recipe(path, [*small[:-2], "plugins.ortho_init.overtone=true",
+                                        "plugins.ortho_init.phase_resid_mix=true"]))  # fmt: skip
+    k = torch.arange(1, 65, dtype=torch.float64)
+    for model, overtone in ((plain, False), (on, True)):
+        s = torch.linalg.svdvals(model.tok_emb.weight.detach().double())
+        assert ((s / s[0] - k**-0.5).abs().max().item() <= 1e-5) == overtone
+    for i, (a, b) in enumerate(zip(plain.blocks, on.blocks, strict=True)):
+        assert torch.equal(a.resid_mix[0], torch.ones(64)) and torch.equal(a.resid_mix[1], torch.zeros(64))
+        phi = 1 / (1 + math.exp(-3 * (i / 4 - 0.5)))
+        assert torch.allclose(b.resid_mix.detach(), torch.tensor([phi, 1 - phi])[:, None].expand(2, 64), atol=1e-7)

@@ -360,3 +360,63 @@ def test_no_graph_breaks(name, tmp_path):
     x = torch.randint(0, 64, (2, 16))
     explanation = torch._dynamo.explain(model.train())(x, x)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
+
+
+# --- late QAT: PR #297's wallclock trigger, LR factor and grid ----------------------------------
+
+
+def _wallclock_state(model, recipe, elapsed_ms, opt):
+    reports: dict = {}
+    return SimpleNamespace(
+        model=model, recipe=recipe, optimizers=SimpleNamespace(all=[opt]), step=4, lr_scale=1.0,
+        elapsed_ms=elapsed_ms, reports=reports, report=reports.__setitem__,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("cap, elapsed, on", [(600.0, 509_999.0, False), (600.0, 510_000.0, True), (0.0, 1e9, False)])
+def test_late_qat_wallclock_trigger_and_lr_factor(cap, elapsed, on, tmp_path):
+    """start_frac 0.85: on at elapsed >= 85 % of the cap, whatever the LR scale; never without a cap
+    (the record's check needs one). lr_factor multiplies every group's base_lr once, at the switch."""
+    table = {"late_qat": {"start_frac": 0.85, "lr_factor": 0.5}}
+    recipe = recipe_with(tmp_path, table, overrides=[*TINY, f"train.max_wallclock_seconds={cap}"])
+    pm = create_manager(recipe)
+    model = build_model(recipe, pm).train()
+    opt = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.2, "base_lr": 0.2}])
+    state = _wallclock_state(model, recipe, elapsed, opt)
+    for _ in range(2):
+        pm.hook.pgolf_step_start(state=state)
+    layers = [m for m in model.modules() if isinstance(m, qat.FakeQuantLinear)]
+    assert layers and all(m.qat_on.item() == float(on) for m in layers)
+    assert opt.param_groups[0]["base_lr"] == (0.1 if on else 0.2)
+    assert ("late_qat/activated_step" in state.reports) == on
+
+
+def test_late_qat_defaults_keep_the_lr_threshold_and_the_base_lrs(tmp_path):
+    recipe = recipe_with(tmp_path, {"late_qat": {}})
+    pm = create_manager(recipe)
+    model = build_model(recipe, pm)
+    opt = torch.optim.SGD([{"params": list(model.parameters()), "lr": 0.2, "base_lr": 0.2}])
+    state = _wallclock_state(model, recipe, 1e12, opt)  # any elapsed time: the LR threshold decides
+    pm.hook.pgolf_step_start(state=state)
+    assert "late_qat/activated_step" not in state.reports
+    state.lr_scale = 0.1
+    pm.hook.pgolf_step_start(state=state)
+    assert state.reports["late_qat/activated_step"] == 4 and opt.param_groups[0]["base_lr"] == 0.2
+    assert "late_qat/wallclock_frac" not in state.reports
+
+
+@pytest.mark.parametrize("table", [{"start_frac": 1.5}, {"start_frac": -0.1}, {"lr_factor": 0.0}])
+def test_late_qat_bad_start_frac_or_lr_factor(table, tmp_path):
+    with pytest.raises(RecipeError, match=rf"\[plugins\.late_qat\] qat: {next(iter(table))}="):
+        create_manager(recipe_with(tmp_path, {"late_qat": table}, overrides=()))
+
+
+def test_row_max_grid_has_no_floor():
+    """PR #297: s = max(m, 1e-12)/31 per row (rows far below 1 keep their own step), [-32, 31]."""
+    w = torch.tensor([[0.031, -0.0147, 0.0012], [0.0, 0.0, 0.0]])
+    got = qat.fake_quantize(w, qat.resolve_rule(qat.Config(scale="row_max", precision="activation")))
+    s = 0.031 / 31.0
+    expected = torch.tensor([[31 * s, -15 * s, 1 * s], [0.0, 0.0, 0.0]])  # 14.7 -> 15, 1.2 -> 1
+    assert torch.allclose(got, expected, rtol=0, atol=1e-8)
+    floored = qat.fake_quantize(w, qat.resolve_rule(qat.Config(scale="scale_floor")))  # #414: step 1/31
+    assert torch.allclose(floored[0], torch.tensor([1 / 31, 0.0, 0.0]), rtol=0, atol=1e-8)
