@@ -47,7 +47,7 @@ def test_shipped_recipe_loads_full_and_smoke(recipe):
     assert smoke.model.model_dim < full.model.model_dim or full.model.model_dim <= 128
 
 
-# model_params of each record's logs; the baseline's is tested in test_model.py.
+# model_params of each record's logs (#415 has none: #414's architecture); the baseline's is tested in test_model.py.
 RECORD_PARAMS = {
     "pr415": 26_993_756, "pr414": 26_993_756, "pr297": 22_368_841, "pr194": 26_502_232, "pr63": 22_174_288,
     "baseline": 17_059_912,
