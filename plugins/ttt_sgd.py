@@ -1,0 +1,153 @@
+"""Full-model SGD test-time training (TTT) as PR #297's code runs it; pre-scoring (the record) or score-first.
+
+What: `epochs` (1) passes in file order over the full rows of `seq_len` tokens (0 = the model's
+`train_seq_len`, the record's 2048) of the tokens it is given, `batch_rows` (32) rows per step (a
+shorter last batch), on ALL parameters: mean cross-entropy under the eval autocast (bf16 on the GPU,
+off on the CPU), backward, plain `torch.optim.SGD(lr=3e-4, momentum=0.95)` step; no schedule, no
+clipping, no gradient all-reduce. As in the record, every rank processes every batch (the rows are not
+split), and after the pass the parameters are averaged over ranks (`chunk.where.average`; the ranks
+computed the same update, so this only evens out nondeterminism). `qat_off` (default true, the record's
+`_ste_qat = False` on every CastedLinear before its TTT) zeroes every `qat_on` fake-quantization
+switch buffer (the qat/late_qat plugins' layers, found by buffer name: no plugin imports another)
+while adapting, and puts the values back after. The TTT forwards run in train mode, where pgolf's
+late_qat layers would otherwise fake-quantize: its `pgolf_fit_end` switches QAT off only with
+`in_eval = true`, and #297's recipe has `in_eval = false`.
+
+Two forms, decided by which eval hook the instance implements:
+- `score_first = false` (the record, NOT compliant): `pgolf_eval_prescore` adapts on the whole
+  validation stream before anything of it is scored; pgolf then scores it with the sliding window and
+  marks the run non-compliant (`summary.json` `"eval_compliant": false`). The record then restored the
+  weights it had before its TTT (for its LoRA TTT, off by default). Restoring is moot in pgolf's flow:
+  the round trip is scored before the pre-scoring hook and the sliding window is the last thing scored
+  (`Run.final_evals`); the artifact and `final_model.pt` were written before. So nothing is restored.
+- `score_first = true` (compliant): `pgolf_eval_adapt` makes the same update on each already-scored
+  chunk (`[eval] chunk_tokens`), one SGD optimizer (its momentum) kept from chunk to chunk, a new one
+  when `chunk.index == 0`; parameters averaged over ranks after each chunk.
+`__init__` sets the instance attribute of the unused hook to None. pluggy 1.7 registers only
+functions/methods it finds on the instance (`_static_hook_attr`: an instance `__dict__` value that is
+not a function is skipped), and pgolf's `registry.check_hook_names` skips attributes that are not
+callable, so a score-first `ttt_sgd` implements only `pgolf_eval_adapt` and the run stays compliant
+(tests/plugins/test_ttt.py checks both registrations).
+
+Why: the adaptation reported by PR #152 (SGD 3e-4, momentum 0.95: -0.034 bpb), which #297 ships.
+Source: PR #297 `eval_val_sgd_ttt` (2026-03-20_STE_QAT_MLP3x_SmearBigram_LoRATTT); its reported
+1.16292025 ran no TTT (see recipes/pr297.toml). tests/fixtures/ttt_sgd_golden.pt holds that function's
+result on small shapes (tools/make_ttt_goldens.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from pgolf_core import hookimpl
+
+
+@dataclass
+class Config:
+    lr: float = 3e-4
+    momentum: float = 0.95
+    epochs: int = 1  # passes over the tokens (the record: one)
+    batch_rows: int = 32  # rows per SGD step; every rank processes every row
+    seq_len: int = 0  # 0 = the model's train_seq_len (the record: 2048)
+    qat_off: bool = True  # fake quantization off during the TTT forwards (the record's _ste_qat = False)
+    score_first: bool = False  # true: adapt after each scored chunk (compliant) instead of before scoring
+
+
+def qat_switches(model: nn.Module) -> list[Tensor]:
+    """The fake-quantization switch buffers (`qat_on`) of the model's layers, found by name."""
+    return [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] == "qat_on"]
+
+
+def row_length(model: nn.Module, seq_len: int) -> int:
+    if seq_len > 0:
+        return seq_len
+    spec = getattr(model, "spec", None)
+    if spec is None or not getattr(spec, "train_seq_len", 0):
+        raise ValueError("seq_len=0 needs a model with spec.train_seq_len; set seq_len")
+    return int(spec.train_seq_len)
+
+
+class TTTSGD:
+    """PR #297's full-model SGD TTT: one epoch over the validation rows; pre-scoring or score-first."""
+
+    name = "ttt_sgd"
+    version = "0.1.0"
+    order = 90
+    Config = Config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        c = config
+        if not c.lr > 0.0:
+            raise ValueError(f"lr={c.lr}: expected > 0")
+        if not 0.0 <= c.momentum < 1.0:
+            raise ValueError(f"momentum={c.momentum}: expected 0 <= momentum < 1")
+        if c.epochs < 0:
+            raise ValueError(f"epochs={c.epochs}: expected >= 0")
+        if c.batch_rows < 1:
+            raise ValueError(f"batch_rows={c.batch_rows}: expected >= 1")
+        if c.seq_len < 0:
+            raise ValueError(f"seq_len={c.seq_len}: expected >= 0 (0: the training sequence length)")
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
+        self.optimizer: torch.optim.SGD | None = None
+        # One form per instance: the other hook is hidden from pluggy (see the module docstring).
+        if config.score_first:
+            self.pgolf_eval_prescore = None
+        else:
+            self.pgolf_eval_adapt = None
+
+    def _adapt(self, model: nn.Module, chunk, optimizer: torch.optim.SGD) -> int:
+        """`epochs` passes over all full rows of `chunk.tokens`; returns the number of SGD steps."""
+        c = self.config
+        seq_len = row_length(model, c.seq_len)
+        rows = (chunk.tokens.numel() - 1) // seq_len
+        x_all = chunk.tokens[: rows * seq_len].reshape(rows, seq_len)
+        y_all = chunk.tokens[1 : rows * seq_len + 1].reshape(rows, seq_len)
+        switches = qat_switches(model) if c.qat_off else []
+        saved = [s.clone() for s in switches]
+        with torch.no_grad():
+            for s in switches:
+                s.zero_()
+        model.train()
+        steps = 0
+        try:
+            for _ in range(c.epochs):
+                for first in range(0, rows, c.batch_rows):
+                    optimizer.zero_grad(set_to_none=True)
+                    with chunk.where.autocast():
+                        loss = model(x_all[first : first + c.batch_rows], y_all[first : first + c.batch_rows])
+                    loss.backward()
+                    optimizer.step()
+                    steps += 1
+        finally:
+            with torch.no_grad():
+                for s, v in zip(switches, saved, strict=True):
+                    s.copy_(v)
+        optimizer.zero_grad(set_to_none=True)
+        chunk.where.average([p.data for p in model.parameters()])  # the record: all_reduce(p.data, AVG)
+        return steps
+
+    def _new_optimizer(self, model: nn.Module) -> torch.optim.SGD:
+        return torch.optim.SGD(model.parameters(), lr=self.config.lr, momentum=self.config.momentum)
+
+    @hookimpl
+    def pgolf_eval_prescore(self, model, chunk) -> None:
+        steps = self._adapt(model, chunk, self._new_optimizer(model))
+        chunk.report("ttt_sgd/prescore_steps", steps)
+
+    @hookimpl
+    def pgolf_eval_adapt(self, model, chunk) -> None:
+        if chunk.index == 0 or self.optimizer is None:
+            self.optimizer = self._new_optimizer(model)
+        steps = self._adapt(model, chunk, self.optimizer)
+        chunk.report("ttt_sgd/chunks", chunk.index + 1)
+        chunk.report("ttt_sgd/steps", steps)
+        if chunk.index >= chunk.count - 2:  # the last adaptation
+            self.optimizer = None
