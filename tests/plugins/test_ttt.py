@@ -191,14 +191,18 @@ def test_bad_settings_name_key_and_range(tmp_path):
             load_recipe(path)
 
 
-# A tiny trained model (tests/tiny.py, 2 layers, 6 steps) scored by the sliding window over 2,048 validation
-# tokens in 4 chunks of 512; TTT made strong enough to act on a few-step model.
+# A tiny trained model (tests/tiny.py, 2 layers, 6 steps) scored by the sliding window (stride 16) over 2,048
+# validation tokens in 4 chunks of 512; TTT made strong enough to act on a few-step model (lr 0.05, 4-row
+# batches). Measured sliding val_bpb 3.558868 without TTT; ttt_score_first 3.458048 (-0.1008), ttt_sgd
+# pre-scoring 3.093127 (-0.4657: it trains on the very tokens it then scores), ttt_sgd score-first 3.496893
+# (-0.0620). The thresholds (GAIN) are ~1/5 of those.
 EVAL = {"eval__sliding_stride": 16, "eval__chunk_tokens": 512}
 TTT = {
     "ttt_score_first": {"lr": 0.05, "freeze_blocks": 1, "batch_rows": 4},
     "ttt_sgd": {"lr": 0.05, "batch_rows": 4},
     "ttt_sgd_score_first": {"lr": 0.05, "batch_rows": 4, "score_first": True},
 }
+GAIN = {"ttt_score_first": 0.02, "ttt_sgd": 0.1, "ttt_sgd_score_first": 0.01}
 
 
 def run(tmp_path: Path, name: str | None) -> dict:
@@ -210,7 +214,6 @@ def run(tmp_path: Path, name: str | None) -> dict:
     return train(load_recipe(path, tiny(**EVAL)), tmp_path / f"{name}-run", interactive=False)
 
 
-@pytest.mark.slow
 def test_each_ttt_lowers_val_bpb_on_a_tiny_trained_model(sample_cache, tmp_path):
     without = run(tmp_path, None)
     for name in TTT:
@@ -221,5 +224,3 @@ def test_each_ttt_lowers_val_bpb_on_a_tiny_trained_model(sample_cache, tmp_path)
         assert gain >= GAIN[name], (name, gain)
         assert with_it["eval_compliant"] is (name != "ttt_sgd")
 
-
-GAIN = {"ttt_score_first": 1e-3, "ttt_sgd": 1e-3, "ttt_sgd_score_first": 1e-3}  # placeholders until measured
