@@ -22,6 +22,8 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "record_pr415_golden": {"pr415"},
     "later_model_golden": {"leaky_relu2", "sdclip"},
     "model_schedule_golden": {"pr1204", "pr1493"},
+    "ttt_sgd_golden": {"pr297"},
+    "ttt_score_first_golden": {"pr297", "pr549"},
 }
 GENERATORS = {
     "export_later_golden": "tools/make_export_goldens.py",
@@ -29,6 +31,8 @@ GENERATORS = {
     "record_pr415_golden": "tools/make_ttt_record_goldens.py",
     "later_model_golden": "tools/make_later_model_goldens.py",
     "model_schedule_golden": "tools/make_model_schedule_goldens.py",
+    "ttt_sgd_golden": "tools/make_ttt_goldens.py",
+    "ttt_score_first_golden": "tools/make_ttt_goldens.py",
 }  # the others: tools/make_goldens.py
 
 
