@@ -38,7 +38,8 @@ PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"]}
 EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer", "sdclip")}
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
 # TTT acts on the sliding-window eval only: both runs score one, the 1,024 tokens in 4 chunks of 256.
-EXTRA.update({name: ["eval.sliding_stride=16", "eval.chunk_tokens=256"] for name in ("ttt_score_first", "ttt_sgd")})
+TTTS = ("ttt_score_first", "ttt_sgd", "ttt_two_phase")
+EXTRA.update({name: ["eval.sliding_stride=16", "eval.chunk_tokens=256"] for name in TTTS})
 # Parallel lanes differ from sequential ones by what attention wrote, which a 6-step run with zero-init
 # output projections keeps tiny; a larger matrix lr makes it measurable.
 EXTRA["parallel_residuals"] = ["train.matrix_lr=0.5"]
@@ -56,7 +57,7 @@ PLUGINS = sorted(registry.discover())
 # (round trip only; +2,380 bytes), sdclip by 1.3e-3 (+5,918 bytes, both with int6_export), leaky_relu2 by
 # 7.4e-3, depth_recurrence by 2.8e-2, parallel_residuals by 2.5e-2 (matrix lr 0.5); the codecs change only
 # bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9); the TTTs only the sliding-window loss, at their record
-# settings: ttt_score_first 1.8e-3, ttt_sgd 1.2e-4.
+# settings: ttt_score_first 1.8e-3, ttt_sgd 1.2e-4, ttt_two_phase 4.7e-1 (125 epochs on the tokens it scores).
 # Thresholds sit >= 10x under the smallest of each kind.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300
