@@ -11,12 +11,13 @@ from typing import Any
 
 import torch
 
-from pgolf_core import evaluation, exporter, manifest
+from pgolf_core import exporter, manifest
 from pgolf_core.artifact import deserialize
 from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import Recipe
 from pgolf_core.roles import collect_roles
 from pgolf_core.setup import build, eval_rows, load_data, load_plugins, load_weights, setup_env
+from pgolf_core.train import score
 
 
 def load_checkpoint(
@@ -82,18 +83,12 @@ def evaluate(
         check_matches(checkpoint, model.state_dict(), weights)
         load_weights(model, weights)
     model.to(env.device)
-    rows, kw = eval_rows(recipe, env), env.placement()  # the run's batches, on every rank
-    std = evaluation.eval_standard(model, data.val_tokens, data.eval_seq, rows, data.tables, **kw)
-    out: dict[str, Any] = {"val_loss": std.val_loss, "val_bpb": std.val_bpb, "tokens": std.tokens}
-    log(f"standard val_loss:{std.val_loss:.8f} val_bpb:{std.val_bpb:.8f}")
-    e = recipe.eval
-    if e.sliding_stride > 0:
-        sl = evaluation.eval_sliding(
-            model, data.val_tokens, data.eval_seq, e.sliding_stride, e.sliding_batch_seqs, data.tables,
-            tail=e.sliding_tail, **kw,
-        )  # fmt: skip
+    report = lambda key, value: log(f"{key}:{value}")  # noqa: E731
+    rows = eval_rows(recipe, env)
+    rt, sl = score(recipe, plugins.pm, data, (model, model), env.placement(), rows, log, report, "eval")
+    out: dict[str, Any] = {"val_loss": rt.val_loss, "val_bpb": rt.val_bpb, "tokens": rt.tokens}
+    if sl is not None:
         out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)
-        log(f"sliding_window val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
     return out
 
 

@@ -166,16 +166,7 @@ def standard_batches(
 
 
 def eval_standard(
-    model: nn.Module,
-    val_tokens: Tensor,
-    seq_len: int,
-    batch_seqs: int,
-    tables: Any,
-    *,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Placement
 ) -> EvalResult:
     """The baseline's `eval_val`: every target of the truncated stream scored once, context 0..T-1.
 
@@ -183,9 +174,8 @@ def eval_standard(
     `torch.distributed` is initialized. The model is put in eval mode and left in train mode.
     """
     start = time.perf_counter()
-    where = Placement(torch.device(device), rank, world_size, autocast_dtype)
     batches = standard_batches(model, val_tokens, seq_len, batch_seqs, tables, where)
-    return score_batches(model, batches, device).all_reduce().result(time.perf_counter() - start)
+    return score_batches(model, batches, where.device).all_reduce().result(time.perf_counter() - start)
 
 
 def score_batches(model: nn.Module, batches: Iterator[ScoredBatch], device: torch.device) -> EvalSums:
@@ -329,11 +319,7 @@ def eval_sliding(
     stride: int,
     batch_seqs: int,
     tables: Any,
-    *,
-    device: torch.device,
-    rank: int = 0,
-    world_size: int = 1,
-    autocast_dtype: torch.dtype | None = None,
+    where: Placement,
     tail: str = "rescore_tail",
     adapt: Callable[[ValChunk], None] | None = None,
     chunk_tokens: int = 32_768,
@@ -361,14 +347,13 @@ def eval_sliding(
     relative; with the same compiled function the result equals PR #414's bit for bit.
     """
     start = time.perf_counter()
-    where = Placement(torch.device(device), rank, world_size, autocast_dtype)
     total = val_tokens.numel() - 1
     starts = window_starts(total, seq_len, stride, tail)
     groups = chunk_windows(starts, total, seq_len, stride, tail, chunk_tokens) if adapt else [starts]
-    sums = EvalSums.zeros(device)
+    sums = EvalSums.zeros(where.device)
     for k, group in enumerate(groups):
         batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail, group)
-        sums.add(score_batches(model, batches, device))
+        sums.add(score_batches(model, batches, where.device))
         if adapt is not None and k < len(groups) - 1:
             tokens = val_tokens[k * chunk_tokens : min((k + 1) * chunk_tokens, total) + 1]
             adapt(ValChunk(tokens.to(where.device, torch.int64, copy=True), k, len(groups), where))  # a copy

@@ -25,6 +25,7 @@ from pgolf_core.data.bpb import build_byte_tables, load_tokenizer_for
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import check_shards, shard_files
 from pgolf_core.errors import PgolfError
+from pgolf_core.evaluation import Placement
 from pgolf_core.exporter import ExportStack, export_stack
 from pgolf_core.model import GPT, apply_training_precision
 from pgolf_core.recipe import Recipe
@@ -56,10 +57,9 @@ class Env:
         if self.distributed:
             dist.barrier()
 
-    def placement(self) -> dict[str, Any]:
-        """Where each rank scores: the evaluators' keyword arguments (bf16 autocast on GPU)."""
-        bf16 = torch.bfloat16 if self.is_cuda else None
-        return dict(device=self.device, rank=self.rank, world_size=self.world_size, autocast_dtype=bf16)
+    def placement(self) -> Placement:
+        """Where each rank scores (bf16 autocast on GPU)."""
+        return Placement(self.device, self.rank, self.world_size, torch.bfloat16 if self.is_cuda else None)
 
 
 def setup_env(device_pref: str) -> Env:

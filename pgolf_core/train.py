@@ -28,7 +28,17 @@ from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_moment
 from pgolf_core.recipe import Recipe
 from pgolf_core.roles import ParamRole
 from pgolf_core.runlog import RunLog, write_json_atomic
-from pgolf_core.setup import Env, build, eval_rows, grad_accum_steps, load_data, load_plugins, load_weights, setup_env
+from pgolf_core.setup import (
+    Data,
+    Env,
+    build,
+    eval_rows,
+    grad_accum_steps,
+    load_data,
+    load_plugins,
+    load_weights,
+    setup_env,
+)
 
 
 @dataclass
@@ -120,17 +130,9 @@ class Run:
             manifest.warn_if_full_scale_on_cpu(recipe, self.n_params, self.accum, log.log)
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
         self.val_rows, self.where = eval_rows(recipe, env), env.placement()
-        hook = self.plugins.pm.hook
-        self.adapters = [impl.plugin_name for impl in hook.pgolf_eval_adapt.get_hookimpls()]
-        self.prescorers = [impl.plugin_name for impl in hook.pgolf_eval_prescore.get_hookimpls()]
-        if self.prescorers:
+        self.noncompliance = noncompliance(self.plugins.pm)
+        if self.noncompliance:
             log.log(f"WARNING: eval not compliant: {self.noncompliance}")
-
-    @property
-    def noncompliance(self) -> str:
-        """Why the run's score breaks the challenge's eval rule ("" when it does not)."""
-        names = ", ".join(self.prescorers)
-        return f"{names} adapt(s) on validation tokens before scoring them (pgolf_eval_prescore)" if names else ""
 
     def claim(self, claim: rundir.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""
@@ -140,7 +142,7 @@ class Run:
 
     def evaluate(self, model: torch.nn.Module) -> evaluation.EvalResult:
         d = self.data
-        return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, **self.where)
+        return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, self.where)
 
     def train_step(self, loader: DistributedTokenLoader) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; DDP syncs gradients on the last one only."""
@@ -328,41 +330,55 @@ class Run:
         return written, code_bytes
 
     def final_evals(self, label: str) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
-        """Round trip, then sliding window if configured or if a plugin adapts at eval time (its windows
-        are then the rows, stride = seq_len): pre-scoring adaptation first, then chunk by chunk,
-        scoring each chunk before `pgolf_eval_adapt` trains on it."""
-        e, log, d, pm, state = self.recipe.eval, self.log, self.data, self.plugins.pm, self.state
-        rt = self.evaluate(self.model)
-        log.log(
-            f"final_{label}_roundtrip val_loss:{rt.val_loss:.4f} val_bpb:{rt.val_bpb:.4f} "
-            f"eval_time:{1000 * rt.seconds:.0f}ms"
-        )
-        log.log(f"final_{label}_roundtrip_exact val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
-        if e.sliding_stride <= 0 and not (self.adapters or self.prescorers):
-            return rt, None
-        stride, where = e.sliding_stride or d.eval_seq, evaluation.Placement(**self.where)
-        if self.prescorers:
-            t0, tokens = time.perf_counter(), d.val_tokens.to(device=where.device, dtype=torch.int64)
-            whole = evaluation.ValChunk(tokens, 0, 1, where, scored=False, report=state.report)
-            pm.hook.pgolf_eval_prescore(model=self.base, chunk=whole)
-            state.report("eval/prescore_seconds", time.perf_counter() - t0)
-        adapt = None
-        if self.adapters:
-            log.log(f"eval_adapt: {','.join(self.adapters)} after each scored chunk of {e.chunk_tokens} tokens")
+        models = (self.model, self.base)
+        return score(self.recipe, self.plugins.pm, self.data, models, self.where, self.val_rows, self.log.log,
+                     self.state.report, label)  # fmt: skip
 
-            def adapt(chunk: evaluation.ValChunk) -> None:
-                chunk.report = state.report
-                pm.hook.pgolf_eval_adapt(model=self.base, chunk=chunk)
 
-        sl = evaluation.eval_sliding(
-            self.base, d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables,
-            tail=e.sliding_tail, adapt=adapt, chunk_tokens=e.chunk_tokens, **self.where,
-        )  # fmt: skip
-        log.log(
-            f"final_{label}_sliding_window val_loss:{sl.val_loss:.4f} val_bpb:{sl.val_bpb:.4f} "
-            f"stride:{stride} eval_time:{1000 * sl.seconds:.0f}ms"
-        )
-        log.log(f"final_{label}_sliding_window_exact val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
-        if self.prescorers:
-            log.log(f"WARNING: eval not compliant: {self.noncompliance}")
-        return rt, sl
+def noncompliance(pm: Any) -> str:
+    """Why a run's score breaks the challenge's eval rule ("" when it does not)."""
+    names = ", ".join(impl.plugin_name for impl in pm.hook.pgolf_eval_prescore.get_hookimpls())
+    return f"{names} adapt(s) on validation tokens before scoring them (pgolf_eval_prescore)" if names else ""
+
+
+def score(
+    recipe: Recipe, pm: Any, data: Data, models: tuple, where: evaluation.Placement, rows: int, log: Any,
+    report: Callable[[str, Any], None], label: str,
+) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
+    """The final scores of a run and of `pgolf eval`: round trip, then sliding window if configured or
+    if a plugin adapts at eval time (its windows are then the rows, stride = seq_len); pre-scoring
+    adaptation first, then chunk by chunk, each chunk scored before `pgolf_eval_adapt` trains on it.
+    `models`: (the model that scores the round trip, e.g. compiled; the uncompiled one the hooks adapt)."""
+    e, d, (scorer, base) = recipe.eval, data, models
+    rt = evaluation.eval_standard(scorer, d.val_tokens, d.eval_seq, rows, d.tables, where)
+    log(
+        f"final_{label}_roundtrip val_loss:{rt.val_loss:.4f} val_bpb:{rt.val_bpb:.4f} "
+        f"eval_time:{rt.seconds * 1e3:.0f}ms"
+    )
+    log(f"final_{label}_roundtrip_exact val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
+    adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
+    if e.sliding_stride <= 0 and not adapters and not noncompliance(pm):
+        return rt, None
+    if noncompliance(pm):
+        t0, tokens = time.perf_counter(), d.val_tokens.to(device=where.device, dtype=torch.int64)
+        pm.hook.pgolf_eval_prescore(model=base, chunk=evaluation.ValChunk(tokens, 0, 1, where, False, report))
+        report("eval/prescore_seconds", time.perf_counter() - t0)
+    adapt = None
+    if adapters:
+        log(f"eval_adapt: {','.join(adapters)} after each scored chunk of {e.chunk_tokens} tokens")
+
+        def adapt(chunk: evaluation.ValChunk) -> None:
+            chunk.report = report
+            pm.hook.pgolf_eval_adapt(model=base, chunk=chunk)
+
+    stride = e.sliding_stride or d.eval_seq
+    args = (d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables, where, e.sliding_tail, adapt)
+    sl = evaluation.eval_sliding(base, *args, e.chunk_tokens)
+    log(
+        f"final_{label}_sliding_window val_loss:{sl.val_loss:.4f} val_bpb:{sl.val_bpb:.4f} "
+        f"stride:{stride} eval_time:{1000 * sl.seconds:.0f}ms"
+    )
+    log(f"final_{label}_sliding_window_exact val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
+    if noncompliance(pm):
+        log(f"WARNING: eval not compliant: {noncompliance(pm)}")
+    return rt, sl

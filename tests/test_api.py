@@ -72,10 +72,10 @@ def test_pgolf_eval_of_the_int8_artifact_scores_the_round_trip(oversize, capsys)
     capsys.readouterr()
     assert main(["eval", str(BASELINE), *sets(), "--checkpoint", str(out / "final_model.ptz")]) == 0
     lines = capsys.readouterr().out.splitlines()
-    standard = next(ln for ln in lines if ln.startswith("standard val_loss:"))
-    sliding = next(ln for ln in lines if ln.startswith("sliding_window val_loss:"))
-    assert standard == f"standard val_loss:{s['roundtrip_val_loss']:.8f} val_bpb:{s['roundtrip_val_bpb']:.8f}"
-    assert sliding == f"sliding_window val_loss:{s['sliding_val_loss']:.8f} val_bpb:{s['sliding_val_bpb']:.8f}"
+    standard = next(ln for ln in lines if ln.startswith("final_eval_roundtrip_exact val_loss:"))
+    sliding = next(ln for ln in lines if ln.startswith("final_eval_sliding_window_exact val_loss:"))
+    assert standard.endswith(f" val_loss:{s['roundtrip_val_loss']:.8f} val_bpb:{s['roundtrip_val_bpb']:.8f}")
+    assert sliding.endswith(f" val_loss:{s['sliding_val_loss']:.8f} val_bpb:{s['sliding_val_bpb']:.8f}")
 
 
 def test_evaluate_scores_checkpoints_and_models_exactly_as_the_run(oversize):

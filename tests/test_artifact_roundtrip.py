@@ -220,8 +220,8 @@ def test_a_codec_from_a_local_plugin_file_is_written_by_the_run_and_read_by_pgol
     capsys.readouterr()
     argv = ["eval", str(recipe), *sets, "--plugins-dir", str(plugin_dir), "--checkpoint", str(ptz)]
     assert main(argv) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("standard val_loss:"))
-    assert line == f"standard val_loss:{s['roundtrip_val_loss']:.8f} val_bpb:{s['roundtrip_val_bpb']:.8f}"
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("final_eval_roundtrip_exact"))
+    assert line.endswith(f" val_loss:{s['roundtrip_val_loss']:.8f} val_bpb:{s['roundtrip_val_bpb']:.8f}")
     (run_path, run_weights), (eval_path, eval_weights) = spy.calls
     assert run_path == eval_path == ptz
     assert_same_weights(eval_weights, run_weights)

@@ -306,7 +306,7 @@ def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path, capsys):
         )
         == 0
     )
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("standard val_loss:"))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("final_eval_roundtrip_exact"))
     assert float(line.split("val_bpb:")[1]) == pytest.approx(s["roundtrip_val_bpb"], abs=1e-6)
 
 
@@ -335,7 +335,7 @@ def test_pgolf_eval_scores_a_record_style_checkpoint(sample_cache, tmp_path, cap
     expected = evaluate(recipe, model=model, log=lambda msg: None)["val_bpb"]
     args = ["eval", str(PR414), "--smoke", *[a for s in sets for a in ("--set", s)], "--checkpoint", str(path)]
     assert main(args) == 0
-    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("standard val_loss:"))
+    line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith("final_eval_roundtrip_exact"))
     assert float(line.split("val_bpb:")[1]) == pytest.approx(expected, abs=1e-8)
     fresh = evaluate(load_recipe(PR414, sets, smoke=True), log=lambda msg: None)["val_bpb"]
     assert abs(fresh - expected) > 1e-3  # the checkpoint, not the init, was scored
