@@ -100,6 +100,27 @@ def test_ttt_sgd_pre_scoring_update_and_score_equal_pr297():
     assert abs(result.val_loss - g["val_loss"]) <= TOL_LOSS and abs(result.val_bpb - g["val_bpb"]) <= TOL_LOSS
 
 
+def test_ttt_sgd_switches_late_qat_off_while_adapting_and_back_on_after():
+    """#297's late QAT is on when its TTT starts (late_qat keeps `qat_on` = 1 after the fit: `in_eval = false`)
+    and the TTT forwards run in train mode; the record set `_ste_qat = False` first. So with the switches
+    on, qat_off (the default) gives the record's update (6.5e-5); qat_off = false trains fake-quantized (0.39)."""
+    g = golden("ttt_sgd")
+    s = g["settings"]
+    errors = {}
+    for qat_off in (True, False):
+        model = small_model(g)
+        switches = ttt_sgd.qat_switches(model)
+        assert len(switches) == 18  # the six block linears of 3 blocks (scope = "blocks")
+        for b in switches:
+            b.fill_(1.0)
+        config = ttt_sgd.Config(lr=s["lr"], momentum=s["momentum"], batch_rows=s["batch_rows"], qat_off=qat_off)
+        whole = ev.ValChunk(g["tokens"].long(), 0, 1, CPU, scored=False)
+        ttt_sgd.TTTSGD(config).pgolf_eval_prescore(model=model, chunk=whole)
+        assert all(b.item() == 1.0 for b in switches)  # put back as found
+        errors[qat_off] = update_error(model, g)
+    assert errors[True] <= TOL_UPDATE and errors[False] > 0.1, errors
+
+
 def test_ttt_score_first_update_and_score_equal_pr549_and_frozen_blocks_stay_bit_identical():
     g = golden("ttt_score_first")
     s = g["settings"]
