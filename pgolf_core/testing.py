@@ -26,9 +26,12 @@ import dataclasses
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+if TYPE_CHECKING:
+    from pgolf_core.model import GPT
 
 # The tiny run of the contract: 4 layers (so per-layer plugins have layers to pick), 6 steps, one untimed
 # warm-up step, a warmdown over the last 4 steps (so lr-scale thresholds are crossed), no periodic validation.
@@ -108,7 +111,7 @@ class PluginContract:
         else:
             raise AssertionError(f"{self.name}: [plugins.{self.name}] no_such_key_xyz = 1 was accepted")
 
-    def model(self, tmp_path: Path) -> torch.nn.Module:
+    def model(self, tmp_path: Path) -> GPT:
         """The tiny model with the plugin (and partners), in training mode, uncompiled."""
         from pgolf_core.build import build_model
         from pgolf_core.registry import create_manager
@@ -121,9 +124,8 @@ class PluginContract:
         """`torch._dynamo.explain` traces forward and loss as one graph with no break; a failure
         lists each break's reason and the plugin's source line it happened at."""
         model = self.model(tmp_path)
-        spec = model.spec if hasattr(model, "spec") else None
-        vocab = int(getattr(spec, "vocab_size", 1024))
-        x = torch.randint(0, vocab, (2, 32), generator=torch.Generator().manual_seed(0))
+        spec = model.spec
+        x = torch.randint(0, spec.vocab_size, (2, spec.train_seq_len), generator=torch.Generator().manual_seed(0))
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(x, x)
         if explanation.graph_break_count == 0 and explanation.graph_count == 1:
