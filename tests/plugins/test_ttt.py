@@ -245,3 +245,51 @@ def test_each_ttt_lowers_val_bpb_on_a_tiny_trained_model(sample_cache, tmp_path)
         assert gain >= GAIN[name], (name, gain)
         assert with_it["eval_compliant"] is (name != "ttt_sgd")
 
+
+
+def _rank(rank: int, world: int, init: str, out: str) -> None:
+    """One gloo rank: ttt_sgd pre-scoring on the #297 golden's stream, then ttt_score_first's chunked eval."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        where = ev.Placement(torch.device("cpu"), rank, world)
+        g = golden("ttt_sgd")
+        s = g["settings"]
+        model = small_model(g)
+        config = ttt_sgd.Config(lr=s["lr"], momentum=s["momentum"], batch_rows=s["batch_rows"])
+        whole = ev.ValChunk(g["tokens"].long(), 0, 1, where, scored=False)
+        ttt_sgd.TTTSGD(config).pgolf_eval_prescore(model=model, chunk=whole)
+        sgd = {k: v.clone() for k, v in model.state_dict().items()}
+        g = golden("ttt_score_first")
+        s = g["settings"]
+        model = small_model(g)
+        plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=2))
+        result = ev.eval_sliding(
+            model, g["tokens"].long(), s["seq_len"], s["stride"], s["eval_batch_seqs"], tables(g), where,
+            adapt=lambda chunk: plugin.pgolf_eval_adapt(model=model, chunk=chunk), chunk_tokens=s["chunk_tokens"],
+        )  # fmt: skip
+        torch.save({"sgd": sgd, "score_first": model.state_dict(), "val_loss": result.val_loss}, f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_two_gloo_ranks(tmp_path):
+    """ttt_sgd: every rank processes every batch and the parameters are averaged, so 2 ranks reach the
+    single-process (record) parameters. ttt_score_first: each rank trains on its half of a chunk's rows with
+    averaged gradients, so the ranks stay identical and the frozen blocks untouched."""
+    import torch.multiprocessing as mp
+
+    mp.spawn(_rank, args=(2, f"file://{tmp_path}/store", str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    assert all(torch.equal(r0["sgd"][k], r1["sgd"][k]) for k in r0["sgd"])
+    model = small_model(golden("ttt_sgd"))
+    model.load_state_dict(r0["sgd"])
+    assert update_error(model, golden("ttt_sgd")) <= TOL_UPDATE
+    g = golden("ttt_score_first")
+    assert all(torch.equal(r0["score_first"][k], r1["score_first"][k]) for k in r0["score_first"])
+    assert r0["val_loss"] == r1["val_loss"]
+    moved = [k for k in g["initial"] if not torch.equal(r0["score_first"][k], g["initial"][k])]
+    assert moved and not any(k.startswith(("blocks.0.", "blocks.1.")) for k in moved)
