@@ -15,8 +15,6 @@ import torch
 
 from pgolf_core.rundir import WriteFault
 
-ARTIFACT_LIMIT_BYTES = 16_000_000  # decimal bytes, not MiB
-
 
 def serialize(obj: Any) -> bytes:
     """`torch.save` into memory: the bytes the compressor sees, as in every record."""

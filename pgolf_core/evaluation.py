@@ -239,13 +239,6 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_ta
     return [ws for ws in starts if ws == 0 or ws - stride + seq_len < total]
 
 
-def count_scored(total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> tuple[int, int]:
-    """(windows, scored positions) without a model: checks the tail arithmetic at full scale."""
-    starts = window_starts(total, seq_len, stride, tail)
-    spans = (scored_span(ws, total, seq_len, stride, tail) for ws in starts)
-    return len(starts), sum(hi - lo for lo, hi in spans)
-
-
 def chunk_windows(starts: list[int], total: int, seq_len: int, stride: int, tail: str, chunk: int) -> list[list[int]]:
     """The window starts of each chunk of `chunk` targets, a window belonging to the chunk of the first
     target it scores (PR #461's rule). Every target of chunks 0..k is scored once the windows of

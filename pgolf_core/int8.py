@@ -22,16 +22,6 @@ INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
 # works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
 DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
-STATS_KEYS = (
-    "param_count", "num_tensors", "num_float_tensors", "num_nonfloat_tensors", "baseline_tensor_bytes",
-    "int8_payload_bytes",
-)  # fmt: skip
-
-
-def _nbytes(t: Tensor) -> int:
-    return int(t.numel()) * int(t.element_size())
-
-
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -56,8 +46,8 @@ def quantize_int8(
     keep_float_max_numel: int = 65_536,
     clip_quantile: float = DEFAULT_CLIP_QUANTILE,
     roles: Roles | None = None,
-) -> tuple[dict[str, Any], dict[str, int]]:
-    """The baseline's int8 export object and its size stats.
+) -> dict[str, Any]:
+    """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
 
     Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
     elements pass through (see `_keep_float`); the rest are quantized per row (2-D) or per tensor.
@@ -69,19 +59,11 @@ def quantize_int8(
     passthrough: dict[str, Tensor] = {}
     orig_dtypes: dict[str, str] = {}
     qmeta: dict[str, dict[str, Any]] = {}
-    stats = dict.fromkeys(STATS_KEYS, 0)
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
-        stats["param_count"] += int(t.numel())
-        stats["num_tensors"] += 1
-        stats["baseline_tensor_bytes"] += _nbytes(t)
         if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
-            stats["num_nonfloat_tensors"] += int(not t.is_floating_point())
-            kept = _keep_float(name, t, roles, orig_dtypes) if t.is_floating_point() else t
-            passthrough[name] = kept
-            stats["int8_payload_bytes"] += _nbytes(kept)
+            passthrough[name] = _keep_float(name, t, roles, orig_dtypes) if t.is_floating_point() else t
             continue
-        stats["num_float_tensors"] += 1
         t32 = t.float()
         q, s = (
             quant.clipped_rows(t32, clip_quantile, 127)
@@ -91,7 +73,6 @@ def quantize_int8(
         if s.ndim > 0:
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         quantized[name], scales[name], dtypes[name] = q, s, _dtype_name(t.dtype)
-        stats["int8_payload_bytes"] += _nbytes(q) + _nbytes(s)
     obj: dict[str, Any] = {
         FORMAT_KEY: INT8_FORMAT,
         "quantized": quantized,
@@ -103,7 +84,7 @@ def quantize_int8(
         obj["qmeta"] = qmeta
     if orig_dtypes:
         obj["passthrough_orig_dtypes"] = orig_dtypes
-    return obj, stats
+    return obj
 
 
 def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
@@ -137,10 +118,9 @@ class Int8Format:
         planned = [name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None]
         if planned:  # e.g. gptq_lite with int6_export ablated: say so instead of dropping it silently
             report("int8/export_plan_ignored", len(planned))
-        obj, _ = quantize_int8(
+        return quantize_int8(
             weights, keep_float_max_numel=self.keep_float_max_numel, clip_quantile=self.clip_quantile, roles=roles
         )
-        return obj
 
     def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
         return dequantize_int8(obj)

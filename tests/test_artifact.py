@@ -115,9 +115,8 @@ def golden() -> dict:
 def test_int8_matches_baseline_bit_exactly(golden: dict, case: str) -> None:
     inputs = golden[case]["inputs"]
     assert fingerprint(inputs) == golden[case]["fingerprint"]  # the stored inputs are the ones the record read
-    obj, stats = quantize_int8(inputs, keep_float_max_numel=CASES[case], clip_quantile=0.9999984)
-    _assert_same(obj, golden[case]["obj"], case)
-    assert stats == golden[case]["stats"]
+    obj = quantize_int8(inputs, keep_float_max_numel=CASES[case], clip_quantile=0.9999984)
+    _assert_same(obj, golden[case]["obj"], case)  # (the fixture's "stats", which pgolf does not compute, unchecked)
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -130,15 +129,15 @@ def test_dequantize_matches_baseline(golden: dict, case: str) -> None:
 def test_default_clip_constant_gives_same_bits() -> None:
     """0.9999984 and the baseline's 99.99984/100 differ as doubles but not as fp32 quantile fractions."""
     inputs = make_inputs("default")
-    a, _ = quantize_int8(inputs)
-    b, _ = quantize_int8(inputs, clip_quantile=0.9999984)
+    a = quantize_int8(inputs)
+    b = quantize_int8(inputs, clip_quantile=0.9999984)
     _assert_same(a, b, "obj")
 
 
 def test_round_trip_error_within_half_a_step() -> None:
     """|dequantized - clipped| <= s/2 per row, plus |q| times the fp16 storage error of the scale."""
     inputs = make_inputs("small")
-    obj, _ = quantize_int8(inputs, keep_float_max_numel=4096)
+    obj = quantize_int8(inputs, keep_float_max_numel=4096)
     out = int8.dequantize_int8(obj)
     assert sorted(out) == sorted(inputs)  # quantized names first, then passthrough, as the baseline
     for name in obj["passthrough"]:
@@ -170,13 +169,13 @@ def test_dequantize_rejects_other_formats() -> None:
 
 
 def test_serialize_round_trip_weights_only() -> None:
-    obj, _ = quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
+    obj = quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
     _assert_same(artifact.deserialize(artifact.serialize(obj)), obj, "obj")
 
 
 @pytest.mark.parametrize("codec,level", [("zlib", 9), ("zstd", 22)])
 def test_compress_round_trip(codec: str, level: int) -> None:
-    raw = artifact.serialize(quantize_int8(make_inputs("small"), keep_float_max_numel=4096)[0])
+    raw = artifact.serialize(quantize_int8(make_inputs("small"), keep_float_max_numel=4096))
     blob = CODECS[codec].encode(raw, level)
     assert len(blob) < len(raw)
     assert CODECS[codec].decode(blob) == raw and blob.startswith(CODECS[codec].magic)
