@@ -170,7 +170,7 @@ class TTTTwoPhase:
                 if chunk.index == 0:
                     count = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
                     chunk.report(f"{self.name}/phase{k}_params", count)
-                if epochs:
+                if not math.isnan(first):
                     chunk.report(f"{self.name}/phase{k}_first_epoch_loss", round(first, 6))
                     chunk.report(f"{self.name}/phase{k}_last_epoch_loss", round(last, 6))
         finally:
@@ -205,11 +205,11 @@ def run_phase(
         p.requires_grad_(n in chosen)
         if n in chosen:
             params.append(p)
-    if epochs == 0 or not params:
-        return float("nan"), float("nan")
     rows = (tokens.numel() - 1) // seq_len
     per_step = batch_rows * where.world_size
     usable = (rows // per_step) * per_step or rows
+    if epochs == 0 or not params or usable == 0:  # nothing to train (a chunk shorter than one row)
+        return float("nan"), float("nan")
     xs = tokens[: usable * seq_len].reshape(usable, seq_len)
     ys = tokens[1 : usable * seq_len + 1].reshape(usable, seq_len)
     on = compile_mode == "on" or (compile_mode == "auto" and where.device.type == "cuda")
