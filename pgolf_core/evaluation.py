@@ -72,14 +72,6 @@ class EvalSums:
         return EvalResult(val_loss, val_loss / math.log(2.0) * (tokens / nbytes), tokens, nbytes, seconds)
 
 
-@dataclass
-class ScoredBatch(EvalSums):
-    """One scored chunk: its sums and its inputs/targets (normal tensors, usable for training)."""
-
-    x: Tensor
-    y: Tensor
-
-
 def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
     """Bytes of each target given its previous token (int16, same shape as the ids)."""
     lead = tables.has_leading_space[tgt_ids] & ~tables.is_boundary[prev_ids]
@@ -139,12 +131,11 @@ class ValChunk:
 
 def standard_batches(
     model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Placement
-) -> Iterator[ScoredBatch]:
+) -> Iterator[EvalSums]:
     """Score this rank's non-overlapping rows, `batch_seqs` rows per forward.
 
     The model returns the batch's mean loss, re-weighted here by the batch's token count (the
-    baseline's `eval_val`). Only the forward runs under `inference_mode`; x and y are created
-    outside it so a training hook may use them after the yield.
+    baseline's `eval_val`).
     """
     if batch_seqs < 1:
         raise PgolfError(f"eval batch must hold at least one sequence (got {batch_seqs} rows)")
@@ -162,7 +153,7 @@ def standard_batches(
             count = torch.tensor(float(y.numel()), dtype=torch.float64, device=where.device)
             nll_sum = loss.to(torch.float64) * count
             nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
-        yield ScoredBatch(nll_sum, count, nbytes, x, y)  # outside inference_mode: the consumer may train
+        yield EvalSums(nll_sum, count, nbytes)
 
 
 def eval_standard(
@@ -178,7 +169,7 @@ def eval_standard(
     return score_batches(model, batches, where.device).all_reduce().result(time.perf_counter() - start)
 
 
-def score_batches(model: nn.Module, batches: Iterator[ScoredBatch], device: torch.device) -> EvalSums:
+def score_batches(model: nn.Module, batches: Iterator[EvalSums], device: torch.device) -> EvalSums:
     """This rank's raw sums (not all-reduced, so a rank split is testable without a process group)."""
     sums = EvalSums.zeros(device)
     model.eval()
@@ -260,7 +251,7 @@ def sliding_batches(
     where: Placement,
     tail: str = "rescore_tail",
     starts: list[int] | None = None,
-) -> Iterator[ScoredBatch]:
+) -> Iterator[EvalSums]:
     """Score this rank's share of the windows `starts` (default: all of them), `batch_seqs` per
     `forward_logits` call, right-padded with zeros.
 
@@ -286,7 +277,7 @@ def sliding_batches(
             # torch.where, not boolean indexing: no host sync per batch on a GPU.
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
             nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
-        yield ScoredBatch(nll_sum, mask.sum().to(torch.float64), nbytes, x, y)
+        yield EvalSums(nll_sum, mask.sum().to(torch.float64), nbytes)
 
 
 def _windows(val_tokens: Tensor, group: list[int], rows: int, total: int, seq_len: int) -> tuple[Tensor, Tensor]:

@@ -113,10 +113,10 @@ class CausalSelfAttention(nn.Module):
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
         self.backend = spec.attention
         self.flash = flash_kernel() if spec.attention == "flash" else None
-        self.c_q = parts.linear("attn.c_q", d, d)
-        self.c_k = parts.linear("attn.c_k", d, spec.kv_dim)
-        self.c_v = parts.linear("attn.c_v", d, spec.kv_dim)
-        self.proj = parts.linear("attn.proj", d, d)
+        self.c_q = spec.linear("attn.c_q", d, d)
+        self.c_k = spec.linear("attn.c_k", d, spec.kv_dim)
+        self.c_v = spec.linear("attn.c_v", d, spec.kv_dim)
+        self.proj = spec.linear("attn.proj", d, d)
         declare_role(self.proj, "weight", zero_init=True)
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         declare_role(self, "q_gain", control=True)
@@ -201,9 +201,6 @@ class ModelParts:
     def mlp(self, layer: int) -> nn.Module:
         return self.mlp_factory(layer) or MLP(self.spec)
 
-    def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
-        return self.spec.linear(role, in_features, out_features)
-
 
 class GPT(nn.Module):
     """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights.
@@ -222,7 +219,7 @@ class GPT(nn.Module):
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
         self.set_layer_orders([])
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
-        self.lm_head = None if spec.tie_embeddings else parts.linear("lm_head", spec.model_dim, spec.vocab_size)
+        self.lm_head = None if spec.tie_embeddings else spec.linear("lm_head", spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
             declare_role(self.lm_head, "weight", zero_init=True)
         pre: list[str] = []

@@ -359,8 +359,8 @@ def _check_core(recipe: Recipe) -> None:
             )
     # The per-rank micro-batch must hold whole sequences: world size from the launcher (torchrun sets
     # WORLD_SIZE), accumulation as the loop resolves it (0 = 8 // world).
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    accum = t.grad_accum_steps or (8 // world if world > 0 and 8 % world == 0 else 1)
+    world = max(int(os.environ.get("WORLD_SIZE", "1") or 1), 1)
+    accum = t.grad_accum_steps or (8 // world if 8 % world == 0 else 1)
     if t.train_batch_tokens % (per_step := t.train_seq_len * world * accum):
         raise RecipeError(
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
@@ -374,48 +374,32 @@ def _check_core(recipe: Recipe) -> None:
                 f"{where}: [data] {key}={pattern!r}: expected a non-empty file pattern relative to data.path "
                 f"(e.g. 'fineweb_train_*.bin')"
             )
-    _check_memory(recipe)
+    _check_memory(recipe, world, accum)
 
 
-def estimate_memory(recipe: Recipe) -> tuple[int, int]:
-    """(parameters, bytes) a training step needs at least: fp32 weights, gradients and two optimizer
-    states per parameter, plus a few saved activations per layer and the logits of one micro-batch."""
-    m, t = recipe.model, recipe.train
-    hidden = m.mlp_hidden or int(m.mlp_mult * m.model_dim)
-    kv_dim = m.model_dim // m.num_heads * m.num_kv_heads
-    # Per layer: q and out (d x d), k and v (d x kv_dim), MLP up and down (d x hidden); exact integers.
-    per_layer = 2 * m.model_dim * (m.model_dim + kv_dim + hidden)
-    params = m.vocab_size * m.model_dim * (1 if m.tie_embeddings else 2) + m.num_layers * per_layer
-    world = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    tokens = t.train_batch_tokens // (world * (t.grad_accum_steps or max(8 // max(world, 1), 1)))
-    activations = 4 * tokens * (m.num_layers * (2 * m.model_dim + hidden) + m.vocab_size)
-    return params, 16 * params + activations
-
-
-def _available_memory(device: str) -> tuple[int, str]:
-    if device != "cpu":
-        import torch
-
-        if torch.cuda.is_available():
-            return int(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
-    try:
-        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "RAM"
-    except (ValueError, OSError, AttributeError):  # pragma: no cover - platforms without sysconf
-        return 0, "RAM"
-
-
-# A recipe is refused only when even this lower-bound estimate exceeds the machine many times over:
+# A recipe is refused only when even a lower-bound estimate exceeds the machine many times over:
 # the point is to catch a typo (mlp_hidden = 2**40) before the allocator does, not to second-guess.
 MEMORY_FACTOR = 4
 
 
-def _check_memory(recipe: Recipe) -> None:
-    params, need = estimate_memory(recipe)
-    have, kind = _available_memory(recipe.run.device)
+def _check_memory(recipe: Recipe, world: int, accum: int) -> None:
+    """Lower bound of a step's memory: fp32 weights, gradients and two optimizer states per parameter
+    (exact counts of the matrices), plus a few saved activations per layer and one micro-batch's logits."""
+    m, d = recipe.model, recipe.model.model_dim
+    hidden = m.mlp_hidden or int(m.mlp_mult * d)
+    kv = d // m.num_heads * m.num_kv_heads  # per layer: q and out d x d, k and v d x kv, MLP up and down d x hidden
+    params = m.vocab_size * d * (2 - m.tie_embeddings) + 2 * m.num_layers * d * (d + kv + hidden)
+    tokens = recipe.train.train_batch_tokens // (world * accum)
+    need = 16 * params + 4 * tokens * (m.num_layers * (2 * d + hidden) + m.vocab_size)
+    have, kind = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")) if hasattr(os, "sysconf") else 0, "RAM"
+    if recipe.run.device != "cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            have, kind = int(torch.cuda.get_device_properties(0).total_memory), "GPU memory"
     if have and need > MEMORY_FACTOR * have:
-        m = recipe.model
         raise RecipeError(
-            f"{recipe.source}: [model] model_dim={m.model_dim} num_layers={m.num_layers} mlp_hidden={m.mlp_hidden} "
+            f"{recipe.source}: [model] model_dim={d} num_layers={m.num_layers} mlp_hidden={m.mlp_hidden} "
             f"mlp_mult={m.mlp_mult} vocab_size={m.vocab_size}, [train] train_batch_tokens="
             f"{recipe.train.train_batch_tokens}: needs at least {need / 2**30:,.1f} GiB to train ({params:,} "
             f"parameters), more than {MEMORY_FACTOR}x the {have / 2**30:,.1f} GiB of {kind} here"

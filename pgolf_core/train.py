@@ -351,11 +351,7 @@ def score(
     `models`: (the model that scores the round trip, e.g. compiled; the uncompiled one the hooks adapt)."""
     e, d, (scorer, base) = recipe.eval, data, models
     rt = evaluation.eval_standard(scorer, d.val_tokens, d.eval_seq, rows, d.tables, where)
-    log(
-        f"final_{label}_roundtrip val_loss:{rt.val_loss:.4f} val_bpb:{rt.val_bpb:.4f} "
-        f"eval_time:{rt.seconds * 1e3:.0f}ms"
-    )
-    log(f"final_{label}_roundtrip_exact val_loss:{rt.val_loss:.8f} val_bpb:{rt.val_bpb:.8f}")
+    log_score(log, f"final_{label}_roundtrip", rt)
     adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
     if e.sliding_stride <= 0 and not adapters and not noncompliance(pm):
         return rt, None
@@ -374,11 +370,13 @@ def score(
     stride = e.sliding_stride or d.eval_seq
     args = (d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables, where, e.sliding_tail, adapt)
     sl = evaluation.eval_sliding(base, *args, e.chunk_tokens)
-    log(
-        f"final_{label}_sliding_window val_loss:{sl.val_loss:.4f} val_bpb:{sl.val_bpb:.4f} "
-        f"stride:{stride} eval_time:{1000 * sl.seconds:.0f}ms"
-    )
-    log(f"final_{label}_sliding_window_exact val_loss:{sl.val_loss:.8f} val_bpb:{sl.val_bpb:.8f}")
+    log_score(log, f"final_{label}_sliding_window", sl, f"stride:{stride} ")
     if noncompliance(pm):
         log(f"WARNING: eval not compliant: {noncompliance(pm)}")
     return rt, sl
+
+
+def log_score(log: Any, name: str, r: evaluation.EvalResult, extra: str = "") -> None:
+    """The records' two lines per final score (rounded, then `_exact`)."""
+    log(f"{name} val_loss:{r.val_loss:.4f} val_bpb:{r.val_bpb:.4f} {extra}eval_time:{1000 * r.seconds:.0f}ms")
+    log(f"{name}_exact val_loss:{r.val_loss:.8f} val_bpb:{r.val_bpb:.8f}")

@@ -379,8 +379,9 @@ def test_sliding_pr63_equals_the_records_loop(model: GPT, tables: Tables) -> Non
 
 def test_sliding_batches_have_one_shape(model: GPT, tables: Tables) -> None:
     """The short last batch is padded with empty windows: a compiled forward never recompiles."""
-    batches = list(ev.sliding_batches(model, stream(3 * T + 1), T, 4, 5, tables, ev.Placement(CPU)))
-    assert len(batches) == 3 and {tuple(b.x.shape) for b in batches} == {(5, T)}  # 12 windows
+    spy = Spy(model)
+    batches = list(ev.sliding_batches(spy, stream(3 * T + 1), T, 4, 5, tables, ev.Placement(CPU)))
+    assert len(batches) == 3 and {tuple(x.shape) for _, x in spy.events} == {(5, T)}  # 12 windows
     assert sum(b.token_count.item() for b in batches) == 3 * T + T - 4
 
 
