@@ -24,6 +24,7 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "model_schedule_golden": {"pr1204", "pr1493"},
     "ttt_sgd_golden": {"pr297"},
     "ttt_score_first_golden": {"pr297", "pr549"},
+    "ttt_two_phase_golden": {"pr415"},
 }
 GENERATORS = {
     "export_later_golden": "tools/make_export_goldens.py",
@@ -33,6 +34,7 @@ GENERATORS = {
     "model_schedule_golden": "tools/make_model_schedule_goldens.py",
     "ttt_sgd_golden": "tools/make_ttt_goldens.py",
     "ttt_score_first_golden": "tools/make_ttt_goldens.py",
+    "ttt_two_phase_golden": "tools/make_ttt_two_phase_goldens.py",
 }  # the others: tools/make_goldens.py
 
 
