@@ -250,3 +250,19 @@ def test_score_first_adapts_on_each_scored_chunk_and_carries_the_model_on(golden
     pairs = zip(model.state_dict().values(), replay.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert again.seconds[0] > 0 and again.seconds[1] > 0  # summed over the chunks
+
+
+def test_in_a_run_late_qat_stays_on_for_the_ttt_unless_qat_off(sample_cache, tmp_path):
+    """As in PR #415, late QAT's switch is still on when the pre-scoring TTT runs (train mode), so the TTT
+    forwards are fake-quantized; `qat_off = true` gives another adapted model (measured on this run:
+    sliding val_bpb 3.52154 vs 3.52113) and the same round trip."""
+    runs = {}
+    for off in ("false", "true"):
+        path = tmp_path / f"qat_off_{off}.toml"
+        path.write_text("[plugins.late_qat]\nthreshold = 0.6\n[plugins.ttt_two_phase]\nphase1_epochs = 2\n"
+                        f"phase2_epochs = 1\nbatch_rows = 8\nphase2_last_blocks = 1\nqat_off = {off}\n")  # fmt: skip
+        runs[off] = train(load_recipe(path, tiny(eval__sliding_stride=32)), tmp_path / off, interactive=False)
+    on, off = runs["false"], runs["true"]
+    assert on["plugin_reports"]["late_qat/activated_step"] == off["plugin_reports"]["late_qat/activated_step"] == 5
+    assert on["roundtrip_val_bpb"] == off["roundtrip_val_bpb"]
+    assert abs(on["sliding_val_bpb"] - off["sliding_val_bpb"]) > 1e-4
