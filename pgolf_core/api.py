@@ -64,10 +64,7 @@ def check_matches(checkpoint: str | Path, live: dict[str, torch.Tensor], weights
 
 
 def evaluate(
-    recipe: Recipe,
-    checkpoint: str | Path | None = None,
-    model: torch.nn.Module | None = None,
-    log: Any = print,
+    recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print,
     plugin_dirs: tuple = (),
 ) -> dict[str, Any]:
     """Score weights on the recipe's validation data (standard eval, plus sliding if configured).

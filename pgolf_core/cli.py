@@ -95,15 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-seed<seed>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser(
-        "eval", help="score a checkpoint (final_model.pt, or a run's final_model.ptz artifact) with a recipe"
-    )
+    p = sub.add_parser("eval", help="score a checkpoint (final_model.pt, or a run's final_model.ptz) with a recipe")
     _recipe_args(p)
-    p.add_argument(
-        "--checkpoint",
-        required=True,
-        help="state dict saved with torch.save, or a .ptz artifact (int8, or int6 via the recipe's plugins)",
-    )
+    ckpt = "state dict saved with torch.save, or a .ptz artifact (int8, or int6 via the recipe's plugins)"
+    p.add_argument("--checkpoint", required=True, help=ckpt)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
     p.add_argument("--json", action="store_true")

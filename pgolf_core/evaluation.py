@@ -242,15 +242,8 @@ def chunk_windows(starts: list[int], total: int, seq_len: int, stride: int, tail
 
 
 def sliding_batches(
-    model: nn.Module,
-    val_tokens: Tensor,
-    seq_len: int,
-    stride: int,
-    batch_seqs: int,
-    tables: Any,
-    where: Placement,
-    tail: str = "rescore_tail",
-    starts: list[int] | None = None,
+    model: nn.Module, val_tokens: Tensor, seq_len: int, stride: int, batch_seqs: int, tables: Any, where: Placement,
+    tail: str = "rescore_tail", starts: list[int] | None = None,
 ) -> Iterator[EvalSums]:
     """Score this rank's share of the windows `starts` (default: all of them), `batch_seqs` per
     `forward_logits` call, right-padded with zeros.
@@ -297,16 +290,8 @@ def _windows(val_tokens: Tensor, group: list[int], rows: int, total: int, seq_le
 
 
 def eval_sliding(
-    model: nn.Module,
-    val_tokens: Tensor,
-    seq_len: int,
-    stride: int,
-    batch_seqs: int,
-    tables: Any,
-    where: Placement,
-    tail: str = "rescore_tail",
-    adapt: Callable[[ValChunk], None] | None = None,
-    chunk_tokens: int = 32_768,
+    model: nn.Module, val_tokens: Tensor, seq_len: int, stride: int, batch_seqs: int, tables: Any, where: Placement,
+    tail: str = "rescore_tail", adapt: Callable[[ValChunk], None] | None = None, chunk_tokens: int = 32_768,
 ) -> EvalResult:
     """Sliding-window eval: each token scored with at least `seq_len - stride`
     tokens of context (except in the first window), using `model.forward_logits`.

@@ -162,11 +162,7 @@ class ExportStack:
     codecs: dict[str, Codec]
 
     def quantize(
-        self,
-        weights: Mapping[str, Tensor],
-        plan: ExportPlan,
-        roles: Roles,
-        dtypes: Mapping[str, torch.dtype],
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, dtypes: Mapping[str, torch.dtype],
         report: Callable[[str, Any], None],
     ) -> dict[str, Any]:
         """The object to save: the format's, plus each correction's payload under `__corrections__`."""
@@ -237,11 +233,7 @@ class Written:
 
 
 def write_artifact(
-    stack: ExportStack,
-    pm: pluggy.PluginManager,
-    weights: dict[str, Tensor],
-    ctx: ExportContext,
-    path: Path,
+    stack: ExportStack, pm: pluggy.PluginManager, weights: dict[str, Tensor], ctx: ExportContext, path: Path,
     write: bool = True,
 ) -> Written:
     """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically.

@@ -41,11 +41,8 @@ def _keep_float(name: str, t: Tensor, roles: Roles, orig_dtypes: dict[str, str])
 
 
 def quantize_int8(
-    state_dict: Mapping[str, Tensor],
-    *,
-    keep_float_max_numel: int = 65_536,
-    clip_quantile: float = DEFAULT_CLIP_QUANTILE,
-    roles: Roles | None = None,
+    state_dict: Mapping[str, Tensor], *, keep_float_max_numel: int = 65_536,
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE, roles: Roles | None = None,
 ) -> dict[str, Any]:
     """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
 

@@ -21,8 +21,9 @@ from pgolf_core.evaluation import token_bytes
 from pgolf_core.registry import version_order
 
 CORE_DIR = Path(pgolf_core.__file__).resolve().parent
-# Tools that are not part of a training run's code path (data preparation, the CLI front end).
-NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/")
+# Tools that are not part of a training run's code path (data preparation, the CLI front end, the kit).
+NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/",
+               "testing.py", "authoring.py")  # fmt: skip
 
 
 def code_files(plugins: list[Any]) -> list[Path]:

@@ -16,7 +16,6 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import TrainConfig
 from pgolf_core.roles import NO_ROLE, Roles, group_of
 
@@ -45,12 +44,7 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(
-        self,
-        params,
-        lr: float,
-        momentum: float,
-        backend_steps: int = 5,
-        weight_decay: float = 0.0,
+        self, params, lr: float, momentum: float, backend_steps: int = 5, weight_decay: float = 0.0,
         orthogonalize: Callable[[Tensor, int], Tensor] = newton_schulz5,
     ) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
@@ -130,10 +124,7 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_ty
         if custom:
             own.setdefault(tuple(sorted(custom.items())), []).append(param)
             continue
-        group = group_of(name, param, roles)
-        if group not in groups:
-            raise PgolfError(f"parameter {name!r}: unknown optimizer group {group!r}")
-        groups[group].append(param)
+        groups[group_of(name, param, roles)].append(param)  # declare_role checks the group name
     tied = getattr(getattr(model, "spec", None), "tie_embeddings", True)
     adam_lrs = {"token": cfg.tied_embed_lr if tied else cfg.embed_lr, "head": cfg.head_lr, "scalar": cfg.scalar_lr}
     adam_cls = torch.optim.AdamW if cfg.adam_weight_decay > 0 else torch.optim.Adam

@@ -179,12 +179,8 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 
 
 def load_recipe(
-    path: str | Path | None,
-    overrides: typing.Sequence[str] = (),
-    *,
-    enable: typing.Sequence[str] = (),
-    disable: typing.Sequence[str] = (),
-    smoke: bool = False,
+    path: str | Path | None, overrides: typing.Sequence[str] = (), *, enable: typing.Sequence[str] = (),
+    disable: typing.Sequence[str] = (), smoke: bool = False,
     plugin_classes: typing.Callable[[list[str], str], dict[str, type]] | None = None,
 ) -> Recipe:
     """Read a TOML recipe, apply smoke settings and overrides, and validate every value.

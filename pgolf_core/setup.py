@@ -170,9 +170,7 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
-    torch.manual_seed(seed)
-    if torch.cuda.is_available():
-        torch.cuda.manual_seed_all(seed)
+    torch.manual_seed(seed)  # every device's generator, CUDA's included
 
 
 def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, dict[str, ParamRole]]:

@@ -64,13 +64,8 @@ class TrainState:
 
 
 def train(
-    recipe: Recipe,
-    out_dir: str | Path | None = None,
-    *,
-    overwrite: bool = False,
-    plugin_dirs: tuple = (),
-    interactive: bool | None = None,
-    clock: Callable[[], float] = time.perf_counter,
+    recipe: Recipe, out_dir: str | Path | None = None, *, overwrite: bool = False, plugin_dirs: tuple = (),
+    interactive: bool | None = None, clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Any]:
     """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`).
 

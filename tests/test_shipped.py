@@ -236,22 +236,30 @@ def code_lines(path: Path) -> int:
 
 
 # The training path: what a run executes (model, loop, optimizers, eval, export, registry, recipe, run
-# directory, summary), i.e. all of pgolf_core but the data tools, the CLI front end and `pgolf ablate`. Its
+# directory, summary), i.e. all of pgolf_core but the data tools, the CLI front end, the authoring kit and
+# `pgolf ablate`. Its
 # goal is to be smaller than PR #414's train_gpt.py, which holds every technique of that record: 1,402 lines
 # (1,393 code lines). It is not there yet.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_716
-DATA_TOOLS_BUDGET = 535
+TRAINING_PATH_BUDGET = 2_706
+DATA_TOOLS_BUDGET = 532
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
 # the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,
 # corrections), parameter roles and the setup/fit/finish split: 2,716 + 535 = 3,251, 55 over the old 3,196.
-# That overrun is not paid back yet; both budgets only go down from here.
+# That overrun is not paid back yet; both budgets only go down from here. Issues #10/#11 added the MLP slot,
+# parallel blocks, the layer schedule and the score-first chunked evaluator (~+90) and paid for them with
+# cuts (dead code, one shared final-score function for the run and `pgolf eval`, evaluators taking a
+# Placement; about half of the lines came from packing long one-argument-per-line signatures).
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not
 # part of it, so it has its own budget, set at its first version.
 ABLATE_BUDGET = 547
+# The authoring kit (`pgolf_core.testing`, the plugin contract third parties import, and `pgolf new-plugin`)
+# checks and scaffolds plugins; no run executes it. Its own budget, set at its first version (issue #10).
+KIT = {"testing.py", "authoring.py"}
+KIT_BUDGET = 274
 
 
 def test_core_line_budget():
@@ -259,11 +267,13 @@ def test_core_line_budget():
     counts = {path.relative_to(core).as_posix(): code_lines(path) for path in core.rglob("*.py")}
     ablate = sum(n for name, n in counts.items() if name.startswith("ablate/"))
     tools = sum(n for name, n in counts.items() if name in DATA_TOOLS)
-    training = sum(counts.values()) - ablate - tools
+    kit = sum(n for name, n in counts.items() if name in KIT)
+    training = sum(counts.values()) - ablate - tools - kit
     print(
         f"core code lines: training path {training} (budget {TRAINING_PATH_BUDGET}, goal {TRAINING_PATH_GOAL}), "
-        f"data tools and CLI {tools} ({DATA_TOOLS_BUDGET}), ablate {ablate} ({ABLATE_BUDGET})"
+        f"data tools and CLI {tools} ({DATA_TOOLS_BUDGET}), ablate {ablate} ({ABLATE_BUDGET}), kit {kit} ({KIT_BUDGET})"
     )
+    assert kit <= KIT_BUDGET, f"the authoring kit has {kit} code lines > {KIT_BUDGET}"
     assert training <= TRAINING_PATH_BUDGET, f"training path has {training} code lines > {TRAINING_PATH_BUDGET}"
     assert tools <= DATA_TOOLS_BUDGET, f"data tools and CLI have {tools} code lines > {DATA_TOOLS_BUDGET}"
     assert ablate <= ABLATE_BUDGET, f"pgolf_core/ablate has {ablate} code lines > {ABLATE_BUDGET}"

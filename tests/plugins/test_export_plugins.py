@@ -404,7 +404,7 @@ def test_zstd_equals_the_records_compressor():
 
 def test_each_plugin_changes_the_artifact():
     weights = make_weights([s for s in SPECS_414 if s[0] != "blocks.1.resid_mix"], 7)  # no fp32 giant
-    core_obj, _ = quantize_int8(weights, roles=pattern_roles(weights, PR414_CONTROL))
+    core_obj = quantize_int8(weights, roles=pattern_roles(weights, PR414_CONTROL))
     core = ZLIB.encode(serialize(core_obj), 9)
     *_, rowmax_obj, _ = run_export(weights, PR414_CONTROL, gptq=False)
     *_, gptq_obj, _ = run_export(weights, PR414_CONTROL, gptq=True)
