@@ -86,6 +86,7 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
         "train_seconds": train_seconds, "eval_seconds": seconds["eval"], "export_seconds": seconds["export"],
         "roundtrip_eval_seconds": roundtrip.seconds, "sliding_eval_seconds": sliding.seconds if sliding else None,
         "eval_compliant": not run.noncompliance, "eval_noncompliance": run.noncompliance or None,
+        "eval_seconds_8xh100": seconds["eval"] * env.world_size / 8 if env.is_cuda else None,  # as if these were H100s
         "total_seconds": time.perf_counter() - run.t_start,
         "plugins": [{"name": p.name, **version_order(p)} for p in run.plugins.ordered],
         "plugin_reports": run.state.reports,
@@ -118,7 +119,7 @@ def resolved_recipe_text(recipe: Any, plugins: list[Any], summary: dict[str, Any
 
 
 def print_summary(summary: dict[str, Any], log: Any) -> None:
-    s = summary
+    s, h100 = summary, summary["eval_seconds_8xh100"] or 0.0
     lines = [
         "",
         "=" * 60,
@@ -130,6 +131,8 @@ def print_summary(summary: dict[str, Any], log: Any) -> None:
         f"  artifact {s['artifact_bytes']:,} bytes = model {s['model_bytes']:,} + code {s['code_bytes']:,}"
         f"  (limit {s['artifact_limit_bytes']:,}{', OVER' if s['over_limit'] else ''})",
         f"  train {s['train_seconds']:.1f} s, eval {s['eval_seconds']:.1f} s",
+        *([f"  eval NOT compliant: {s['eval_noncompliance']}"] if not s["eval_compliant"] else []),
+        *([f"  WARNING: eval ~{h100:.0f} s on 8 GPUs (projected), over the challenge's 600 s"] * (h100 > 600)),
         "=" * 60,
     ]
     for line in lines:

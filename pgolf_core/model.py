@@ -19,10 +19,6 @@ from torch import Tensor, nn
 from pgolf_core.attention import flash_kernel
 from pgolf_core.roles import Roles, collect_roles, declare_role, is_control, role_of
 
-# `enable_gqa` arrived in torch 2.5; older versions get K/V heads expanded by hand.
-_SDPA_HAS_GQA = tuple(int(p) for p in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 5)
-
-
 @dataclass
 class ModelSpec:
     """Everything needed to build the model; handed to plugins' build hooks."""
@@ -99,9 +95,6 @@ def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, flash: Calla
         assert flash is not None, "backend flash needs the kernel from attention.flash_kernel()"
         out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
-    if k.size(1) != q.size(1) and not _SDPA_HAS_GQA:  # torch < 2.5: expand KV heads by hand
-        rep = q.size(1) // k.size(1)
-        k, v = k.repeat_interleave(rep, dim=1), v.repeat_interleave(rep, dim=1)
     gqa: dict[str, Any] = {"enable_gqa": True} if k.size(1) != q.size(1) else {}
     return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa).transpose(1, 2)
 

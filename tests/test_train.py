@@ -314,7 +314,16 @@ def test_prescoring_adaptation_marks_the_run_non_compliant(sample_cache, tmp_pat
     assert out["roundtrip_val_bpb"] == plain["roundtrip_val_bpb"] and plain["sliding_val_bpb"] is None
     assert out["sliding_val_bpb"] is not None and out["score_val_bpb"] == out["sliding_val_bpb"]
     log = (tmp_path / "pre" / "train.log").read_text()
-    assert log.count("WARNING: eval not compliant: prescore_probe") == 2
+    assert log.count("WARNING: eval not compliant: prescore_probe") == 2 and "eval NOT compliant: prescore" in log
+    assert out["eval_seconds_8xh100"] is None  # CPU: no projection
+    from pgolf_core.manifest import print_summary
+
+    class Lines(list):
+        log = list.append
+
+    lines = Lines()
+    print_summary({**out, "eval_seconds_8xh100": 705.0}, lines)  # PR #415's TTT alone ran ~705 s on 8 GPUs
+    assert "  WARNING: eval ~705 s on 8 GPUs (projected), over the challenge's 600 s" in lines
 
 
 def test_full_scale_recipe_on_cpu_says_so_with_an_estimate():
