@@ -30,7 +30,8 @@ mean of 3 seeds), ~410 s of eval on 8xH100.
 Note on #549: its model keeps the block matrices in shared parameter banks (`qo_bank`, ... at the top
 level), so its `blocks.{i}.` rule froze only the first blocks' scales, mixes and gains while every
 layer's matrices trained; on pgolf's per-block parameters (and PR #461's model) the rule freezes whole
-blocks.
+blocks. `freeze_matrices = false` reproduces #549's effect: the first blocks' six attention/MLP matrices
+(`BANKED`: what #549 keeps in its banks) train, their other parameters are frozen.
 """
 
 from __future__ import annotations
@@ -52,8 +53,13 @@ class Config:
     batch_rows: int = 32  # rows of seq_len tokens per SGD step (per rank)
     grad_clip: float = 1.0  # global gradient-norm clip over the trained parameters; 0 = off
     freeze_blocks: int = 2  # the first N blocks are not trained
+    freeze_matrices: bool = True  # false: their attention/MLP matrices still train (#549's banks; the rest frozen)
     seq_len: int = 0  # 0 = the model's train_seq_len (the records: 2048)
     qat_off: bool = True  # fake quantization off during the TTT forwards (train mode)
+
+
+# The six block matrices #549 keeps in its parameter banks (outside `blocks`).
+BANKED = tuple(f"{role}.weight" for role in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"))
 
 
 def qat_switches(model: nn.Module) -> list[Tensor]:
@@ -117,7 +123,7 @@ class TTTScoreFirst:
         self.saved_grad_flags = [(p, p.requires_grad) for p in model.parameters()]
         self.params = []
         for name, p in model.named_parameters():
-            frozen = name.startswith(prefixes)
+            frozen = name.startswith(prefixes) and (self.config.freeze_matrices or not name.endswith(BANKED))
             p.requires_grad_(not frozen)
             if not frozen:
                 self.params.append(p)

@@ -149,6 +149,18 @@ def test_ttt_score_first_update_and_score_equal_pr549_and_frozen_blocks_stay_bit
     assert plugin.optimizer is None  # dropped after the last adaptation
 
 
+def test_freeze_matrices_false_trains_the_first_blocks_linear_weights_as_pr549s_banked_model():
+    g = golden("ttt_score_first")
+    model = small_model(g)
+    plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=4, freeze_matrices=False))
+    sliding(model, g, lambda chunk: plugin.pgolf_eval_adapt(model=model, chunk=chunk), 256)
+    sd = model.state_dict()
+    first = [k for k in g["initial"] if k.startswith(("blocks.0.", "blocks.1."))]
+    kept = sorted(k.split(".", 2)[2] for k in first if torch.equal(sd[k], g["initial"][k]))
+    assert kept == sorted(2 * ["attn.q_gain", "attn_scale", "mlp_scale", "resid_mix"])
+    assert all(p.requires_grad for p in model.parameters())
+
+
 def fingerprint(model: torch.nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
 
