@@ -8,7 +8,7 @@ from typing import Any
 import pluggy
 import torch
 
-from pgolf_core.model import GPT, ModelParts, ModelSpec, mlp_hidden_of
+from pgolf_core.model import GPT, ModelParts, ModelSpec
 from pgolf_core.recipe import Recipe
 from pgolf_core.registry import create_manager
 
@@ -26,7 +26,7 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     backend resolved and the training sequence length (for rotary scaling) added."""
     m = recipe.model
     shared = {f.name: getattr(m, f.name) for f in fields(ModelSpec) if f.init and hasattr(m, f.name)}
-    shared.update(mlp_hidden=mlp_hidden_of(m.model_dim, m.mlp_mult, m.mlp_hidden), attention=attention)
+    shared.update(mlp_hidden=m.mlp_hidden or int(m.mlp_mult * m.model_dim), attention=attention)  # as the records
     return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
 
 
@@ -43,9 +43,9 @@ def parts_from_plugins(spec: ModelSpec, pm: pluggy.PluginManager) -> ModelParts:
         spec=spec,
         embed=lambda: [m for m in hook.pgolf_embed(spec=spec) if m is not None],
         value_extras=lambda: [m for m in hook.pgolf_value_extras(spec=spec) if m is not None],
-        rotary_factory=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
+        rotary=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
         attention_post=lambda layer: [m for m in hook.pgolf_attention_post(spec=spec, layer=layer) if m is not None],
-        mlp_factory=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
+        mlp=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
     )
 
 

@@ -115,7 +115,8 @@ def pgolf_embed(spec: ModelSpec) -> nn.Module | None:
     where: `"pre_norm"` on the raw embedding before the embedding RMSNorm (BigramHash adds),
     `"post_norm"` after it (SmearGate mixes); the last post-norm output is the residual anchor x0.
     It is registered as `model.<state_dict_prefix>` (a required attribute) so that state-dict keys
-    match the record scripts'. Default: none.
+    match the record scripts'; `flat_state_dict = True` drops that prefix from its keys in
+    `state_dict()` and `load_state_dict()` (a record's top-level names). Default: none.
     """
 
 
@@ -123,8 +124,7 @@ def pgolf_embed(spec: ModelSpec) -> nn.Module | None:
 def pgolf_value_extras(spec: ModelSpec) -> nn.Module | None:
     """Once: a module computed once per forward, `forward(input_ids) -> {layer: tensor}` with
     tensors [B, T, Hkv * D], added to that block's flat value projection before the heads split
-    (value embeddings). Registered like `pgolf_embed` modules; an empty `state_dict_prefix` puts its
-    children at the model's top level (record key names). Default: none.
+    (value embeddings). Registered like `pgolf_embed` modules (`flat_state_dict` included). Default: none.
     """
 
 

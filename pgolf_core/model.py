@@ -17,7 +17,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core.attention import flash_kernel
-from pgolf_core.roles import Roles, collect_roles, declare_role, is_control, role_of
+from pgolf_core.roles import Roles, collect_roles, declare_role, is_control
+
 
 @dataclass
 class ModelSpec:
@@ -113,7 +114,7 @@ class CausalSelfAttention(nn.Module):
         declare_role(self.proj, "weight", zero_init=True)
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         declare_role(self, "q_gain", control=True)
-        self.rotary = parts.rotary(layer)
+        self.rotary = parts.rotary(layer) or Rotary(spec.head_dim, base=spec.rope_base)
         self.post = nn.ModuleList(parts.attention_post(layer))
 
     def forward(self, x: Tensor, v_extra: Tensor | None = None) -> Tensor:
@@ -157,7 +158,7 @@ class Block(nn.Module):
         super().__init__()
         d = spec.model_dim
         self.attn = CausalSelfAttention(spec, parts, layer)
-        self.mlp = parts.mlp(layer)
+        self.mlp = parts.mlp(layer) or MLP(spec)
         self.attn_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
@@ -184,15 +185,9 @@ class ModelParts:
     spec: ModelSpec
     embed: Callable[[], list[nn.Module]] = lambda: []
     value_extras: Callable[[], list[nn.Module]] = lambda: []
-    rotary_factory: Callable[[int], nn.Module | None] = lambda layer: None
+    rotary: Callable[[int], nn.Module | None] = lambda layer: None  # None: full RoPE
     attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
-    mlp_factory: Callable[[int], nn.Module | None] = lambda layer: None
-
-    def rotary(self, layer: int) -> nn.Module:
-        return self.rotary_factory(layer) or Rotary(self.spec.head_dim, base=self.spec.rope_base)
-
-    def mlp(self, layer: int) -> nn.Module:
-        return self.mlp_factory(layer) or MLP(self.spec)
+    mlp: Callable[[int], nn.Module | None] = lambda layer: None  # None: relu²
 
 
 class GPT(nn.Module):
@@ -215,12 +210,10 @@ class GPT(nn.Module):
         self.lm_head = None if spec.tie_embeddings else spec.linear("lm_head", spec.model_dim, spec.vocab_size)
         if self.lm_head is not None:
             declare_role(self.lm_head, "weight", zero_init=True)
-        pre: list[str] = []
-        post: list[str] = []
-        for module in parts.embed():
-            name = self._attach(module)
-            (pre if getattr(module, "stage", "post_norm") == "pre_norm" else post).append(name)
-        self.embed_pre_names, self.embed_post_names = tuple(pre), tuple(post)
+        self.flat_prefixes: list[str] = []
+        embeds = [(self._attach(module), getattr(module, "stage", "post_norm")) for module in parts.embed()]
+        self.embed_pre_names = tuple(name for name, stage in embeds if stage == "pre_norm")
+        self.embed_post_names = tuple(name for name, stage in embeds if stage != "pre_norm")
         self.value_extra_names = tuple(self._attach(module) for module in parts.value_extras())
         self._init_weights()
 
@@ -237,23 +230,35 @@ class GPT(nn.Module):
         declare_role(self, "skip_weights", control=True)
 
     def _attach(self, module: nn.Module) -> str:
-        """Register a plugin module as `self.<state_dict_prefix>`, or, when the prefix is empty, its
-        children directly on the model (so its state-dict keys match a record's top-level names)."""
+        """Register a plugin module as `self.<state_dict_prefix>`. One with `flat_state_dict = True` keeps a
+        record's top-level key names (`ve_shared.embed.weight`, not `value_embed.ve_shared...`): an
+        adapter at save and load, `_record_keys` and `_module_keys`."""
         name = str(module.state_dict_prefix)
-        if name:
-            self.add_module(name, module)
-            return name
-        for child_name, child in module.named_children():
-            self.add_module(child_name, child)
-        for param_name, param in module.named_parameters(recurse=False):
-            self.register_parameter(param_name, param)
-            declare_role(self, param_name, **vars(role_of(module, param_name)))
-        name = f"_flat_{len(self.__dict__.setdefault('_flat_modules', {}))}"
-        self.__dict__["_flat_modules"][name] = module
+        self.add_module(name, module)
+        if getattr(module, "flat_state_dict", False):
+            if not self.flat_prefixes:
+                self.register_state_dict_post_hook(GPT._record_keys)
+                self.register_load_state_dict_pre_hook(GPT._module_keys)
+            self.flat_prefixes.append(name + ".")
         return name
 
-    def _plugin_module(self, name: str) -> nn.Module:
-        return self.__dict__["_flat_modules"][name] if name.startswith("_flat_") else getattr(self, name)
+    def state_key(self, name: str) -> str:
+        """The state-dict key of a parameter or buffer name (a flat plugin module's lose their prefix)."""
+        return next((name[len(p) :] for p in self.flat_prefixes if name.startswith(p)), name)
+
+    def _record_keys(self, state_dict: dict[str, Any], prefix: str, local_metadata: Any) -> None:
+        """Flat modules' keys without their prefix, a record's order: its top-level tensors (the model's,
+        then the flat modules' own, e.g. PR #194's `smear_gate_param`) first, then the rest as built."""
+        items = [(k[: len(prefix)] + self.state_key(k[len(prefix) :]) if k.startswith(prefix) else k, v)
+                 for k, v in state_dict.items()]  # fmt: skip
+        state_dict.clear()
+        state_dict.update([kv for kv in items if "." not in kv[0][len(prefix) :]])
+        state_dict.update(items)
+
+    def _module_keys(self, state_dict: dict[str, Any], prefix: str, *_: Any) -> None:
+        names = {self.state_key(n): n for n, _ in [*self.named_parameters(), *self.named_buffers()]}
+        for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in names]:
+            state_dict[prefix + names[key[len(prefix) :]]] = state_dict.pop(key)
 
     def _init_weights(self) -> None:
         if self.spec.tie_embeddings:
@@ -267,10 +272,10 @@ class GPT(nn.Module):
         """Final-normed hidden states [B, T, d]."""
         x = self.tok_emb(input_ids)
         for name in self.embed_pre_names:
-            x = self._plugin_module(name)(x, input_ids)
+            x = getattr(self, name)(x, input_ids)
         x = F.rms_norm(x, (x.size(-1),))
         for name in self.embed_post_names:
-            x = self._plugin_module(name)(x, input_ids)
+            x = getattr(self, name)(x, input_ids)
         x0 = x
         extra = self._value_extras(input_ids)
         order = self.layer_orders[self.layer_phase]
@@ -288,7 +293,7 @@ class GPT(nn.Module):
         """Per-layer additions to the flat value projection, summed over the `pgolf_value_extras` modules."""
         extra: dict[int, Tensor] = {}
         for name in self.value_extra_names:
-            for layer, value in self._plugin_module(name)(input_ids).items():
+            for layer, value in getattr(self, name)(input_ids).items():
                 extra[layer] = extra[layer] + value if layer in extra else value
         return extra
 
@@ -325,12 +330,7 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def mlp_hidden_of(model_dim: int, mlp_mult: float, mlp_hidden: int) -> int:
-    """`mlp_hidden` when set, else `int(mlp_mult * model_dim)` as the records compute it."""
-    return mlp_hidden if mlp_hidden > 0 else int(mlp_mult * model_dim)
-
-
 __all__ = [
     "GPT", "ModelSpec", "ModelParts", "CastedLinear", "MLP", "Rotary", "apply_rotary", "causal_attention",
-    "apply_training_precision", "count_parameters", "mlp_hidden_of",
+    "apply_training_precision", "count_parameters",
 ]  # fmt: skip

@@ -56,12 +56,13 @@ def role_of(module: nn.Module, param: str) -> ParamRole:
 
 
 def collect_roles(model: nn.Module) -> dict[str, ParamRole]:
-    """Full parameter name -> declared role, for every parameter that has one."""
+    """Full parameter name (and state-dict key, where the model renames it) -> declared role."""
     out: dict[str, ParamRole] = {}
     for prefix, module in model.named_modules():
         for param, role in module.__dict__.get("param_roles", {}).items():
             out[f"{prefix}.{param}" if prefix else param] = role
-    return out
+    state_key = getattr(model, "state_key", str)  # also under the state-dict key (exporters read those)
+    return {**out, **{state_key(name): role for name, role in out.items()}}
 
 
 def group_of(name: str, param: Tensor, roles: Roles) -> str:

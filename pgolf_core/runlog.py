@@ -20,7 +20,6 @@ from pgolf_core.rundir import WriteFault, strict_json
 class RunLog:
     def __init__(self, out_dir: Path | None, rank: int = 0, interactive: bool | None = None) -> None:
         self.enabled = rank == 0
-        self.out_dir = out_dir
         self.log_path = out_dir / "train.log" if out_dir and self.enabled else None
         self.metrics_path = out_dir / "metrics.jsonl" if out_dir and self.enabled else None
         self.console = Console(highlight=False, soft_wrap=True) if self.enabled else None
@@ -47,7 +46,7 @@ class RunLog:
         passed), beginning with the lines logged while the run was being set up."""
         if not self.enabled:
             return
-        self.out_dir, self.log_path, self.metrics_path = out_dir, out_dir / "train.log", out_dir / "metrics.jsonl"
+        self.log_path, self.metrics_path = out_dir / "train.log", out_dir / "metrics.jsonl"
         _append(self.log_path, "".join(m + "\n" for m in self._pending))
         self._pending.clear()
 

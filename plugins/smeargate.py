@@ -44,8 +44,7 @@ class PerDimSmear(nn.Module):
         super().__init__()
         self.stage = stage
         self.param_name = flat_name or "gate"
-        if flat_name:  # a top-level parameter, e.g. PR #194's `smear_gate_param`
-            self.state_dict_prefix = ""
+        self.flat_state_dict = bool(flat_name)  # a top-level key, e.g. PR #194's `smear_gate_param`
         self.register_parameter(self.param_name, nn.Parameter(torch.full((dim,), gate_init, dtype=torch.float32)))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:

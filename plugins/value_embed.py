@@ -52,7 +52,8 @@ class SharedValueTable(nn.Module):
 
 
 class ValueEmbeddings(nn.Module):
-    state_dict_prefix = ""  # children at the model's top level, as in the records
+    state_dict_prefix = "value_embed"
+    flat_state_dict = True  # its keys at the state dict's top level, as in the records (ve_shared.*)
 
     def __init__(self, spec, c: Config) -> None:
         super().__init__()

@@ -235,7 +235,7 @@ def tiny(*sets: str, recipe: Path | None = None, smoke: bool = False):
 
 def members(opt: torch.optim.Optimizer, model: nn.Module) -> set[str]:
     ids = {id(p) for g in opt.param_groups for p in g["params"]}
-    return {n for n, p in model.named_parameters() if id(p) in ids}
+    return {n for n, p in model.state_dict(keep_vars=True).items() if id(p) in ids}  # state-dict (records') keys
 
 
 def expected_groups(model: nn.Module, patterns: list[str]) -> dict[str, set[str]]:

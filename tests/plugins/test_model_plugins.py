@@ -109,7 +109,7 @@ def test_ortho_init_record_rule_and_the_fix():
     gain = 1 / math.sqrt(2 * 11)
     record = build_model(load_recipe(path))
     fixed = build_model(load_recipe(path, ["plugins.ortho_init.scale_zero_init_proj=true"]))
-    weights, weights_fixed = dict(record.named_parameters()), dict(fixed.named_parameters())
+    weights, weights_fixed = record.state_dict(), fixed.state_dict()  # the records' names (ve_shared.*)
     for name in ("blocks.3.attn.proj.weight", "blocks.3.mlp.proj.weight"):
         assert torch.count_nonzero(weights[name]) == 0
         assert orthogonal_rows_times(weights_fixed[name], gain)
