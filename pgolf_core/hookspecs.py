@@ -205,10 +205,12 @@ def pgolf_final_weights(state: TrainState) -> dict[str, Tensor] | None:
 
 @hookspec
 def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
-    """Once, before quantization: edit `plan` (name -> `TensorPlan`: clip_percentile,
-    precomputed q/scale) for the tensors of `weights` (CPU, final weights). `ctx` holds the recipe,
-    the parameter roles and `report(key, value)`. GPTQ-lite's clip search.
-    Default: an empty plan per tensor."""
+    """Once, before quantization, in plugin order: edit `plan` (name -> `TensorPlan`: clip_percentile,
+    row_clip, precomputed q/scale) for the tensors of `weights` (CPU, final weights; GPTQ-lite's clip
+    search, SDClip). A plugin may also replace entries of `weights` (`weights[name] = pruned`: the
+    export's own dict, read by the later plans and the format), never modify a tensor in place (it may
+    share storage with the live model). `ctx` holds the recipe, the parameter roles and
+    `report(key, value)`. Default: an empty plan per tensor."""
 
 
 @hookspec(firstresult=True)
