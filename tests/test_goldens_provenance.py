@@ -25,6 +25,7 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "ttt_sgd_golden": {"pr297"},
     "ttt_score_first_golden": {"pr297", "pr549"},
     "ttt_two_phase_golden": {"pr415"},
+    "prune_golden": {"pr415"},
 }
 GENERATORS = {
     "export_later_golden": "tools/make_export_goldens.py",
@@ -35,6 +36,7 @@ GENERATORS = {
     "ttt_sgd_golden": "tools/make_ttt_goldens.py",
     "ttt_score_first_golden": "tools/make_ttt_goldens.py",
     "ttt_two_phase_golden": "tools/make_ttt_two_phase_goldens.py",
+    "prune_golden": "tools/make_prune_goldens.py",
 }  # the others: tools/make_goldens.py
 
 

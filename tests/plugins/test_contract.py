@@ -27,15 +27,16 @@ TINY_SETTINGS: dict[str, dict] = {
     "swa": {"every": 1, "threshold": 0.9},
     "gptq_lite": {},
     "lqer": {"min_numel": 256},  # every quantized 32-dim matrix is a candidate (default: > 65,536 elements)
+    "prune": {"min_numel": 256, "fraction": 0.05},  # the 32-dim matrices and the embedding; 5 %: see below
     "parallel_residuals": {"start_layer": 0},
     "depth_recurrence": {"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac": 0.5},
 }
 # Plugins that need a partner to act (the partner's own effect is subtracted by comparing against it).
-PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"]}
+PARTNERS = {"gptq_lite": ["int6_export"], "sdclip": ["int6_export"], "prune": ["int6_export"]}
 # Recipe overrides for both runs of a plugin: the 32-dim matrices are all under the default 65,536-element
 # float-passthrough limit, so the exporters would have nothing to quantize; gptq_lite's clip percentiles
 # only differ from the row max on rows longer than ~100 weights whose max exceeds 1 (the scale floor is 1/31).
-EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer", "sdclip")}
+EXTRA = {name: ["export.keep_float_max_numel=256"] for name in ("int6_export", "lqer", "sdclip", "prune")}
 EXTRA["gptq_lite"] = ["export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"]
 # TTT acts on the sliding-window eval only: both runs score one, the 1,024 tokens in 4 chunks of 256.
 TTTS = ("ttt_score_first", "ttt_sgd", "ttt_two_phase")
@@ -55,10 +56,11 @@ PLUGINS = sorted(registry.discover())
 # val_loss and round-trip val_loss): every training/model plugin moves the loss by >= 1.1e-3 (late_qat; xsa
 # 1.5e-3, partial_rope 1.6e-3), gptq_lite by 1.3e-4 (round trip only), int6_export by 2.9e-3, lqer by 4.1e-4
 # (round trip only; +2,380 bytes), sdclip by 1.3e-3 (+5,918 bytes, both with int6_export), leaky_relu2 by
-# 7.4e-3, depth_recurrence by 2.8e-2, parallel_residuals by 2.5e-2 (matrix lr 0.5); the codecs change only
-# bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9); the TTTs only the sliding-window loss, at their record
-# settings: ttt_score_first 1.8e-3, ttt_sgd 1.2e-4, ttt_two_phase 4.7e-1 (125 epochs on the tokens it scores).
-# Thresholds sit >= 10x under the smallest of each kind.
+# 7.4e-3, depth_recurrence by 2.8e-2, parallel_residuals by 2.5e-2 (matrix lr 0.5), prune by 1.9e-3 at 5 %
+# (round trip only, with int6_export; 9.1e-5 at the record's 1 %, mostly entries int6 rounds to 0 anyway); the
+# codecs change only bytes (lzma-9 6,876, brotli-11 18,044 vs zlib-9); the TTTs only the sliding-window loss,
+# at their record settings: ttt_score_first 1.8e-3, ttt_sgd 1.2e-4, ttt_two_phase 4.7e-1 (125 epochs on the
+# tokens it scores). Thresholds sit >= 10x under the smallest of each kind.
 LOSS_EFFECT = 1e-5
 BYTES_EFFECT = 300
 
