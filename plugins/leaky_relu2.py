@@ -51,16 +51,15 @@ class LeakyReLU2:
     order = 50
     Config = Config
 
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs): a slope in [0, 1) (0 is relu²)."""
+        if not 0.0 <= (slope := config.negative_slope) < 1.0:
+            raise ValueError(f"leaky_relu2: negative_slope={slope}: expected 0 <= negative_slope < 1 (record: 0.5)")
+
     def __init__(self, config: Config) -> None:
         self.validate(config)
         self.config = config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        slope = config.negative_slope
-        if not 0.0 <= slope < 1.0:
-            raise ValueError(f"leaky_relu2: negative_slope={slope}: expected 0 <= negative_slope < 1 (record: 0.5)")
 
     @hookimpl
     def pgolf_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:

@@ -82,16 +82,14 @@ class TTTSGD:
     def validate(config: Config, model=None, recipe=None) -> None:
         """At recipe load (see pgolf_core.hookspecs)."""
         c = config
-        if not c.lr > 0.0:
-            raise ValueError(f"lr={c.lr}: expected > 0")
-        if not 0.0 <= c.momentum < 1.0:
-            raise ValueError(f"momentum={c.momentum}: expected 0 <= momentum < 1")
-        if c.epochs < 0:
-            raise ValueError(f"epochs={c.epochs}: expected >= 0")
-        if c.batch_rows < 1:
-            raise ValueError(f"batch_rows={c.batch_rows}: expected >= 1")
-        if c.seq_len < 0:
-            raise ValueError(f"seq_len={c.seq_len}: expected >= 0 (0: the training sequence length)")
+        rules = (
+            ("lr", c.lr > 0.0, "> 0"), ("momentum", 0.0 <= c.momentum < 1.0, "0 <= momentum < 1"),
+            ("epochs", c.epochs >= 0, ">= 0"), ("batch_rows", c.batch_rows >= 1, ">= 1"),
+            ("seq_len", c.seq_len >= 0, ">= 0 (0: the training sequence length)"),
+        )  # fmt: skip
+        for key, ok, expected in rules:
+            if not ok:
+                raise ValueError(f"{key}={getattr(c, key)}: expected {expected}")
 
     def __init__(self, config: Config) -> None:
         self.validate(config)
