@@ -288,7 +288,8 @@ def test_qat_reproduces_the_records_training_loss(rule, tmp_path):
 
 def test_late_qat_reproduces_pr414_after_the_switch_and_covers_plugin_linears(tmp_path):
     model, pm, golden = record_model(tmp_path, "pr414", "late_qat", threshold=0.15)
-    assert isinstance(model.bigram.proj, qat.FakeQuantLinear) and isinstance(model.value_embed.ve_shared.proj, qat.FakeQuantLinear)
+    assert isinstance(model.bigram.proj, qat.FakeQuantLinear)
+    assert isinstance(model.value_embed.ve_shared.proj, qat.FakeQuantLinear)
     state = fake_state(model, step=7, lr_scale=0.2)
     pm.hook.pgolf_step_start(state=state)
     assert abs(loss_of(model, golden, True) - golden["loss128"].item()) <= 1e-5  # not yet
