@@ -2,19 +2,21 @@
 
 Public API (stable names; plugins may import these and `hookimpl` only):
 `load_recipe`, `build_model`, `train`, `evaluate`, `export`, `hookimpl`, `ModelSpec`,
-`CastedLinear`, `PgolfError`; parameter roles `declare_role`, `declare_all`, `role_of`, `ParamRole`;
-the export types `TensorPlan`, `ExportFormat`, `Correction`, `Codec`.
+`CastedLinear`, `PgolfError`; parameter roles `declare_role`, `declare_all`, `role_of`, `ParamRole`,
+`Roles`, `is_control`; the export types `TensorPlan`, `ExportPlan`, `ExportFormat`, `Correction`,
+`Codec`, `FORMAT_KEY`; the shared row quantizers `quant`. Plugins import these from `pgolf_core` only.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+from pgolf_core import quant
 from pgolf_core.errors import PgolfError
-from pgolf_core.exporter import Codec, Correction, ExportFormat, TensorPlan
+from pgolf_core.exporter import FORMAT_KEY, Codec, Correction, ExportFormat, ExportPlan, TensorPlan
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import CastedLinear, ModelSpec
-from pgolf_core.roles import ParamRole, declare_all, declare_role, role_of
+from pgolf_core.roles import ParamRole, Roles, declare_all, declare_role, is_control, role_of
 
 __version__ = "0.1.0"
 
@@ -56,6 +58,6 @@ def export(recipe: Any, model: Any, out_dir: Any, **kwargs: Any) -> dict:
 
 __all__ = [
     "load_recipe", "build_model", "train", "evaluate", "export", "hookimpl", "ModelSpec", "CastedLinear", "PgolfError",
-    "ParamRole", "declare_role", "declare_all", "role_of", "TensorPlan", "ExportFormat", "Correction", "Codec",
-    "__version__",
+    "ParamRole", "Roles", "declare_role", "declare_all", "is_control", "role_of", "TensorPlan", "ExportPlan",
+    "ExportFormat", "Correction", "Codec", "FORMAT_KEY", "quant", "__version__",
 ]  # fmt: skip

@@ -81,8 +81,7 @@ def evaluate(
         load_weights(model, weights)
     model.to(env.device)
     report = lambda key, value: log(f"{key}:{value}")  # noqa: E731
-    rows = eval_rows(recipe, env)
-    rt, sl = score(recipe, plugins.pm, data, (model, model), env.placement(), rows, log, report, "eval")
+    rt, sl = score(recipe, plugins.pm, data, (model,) * 2, env.placement(), eval_rows(recipe, env), log, report, "eval")
     out: dict[str, Any] = {"val_loss": rt.val_loss, "val_bpb": rt.val_bpb, "tokens": rt.tokens}
     if sl is not None:
         out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)

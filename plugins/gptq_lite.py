@@ -27,8 +27,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from pgolf_core import PgolfError, TensorPlan, hookimpl, quant
-from pgolf_core.roles import Roles, is_control
+from pgolf_core import PgolfError, Roles, TensorPlan, hookimpl, is_control, quant
 
 INT6_MAX = 31
 

@@ -44,9 +44,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgolf_core import ExportFormat, PgolfError, TensorPlan, hookimpl, quant
-from pgolf_core.exporter import FORMAT_KEY
-from pgolf_core.roles import Roles, is_control
+from pgolf_core import FORMAT_KEY, ExportFormat, PgolfError, Roles, TensorPlan, hookimpl, is_control, quant
 
 INT6_MAX = 31
 MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")

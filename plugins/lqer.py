@@ -43,8 +43,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from pgolf_core import Correction, PgolfError, hookimpl
-from pgolf_core.exporter import ExportPlan
+from pgolf_core import Correction, ExportPlan, PgolfError, hookimpl
 
 TAG = "lqer"
 SCALE_FLOOR = 1e-10

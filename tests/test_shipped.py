@@ -199,7 +199,8 @@ def test_core_names_no_plugin():
 def test_no_plugin_imports_another():
     allowed_roots = {"torch", "numpy", "pgolf_core", "__future__", "zstandard", "brotli"}  # codec packages
 
-    for path in sorted((ROOT / "plugins").glob("*.py")):
+    examples = sorted((ROOT / "examples").glob("*/*/*.py"))  # third-party packages: their own modules only
+    for path in sorted((ROOT / "plugins").glob("*.py")) + [p for p in examples if "tests" not in p.parts]:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
             modules = []
@@ -212,6 +213,14 @@ def test_no_plugin_imports_another():
                 root = module.split(".")[0]
                 ok = root in allowed_roots or root in sys.stdlib_module_names
                 assert ok, f"{path.name} imports {module!r}: plugins import only torch/numpy/stdlib/pgolf_core"
+                # The public API is what `pgolf_core` itself exports (`pgolf_core.__all__`), not its modules.
+                assert module != "pgolf_core" or isinstance(node, ast.ImportFrom), f"{path.name}: import pgolf_core"
+                assert not module.startswith("pgolf_core."), f"{path.name} imports {module!r}: `from pgolf_core import`"
+                if module == "pgolf_core" and isinstance(node, ast.ImportFrom):
+                    import pgolf_core
+
+                    private = [a.name for a in node.names if a.name not in pgolf_core.__all__]
+                    assert not private, f"{path.name} imports {private} from pgolf_core, which does not export them"
 
 
 def code_lines(path: Path) -> int:
