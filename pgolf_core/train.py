@@ -167,14 +167,14 @@ class Run:
         initial_model = {k: v.detach().cpu().clone() for k, v in self.base.state_dict().items()}
         initial_opt = [copy.deepcopy(s) for s in opt.state_dicts()]
         self.model.train()
-        loader, phase_before = self.new_loader(), self.base.layer_phase
+        loader = self.new_loader()
         for phase in range(len(self.base.layer_orders)):  # each layer schedule compiled before the timed loop
             self.base.layer_phase = phase
             for i in range(cfg.warmup_steps):
                 self.train_step(loader)
                 if cfg.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == cfg.warmup_steps:
                     self.log.log(f"warmup_step:{i + 1}/{cfg.warmup_steps}" + f" layer_phase:{phase}" * (phase > 0))
-        self.base.layer_phase = phase_before
+        self.base.layer_phase = 0  # training starts with the plain order (a built model may hold another)
         self.base.load_state_dict(initial_model, strict=True)
         opt.load_state_dicts(initial_opt)
         opt.zero_grad()

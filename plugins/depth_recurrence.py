@@ -68,7 +68,7 @@ class DepthRecurrence:
     @hookimpl
     def pgolf_model_built(self, model, spec) -> None:
         model.set_layer_orders([looped_order(spec.num_layers, self.config)])
-        model.layer_phase = 1  # a built model (pgolf eval, export) is the looped one; training starts plain
+        model.layer_phase = 1  # a built model (pgolf eval, export) is the looped one; the warm-up resets it
 
     @hookimpl
     def pgolf_step_start(self, state) -> None:

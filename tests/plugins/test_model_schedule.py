@@ -76,8 +76,8 @@ TINY_RECURRENCE = {"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac":
 
 
 def test_recurrence_switches_mid_run_and_never_recompiles_after_warm_up(sample_cache, tmp_path):
-    """The tiny run compiled (aot_eager on CPU): the warm-up compiles both orders, the switch at half the
-    steps and the final looped evals then recompile nothing (`fail_on_recompile`)."""
+    """The tiny run's training steps compiled (aot_eager on CPU): the warm-up compiles both orders, and the
+    switch at half the steps (step 3, test below) then recompiles nothing (`fail_on_recompile`)."""
     contract = PluginContract("depth_recurrence", settings=TINY_RECURRENCE, overrides=["model.num_layers=4"])
     contract.check_no_recompile(tmp_path)
 
