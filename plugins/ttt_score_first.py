@@ -37,6 +37,7 @@ blocks. `freeze_matrices = false` reproduces #549's effect: the first blocks' si
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass
 
 import torch
@@ -136,7 +137,7 @@ class TTTScoreFirst:
 
     @hookimpl
     def pgolf_eval_adapt(self, model, chunk) -> None:
-        c = self.config
+        c, t0 = self.config, time.perf_counter()
         if chunk.index == 0 or self.optimizer is None:
             self._start(model)
         assert self.optimizer is not None
@@ -167,8 +168,10 @@ class TTTScoreFirst:
                 for s, v in zip(switches, saved, strict=True):
                     s.copy_(v)
         chunk.report("ttt_score_first/chunks", chunk.index + 1)
+        self.seconds = (0.0 if chunk.index == 0 else getattr(self, "seconds", 0.0)) + time.perf_counter() - t0
         if chunk.index == 0:
             chunk.report("ttt_score_first/trained_params", sum(p.numel() for p in self.params))
         if chunk.index >= chunk.count - 2:  # the last adaptation: the last chunk is never trained on
+            chunk.report("ttt_score_first/seconds", round(self.seconds, 3))  # adaptation only (scoring apart)
             self.optimizer.zero_grad(set_to_none=True)
             self._restore()

@@ -256,6 +256,9 @@ def test_each_ttt_lowers_val_bpb_on_a_tiny_trained_model(sample_cache, tmp_path)
         print(f"{name}: sliding val_bpb {without['sliding_val_bpb']:.6f} -> {with_it['sliding_val_bpb']:.6f}")
         assert gain >= GAIN[name], (name, gain)
         assert with_it["eval_compliant"] is (name != "ttt_sgd")
+        if name != "ttt_sgd_score_first":  # the TTT's own seconds, apart from scoring
+            seconds = "ttt_score_first/seconds" if name == "ttt_score_first" else "eval/prescore_seconds"
+            assert with_it["plugin_reports"][seconds] > 0
 
 
 
