@@ -32,7 +32,6 @@ AttnOutGate; #1787 carries #1736's dense gate).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import math
 import sys
@@ -48,7 +47,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tools.make_export_goldens import record_source, top_level  # noqa: E402
-from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402
+from tools.make_goldens import check_or_write, differences, golden_parser, name_pairs  # noqa: E402
 
 FIXTURE = ROOT / "examples" / "pgolf-attn-gate" / "tests" / "golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -240,12 +239,7 @@ def build(scripts: dict[str, Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record-script", action="append", default=[], metavar="NAME=PATH", help="a record's train_gpt.py")
-    ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA", help="source commit, for the stamp")
-    ap.add_argument("--check", action="store_true", help="compare with the committed fixture; write nothing")
-    ap.add_argument("--out", type=Path, default=FIXTURE)
-    args = ap.parse_args(argv)
+    args = golden_parser(__doc__.split("\n\n")[0], FIXTURE).parse_args(argv)
     scripts = {k: Path(v) for k, v in name_pairs(args.record_script, "--record-script", RECORDS).items()}
     missing = sorted(set(RECORDS) - set(scripts))
     if missing:
@@ -253,20 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, path in scripts.items():
         if not path.is_file():
             raise SystemExit(f"--record-script {name}={path}: no such file")
+    torch.set_num_threads(1)  # one reduction order for the CPU matmuls (with 2 threads `v` differs in the last bit)
     data = build(scripts)
-    if args.check:
-        old = torch.load(args.out, weights_only=False)
-        old.pop("provenance", None)
-        diff = differences(data, old, FIXTURE.stem)
-        print(f"{FIXTURE.stem}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
-        return 1 if diff else 0
     commits = name_pairs(args.commit, "--commit", RECORDS)
-    generator = "tools/make_attn_gate_goldens.py"
-    data["provenance"] = stamp(generator, FIXTURE.stem, RECORDS, list(RECORDS), scripts, commits)
-    torch.save(data, args.out)
-    shown = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
-    print(f"wrote {shown} ({args.out.stat().st_size} bytes)")
-    return 0
+    failed = check_or_write(
+        data, args.out, args.check, "tools/make_attn_gate_goldens.py", RECORDS, list(RECORDS), scripts, commits
+    )
+    return int(failed)
 
 
 if __name__ == "__main__":

@@ -294,6 +294,35 @@ def name_pairs(values: list[str], flag: str, names: Iterable[str]) -> dict[str, 
     return out
 
 
+def golden_parser(description: str, out: Path) -> argparse.ArgumentParser:
+    """The command line every fixture generator shares: record scripts, their commits, --check, --out."""
+    ap = argparse.ArgumentParser(description=description)
+    ap.add_argument("--record-script", action="append", default=[], metavar="NAME=PATH", help="a record's train_gpt.py")
+    ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA", help="source commit, for the stamp")
+    ap.add_argument("--check", action="store_true", help="compare with the committed fixture(s); write nothing")
+    ap.add_argument("--out", type=Path, default=out)
+    return ap
+
+
+def check_or_write(data: dict, path: Path, check: bool, generator: str, records: dict, names: list[str],
+                   scripts: dict, commits: dict) -> bool:  # fmt: skip
+    """`--check`: compare `data` with the fixture at `path` (stamps aside; a forward may differ in the last
+    bits on another CPU capability, said so) and return whether it differs. Else stamp, write, say the size."""
+    fixture = path.stem
+    if check:
+        old = torch.load(path, weights_only=False)
+        made_on, here = old.pop("provenance", {}).get("cpu_capability"), torch.backends.cpu.get_cpu_capability()
+        if made_on and made_on != here:
+            print(f"{fixture}: made on {made_on}, checked on {here}: record forwards may differ in the last bits")
+        diff = differences(data, old, fixture)
+        print(f"{fixture}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
+        return bool(diff)
+    data["provenance"] = stamp(generator, fixture, records, names, scripts, commits)
+    torch.save(data, path)
+    print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({path.stat().st_size:,} bytes)")
+    return False
+
+
 def _pairs(values: list[str], flag: str) -> dict[str, str]:
     return name_pairs(values, flag, RECORDS)
 

@@ -33,7 +33,6 @@ fixture, bit for bit, and exits 1 on any difference.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import collections
 import os
@@ -54,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 from tests.plugins import test_leaky_relu2 as leaky_tests  # noqa: E402
 from tests.plugins import test_sdclip as sdclip_tests  # noqa: E402
 from tools.make_export_goldens import _simple, record_source, top_level  # noqa: E402
-from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402
+from tools.make_goldens import check_or_write, golden_parser, name_pairs  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "later_model_golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -193,12 +192,7 @@ def build(scripts: dict[str, Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record-script", action="append", default=[], metavar="NAME=PATH", help="a record's train_gpt.py")
-    ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA", help="source commit, for the stamp")
-    ap.add_argument("--check", action="store_true", help="compare with the committed fixture; write nothing")
-    ap.add_argument("--out", type=Path, default=FIXTURE)
-    args = ap.parse_args(argv)
+    args = golden_parser(__doc__.split("\n\n")[0], FIXTURE).parse_args(argv)
     scripts = {k: Path(v) for k, v in name_pairs(args.record_script, "--record-script", RECORDS).items()}
     missing = sorted(set(RECORDS) - set(scripts))
     if missing:
@@ -207,18 +201,11 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             raise SystemExit(f"--record-script {name}={path}: no such file")
     data = build(scripts)
-    if args.check:
-        old = torch.load(args.out, weights_only=True)
-        old.pop("provenance", None)
-        diff = differences(data, old, FIXTURE.stem)
-        print(f"{FIXTURE.stem}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
-        return 1 if diff else 0
     commits = name_pairs(args.commit, "--commit", RECORDS)
-    generator = "tools/make_later_model_goldens.py"
-    data["provenance"] = stamp(generator, FIXTURE.stem, RECORDS, list(RECORDS), scripts, commits)
-    torch.save(data, args.out)
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out}")
-    return 0
+    failed = check_or_write(
+        data, args.out, args.check, "tools/make_later_model_goldens.py", RECORDS, list(RECORDS), scripts, commits
+    )
+    return int(failed)
 
 
 if __name__ == "__main__":

@@ -51,7 +51,6 @@ logits come from CPU matmuls: compare on a machine of the stamped CPU capability
 
 from __future__ import annotations
 
-import argparse
 import ast
 import math
 import os
@@ -70,7 +69,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import _sdpa_flash_attn_func  # noqa: E402  (the one FA3 stand-in)
 from tools.make_export_goldens import _simple, record_source, top_level  # noqa: E402
-from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402
+from tools.make_goldens import check_or_write, golden_parser, name_pairs  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "model_schedule_golden.pt"
 RECORDS = {  # name -> (PR, folder under records/track_10min_16mb/)
@@ -415,12 +414,7 @@ def build(scripts: dict[str, Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record-script", action="append", default=[], metavar="NAME=PATH", help="a record's train_gpt.py")
-    ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA", help="source commit, for the stamp")
-    ap.add_argument("--check", action="store_true", help="compare with the committed fixture; write nothing")
-    ap.add_argument("--out", type=Path, default=FIXTURE)
-    args = ap.parse_args(argv)
+    args = golden_parser(__doc__.split("\n\n")[0], FIXTURE).parse_args(argv)
     scripts = {k: Path(v) for k, v in name_pairs(args.record_script, "--record-script", RECORDS).items()}
     missing = sorted(set(RECORDS) - set(scripts))
     if missing:
@@ -431,21 +425,11 @@ def main(argv: list[str] | None = None) -> int:
     scripts = {name: scripts[name] for name in RECORDS}
     torch.set_num_threads(1)  # one reduction order for the CPU matmuls
     data = build(scripts)
-    if args.check:
-        if not args.out.is_file():
-            fail(f"--check: no fixture at {args.out}")
-        old = torch.load(args.out, weights_only=False)
-        old.pop("provenance", None)
-        diff = differences(data, old, FIXTURE.stem)
-        print(f"{FIXTURE.stem}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
-        return 1 if diff else 0
     commits = name_pairs(args.commit, "--commit", RECORDS)
-    generator = "tools/make_model_schedule_goldens.py"
-    data["provenance"] = stamp(generator, FIXTURE.stem, RECORDS, list(RECORDS), scripts, commits)
-    torch.save(data, args.out)
-    shown = args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out
-    print(f"wrote {shown} ({args.out.stat().st_size} bytes)")
-    return 0
+    failed = check_or_write(
+        data, args.out, args.check, "tools/make_model_schedule_goldens.py", RECORDS, list(RECORDS), scripts, commits
+    )
+    return int(failed)
 
 
 if __name__ == "__main__":

@@ -46,7 +46,6 @@ names the one they were made on). Needs `zstandard` and `sentencepiece` (the scr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from collections.abc import Iterator
@@ -60,7 +59,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record  # noqa: E402
 from tests.plugins.golden import randomize  # noqa: E402
-from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402
+from tools.make_goldens import check_or_write, golden_parser, name_pairs  # noqa: E402
 from tools.make_ttt_record_goldens import build_record_gpt, record_env  # noqa: E402
 
 FIXTURES = ROOT / "tests" / "fixtures"
@@ -172,12 +171,7 @@ def make(fixture: str, scripts: dict[str, Path]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record-script", action="append", default=[], metavar="NAME=PATH", help="a record's train_gpt.py")
-    ap.add_argument("--commit", action="append", default=[], metavar="NAME=SHA", help="source commit, for the stamp")
-    ap.add_argument("--check", action="store_true", help="compare with the committed fixtures; write nothing")
-    ap.add_argument("--out", type=Path, default=FIXTURES)
-    args = ap.parse_args(argv)
+    args = golden_parser(__doc__.split("\n\n")[0], FIXTURES).parse_args(argv)
     scripts = {k: Path(v) for k, v in name_pairs(args.record_script, "--record-script", RECORDS).items()}
     commits = name_pairs(args.commit, "--commit", RECORDS)
     for name, path in scripts.items():
@@ -192,20 +186,9 @@ def main(argv: list[str] | None = None) -> int:
             continue
         data = make(fixture, scripts)
         path = args.out / f"{name}.pt"
-        if args.check:
-            old = torch.load(path, weights_only=False)
-            made_on = old.pop("provenance", {}).get("cpu_capability")
-            here = torch.backends.cpu.get_cpu_capability()
-            if made_on and made_on != here:
-                print(f"{name}: made on {made_on}, checked on {here}: forwards may differ in the last bits")
-            diff = differences(data, old, name)
-            failed |= bool(diff)
-            print(f"{name}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
-        else:
-            data["provenance"] = stamp("tools/make_ttt_goldens.py", name, RECORDS, list(needs), scripts, commits)
-            torch.save(data, path)
-            size = path.stat().st_size
-            print(f"wrote {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path} ({size:,} bytes)")
+        failed |= check_or_write(
+            data, path, args.check, "tools/make_ttt_goldens.py", RECORDS, list(needs), scripts, commits
+        )
     return 1 if failed else 0
 
 

@@ -46,7 +46,6 @@ script imports them at top level).
 
 from __future__ import annotations
 
-import argparse
 import ast
 import contextlib
 import sys
@@ -61,7 +60,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.plugins.golden import randomize  # noqa: E402
-from tools.make_goldens import differences, name_pairs, stamp  # noqa: E402
+from tools.make_goldens import check_or_write, golden_parser, name_pairs  # noqa: E402
 from tools.make_ttt_record_goldens import build_record_gpt, import_record, record_env  # noqa: E402
 
 FIXTURE = ROOT / "tests" / "fixtures" / "ttt_two_phase_golden.pt"
@@ -188,12 +187,7 @@ def make(path: Path) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--record-script", action="append", default=[], metavar="pr415=PATH", help="PR #415's train_gpt.py")
-    ap.add_argument("--commit", action="append", default=[], metavar="pr415=SHA", help="source commit, for the stamp")
-    ap.add_argument("--check", action="store_true", help="compare with the committed fixture; write nothing")
-    ap.add_argument("--out", type=Path, default=FIXTURE)
-    args = ap.parse_args(argv)
+    args = golden_parser(__doc__.split("\n\n")[0], FIXTURE).parse_args(argv)
     scripts = {k: Path(v) for k, v in name_pairs(args.record_script, "--record-script", RECORDS).items()}
     commits = name_pairs(args.commit, "--commit", RECORDS)
     if "pr415" not in scripts:
@@ -201,18 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     if not scripts["pr415"].is_file():
         raise SystemExit(f"--record-script pr415={scripts['pr415']}: no such file")
     data = make(scripts["pr415"])
-    if args.check:
-        old = torch.load(args.out, weights_only=False)
-        old.pop("provenance", None)
-        diff = differences(data, old, FIXTURE.stem)
-        print(f"{FIXTURE.stem}: {'bit-identical' if not diff else 'DIFFERS at ' + '; '.join(diff[:5])}")
-        return 1 if diff else 0
-    generator = "tools/make_ttt_two_phase_goldens.py"
-    data["provenance"] = stamp(generator, FIXTURE.stem, RECORDS, ["pr415"], scripts, commits)
-    torch.save(data, args.out)
-    size = args.out.stat().st_size
-    print(f"wrote {args.out.relative_to(ROOT) if args.out.is_relative_to(ROOT) else args.out} ({size:,} bytes)")
-    return 0
+    failed = check_or_write(
+        data, args.out, args.check, "tools/make_ttt_two_phase_goldens.py", RECORDS, ["pr415"], scripts, commits
+    )
+    return int(failed)
 
 
 if __name__ == "__main__":
