@@ -3,7 +3,7 @@
 Both models are set up the way their training runs set them up on CUDA: the record's `GPT` (the script you
 pass, loaded at run time; FlashAttention-3 replaced by SDPA where it is not installed) as its `main()` does
 (bf16 model, fp32 `CastedLinear` weights and control tensors, `torch.compile(dynamic=False, fullgraph=True)`),
-pgolf's as `pgolf_core.train` does (`apply_training_precision`, the same compile call, attention backend
+pgolf's as `pgolf_core.run` does (`apply_training_precision`, the same compile call, attention backend
 `flash` where FA3 is installed, else `sdpa`, so both run the same kernel).
 The record's weights are loaded into pgolf's model (strict keys), so the
 two compute the same function (the losses are checked). Steps alternate between the two; each figure is the

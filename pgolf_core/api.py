@@ -16,8 +16,8 @@ from pgolf_core.artifact import deserialize
 from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import Recipe
 from pgolf_core.roles import collect_roles
+from pgolf_core.run import score
 from pgolf_core.setup import build, eval_rows, load_data, load_plugins, load_weights, setup_env
-from pgolf_core.train import score
 
 
 def load_checkpoint(
@@ -81,7 +81,7 @@ def evaluate(
         load_weights(model, weights)
     model.to(env.device)
     report = lambda key, value: log(f"{key}:{value}")  # noqa: E731
-    rt, sl = score(recipe, plugins.pm, data, (model,) * 2, env.placement(), eval_rows(recipe, env), log, report, "eval")
+    rt, sl = score(recipe, plugins.pm, data, (model,) * 2, env, eval_rows(recipe, env), log, report, "eval")
     out: dict[str, Any] = {"val_loss": rt.val_loss, "val_bpb": rt.val_bpb, "tokens": rt.tokens}
     if sl is not None:
         out.update(sliding_val_loss=sl.val_loss, sliding_val_bpb=sl.val_bpb)

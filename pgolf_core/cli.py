@@ -41,7 +41,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pgolf_core.train import train
+    from pgolf_core.run import train
 
     summary = train(_load(args), args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir))
     return 1 if summary.get("over_limit") and not args.smoke else 0

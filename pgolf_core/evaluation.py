@@ -80,12 +80,26 @@ def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
 
 @dataclass(frozen=True)
 class Placement:
-    """Where one rank scores: its device, its share of rows/windows, and the autocast dtype (None: off)."""
+    """Where one rank runs and scores: its device, its share of rows/windows, the autocast dtype (None:
+    off) and whether a process group exists (torchrun; `pgolf_core.setup.setup_env` makes it)."""
 
     device: torch.device
     rank: int = 0
     world_size: int = 1
     autocast_dtype: torch.dtype | None = None
+    distributed: bool = False
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def sync(self) -> None:
+        if self.is_cuda:
+            torch.cuda.synchronize()
+
+    def barrier(self) -> None:
+        if self.distributed:
+            dist.barrier()
 
     def share(self, n: int) -> tuple[int, int]:
         """Contiguous share `[n*r/W, n*(r+1)/W)` of `n` items, as every record splits rows and windows."""

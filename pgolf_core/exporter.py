@@ -64,6 +64,8 @@ class ExportFormat(Protocol):
     `tags` are the `__quant_format__` values this format reads ("" for objects without a tag, such
     as PR #414's); `quantize` stores the tag it writes under `obj[FORMAT_KEY]`. `roles` maps names
     to `ParamRole` (control tensors pass through as fp32); `report(key, value)` logs a statistic.
+    An optional `needs_plan` string (say why, e.g. 'row_rule = "plan"') makes a run without any
+    `pgolf_export_plan` implementation a recipe error at setup, before training, not at export.
     """
 
     label: str  # in log lines and summary keys: "int8", "int6"
@@ -221,6 +223,9 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)
+    if (why := getattr(readers[0], "needs_plan", "")) and not pm.hook.pgolf_export_plan.get_hookimpls():
+        raise RecipeError(f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
+                          "enabled plugin implements pgolf_export_plan; enable one or change the format's setting")
     return ExportStack(readers[0], readers, corrections, codecs)
 
 

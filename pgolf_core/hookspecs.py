@@ -12,14 +12,14 @@ A run calls the hooks at these points (nothing of a plugin's runs inside a model
     pgolf_model_built(model, spec)
     roles = collect_roles(model)                    # optimizer groups, fp32 keeping, export passthrough
     optimizers, compiled = build_optimizers(model, roles), torch.compile(model, fullgraph=True)
-    # fit                                           (pgolf_core.train.Run.fit)
+    # fit                                           (pgolf_core.run.Run.fit)
     warm_up(); restore()                            # untimed: compilation
     for step in range(iterations):                  # until the wallclock cap
         pgolf_step_start(state)
         loss = train_step()                         # forward, backward, optimizer step
         pgolf_post_step(state)
     pgolf_fit_end(state)
-    # finish                                        (pgolf_core.train.Run.finish)
+    # finish                                        (pgolf_core.run.Run.finish)
     weights = pgolf_final_weights(state) or live weights
     plan = {name: TensorPlan()}; pgolf_export_plan(plan, weights, ctx)
     obj = format.quantize(weights, plan, roles); each correction adds its payload
@@ -72,7 +72,7 @@ if TYPE_CHECKING:
     from pgolf_core.exporter import Codec, Correction, ExportContext, ExportFormat, ExportPlan
     from pgolf_core.model import GPT, ModelSpec
     from pgolf_core.recipe import Recipe
-    from pgolf_core.train import TrainState
+    from pgolf_core.run import TrainState
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
@@ -217,7 +217,7 @@ def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportC
 def pgolf_export_format(recipe: Recipe) -> ExportFormat:
     """Exclusive. Once per run and per `pgolf eval`: the format object that quantizes the weights
     and reads them back (int6). Its tag is stored in the artifact, so `pgolf eval` picks the same
-    reader.
+    reader. A format whose `needs_plan` names a reason is refused at setup when no plugin makes a plan.
     Default: the baseline's int8 per-row format."""
 
 

@@ -8,7 +8,8 @@ filled once, before optimizers and `torch.compile`; `forward` contains no hook c
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,28 @@ class CastedLinear(nn.Linear):
 
     def forward(self, x: Tensor) -> Tensor:
         return F.linear(x, self.weight.to(x.dtype))
+
+
+# A layer that fake-quantizes its weight while training (QAT) holds a 0-d float buffer of this name,
+# 1.0 = on; flipping it in place needs no recompile. The one thing eval-time training must know of QAT.
+FAKE_QUANT_SWITCH = "fake_quant_on"
+
+
+@contextmanager
+def fake_quant_off(model: nn.Module, off: bool = True) -> Iterator[int]:
+    """Every fake-quantization switch of `model` at 0 inside the block (when `off`), put back after;
+    yields how many there are. Test-time training adapts the real weights this way (PR #297's fix)."""
+    switches = [b for n, b in model.named_buffers() if off and n.rsplit(".", 1)[-1] == FAKE_QUANT_SWITCH]
+    saved = [s.clone() for s in switches]
+    with torch.no_grad():
+        for s in switches:
+            s.zero_()
+    try:
+        yield len(switches)
+    finally:
+        with torch.no_grad():
+            for s, v in zip(switches, saved, strict=True):
+                s.copy_(v)
 
 
 class Rotary(nn.Module):
@@ -329,8 +352,3 @@ def apply_training_precision(model: nn.Module, roles: Roles, fp32_embeddings: bo
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
-
-__all__ = [
-    "GPT", "ModelSpec", "ModelParts", "CastedLinear", "MLP", "Rotary", "apply_rotary", "causal_attention",
-    "apply_training_precision", "count_parameters",
-]  # fmt: skip

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import random
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,37 +32,8 @@ from pgolf_core.registry import create_manager, ordered_plugins
 from pgolf_core.roles import ParamRole, collect_roles
 
 
-@dataclass
-class Env:
-    """Where the run executes: device, precision and the process group."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    distributed: bool = False
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def autocast(self) -> Any:
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.is_cuda else nullcontext()
-
-    def sync(self) -> None:
-        if self.is_cuda:
-            torch.cuda.synchronize()
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def placement(self) -> Placement:
-        """Where each rank scores (bf16 autocast on GPU)."""
-        return Placement(self.device, self.rank, self.world_size, torch.bfloat16 if self.is_cuda else None)
-
-
-def setup_env(device_pref: str) -> Env:
-    """Read torchrun's environment; NCCL on CUDA, gloo on CPU."""
+def setup_env(device_pref: str) -> Placement:
+    """Where the run executes, from torchrun's environment: NCCL on CUDA, gloo on CPU; bf16 autocast on CUDA."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
     if device_pref == "cuda" and not torch.cuda.is_available():
@@ -82,7 +52,7 @@ def setup_env(device_pref: str) -> Env:
         torch.set_flush_denormal(True)
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Env(device=device, rank=rank, world_size=world, distributed=distributed)
+    return Placement(device, rank, world, torch.bfloat16 if use_cuda else None, distributed)
 
 
 def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
@@ -93,7 +63,7 @@ def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
     return 8 // world_size
 
 
-def eval_rows(recipe: Recipe, env: Env) -> int:
+def eval_rows(recipe: Recipe, env: Placement) -> int:
     """Sequences per eval batch on each rank, as the records split `eval.batch_tokens` (over ranks
     and accumulation steps); `pgolf eval` uses the same, so it scores the run's batches exactly."""
     per_rank = recipe.eval.batch_tokens // (env.world_size * grad_accum_steps(recipe, env.world_size))
@@ -126,7 +96,7 @@ class Data:
     eval_seq: int
 
 
-def resolve_data(recipe: Recipe, env: Env, log: Any) -> tuple[list[Path], list[Path], Path]:
+def resolve_data(recipe: Recipe, env: Placement, log: Any) -> tuple[list[Path], list[Path], Path]:
     """The recipe's shards and tokenizer; the embedded sample data when `data.path` is empty."""
     cfg = recipe.data
     if not cfg.path:
@@ -156,7 +126,7 @@ def resolve_data(recipe: Recipe, env: Env, log: Any) -> tuple[list[Path], list[P
     return shard_files(root, cfg.train_pattern), shard_files(root, cfg.val_pattern), tokenizer
 
 
-def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
+def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> Data:
     train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
     sp = load_tokenizer_for(tokenizer_path, recipe.model.vocab_size)
     for files in (train_files, val_files) if train else (val_files,):
@@ -173,7 +143,7 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)  # every device's generator, CUDA's included
 
 
-def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
+def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
     """The model on CPU in fp32 with the plugins' modules, its roles collected once, then moved and
     (on GPU) cast to the records' precision: bf16 but Linear weights and control tensors fp32."""
     backend, why = resolve_backend(recipe.model.attention, env.device.type)

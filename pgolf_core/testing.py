@@ -148,7 +148,7 @@ class PluginContract:
         hook flipped). As a second check, dynamo's `torch._dynamo.utils.counters["stats"]["unique_graphs"]`
         must not grow after the warm-up."""
         from pgolf_core.optim import lr_scale, muon_momentum
-        from pgolf_core.train import Run
+        from pgolf_core.run import Run
 
         tmp_path = Path(tmp_path)
         recipe = self.recipe(tmp_path, extra=["run.compile=off"])
@@ -183,7 +183,7 @@ class PluginContract:
         and a loss (`LOSS_KEYS`: final, round-trip, and sliding-window when both runs score one) or the
         artifact bytes move by more than noise.
         Returns the summaries `(with_plugin, without)` for further, plugin-specific checks."""
-        from pgolf_core.train import train
+        from pgolf_core.run import train
 
         tmp_path = Path(tmp_path)
         key = (tuple(self.partners), tuple(self.overrides), tuple(map(str, self.plugin_dirs)))

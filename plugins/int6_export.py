@@ -25,7 +25,8 @@ used when present), else `row_rule`:
 - "rowmax_eps" (PR #297): s = max(fp16(rowmax/31), fp16 tiny), no 1/31 floor, q in [-32, 31];
 - "quantile" (Variant A): rows clipped to `[export] clip_quantile`, rounded with the fp32 scale
   max(c/31, 1/31), scales stored fp16;
-- "plan": every int6 tensor must have a plan clip (guarantees that the #414 search ran);
+- "plan": every int6 tensor must have a plan clip (guarantees that the #414 search ran; a run
+  without a plugin making a plan is refused at setup, before training);
 - "auto": rowmax for "mixed", quantile for "all" (what each record does).
 A plan's `row_clip` (absolute clip c_r per row, SDClip, PR #1394) takes the place of the rule, for
 int6 tensors (qmax 31) and the mixed scheme's int8 ones (qmax 127) alike, with PR #1394's grid:
@@ -360,6 +361,7 @@ class Int6Format:
 
     def __init__(self, config: Config, keep_float_max_numel: int, clip_quantile: float) -> None:
         self.config, self.keep_max, self.clip_quantile = config, keep_float_max_numel, clip_quantile
+        self.needs_plan = 'int6_export row_rule = "plan"' if config.row_rule == "plan" else ""
 
     def quantize(self, weights, plan, roles, report) -> dict[str, Any]:
         obj, stats = quantize(weights, self.config, roles=roles, keep_float_max_numel=self.keep_max,

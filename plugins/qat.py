@@ -28,8 +28,9 @@ GPTQ-lite's grid equals it whenever its 1.0 percentile wins.
 (`pgolf_linear`) builds: the block linears, an untied lm_head, and the projections other plugins
 ask it for (bigram.proj, ve_shared.proj); `"blocks"`: the six block linears only (PR #297's set).
 
-How: the switch is a 0-d float buffer `qat_on` on each layer (non-persistent: no state-dict key),
-used as `w + ((Q(w) − w)·qat_on).detach()`. Flipping it in place from a step hook takes effect in a
+How: the switch is a 0-d float buffer `fake_quant_on` on each layer (non-persistent: no state-dict key;
+the core's `FAKE_QUANT_SWITCH`, which eval-time training turns off with `fake_quant_off`), used as
+`w + ((Q(w) − w)·fake_quant_on).detach()`. Flipping it in place from a step hook takes effect in a
 `torch.compile(fullgraph=True)` graph without recompiling; the quantizer therefore also runs (and
 is multiplied by 0) before a late switch, a small cost on weights only (measured on an H100, full-size
 #414 step: ~0.3 %, pgolf/record 1.019 with late_qat, 1.016 without; skipped in eager CPU runs).
@@ -61,7 +62,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core import CastedLinear, hookimpl
+from pgolf_core import FAKE_QUANT_SWITCH, CastedLinear, hookimpl
 
 BLOCK_ROLES = frozenset({"attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"})
 
@@ -131,32 +132,32 @@ def fake_quantize(w: Tensor, rule: QuantRule) -> Tensor:
 
 
 class FakeQuantLinear(CastedLinear):
-    """CastedLinear whose forward sees the fake-quantized weight while the 0-d `qat_on` buffer is 1."""
+    """CastedLinear whose forward sees the fake-quantized weight while the 0-d `fake_quant_on` buffer is 1."""
 
     def __init__(self, in_features: int, out_features: int, rule: QuantRule, on: bool = False) -> None:
         super().__init__(in_features, out_features)
         self.rule = rule
-        self.register_buffer("qat_on", torch.tensor(float(on)), persistent=False)
+        self.register_buffer(FAKE_QUANT_SWITCH, torch.tensor(float(on)), persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
         rule = self.rule
         if not (self.training or rule.in_eval):
             return F.linear(x, self.weight.to(x.dtype))
-        if not self.qat_on.is_cuda and not torch.compiler.is_compiling() and not self.qat_on:
+        if not self.fake_quant_on.is_cuda and not torch.compiler.is_compiling() and not self.fake_quant_on:
             # Eager CPU with the switch off: skip the quantizer it would multiply by 0 (same result,
             # bit for bit). Compiled graphs keep it so that the switch needs no recompile; CUDA keeps
             # it because reading the flag would sync the device.
             return F.linear(x, self.weight.to(x.dtype))
         if rule.precision == "fp32_ste":  # #194: STE on the fp32 master, then cast
             w = self.weight
-            w = (w + ((fake_quantize(w, rule) - w) * self.qat_on).detach()).to(x.dtype)
+            w = (w + ((fake_quantize(w, rule) - w) * self.fake_quant_on).detach()).to(x.dtype)
         elif rule.precision == "fp32_quant":  # #414: quantize an fp32 copy, STE in the activation dtype
             w = self.weight.to(x.dtype)
             w_q = fake_quantize(self.weight.float(), rule).to(x.dtype)
-            w = w + ((w_q - w) * self.qat_on.to(x.dtype)).detach()
+            w = w + ((w_q - w) * self.fake_quant_on.to(x.dtype)).detach()
         else:  # #63: cast, then quantize in the activation dtype
             w = self.weight.to(x.dtype)
-            w = w + ((fake_quantize(w, rule) - w) * self.qat_on.to(x.dtype)).detach()
+            w = w + ((fake_quantize(w, rule) - w) * self.fake_quant_on.to(x.dtype)).detach()
         return F.linear(x, w)
 
     def extra_repr(self) -> str:
@@ -168,7 +169,7 @@ def set_qat(model: nn.Module, on: bool) -> int:
     layers = [m for m in model.modules() if isinstance(m, FakeQuantLinear)]
     with torch.no_grad():
         for m in layers:
-            m.qat_on.fill_(float(on))
+            m.fake_quant_on.fill_(float(on))
     return len(layers)
 
 

@@ -16,11 +16,11 @@ dropped. The adapted model scores the next chunk: the challenge's rule holds by 
 evaluator hands over only already-scored tokens (the plugin does nothing about legality).
 
 `seq_len = 0` takes the model's training sequence length (`model.spec.train_seq_len`), the records'
-TTT row length (TRAIN_SEQ_LEN, 2048). `qat_off` (default true) zeroes every `qat_on` fake-quantization
-switch buffer (the qat/late_qat plugins' layers) during adaptation and puts the values back after:
+TTT row length (TRAIN_SEQ_LEN, 2048). `qat_off` (default true) turns every fake-quantization switch
+(the qat/late_qat plugins' layers) off during adaptation and puts the values back after:
 the TTT forwards run in train mode, where a switched-on fake-quantized linear would quantize, and
-the records' score-first TTT ran without QAT. (No plugin imports another: the switch is found by its
-buffer name.)
+the records' score-first TTT ran without QAT. (No plugin imports another: `pgolf_core.fake_quant_off`
+is the core's contract with any QAT plugin.)
 
 Why: adapting on the validation text already scored lowers the loss of the text that follows.
 Source: PR #461's recipe as coded in PR #549's `eval_val_sliding_ttt` (2026-03-23
@@ -41,9 +41,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from pgolf_core import hookimpl
+from pgolf_core import fake_quant_off, hookimpl
 
 
 @dataclass
@@ -62,10 +62,6 @@ class Config:
 # The six block matrices #549 keeps in its parameter banks (outside `blocks`).
 BANKED = tuple(f"{role}.weight" for role in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"))
 
-
-def qat_switches(model: nn.Module) -> list[Tensor]:
-    """The fake-quantization switch buffers (`qat_on`) of the model's layers, found by name."""
-    return [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] == "qat_on"]
 
 
 def row_length(model: nn.Module, seq_len: int) -> int:
@@ -145,13 +141,8 @@ class TTTScoreFirst:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         x_all, y_all = chunk.rows(row_length(model, c.seq_len))
-        switches = qat_switches(model) if c.qat_off else []
-        saved = [s.clone() for s in switches]
-        with torch.no_grad():
-            for s in switches:
-                s.zero_()
         model.train()
-        try:
+        with fake_quant_off(model, c.qat_off):
             for _ in range(c.epochs):
                 for first in range(0, x_all.size(0), c.batch_rows):
                     x, y = x_all[first : first + c.batch_rows], y_all[first : first + c.batch_rows]
@@ -163,10 +154,6 @@ class TTTScoreFirst:
                     if c.grad_clip > 0.0:
                         torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
                     self.optimizer.step()
-        finally:
-            with torch.no_grad():
-                for s, v in zip(switches, saved, strict=True):
-                    s.copy_(v)
         chunk.report("ttt_score_first/chunks", chunk.index + 1)
         self.seconds = (0.0 if chunk.index == 0 else getattr(self, "seconds", 0.0)) + time.perf_counter() - t0
         if chunk.index == 0:

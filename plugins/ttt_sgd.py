@@ -7,9 +7,9 @@ off on the CPU), backward, plain `torch.optim.SGD(lr=3e-4, momentum=0.95)` step;
 clipping, no gradient all-reduce. As in the record, every rank processes every batch (the rows are not
 split), and after the pass the parameters are averaged over ranks (`chunk.where.average`; the ranks
 computed the same update, so this only evens out nondeterminism). `qat_off` (default true, the record's
-`_ste_qat = False` on every CastedLinear before its TTT) zeroes every `qat_on` fake-quantization
-switch buffer (the qat/late_qat plugins' layers, found by buffer name: no plugin imports another)
-while adapting, and puts the values back after. The TTT forwards run in train mode, where pgolf's
+`_ste_qat = False` on every CastedLinear before its TTT) turns every fake-quantization switch (the
+qat/late_qat plugins' layers, through the core's `pgolf_core.fake_quant_off`: no plugin imports another)
+off while adapting, and puts the values back after. The TTT forwards run in train mode, where pgolf's
 late_qat layers would otherwise fake-quantize: its `pgolf_fit_end` switches QAT off only with
 `in_eval = true`, and #297's recipe has `in_eval = false`.
 
@@ -40,9 +40,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
-from pgolf_core import hookimpl
+from pgolf_core import fake_quant_off, hookimpl
 
 
 @dataclass
@@ -55,10 +55,6 @@ class Config:
     qat_off: bool = True  # fake quantization off during the TTT forwards (the record's _ste_qat = False)
     score_first: bool = False  # true: adapt after each scored chunk (compliant) instead of before scoring
 
-
-def qat_switches(model: nn.Module) -> list[Tensor]:
-    """The fake-quantization switch buffers (`qat_on`) of the model's layers, found by name."""
-    return [b for name, b in model.named_buffers() if name.rsplit(".", 1)[-1] == "qat_on"]
 
 
 def row_length(model: nn.Module, seq_len: int) -> int:
@@ -108,14 +104,9 @@ class TTTSGD:
         rows = (chunk.tokens.numel() - 1) // seq_len
         x_all = chunk.tokens[: rows * seq_len].reshape(rows, seq_len)
         y_all = chunk.tokens[1 : rows * seq_len + 1].reshape(rows, seq_len)
-        switches = qat_switches(model) if c.qat_off else []
-        saved = [s.clone() for s in switches]
-        with torch.no_grad():
-            for s in switches:
-                s.zero_()
         model.train()
         steps = 0
-        try:
+        with fake_quant_off(model, c.qat_off):
             for _ in range(c.epochs):
                 for first in range(0, rows, c.batch_rows):
                     optimizer.zero_grad(set_to_none=True)
@@ -124,10 +115,6 @@ class TTTSGD:
                     loss.backward()
                     optimizer.step()
                     steps += 1
-        finally:
-            with torch.no_grad():
-                for s, v in zip(switches, saved, strict=True):
-                    s.copy_(v)
         optimizer.zero_grad(set_to_none=True)
         chunk.where.average([p.data for p in model.parameters()])  # the record: all_reduce(p.data, AVG)
         return steps

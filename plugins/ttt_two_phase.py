@@ -27,11 +27,12 @@ record's whole-stream counts.
 QAT during TTT: PR #415's late QAT is a class-wide flag (`CastedLinear._qat_enabled`) that stays set
 after training, and its TTT runs in train mode under a fresh `torch.compile`, so every TTT forward is
 fake-quantized, while the scored eval (eval mode) is not: TTT fits a quantized forward that is never
-scored. pgolf's `late_qat` behaves the same (its `qat_on` switch buffers stay 1 after the fit unless
+scored. pgolf's `late_qat` behaves the same (its fake-quantization switches stay 1 after the fit unless
 `in_eval = true`, and its layers fake-quantize in train mode), so `qat_off = false` reproduces the
-record. `qat_off = true`, the fix, zeroes every `qat_on` switch buffer (found by buffer name: no plugin
-imports another) while adapting and puts the values back after. (With `late_qat.effective = false`,
-the no-op reproduction of training, the switches stay 0, so the TTT is not quantized, unlike the record.)
+record. `qat_off = true`, the fix, turns every switch off while adapting and puts the values back after
+(`pgolf_core.fake_quant_off`, the core's contract with any QAT plugin: no plugin imports another).
+(With `late_qat.effective = false`, the no-op reproduction of training, the switches stay 0, so the TTT
+is not quantized, unlike the record.)
 
 Reports `ttt_two_phase/phase1_seconds`, `phase2_seconds` (summed over chunks in the score-first form),
 the mean loss of each phase's first and last epoch, and the parameter counts.
@@ -55,7 +56,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pgolf_core import hookimpl
+from pgolf_core import fake_quant_off, hookimpl
 
 PHASE1 = ("attn_scale", "mlp_scale", "resid_mix")  # per-channel block parameters (leaf names)
 EMBEDDINGS = ("tok_emb.weight", "lm_head.weight")
@@ -152,11 +153,6 @@ class TTTTwoPhase:
         c = self.config
         seq_len = self.seq_len or model.spec.train_seq_len  # type: ignore[union-attr]
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
-        switches = [b for n, b in model.named_buffers() if n.rsplit(".", 1)[-1] == "qat_on"] if c.qat_off else []
-        saved = [b.clone() for b in switches]
-        with torch.no_grad():
-            for b in switches:
-                b.zero_()
         phases: list[tuple[list[str], int, Callable[[list[Tensor], float], torch.optim.Optimizer], float]] = [
             (phase1_names(model), c.phase1_epochs, lambda ps, lr: torch.optim.Adam(ps, lr=lr), c.phase1_lr),
             (
@@ -166,26 +162,24 @@ class TTTTwoPhase:
                 c.phase2_lr,
             ),
         ]
-        try:
-            for k, (names, epochs, make, lr) in enumerate(phases, start=1):
-                sync(chunk.where.device)
-                t0 = time.perf_counter()
-                first, last = run_phase(model, chunk, seq_len, c.batch_rows, names, epochs, lr, make, c.compile)
-                sync(chunk.where.device)
-                self.seconds[k - 1] += time.perf_counter() - t0
-                chunk.report(f"{self.name}/phase{k}_seconds", round(self.seconds[k - 1], 3))
-                if chunk.index == 0:
-                    count = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
-                    chunk.report(f"{self.name}/phase{k}_params", count)
-                if not math.isnan(first):
-                    chunk.report(f"{self.name}/phase{k}_first_epoch_loss", round(first, 6))
-                    chunk.report(f"{self.name}/phase{k}_last_epoch_loss", round(last, 6))
-        finally:
-            for n, p in model.named_parameters():
-                p.requires_grad_(flags[n])
-            with torch.no_grad():
-                for b, v in zip(switches, saved, strict=True):
-                    b.copy_(v)
+        with fake_quant_off(model, c.qat_off):
+            try:
+                for k, (names, epochs, make, lr) in enumerate(phases, start=1):
+                    sync(chunk.where.device)
+                    t0 = time.perf_counter()
+                    first, last = run_phase(model, chunk, seq_len, c.batch_rows, names, epochs, lr, make, c.compile)
+                    sync(chunk.where.device)
+                    self.seconds[k - 1] += time.perf_counter() - t0
+                    chunk.report(f"{self.name}/phase{k}_seconds", round(self.seconds[k - 1], 3))
+                    if chunk.index == 0:
+                        count = sum(p.numel() for n, p in model.named_parameters() if n in set(names))
+                        chunk.report(f"{self.name}/phase{k}_params", count)
+                    if not math.isnan(first):
+                        chunk.report(f"{self.name}/phase{k}_first_epoch_loss", round(first, 6))
+                        chunk.report(f"{self.name}/phase{k}_last_epoch_loss", round(last, 6))
+            finally:
+                for n, p in model.named_parameters():
+                    p.requires_grad_(flags[n])
 
 
 def sync(device: torch.device) -> None:

@@ -18,8 +18,8 @@ from pgolf_core import build_model
 from pgolf_core.api import evaluate, export_artifact
 from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
+from pgolf_core.run import train
 from pgolf_core.setup import load_weights
-from pgolf_core.train import train
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -140,3 +140,21 @@ def test_compile_on_compiles_the_model_and_muon_and_trains_the_same(sample_cache
     # Observed on CPU: 4.9e-5 in bpb after 3 steps (inductor's fused kernels round differently): 100x margin.
     assert on["roundtrip_val_bpb"] == pytest.approx(off["roundtrip_val_bpb"], abs=5e-3)
     assert on["steps"] == off["steps"] == 2
+
+
+def test_the_public_entry_points_stay_functions_once_the_core_is_loaded():
+    """`pgolf_core.train(recipe)` is the function even after the run module was imported (a submodule named
+    like a package attribute would replace it: a second call then met a module)."""
+    import inspect
+
+    import pgolf_core
+    import pgolf_core.api
+    import pgolf_core.build
+    import pgolf_core.recipe
+    import pgolf_core.run  # noqa: F401 - imported to check that it shadows nothing
+
+    for name in ("load_recipe", "build_model", "train", "evaluate", "export"):
+        assert inspect.isfunction(getattr(pgolf_core, name)), name
+    assert pgolf_core.train is pgolf_core.run.train and pgolf_core.export is pgolf_core.api.export_artifact
+    with pytest.raises(AttributeError, match="no attribute 'trian'"):
+        pgolf_core.trian  # noqa: B018

@@ -29,8 +29,8 @@ from pgolf_core.build import build_model
 from pgolf_core.cli import main
 from pgolf_core.errors import PgolfError
 from pgolf_core.recipe import dump_toml, load_recipe
+from pgolf_core.run import train
 from pgolf_core.setup import load_plugins, load_weights
-from pgolf_core.train import train
 from tests.tiny import tiny
 
 TINY = tiny(

@@ -340,3 +340,22 @@ def test_training_precision_leaves_only_embedding_tables_bf16_unless_fixed():
         bf16 = {name for name, p in model.state_dict().items() if p.dtype == torch.bfloat16}
         assert bf16 == (set() if fix else tables)
         assert all(p.dtype in (torch.float32, torch.bfloat16) for p in model.parameters())
+
+
+def test_fake_quant_off_zeroes_every_switch_inside_and_puts_each_back_after():
+    """The core's contract with QAT plugins: any 0-d buffer named FAKE_QUANT_SWITCH, wherever it sits."""
+    from pgolf_core import FAKE_QUANT_SWITCH, fake_quant_off
+
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Sequential(torch.nn.Linear(2, 2)))
+    model[0].register_buffer(FAKE_QUANT_SWITCH, torch.tensor(1.0), persistent=False)
+    model[1][0].register_buffer(FAKE_QUANT_SWITCH, torch.tensor(0.5), persistent=False)
+    model[1][0].register_buffer("other", torch.tensor(1.0))
+    values = lambda: [float(b) for b in model.buffers()]  # noqa: E731
+    with fake_quant_off(model) as count:
+        assert count == 2 and values() == [0.0, 0.0, 1.0]
+    assert values() == [1.0, 0.5, 1.0]
+    with pytest.raises(RuntimeError), fake_quant_off(model):
+        raise RuntimeError("a failed adaptation")
+    assert values() == [1.0, 0.5, 1.0]
+    with fake_quant_off(model, off=False) as count:  # a TTT plugin's qat_off = false
+        assert count == 0 and values() == [1.0, 0.5, 1.0]

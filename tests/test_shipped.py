@@ -251,7 +251,7 @@ def code_lines(path: Path) -> int:
 # (1,393 code lines). It is not there yet.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_703
+TRAINING_PATH_BUDGET = 2_699
 DATA_TOOLS_BUDGET = 532
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
 # the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,

@@ -16,7 +16,7 @@ import pytest
 from pgolf_core import registry
 from pgolf_core.cli import main
 from pgolf_core.recipe import load_recipe
-from pgolf_core.train import train
+from pgolf_core.run import train
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]

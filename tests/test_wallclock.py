@@ -19,7 +19,7 @@ import pytest
 from pgolf_core import evaluation
 from pgolf_core.optim import Optimizers
 from pgolf_core.recipe import load_recipe
-from pgolf_core.train import train
+from pgolf_core.run import train
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -153,7 +153,7 @@ from pathlib import Path
 
 from pgolf_core.optim import Optimizers
 from pgolf_core.recipe import load_recipe
-from pgolf_core.train import train
+from pgolf_core.run import train
 
 rank = int(os.environ["RANK"])
 now = [0.0]

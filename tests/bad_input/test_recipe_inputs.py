@@ -48,7 +48,7 @@ def never_train(monkeypatch):
     def reached(*args, **kwargs):
         raise AssertionError("a bad input reached training/eval instead of failing at load")
 
-    for module, name in (("pgolf_core.train", "train"), ("pgolf_core.api", "evaluate")):
+    for module, name in (("pgolf_core.run", "train"), ("pgolf_core.api", "evaluate")):
         monkeypatch.setattr(importlib.import_module(module), name, reached)
 
 

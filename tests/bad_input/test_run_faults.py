@@ -383,7 +383,7 @@ def test_summary_is_strict_json(tmp_path):
 
 def test_non_finite_loss_stops_the_run(tmp_path, capsys, monkeypatch, sample):
     """Weights turned NaN after the first optimizer step: step 2's loss is NaN, step 1's is named."""
-    import pgolf_core.train as train_mod
+    import pgolf_core.run as train_mod
 
     real = train_mod.build_optimizers
 
@@ -429,7 +429,7 @@ def test_disk_full_during_the_run(tmp_path, capsys, monkeypatch, sample):
 
 
 def test_ctrl_c_exits_130_without_a_summary(tmp_path, capsys, monkeypatch, sample):
-    import pgolf_core.train as train_mod
+    import pgolf_core.run as train_mod
 
     def interrupt(self, *args):
         raise KeyboardInterrupt

@@ -420,7 +420,7 @@ def test_each_plugin_changes_the_artifact():
 
 
 def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
-    from pgolf_core.train import train
+    from pgolf_core.run import train
 
     path = tmp_path / "r.toml"
     path.write_text(
@@ -450,3 +450,21 @@ def test_tiny_run_exports_int6_gptq_zstd(sample_cache, tmp_path):
     assert "Serialized model int6+zstd" in log and "final_int6_zstd_roundtrip" in log
     assert "gptq_lite/percentiles" in log
     assert abs(summary["roundtrip_val_loss"] - summary["val_loss"]) < 0.05
+
+
+def test_row_rule_plan_without_a_plan_plugin_is_refused_before_training(tmp_path, capsys):
+    """`row_rule = "plan"` needs some plugin's export plan (gptq_lite): without one the run stops at setup
+    with exit 2, naming the recipe and the setting, and a finished run in `--out` stays as it was."""
+    from pgolf_core.cli import main
+
+    path = tmp_path / "r.toml"
+    path.write_text('[plugins.int6_export]\nrow_rule = "plan"\n')
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "summary.json").write_text('{"finished": true}\n')
+    assert main(["run", str(path), "--smoke", "--overwrite", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"pgolf: error: {path}: export format int6 needs an export plan")
+    assert 'row_rule = "plan"' in err[0] and "pgolf_export_plan" in err[0]
+    assert sorted(p.name for p in out.iterdir()) == ["summary.json"]
+    assert (out / "summary.json").read_text() == '{"finished": true}\n'

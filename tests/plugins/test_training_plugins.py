@@ -1,7 +1,7 @@
 """Training-time plugins: `ema`, `swa`, `qat`, `late_qat`.
 
 Exact math against hand loops, the records' QAT training losses (golden fixtures), and the
-compile contract: flipping late QAT's `qat_on` buffers changes the compiled graph's loss and
+compile contract: flipping late QAT's `fake_quant_on` buffers changes the compiled graph's loss and
 gradients with no recompilation."""
 
 from __future__ import annotations
@@ -357,7 +357,7 @@ def test_no_graph_breaks(name, tmp_path):
     model = build_model(recipe, pm)
     pm.hook.pgolf_step_start(state=fake_state(model, lr_scale=0.0))  # QAT switched on
     if name.endswith("qat"):
-        assert all(m.qat_on.item() == 1.0 for m in model.modules() if isinstance(m, qat.FakeQuantLinear))
+        assert all(m.fake_quant_on.item() == 1.0 for m in model.modules() if isinstance(m, qat.FakeQuantLinear))
     x = torch.randint(0, 64, (2, 16))
     explanation = torch._dynamo.explain(model.train())(x, x)
     assert explanation.graph_break_count == 0 and explanation.graph_count == 1
@@ -387,7 +387,7 @@ def test_late_qat_wallclock_trigger_and_lr_factor(cap, elapsed, on, tmp_path):
     for _ in range(2):
         pm.hook.pgolf_step_start(state=state)
     layers = [m for m in model.modules() if isinstance(m, qat.FakeQuantLinear)]
-    assert layers and all(m.qat_on.item() == float(on) for m in layers)
+    assert layers and all(m.fake_quant_on.item() == float(on) for m in layers)
     assert opt.param_groups[0]["base_lr"] == (0.1 if on else 0.2)
     assert ("late_qat/activated_step" in state.reports) == on
 

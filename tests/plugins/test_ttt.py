@@ -22,11 +22,11 @@ import pytest
 import torch
 from pgolf_plugins import ttt_score_first, ttt_sgd
 
+from pgolf_core import FAKE_QUANT_SWITCH, load_recipe
 from pgolf_core import evaluation as ev
-from pgolf_core import load_recipe
 from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager
-from pgolf_core.train import train
+from pgolf_core.run import train
 
 from ..tiny import tiny
 from .golden import FIXTURES
@@ -101,7 +101,7 @@ def test_ttt_sgd_pre_scoring_update_and_score_equal_pr297():
 
 
 def test_ttt_sgd_switches_late_qat_off_while_adapting_and_back_on_after():
-    """#297's late QAT is on when its TTT starts (late_qat keeps `qat_on` = 1 after the fit: `in_eval = false`)
+    """#297's late QAT is on when its TTT starts (late_qat keeps its switches at 1 after the fit: `in_eval = false`)
     and the TTT forwards run in train mode; the record set `_ste_qat = False` first. So with the switches
     on, qat_off (the default) gives the record's update (6.5e-5); qat_off = false trains fake-quantized (0.39)."""
     g = golden("ttt_sgd")
@@ -109,7 +109,7 @@ def test_ttt_sgd_switches_late_qat_off_while_adapting_and_back_on_after():
     errors = {}
     for qat_off in (True, False):
         model = small_model(g)
-        switches = ttt_sgd.qat_switches(model)
+        switches = [b for n, b in model.named_buffers() if n.endswith(FAKE_QUANT_SWITCH)]
         assert len(switches) == 18  # the six block linears of 3 blocks (scope = "blocks")
         for b in switches:
             b.fill_(1.0)

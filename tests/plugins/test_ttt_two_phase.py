@@ -19,12 +19,12 @@ import torch
 from pgolf_plugins import qat
 from pgolf_plugins.ttt_two_phase import Config, TTTTwoPhase, cosine_lr, phase1_names, phase2_names
 
-from pgolf_core import load_recipe
+from pgolf_core import FAKE_QUANT_SWITCH, load_recipe
 from pgolf_core.build import build_model
 from pgolf_core.evaluation import Placement, ValChunk
 from pgolf_core.registry import create_manager
+from pgolf_core.run import train
 from pgolf_core.testing import assert_matches_golden
-from pgolf_core.train import train
 
 from ..tiny import tiny
 from .golden import FIXTURES, randomize
@@ -119,7 +119,7 @@ def test_update_equals_the_records_and_frozen_tensors_stay_bit_identical(golden,
         for name, value in model.state_dict().items():  # frozen parameters and every buffer: untouched
             if name not in trained:
                 assert torch.equal(value, init[name]), f"{run} {phase}: {name} changed"
-        assert all(bool(b) for n, b in model.named_buffers() if n.endswith("qat_on"))  # the switches put back
+        assert all(bool(b) for n, b in model.named_buffers() if n.endswith(FAKE_QUANT_SWITCH))  # the switches put back
         assert all(p.requires_grad for p in model.parameters())  # the flags restored
         assert reports["ttt_two_phase/phase1_params"] == 1408 and reports["ttt_two_phase/phase1_seconds"] > 0
     assert reports["ttt_two_phase/phase2_params"] == 31_110

@@ -30,7 +30,6 @@ from pgolf_core.roles import ParamRole
 from pgolf_core.runlog import RunLog, write_json_atomic
 from pgolf_core.setup import (
     Data,
-    Env,
     build,
     eval_rows,
     grad_accum_steps,
@@ -48,7 +47,7 @@ class TrainState:
     recipe: Recipe
     model: torch.nn.Module  # the uncompiled base model (its parameters are the trained ones)
     optimizers: Optimizers
-    env: Env
+    env: evaluation.Placement  # device, rank, world size, autocast, process group
     log: RunLog
     roles: dict[str, ParamRole] = field(default_factory=dict)
     step: int = 0
@@ -124,7 +123,7 @@ class Run:
         if not env.is_cuda:
             manifest.warn_if_full_scale_on_cpu(recipe, self.n_params, self.accum, log.log)
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
-        self.val_rows, self.where = eval_rows(recipe, env), env.placement()
+        self.val_rows = eval_rows(recipe, env)
         self.noncompliance = noncompliance(self.plugins.pm)
         if self.noncompliance:
             log.log(f"WARNING: eval not compliant: {self.noncompliance}")
@@ -137,7 +136,7 @@ class Run:
 
     def evaluate(self, model: torch.nn.Module) -> evaluation.EvalResult:
         d = self.data
-        return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, self.where)
+        return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, self.env)
 
     def train_step(self, loader: DistributedTokenLoader) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; DDP syncs gradients on the last one only."""
@@ -326,7 +325,7 @@ class Run:
 
     def final_evals(self, label: str) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
         models = (self.model, self.base)
-        return score(self.recipe, self.plugins.pm, self.data, models, self.where, self.val_rows, self.log.log,
+        return score(self.recipe, self.plugins.pm, self.data, models, self.env, self.val_rows, self.log.log,
                      self.state.report, label)  # fmt: skip
 
 
