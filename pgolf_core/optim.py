@@ -107,13 +107,6 @@ class Optimizers:
         for opt in self.all:
             opt.step()
 
-    def state_dicts(self) -> list[dict]:
-        return [opt.state_dict() for opt in self.all]
-
-    def load_state_dicts(self, states: list[dict]) -> None:
-        for opt, state in zip(self.all, states, strict=True):
-            opt.load_state_dict(state)
-
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_type: str) -> Optimizers:
     """Token / head / scalar groups with Adam (AdamW when `adam_weight_decay > 0`), matrices with Muon."""

@@ -356,7 +356,7 @@ def _check_core(recipe: Recipe) -> None:
     # The per-rank micro-batch must hold whole sequences: world size from the launcher (torchrun sets
     # WORLD_SIZE), accumulation as the loop resolves it (0 = 8 // world).
     world = max(int(os.environ.get("WORLD_SIZE", "1") or 1), 1)
-    accum = t.grad_accum_steps or (8 // world if 8 % world == 0 else 1)
+    accum = grad_accum_steps(t, world, where)
     if t.train_batch_tokens % (per_step := t.train_seq_len * world * accum):
         raise RecipeError(
             f"{where}: [train] train_batch_tokens={t.train_batch_tokens} must be a multiple of train_seq_len x "
@@ -371,6 +371,14 @@ def _check_core(recipe: Recipe) -> None:
                 f"(e.g. 'fineweb_train_*.bin')"
             )
     _check_memory(recipe, world, accum)
+
+
+def grad_accum_steps(t: TrainConfig, world_size: int, where: str) -> int:
+    """Micro-batches per optimizer step: `[train] grad_accum_steps`, or 0 = 8 // world size (the records')."""
+    if t.grad_accum_steps == 0 and 8 % world_size:
+        raise RecipeError(f"{where}: [train] grad_accum_steps=0 needs a world size dividing 8, got {world_size} "
+                          "processes; set train.grad_accum_steps explicitly")  # fmt: skip
+    return t.grad_accum_steps or 8 // world_size
 
 
 # A recipe is refused only when even a lower-bound estimate exceeds the machine many times over:

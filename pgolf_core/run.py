@@ -25,14 +25,13 @@ from pgolf_core import evaluation, exporter, manifest, rundir
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.model import count_parameters
 from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
-from pgolf_core.recipe import Recipe
+from pgolf_core.recipe import Recipe, grad_accum_steps
 from pgolf_core.roles import ParamRole
 from pgolf_core.runlog import RunLog, write_json_atomic
 from pgolf_core.setup import (
     Data,
     build,
     eval_rows,
-    grad_accum_steps,
     load_data,
     load_plugins,
     load_weights,
@@ -109,7 +108,7 @@ class Run:
         optimizers = build_optimizers(self.base, cfg, roles, env.device.type)
         if optimizers.muon is not None and use_compile:
             optimizers.muon.orthogonalize = torch.compile(optimizers.muon.orthogonalize)  # keeps muon_ns_dtype
-        self.accum = grad_accum_steps(recipe, env.world_size)
+        self.accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
         self.n_params = count_parameters(self.base)
         log.log(f"model_params:{self.n_params}")
         log.log(f"world_size:{env.world_size} grad_accum_steps:{self.accum} device:{env.device} compile:{use_compile}")
@@ -164,7 +163,7 @@ class Run:
         """Untimed steps (compilation, autotuning), then weights, optimizer and loader restored."""
         cfg, opt = self.recipe.train, self.state.optimizers
         initial_model = {k: v.detach().cpu().clone() for k, v in self.base.state_dict().items()}
-        initial_opt = [copy.deepcopy(s) for s in opt.state_dicts()]
+        initial_opt = [copy.deepcopy(o.state_dict()) for o in opt.all]
         self.model.train()
         loader = self.new_loader()
         for phase in range(len(self.base.layer_orders)):  # each layer schedule compiled before the timed loop
@@ -175,7 +174,8 @@ class Run:
                     self.log.log(f"warmup_step:{i + 1}/{cfg.warmup_steps}" + f" layer_phase:{phase}" * (phase > 0))
         self.base.layer_phase = 0  # training starts with the plain order (a built model may hold another)
         self.base.load_state_dict(initial_model, strict=True)
-        opt.load_state_dicts(initial_opt)
+        for o, state in zip(opt.all, initial_opt, strict=True):
+            o.load_state_dict(state)
         opt.zero_grad()
 
     def fit(self, clock: Callable[[], float]) -> None:

@@ -27,7 +27,7 @@ from pgolf_core.errors import PgolfError
 from pgolf_core.evaluation import Placement
 from pgolf_core.exporter import ExportStack, export_stack
 from pgolf_core.model import GPT, apply_training_precision
-from pgolf_core.recipe import Recipe
+from pgolf_core.recipe import Recipe, grad_accum_steps
 from pgolf_core.registry import create_manager, ordered_plugins
 from pgolf_core.roles import ParamRole, collect_roles
 
@@ -55,18 +55,11 @@ def setup_env(device_pref: str) -> Placement:
     return Placement(device, rank, world, torch.bfloat16 if use_cuda else None, distributed)
 
 
-def grad_accum_steps(recipe: Recipe, world_size: int) -> int:
-    if recipe.train.grad_accum_steps > 0:
-        return recipe.train.grad_accum_steps
-    if 8 % world_size:
-        raise PgolfError(f"world size {world_size} must divide 8 (or set train.grad_accum_steps explicitly)")
-    return 8 // world_size
-
-
 def eval_rows(recipe: Recipe, env: Placement) -> int:
     """Sequences per eval batch on each rank, as the records split `eval.batch_tokens` (over ranks
     and accumulation steps); `pgolf eval` uses the same, so it scores the run's batches exactly."""
-    per_rank = recipe.eval.batch_tokens // (env.world_size * grad_accum_steps(recipe, env.world_size))
+    accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
+    per_rank = recipe.eval.batch_tokens // (env.world_size * accum)
     return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
 
 
@@ -137,18 +130,14 @@ def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> D
     return Data(train_files, tokenizer_path, val, tables, seq)
 
 
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)  # every device's generator, CUDA's included
-
-
 def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
     """The model on CPU in fp32 with the plugins' modules, its roles collected once, then moved and
     (on GPU) cast to the records' precision: bf16 but Linear weights and control tensors fp32."""
     backend, why = resolve_backend(recipe.model.attention, env.device.type)
     log(f"attention_backend:{backend} ({why})")
-    seed_everything(recipe.run.seed)
+    random.seed(recipe.run.seed)
+    np.random.seed(recipe.run.seed)
+    torch.manual_seed(recipe.run.seed)  # every device's generator, CUDA's included
     model = build_model_with(model_spec(recipe, backend), plugins.pm, recipe.run.seed)
     roles = collect_roles(model)
     model.to(env.device)

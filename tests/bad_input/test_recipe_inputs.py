@@ -286,3 +286,12 @@ def test_world_size_from_the_launcher_is_part_of_the_batch_check(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "3")
     with pytest.raises(RecipeError, match=r"train_seq_len x world_size x grad_accum_steps = 128 x 3 x 1 = 384"):
         load_recipe(None, overrides)
+
+
+def test_default_accumulation_with_a_world_size_not_dividing_8_is_refused_at_load(monkeypatch):
+    """`grad_accum_steps = 0` means 8 // world size (the records'); 3 processes have no such split, which
+    the recipe check says (it used to pass the load and fail only when the run set itself up)."""
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    with pytest.raises(RecipeError, match=r"<defaults>: \[train\] grad_accum_steps=0 needs a world size dividing 8"):
+        load_recipe(None, ["train.train_seq_len=128", "train.train_batch_tokens=3072"])
+    assert load_recipe(None, ["train.train_seq_len=128", "train.train_batch_tokens=3072", "train.grad_accum_steps=8"])
