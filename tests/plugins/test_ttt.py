@@ -14,6 +14,7 @@ sliding-window val_loss and val_bpb after TTT <= 2.1e-8 (tolerance 2e-6: >= 94x)
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -308,3 +309,42 @@ def test_two_gloo_ranks(tmp_path):
     assert r0["val_loss"] == r1["val_loss"]
     moved = [k for k in g["initial"] if not torch.equal(r0["score_first"][k], g["initial"][k])]
     assert moved and not any(k.startswith(("blocks.0.", "blocks.1.")) for k in moved)
+
+
+def _uneven_rank(rank: int, world: int, init: str, out: str) -> None:
+    """One gloo rank adapting on a chunk of 3 rows with batch_rows = 1: rank 0 holds 1 row, rank 1 holds 2."""
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
+    try:
+        g = golden("ttt_score_first")
+        model = small_model(g)
+        where = ev.Placement(torch.device("cpu"), rank, world)
+        chunk = ev.ValChunk(g["tokens"].long()[: 3 * 32 + 1].clone(), 0, 2, where)
+        assert chunk.rows(32)[0].size(0) == rank + 1
+        plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=1, epochs=1, seq_len=32))
+        plugin.pgolf_eval_adapt(model=model, chunk=chunk)
+        torch.save(model.state_dict(), f"{out}/{rank}.pt")
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_score_first_ranks_with_unequal_shares_take_the_same_steps(tmp_path):
+    """Rank 0 has one row and rank 1 two: both take two averaged steps (rank 0's second with zero gradients),
+    so neither waits forever for (NCCL) nor fails at (gloo: "connection closed by peer") the other's all-reduce,
+    and both end with the same parameters."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.spawn(_uneven_rank, args=(2, f"file://{tmp_path}/store", str(tmp_path)), nprocs=2, join=False)
+    deadline = time.monotonic() + 240
+    while not ctx.join(timeout=5):
+        if time.monotonic() > deadline:
+            for process in ctx.processes:
+                process.kill()
+            pytest.fail("the two ranks hung: their all-reduces did not pair up")
+    r0, r1 = (torch.load(tmp_path / f"{r}.pt") for r in (0, 1))
+    g = golden("ttt_score_first")
+    assert all(torch.equal(r0[k], r1[k]) for k in r0)
+    assert any(not torch.equal(r0[k], g["initial"][k]) for k in g["initial"])
