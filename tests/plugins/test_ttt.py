@@ -326,6 +326,7 @@ def _uneven_rank(rank: int, world: int, init: str, out: str) -> None:
         plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=1, epochs=1, seq_len=32))
         plugin.pgolf_eval_adapt(model=model, chunk=chunk)
         torch.save(model.state_dict(), f"{out}/{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
