@@ -172,7 +172,6 @@ class Run:
                 self.train_step(loader)
                 if cfg.warmup_steps <= 20 or (i + 1) % 10 == 0 or i + 1 == cfg.warmup_steps:
                     self.log.log(f"warmup_step:{i + 1}/{cfg.warmup_steps}" + f" layer_phase:{phase}" * (phase > 0))
-        self.base.layer_phase = 0  # training starts with the plain order (a built model may hold another)
         self.base.load_state_dict(initial_model, strict=True)
         for o, state in zip(opt.all, initial_opt, strict=True):
             o.load_state_dict(state)
@@ -184,6 +183,7 @@ class Run:
         cfg, env, log, state, hook = self.recipe.train, self.env, self.log, self.state, self.plugins.pm.hook
         if cfg.warmup_steps > 0:
             self.warm_up()
+        self.base.layer_phase = 0  # training starts with the plain order (a built model may hold another)
         loader = self.new_loader()
         cap_ms = 1000.0 * cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else None
         training_ms, stop_after, step, last_loss = 0.0, None, 0, None

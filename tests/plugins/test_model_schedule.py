@@ -87,3 +87,20 @@ def test_recurrence_switch_step_is_reported(sample_cache, tmp_path):
     with_it, without = contract.check_effect(tmp_path)
     assert with_it["plugin_reports"]["depth_recurrence/on_at_step"] == 3  # 6 steps, start_frac 0.5
     assert with_it["model_params"] == without["model_params"] + 32  # one more skip weight (4 -> 6 virtual layers: 3)
+
+
+def test_step_zero_validation_scores_the_plain_order_with_or_without_warm_up(sample_cache, tmp_path, monkeypatch):
+    """Training, and its step-0 validation, start with the plain layer order whether or not warm-up steps ran
+    (the built model holds the looped order, for export and `pgolf eval`). At init the blocks' output
+    projections are zero, so the order does not show in the loss: a spy reads the phase each validation sees."""
+    from pgolf_core.run import Run, train
+
+    seen: list[int] = []
+    evaluate = Run.evaluate
+    monkeypatch.setattr(Run, "evaluate", lambda run, model: seen.append(run.base.layer_phase) or evaluate(run, model))
+    contract = PluginContract("depth_recurrence", settings=TINY_RECURRENCE, overrides=["model.num_layers=4"])
+    for warmup in (0, 1):
+        seen.clear()
+        extra = [f"train.warmup_steps={warmup}", "train.val_loss_every=4", "train.iterations=4"]
+        train(contract.recipe(tmp_path / f"w{warmup}", extra=extra), tmp_path / f"w{warmup}" / "run", interactive=False)
+        assert seen == [0, 1], f"warmup_steps={warmup}: validations saw layer phases {seen}"  # the loop from step 2
