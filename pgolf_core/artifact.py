@@ -33,24 +33,21 @@ _UMASK = os.umask(0o022)
 os.umask(_UMASK)
 
 
-def write_atomic(path: str | Path, data: bytes) -> Path:
+def write_atomic(path: Path, data: bytes) -> None:
     """Write to a temporary file in the same directory, fsync, then `os.replace`: a crash leaves
     either the old file or the complete new one, never a partial artifact."""
-    path = Path(path)
+    tmp = None
     try:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
         os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a run's files from other users
-    except OSError as exc:
-        raise WriteFault(path, exc) from exc
-    try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError) and not isinstance(exc, WriteFault):
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
             raise WriteFault(path, exc) from exc
         raise
-    return path

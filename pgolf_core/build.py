@@ -30,29 +30,23 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
 
 
-def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> RunContext:
-    run = RunContext(recipe=recipe, log=log)
-    pm.hook.pgolf_configure(run=run)
-    return run
-
-
-def parts_from_plugins(spec: ModelSpec, pm: pluggy.PluginManager) -> ModelParts:
-    hook = pm.hook
-    spec.linear_factory = lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
-    return ModelParts(
-        spec=spec,
-        embed=lambda: [m for m in hook.pgolf_embed(spec=spec) if m is not None],
-        value_extras=lambda: [m for m in hook.pgolf_value_extras(spec=spec) if m is not None],
-        rotary=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
-        attention_post=lambda layer: [m for m in hook.pgolf_attention_post(spec=spec, layer=layer) if m is not None],
-        mlp=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
-    )
+def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> None:
+    pm.hook.pgolf_configure(run=RunContext(recipe, log))
 
 
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
-    """Seeded CPU fp32 construction, then `pgolf_model_built` (init schemes)."""
+    """Seeded CPU fp32 construction, then `pgolf_model_built` (init schemes). Collecting hooks'
+    answers come without the Nones (pluggy drops them)."""
+    hook = pm.hook
+    spec.linear_factory = lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
     torch.manual_seed(seed)
-    model = GPT(spec, parts_from_plugins(spec, pm))
+    model = GPT(spec, ModelParts(
+        embed=lambda: hook.pgolf_embed(spec=spec),
+        value_extras=lambda: hook.pgolf_value_extras(spec=spec),
+        rotary=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
+        attention_post=lambda layer: hook.pgolf_attention_post(spec=spec, layer=layer),
+        mlp=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
+    ))
     pm.hook.pgolf_model_built(model=model, spec=spec)
     return model
 

@@ -151,12 +151,7 @@ def standard_batches(
     The model returns the batch's mean loss, re-weighted here by the batch's token count (the
     baseline's `eval_val`).
     """
-    if batch_seqs < 1:
-        raise PgolfError(f"eval batch must hold at least one sequence (got {batch_seqs} rows)")
-    total_rows = (val_tokens.numel() - 1) // seq_len
-    if total_rows < 1:
-        raise PgolfError(f"validation set ({val_tokens.numel()} tokens) is shorter than one row of {seq_len} + 1")
-    row_start, row_end = where.share(total_rows)
+    row_start, row_end = where.share((val_tokens.numel() - 1) // seq_len)
     for first in range(row_start, row_end, batch_seqs):
         last = min(first + batch_seqs, row_end)
         local = val_tokens[first * seq_len : last * seq_len + 1].to(device=where.device, dtype=torch.int64)
@@ -264,15 +259,21 @@ def sliding_batches(
 
     Per-position cross-entropy in fp32; only the positions of `scored_span` count (padding never does).
     """
-    if batch_seqs < 1:
-        raise PgolfError(f"sliding-window batch must hold at least one window (got {batch_seqs})")
     total = val_tokens.numel() - 1
     starts = window_starts(total, seq_len, stride, tail) if starts is None else starts
     mine = starts[slice(*where.share(len(starts)))]
     positions = torch.arange(seq_len, device=where.device)
     for i in range(0, len(mine), batch_seqs):
         group = mine[i : i + batch_seqs]
-        x, y = (t.to(where.device) for t in _windows(val_tokens, group, batch_seqs, total, seq_len))
+        # Zero-padded [batch_seqs, T] rows built where the tokens live, moved in one copy: a short last
+        # batch gets empty rows, so a compiled `forward_logits` sees one shape and never recompiles.
+        x = torch.zeros(batch_seqs, seq_len, dtype=torch.int64, device=val_tokens.device)
+        y = torch.zeros_like(x)
+        for row, ws in enumerate(group):
+            end = min(ws + seq_len, total)
+            window = val_tokens[ws : end + 1].to(torch.int64)
+            x[row, : end - ws], y[row, : end - ws] = window[:-1], window[1:]
+        x, y = x.to(where.device), y.to(where.device)
         # Padding rows (a short last batch) score nothing: span (0, 0).
         spans = [scored_span(ws, total, seq_len, stride, tail) for ws in group] + [(0, 0)] * (batch_seqs - len(group))
         lo, hi = torch.tensor(spans, dtype=torch.int64, device=where.device).unbind(1)
@@ -285,22 +286,6 @@ def sliding_batches(
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
             nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
         yield EvalSums(nll_sum, mask.sum().to(torch.float64), nbytes)
-
-
-def _windows(val_tokens: Tensor, group: list[int], rows: int, total: int, seq_len: int) -> tuple[Tensor, Tensor]:
-    """Zero-padded inputs/targets [rows, T] of the windows in `group`, where the tokens live.
-
-    A short last batch is padded with empty rows so every forward has the same shape and a
-    compiled `forward_logits` never recompiles. Built where the tokens live (no per-window
-    device copies); the caller moves them in one copy.
-    """
-    x = torch.zeros(rows, seq_len, dtype=torch.int64, device=val_tokens.device)
-    y = torch.zeros_like(x)
-    for row, ws in enumerate(group):
-        end = min(ws + seq_len, total)
-        chunk = val_tokens[ws : end + 1].to(torch.int64)
-        x[row, : end - ws], y[row, : end - ws] = chunk[:-1], chunk[1:]
-    return x, y
 
 
 def eval_sliding(

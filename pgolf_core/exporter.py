@@ -138,7 +138,7 @@ def codec_table(codecs: Iterable[Codec]) -> dict[str, Codec]:
     return table
 
 
-def check_codec(codecs: Mapping[str, Codec], name: str, level: int, source: str) -> Codec:
+def check_codec(codecs: Mapping[str, Codec], name: str, level: int, source: str) -> None:
     """The recipe's codec, checked when the run's plugins load (a plugin may add codecs)."""
     if name not in codecs:
         raise RecipeError(
@@ -150,7 +150,6 @@ def check_codec(codecs: Mapping[str, Codec], name: str, level: int, source: str)
         raise RecipeError(f'{source}: [export] level={level}: expected {low}..{high} for compressor "{name}"')
     if name == "zstd":
         _zstandard()
-    return codecs[name]
 
 
 @dataclass
@@ -222,7 +221,6 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     readers: list[ExportFormat] = [f for f in answers if f is not None]
     corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
-    check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)
     if (why := getattr(readers[0], "needs_plan", "")) and not pm.hook.pgolf_export_plan.get_hookimpls():
         raise RecipeError(f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
                           "enabled plugin implements pgolf_export_plan; enable one or change the format's setting")

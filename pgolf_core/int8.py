@@ -29,27 +29,15 @@ def _dtype_name(dtype: torch.dtype) -> str:
 # ---------------------------------------------------------------- int8 per-row quantization (baseline)
 
 
-def _keep_float(name: str, t: Tensor, roles: Roles, orig_dtypes: dict[str, str]) -> Tensor:
-    """Small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
-    their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)."""
-    if is_control(name, roles):
-        return t.float().contiguous()
-    if t.dtype in (torch.float32, torch.bfloat16):
-        orig_dtypes[name] = _dtype_name(t.dtype)
-        return t.to(torch.float16).contiguous()
-    return t
-
-
 def quantize_int8(
     state_dict: Mapping[str, Tensor], *, keep_float_max_numel: int = 65_536,
-    clip_quantile: float = DEFAULT_CLIP_QUANTILE, roles: Roles | None = None,
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE, roles: Roles,
 ) -> dict[str, Any]:
     """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
 
     Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
     elements pass through (see `_keep_float`); the rest are quantized per row (2-D) or per tensor.
     """
-    roles = roles or {}
     quantized: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
     dtypes: dict[str, str] = {}
@@ -59,16 +47,20 @@ def quantize_int8(
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
-            passthrough[name] = _keep_float(name, t, roles, orig_dtypes) if t.is_floating_point() else t
+            # small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
+            # their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)
+            if t.is_floating_point() and is_control(name, roles):
+                t = t.float().contiguous()
+            elif t.dtype in (torch.float32, torch.bfloat16):
+                orig_dtypes[name] = _dtype_name(t.dtype)
+                t = t.to(torch.float16).contiguous()
+            passthrough[name] = t
             continue
-        t32 = t.float()
-        q, s = (
-            quant.clipped_rows(t32, clip_quantile, 127)
-            if t.ndim == 2
-            else quant.clipped_tensor(t32, clip_quantile, 127)
-        )
-        if s.ndim > 0:
+        if t.ndim == 2:
+            q, s = quant.clipped_rows(t.float(), clip_quantile, 127)
             qmeta[name] = {"scheme": "per_row", "axis": 0}
+        else:
+            q, s = quant.clipped_tensor(t.float(), clip_quantile, 127)
         quantized[name], scales[name], dtypes[name] = q, s, _dtype_name(t.dtype)
     obj: dict[str, Any] = {
         FORMAT_KEY: INT8_FORMAT,

@@ -78,15 +78,13 @@ def fake_quant_off(model: nn.Module, off: bool = True) -> Iterator[int]:
     yields how many there are. Test-time training adapts the real weights this way (PR #297's fix)."""
     switches = [b for n, b in model.named_buffers() if off and n.rsplit(".", 1)[-1] == FAKE_QUANT_SWITCH]
     saved = [s.clone() for s in switches]
-    with torch.no_grad():
-        for s in switches:
-            s.zero_()
+    for s in switches:
+        s.zero_()
     try:
         yield len(switches)
     finally:
-        with torch.no_grad():
-            for s, v in zip(switches, saved, strict=True):
-                s.copy_(v)
+        for s, v in zip(switches, saved, strict=True):
+            s.copy_(v)
 
 
 class Rotary(nn.Module):
@@ -112,11 +110,10 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, backend: str, flash: Callable[..., Any] | None = None) -> Tensor:
+def causal_attention(q: Tensor, k: Tensor, v: Tensor, flash: Callable[..., Any] | None = None) -> Tensor:
     """Causal GQA attention. Inputs [B, H|Hkv, T, D]; output [B, T, H, D]. `flash`: the flash kernel
-    (`attention.flash_kernel()`, resolved at build time) when `backend == "flash"`."""
-    if backend == "flash":
-        assert flash is not None, "backend flash needs the kernel from attention.flash_kernel()"
+    (`attention.flash_kernel()`, resolved at build time), None for PyTorch SDPA."""
+    if flash is not None:
         out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
         return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
     gqa: dict[str, Any] = {"enable_gqa": True} if k.size(1) != q.size(1) else {}
@@ -128,7 +125,6 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         d = spec.model_dim
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        self.backend = spec.attention
         self.flash = flash_kernel() if spec.attention == "flash" else None
         self.c_q = spec.linear("attn.c_q", d, d)
         self.c_k = spec.linear("attn.c_k", d, spec.kv_dim)
@@ -152,7 +148,7 @@ class CausalSelfAttention(nn.Module):
         k = F.rms_norm(k, (k.size(-1),))
         q, k = self.rotary(q, k)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v.transpose(1, 2), self.backend, self.flash)
+        y = causal_attention(q, k, v.transpose(1, 2), self.flash)
         for module in self.post:
             y = module(y, v, x)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
@@ -205,7 +201,6 @@ class ModelParts:
     """The build-time slot fillers. The defaults build the naive baseline; the registry replaces
     them with the answers of the enabled plugins' build hooks."""
 
-    spec: ModelSpec
     embed: Callable[[], list[nn.Module]] = lambda: []
     value_extras: Callable[[], list[nn.Module]] = lambda: []
     rotary: Callable[[int], nn.Module | None] = lambda layer: None  # None: full RoPE
@@ -224,7 +219,7 @@ class GPT(nn.Module):
 
     def __init__(self, spec: ModelSpec, parts: ModelParts | None = None) -> None:
         super().__init__()
-        parts = parts or ModelParts(spec)
+        parts = parts or ModelParts()
         self.spec = spec
         self.logit_softcap = spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
@@ -238,7 +233,12 @@ class GPT(nn.Module):
         self.embed_pre_names = tuple(name for name, stage in embeds if stage == "pre_norm")
         self.embed_post_names = tuple(name for name, stage in embeds if stage != "pre_norm")
         self.value_extra_names = tuple(self._attach(module) for module in parts.value_extras())
-        self._init_weights()
+        if spec.tie_embeddings:
+            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=spec.tied_embed_init_std)
+        roles = collect_roles(self)  # every parameter declared zero_init (the output projections)
+        for name, param in self.named_parameters():
+            if name in roles and roles[name].zero_init:
+                nn.init.zeros_(param)
 
     def set_layer_orders(self, orders: list[list[int]]) -> None:
         """Phases 1.. of the layer schedule (build time: `pgolf_model_built`, before the optimizers); the
@@ -282,14 +282,6 @@ class GPT(nn.Module):
         names = {self.state_key(n): n for n, _ in [*self.named_parameters(), *self.named_buffers()]}
         for key in [k for k in state_dict if k.startswith(prefix) and k[len(prefix) :] in names]:
             state_dict[prefix + names[key[len(prefix) :]]] = state_dict.pop(key)
-
-    def _init_weights(self) -> None:
-        if self.spec.tie_embeddings:
-            nn.init.normal_(self.tok_emb.weight, mean=0.0, std=self.spec.tied_embed_init_std)
-        roles = collect_roles(self)  # every parameter declared zero_init (the output projections)
-        for name, param in self.named_parameters():
-            if name in roles and roles[name].zero_init:
-                nn.init.zeros_(param)
 
     def hidden(self, input_ids: Tensor) -> Tensor:
         """Final-normed hidden states [B, T, d]."""
@@ -343,10 +335,9 @@ def apply_training_precision(model: nn.Module, roles: Roles, fp32_embeddings: bo
     for module in model.modules():
         if isinstance(module, nn.Linear) or (fp32_embeddings and isinstance(module, nn.Embedding)):
             module.float()
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.ndim < 2 or is_control(name, roles):
-                param.data = param.data.float()
+    for name, param in model.named_parameters():
+        if param.ndim < 2 or is_control(name, roles):
+            param.data = param.data.float()
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -135,9 +135,8 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_ty
             continue
         if name == "matrix":
             ns = partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype))
-            muon = Muon(params, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_weight_decay, ns)
-            for muon_group in muon.param_groups:
-                muon_group["base_lr"] = cfg.matrix_lr
+            group = [{"params": params, "base_lr": cfg.matrix_lr}]
+            muon = Muon(group, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_weight_decay, ns)
             optimizers.append(muon)
             continue
         optimizers.append(adam(adam_cls, params, adam_lrs[name], cfg.beta2, cfg.adam_weight_decay))
@@ -155,9 +154,8 @@ def lr_scale(step: int, elapsed_ms: float, cfg: TrainConfig) -> float:
     if cfg.warmdown_iters <= 0:
         return 1.0
     if cfg.max_wallclock_seconds <= 0:
-        start = max(cfg.iterations - cfg.warmdown_iters, 0)
-        if start <= step < cfg.iterations:
-            return max((cfg.iterations - step) / max(cfg.warmdown_iters, 1), 0.0)
+        if cfg.iterations - cfg.warmdown_iters <= step < cfg.iterations:
+            return (cfg.iterations - step) / cfg.warmdown_iters
         return 1.0
     step_ms = elapsed_ms / max(step, 1)
     warmdown_ms = cfg.warmdown_iters * step_ms

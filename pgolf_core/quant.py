@@ -60,6 +60,5 @@ def max_tensor(t32: Tensor, qmax: int, qmin: int) -> tuple[Tensor, Tensor]:
 
 def dequantize(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
     """q * scale, per row (broadcast over trailing dims) or per tensor, cast to `dtype`."""
-    if scale.ndim > 0:
-        return (q.float() * scale.float().view(q.shape[0], *([1] * (q.ndim - 1)))).to(dtype).contiguous()
-    return (q.float() * float(scale.item())).to(dtype).contiguous()
+    s = scale.float()
+    return (q.float() * (s.view(-1, *[1] * (q.ndim - 1)) if s.ndim else s)).to(dtype).contiguous()

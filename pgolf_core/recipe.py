@@ -130,7 +130,6 @@ CORE_SECTIONS: dict[str, type] = dict(run=RunConfig, model=ModelConfig, train=Tr
 class PluginEntry:
     """One `[plugins.<name>]` table: whether it is enabled and its validated config object."""
 
-    name: str
     enabled: bool
     config: Any
 
@@ -151,7 +150,8 @@ class Recipe:
         return [name for name, entry in self.plugins.items() if entry.enabled]
 
     def to_dict(self) -> dict[str, Any]:
-        plugins = {name: {"enabled": e.enabled, **_config_dict(e.config)} for name, e in sorted(self.plugins.items())}
+        plugins = {name: {"enabled": e.enabled, **(dataclasses.asdict(e.config) if e.config is not None else {})}
+                   for name, e in sorted(self.plugins.items())}  # fmt: skip
         return {**{name: dataclasses.asdict(getattr(self, name)) for name in CORE_SECTIONS}, "plugins": plugins}
 
     def to_toml(self) -> str:
@@ -159,10 +159,6 @@ class Recipe:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_toml().encode("utf-8")).hexdigest()
-
-
-def _config_dict(config: Any) -> dict[str, Any]:
-    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) and not isinstance(config, type) else {}
 
 
 # Overrides applied by `--smoke`: every enabled plugin stays, the model, sequence and step
@@ -247,7 +243,7 @@ def load_recipe(
                 config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
                 if config_cls is None and table:
                     raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
-                recipe.plugins[name] = PluginEntry(name=name, enabled=enabled, config=config)
+                recipe.plugins[name] = PluginEntry(enabled=enabled, config=config)
             for name in recipe.enabled_plugins:
                 _validate_plugin(classes[name], recipe.plugins[name].config, recipe, f"{source}: [plugins.{name}]")
         _check_codec(recipe, classes if plugin_tables else {})
@@ -274,33 +270,33 @@ def _check_codec(recipe: Recipe, classes: dict[str, type]) -> None:
     check_codec(codec_table(codecs), recipe.export.compressor, recipe.export.level, recipe.source)
 
 
-# Ranges of single values: (section, space-separated keys, lowest, highest, whether the lowest is allowed).
+# Ranges of single values: (section, space-separated keys, lowest, highest, brackets: "[" / "]" allow
+# the lowest / the highest).
 # Why a table: one rule per line is reviewable, and every message comes out in the same form.
-RANGES: list[tuple[str, str, float, float, bool]] = [
-    ("run", "seed", 0, 2**32 - 1, True),
-    ("model", "vocab_size num_layers model_dim num_heads num_kv_heads", 0, math.inf, False),
-    ("model", "mlp_mult logit_softcap rope_base", 0, math.inf, False),
-    ("model", "mlp_hidden tied_embed_init_std", 0, math.inf, True),
-    ("train", "train_batch_tokens train_seq_len adam_eps muon_backend_steps", 0, math.inf, False),
-    ("train", "warmup_steps warmdown_iters val_loss_every train_log_every grad_accum_steps", 0, math.inf, True),
-    ("train", "grad_clip_norm max_wallclock_seconds muon_momentum_warmup_steps", 0, math.inf, True),
-    ("train", "tied_embed_lr embed_lr head_lr matrix_lr scalar_lr", 0, math.inf, True),
-    ("train", "adam_weight_decay muon_weight_decay", 0, math.inf, True),
-    ("train", "beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, True),
-    ("eval", "batch_tokens sliding_batch_seqs chunk_tokens", 0, math.inf, False),
-    ("eval", "seq_len sliding_stride max_tokens", 0, math.inf, True),
-    ("export", "keep_float_max_numel", 0, math.inf, True),
-    ("export", "artifact_limit_bytes", 0, math.inf, False),
-    ("export", "clip_quantile", 0, 1, False),
+RANGES: list[tuple[str, str, float, float, str]] = [
+    ("run", "seed", 0, 2**32 - 1, "[]"),
+    ("model", "vocab_size num_layers model_dim num_heads num_kv_heads", 0, math.inf, "(]"),
+    ("model", "mlp_mult logit_softcap rope_base", 0, math.inf, "(]"),
+    ("model", "mlp_hidden tied_embed_init_std", 0, math.inf, "[]"),
+    ("train", "train_batch_tokens train_seq_len adam_eps muon_backend_steps", 0, math.inf, "(]"),
+    ("train", "warmup_steps warmdown_iters val_loss_every train_log_every grad_accum_steps", 0, math.inf, "[]"),
+    ("train", "grad_clip_norm max_wallclock_seconds muon_momentum_warmup_steps", 0, math.inf, "[]"),
+    ("train", "tied_embed_lr embed_lr head_lr matrix_lr scalar_lr", 0, math.inf, "[]"),
+    ("train", "adam_weight_decay muon_weight_decay", 0, math.inf, "[]"),
+    ("train", "beta1 beta2 muon_momentum muon_momentum_warmup_start", 0, 1, "[)"),
+    ("eval", "batch_tokens sliding_batch_seqs chunk_tokens", 0, math.inf, "(]"),
+    ("eval", "seq_len sliding_stride max_tokens", 0, math.inf, "[]"),
+    ("export", "keep_float_max_numel", 0, math.inf, "[]"),
+    ("export", "artifact_limit_bytes", 0, math.inf, "(]"),
+    ("export", "clip_quantile", 0, 1, "(]"),
 ]
-_BELOW_ONE = {"beta1", "beta2", "muon_momentum", "muon_momentum_warmup_start"}  # [0, 1), not [0, 1]
 
 
-def _range_text(low: float, high: float, low_ok: bool, high_ok: bool) -> str:
+def _range_text(low: float, high: float, brackets: str) -> str:
     lo, hi = (int(x) if float(x).is_integer() else x for x in (low, high))
     if high == math.inf:
-        return f"expected {'>=' if low_ok else '>'} {lo}"
-    return f"expected a value in {'[' if low_ok else '('}{lo}, {hi}{']' if high_ok else ')'}"
+        return f"expected {'>=' if brackets[0] == '[' else '>'} {lo}"
+    return f"expected a value in {brackets[0]}{lo}, {hi}{brackets[1]}"
 
 
 def check_values(config: Any, where: str) -> None:
@@ -319,12 +315,11 @@ def _check_core(recipe: Recipe) -> None:
     m, t, e, where = recipe.model, recipe.train, recipe.eval, recipe.source
     for section in CORE_SECTIONS:
         check_values(getattr(recipe, section), f"{where}: [{section}]")
-    for section, keys, low, high, low_ok in RANGES:
+    for section, keys, low, high, brackets in RANGES:
         for key in keys.split():
             value = getattr(getattr(recipe, section), key)
-            high_ok = key not in _BELOW_ONE
-            if not (low <= value <= high) or (value == low and not low_ok) or (value == high and not high_ok):
-                raise RecipeError(f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, low_ok, high_ok)}")
+            if not (low <= value <= high) or (value, brackets[0]) == (low, "(") or (value, brackets[1]) == (high, ")"):
+                raise RecipeError(f"{where}: [{section}] {key}={value!r}: {_range_text(low, high, brackets)}")
 
     if t.iterations < 0 and t.max_wallclock_seconds <= 0:
         raise RecipeError(

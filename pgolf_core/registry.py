@@ -198,9 +198,8 @@ def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
     return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=plugin_order)
 
 
-def hooks_of(cls_or_plugin: Any) -> list[str]:
-    """Names of the hooks a plugin class implements."""
-    c = cls_or_plugin
+def hooks_of(c: Any) -> list[str]:
+    """Names of the hooks a plugin class (or plugin) implements."""
     return sorted(name for name in dir(c) if name.startswith("pgolf_") and hasattr(getattr(c, name), "pgolf_impl"))
 
 

@@ -22,20 +22,18 @@ class RunLog:
         self.enabled = rank == 0
         self.log_path = out_dir / "train.log" if out_dir and self.enabled else None
         self.metrics_path = out_dir / "metrics.jsonl" if out_dir and self.enabled else None
-        self.console = Console(highlight=False, soft_wrap=True) if self.enabled else None
         self.progress: Progress | None = None
         self._task: Any = None
         self._interactive = (sys.stdout.isatty() if interactive is None else interactive) and self.enabled
         self._pending: list[str] = []  # lines logged before the run directory was claimed
 
-    def log(self, msg: str, console: bool = True) -> None:
+    def log(self, msg: str) -> None:
         if not self.enabled:
             return
-        if console:
-            if self.progress is not None:
-                self.progress.console.print(msg, markup=False)
-            else:
-                print(msg, flush=True)
+        if self.progress is not None:
+            self.progress.console.print(msg, markup=False)
+        else:
+            print(msg, flush=True)
         if self.log_path is not None:
             _append(self.log_path, msg + "\n")
         else:
@@ -61,7 +59,7 @@ class RunLog:
             return
         bar = TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}")
         info = TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()
-        self.progress = Progress(*bar, *info, console=self.console, transient=True)
+        self.progress = Progress(*bar, *info, console=Console(highlight=False, soft_wrap=True), transient=True)
         self.progress.start()
         self._task = self.progress.add_task("train", total=total_steps, info="")
         self._wallclock_s = wallclock_s

@@ -20,7 +20,7 @@ import torch.distributed as dist
 
 from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, configure, model_spec
-from pgolf_core.data.bpb import build_byte_tables, load_tokenizer_for
+from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import check_shards, shard_files
 from pgolf_core.errors import PgolfError
@@ -89,8 +89,9 @@ class Data:
     eval_seq: int
 
 
-def resolve_data(recipe: Recipe, env: Placement, log: Any) -> tuple[list[Path], list[Path], Path]:
-    """The recipe's shards and tokenizer; the embedded sample data when `data.path` is empty."""
+def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> Data:
+    """The recipe's shards and tokenizer (the embedded sample data when `data.path` is empty), checked,
+    the validation tokens and the byte tables."""
     cfg = recipe.data
     if not cfg.path:
         from pgolf_core.data.sample import ensure_sample_data
@@ -116,18 +117,14 @@ def resolve_data(recipe: Recipe, env: Placement, log: Any) -> tuple[list[Path], 
             f"[data] tokenizer not found (looked at {', '.join(map(str, candidates))}); "
             "set data.tokenizer to the SentencePiece .model used to make the shards"
         )
-    return shard_files(root, cfg.train_pattern), shard_files(root, cfg.val_pattern), tokenizer
-
-
-def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> Data:
-    train_files, val_files, tokenizer_path = resolve_data(recipe, env, log)
-    sp = load_tokenizer_for(tokenizer_path, recipe.model.vocab_size)
+    train_files, val_files = shard_files(root, cfg.train_pattern), shard_files(root, cfg.val_pattern)
+    sp = load_tokenizer(tokenizer, recipe.model.vocab_size)
     for files in (train_files, val_files) if train else (val_files,):
         check_shards(files, recipe.model.vocab_size)
     seq = recipe.eval.seq_len or recipe.train.train_seq_len
     val = load_validation_tokens(val_files, max(recipe.train.train_seq_len, seq), recipe.eval.max_tokens)
     tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
-    return Data(train_files, tokenizer_path, val, tables, seq)
+    return Data(train_files, tokenizer, val, tables, seq)
 
 
 def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
@@ -137,7 +134,6 @@ def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[G
     log(f"attention_backend:{backend} ({why})")
     random.seed(recipe.run.seed)
     np.random.seed(recipe.run.seed)
-    torch.manual_seed(recipe.run.seed)  # every device's generator, CUDA's included
     model = build_model_with(model_spec(recipe, backend), plugins.pm, recipe.run.seed)
     roles = collect_roles(model)
     model.to(env.device)

@@ -36,20 +36,16 @@ class ByteTables:
         return ByteTables(*(t.to(device) for t in (self.base_bytes, self.has_leading_space, self.is_boundary)))
 
 
-def load_tokenizer(path: str | Path) -> spm.SentencePieceProcessor:
+def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.SentencePieceProcessor:
+    """The tokenizer, refused when its vocabulary is not `vocab_size` (the score would be of other text)."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise DataError(f"tokenizer {path} not found (expected a SentencePiece .model file)")
     try:
-        return spm.SentencePieceProcessor(model_file=str(path))
+        sp = spm.SentencePieceProcessor(model_file=str(path))
     except (OSError, RuntimeError) as exc:
         raise DataError(f"tokenizer {path} is not a valid SentencePiece .model file ({exc})") from exc
-
-
-def load_tokenizer_for(path: str | Path, vocab_size: int) -> spm.SentencePieceProcessor:
-    """The tokenizer, refused when its vocabulary is not the model's (the score would be of other text)."""
-    sp = load_tokenizer(path)
-    if int(sp.vocab_size()) != vocab_size:
+    if vocab_size is not None and int(sp.vocab_size()) != vocab_size:
         raise DataError(f"[model] vocab_size = {vocab_size} but tokenizer {path} has {int(sp.vocab_size())} pieces")
     return sp
 

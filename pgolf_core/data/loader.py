@@ -20,8 +20,6 @@ class TokenStream:
     """Tokens of `files` read one shard at a time, in order, wrapping to the first after the last."""
 
     def __init__(self, files: Sequence[str | Path]):
-        if not files:
-            raise DataError("TokenStream needs at least one shard file")
         self.files = [Path(f) for f in files]
         self.file_idx = -1
         self._next_file()  # the first shard
@@ -78,8 +76,6 @@ def load_validation_tokens(files: Sequence[str | Path], seq_len: int, max_tokens
 
     `max_tokens > 0` first keeps only the first `max_tokens + 1` tokens (quick evaluations).
     """
-    if not files:
-        raise DataError("no validation shard files given")
     tokens = torch.cat([read_shard(f) for f in files])[: max_tokens + 1 if max_tokens > 0 else None]
     usable = ((tokens.numel() - 1) // seq_len) * seq_len
     if usable <= 0:
