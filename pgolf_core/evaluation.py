@@ -193,16 +193,6 @@ def score_batches(model: nn.Module, batches: Iterator[EvalSums], device: torch.d
 # ---------------------------------------------------------------- sliding-window evaluation
 
 
-def _check_sliding(seq_len: int, stride: int, tail: str) -> None:
-    """Refuse a stride or tail the window arithmetic below cannot honour."""
-    if not 0 < stride <= seq_len:
-        raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
-    if tail not in TAILS:
-        raise PgolfError(f'sliding-window tail must be one of {TAILS} (got "{tail}")')
-    if tail == "full_windows" and stride == seq_len:
-        raise PgolfError('sliding-window tail "full_windows" needs stride < seq_len (PR #63\'s loop never ends there)')
-
-
 def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> tuple[int, int]:
     """Window-local `[lo, hi)` of the positions a window starting at `ws` scores.
 
@@ -230,7 +220,13 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_ta
     second window starts at `seq_len - stride`, not `stride`. So targets `[seq_len, 2*seq_len -
     2*stride)` are never scored (1,920 of 62M at T=2048, s=64), nor those after the last full window.
     """
-    _check_sliding(seq_len, stride, tail)
+    # Refuse a stride or tail the window arithmetic below cannot honour.
+    if not 0 < stride <= seq_len:
+        raise PgolfError(f"sliding-window stride must be in [1, seq_len={seq_len}] (got {stride})")
+    if tail not in TAILS:
+        raise PgolfError(f'sliding-window tail must be one of {TAILS} (got "{tail}")')
+    if tail == "full_windows" and stride == seq_len:
+        raise PgolfError('sliding-window tail "full_windows" needs stride < seq_len (PR #63\'s loop never ends there)')
     if tail == "full_windows":
         return [0, *range(seq_len - stride, total - seq_len + 1, stride)] if seq_len <= total else []
     starts = range(0, total, stride)

@@ -221,6 +221,7 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     readers: list[ExportFormat] = [f for f in answers if f is not None]
     corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
+    check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
     if (why := getattr(readers[0], "needs_plan", "")) and not pm.hook.pgolf_export_plan.get_hookimpls():
         raise RecipeError(f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
                           "enabled plugin implements pgolf_export_plan; enable one or change the format's setting")

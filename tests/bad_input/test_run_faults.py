@@ -439,3 +439,16 @@ def test_ctrl_c_exits_130_without_a_summary(tmp_path, capsys, monkeypatch, sampl
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     assert code == 130 and "pgolf: interrupted" in err
     assert not (out / "summary.json").exists() and not (out / rundir.LOCK).exists()
+
+
+def test_a_recipe_edited_in_code_with_an_unknown_codec_is_refused_before_training(sample_cache, tmp_path):
+    """`load_recipe` checks the codec, but a Python user may change the recipe afterwards: the run's setup
+    checks it again, so the error comes before any training and the run directory is never created."""
+    from pgolf_core import load_recipe, train
+    from pgolf_core.errors import RecipeError
+
+    recipe = load_recipe(None, ["train.iterations=1", "train.warmup_steps=0"], smoke=True)
+    recipe.export.compressor = "zstdd"
+    with pytest.raises(RecipeError, match="zstdd"):
+        train(recipe, tmp_path / "run", interactive=False)
+    assert not (tmp_path / "run").exists()
