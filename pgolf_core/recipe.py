@@ -144,6 +144,9 @@ class Recipe:
     data: DataConfig = field(default_factory=DataConfig)
     plugins: dict[str, PluginEntry] = field(default_factory=dict)
     source: str = "<defaults>"
+    # How the command line changed the file ("smoke", "no-xsa", "with-swa", "set-<hash of the --set values>"):
+    # the default run folder's name, so runs of one recipe with other toggles never land in one folder.
+    variant: tuple[str, ...] = ()
 
     @property
     def enabled_plugins(self) -> list[str]:
@@ -175,8 +178,12 @@ SMOKE_OVERRIDES: dict[str, Any] = {
 
 
 def load_recipe(
-    path: str | Path | None, overrides: typing.Sequence[str] = (), *, enable: typing.Sequence[str] = (),
-    disable: typing.Sequence[str] = (), smoke: bool = False,
+    path: str | Path | None,
+    overrides: typing.Sequence[str] = (),
+    *,
+    enable: typing.Sequence[str] = (),
+    disable: typing.Sequence[str] = (),
+    smoke: bool = False,
     plugin_classes: typing.Callable[[list[str], str], dict[str, type]] | None = None,
 ) -> Recipe:
     """Read a TOML recipe, apply smoke settings and overrides, and validate every value.
@@ -219,7 +226,10 @@ def load_recipe(
                 f"{source}: unknown table [{unknown[0]}]{did_you_mean(unknown[0], [*CORE_SECTIONS, 'plugins'])}; "
                 f"valid tables: {', '.join(f'[{s}]' for s in CORE_SECTIONS)}, [plugins.<name>]"
             )
-        recipe = Recipe(source=source)
+        tags = ["smoke"] * smoke + [f"with-{n}" for n in enable] + [f"no-{n}" for n in disable]
+        if sets := sorted(o for o in overrides if not o.startswith("run.seed=")):  # the seed is in the folder name
+            tags.append(f"set-{hashlib.sha256(repr(sets).encode()).hexdigest()[:6]}")
+        recipe = Recipe(source=source, variant=tuple(tags))
         for section, cls in CORE_SECTIONS.items():
             table = _table(raw.get(section, {}), section, source)
             setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))

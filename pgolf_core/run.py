@@ -62,8 +62,14 @@ class TrainState:
 
 
 def train(
-    recipe: Recipe, out_dir: str | Path | None = None, *, overwrite: bool = False, plugin_dirs: tuple = (),
-    interactive: bool | None = None, clock: Callable[[], float] = time.perf_counter,
+    recipe: Recipe,
+    out_dir: str | Path | None = None,
+    *,
+    overwrite: bool = False,
+    plugin_dirs: tuple = (),
+    interactive: bool | None = None,
+    clock: Callable[[], float] = time.perf_counter,
+    force: bool = False,
 ) -> dict[str, Any]:
     """Run a recipe end to end and return its summary (also written to `out_dir/summary.json`).
 
@@ -74,7 +80,7 @@ def train(
     """
     claim = rundir.Claim()
     try:
-        run = Run(recipe, out_dir, overwrite, plugin_dirs, interactive)
+        run = Run(recipe, out_dir, overwrite, plugin_dirs, interactive, force)
         run.claim(claim)
         run.fit(clock)
         return run.finish()
@@ -85,11 +91,13 @@ def train(
 class Run:
     """One run's parts, made by setup and used by fit and finish."""
 
-    def __init__(self, recipe: Recipe, out_dir: Any, overwrite: bool, plugin_dirs: tuple, interactive: Any) -> None:
+    def __init__(
+        self, recipe: Recipe, out_dir: Any, overwrite: bool, plugin_dirs: tuple, interactive: Any, force: bool = False
+    ) -> None:
         self.t_start = time.perf_counter()
         self.recipe, self.overwrite, cfg = recipe, overwrite, recipe.train
         self.env = env = setup_env(recipe.run.device)
-        self.out = Path(out_dir) if out_dir else Path(recipe.run.out_dir) / f"{recipe.run.name}-seed{recipe.run.seed}"
+        self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
         self.log = log = RunLog(None, env.rank, interactive)
         self.plugins = load_plugins(recipe, log.log, plugin_dirs)
@@ -336,8 +344,15 @@ def noncompliance(pm: Any) -> str:
 
 
 def score(
-    recipe: Recipe, pm: Any, data: Data, models: tuple, where: evaluation.Placement, rows: int, log: Any,
-    report: Callable[[str, Any], None], label: str,
+    recipe: Recipe,
+    pm: Any,
+    data: Data,
+    models: tuple,
+    where: evaluation.Placement,
+    rows: int,
+    log: Any,
+    report: Callable[[str, Any], None],
+    label: str,
 ) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
     """The final scores of a run and of `pgolf eval`: round trip, then sliding window if configured or
     if a plugin adapts at eval time (its windows are then the rows, stride = seq_len); pre-scoring

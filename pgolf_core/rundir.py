@@ -62,14 +62,18 @@ def _alive(pid: int, host: str) -> bool:
     return True
 
 
+def default_out(recipe: Any) -> Path:
+    """`<run.out_dir>/<run.name>[-<variant>...]-seed<seed>`: the command line's toggles are in the name."""
+    return Path(recipe.run.out_dir) / "-".join([recipe.run.name, *recipe.variant, f"seed{recipe.run.seed}"])
+
+
 def check_free(out: Path, overwrite: bool) -> None:
     """Refuse (exit 2) a file as the directory, a finished run without `overwrite`, a live lock."""
     if out.exists() and not out.is_dir():
         raise PgolfError(f"--out {out} is a file, not a directory")
     if (out / FINISHED).exists() and not overwrite:
         raise PgolfError(
-            f"{out} holds a finished run ({out / FINISHED}); pass --overwrite (train(overwrite=True)) "
-            "to replace it, or choose another --out"
+            f"{out} holds a finished run ({out / FINISHED}); pass --overwrite to replace it, or choose another --out"
         )
     if (owner := _owner(out)) is not None and _alive(*owner):
         raise PgolfError(
