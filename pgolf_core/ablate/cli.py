@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 from pathlib import Path
 
+from pgolf_core.ablate.plan import MIN_SMOKE_STEPS
 from pgolf_core.errors import PgolfError
 
 
@@ -24,9 +26,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--seeds", type=int, default=1, help="seeds 1337, 1338, ... (default 1)")
     p.add_argument("--seed-list", metavar="S1,S2,...")
-    p.add_argument(
-        "--fixed-steps", type=int, metavar="N", help="compare at equal steps: iterations=N, no wallclock cap"
-    )
+    p.add_argument("--fixed-steps", type=int, metavar="N", help="equal steps: iterations=N, no wallclock cap")
+    p.add_argument("--allow-few-steps", action="store_true", help=f"--smoke below {MIN_SMOKE_STEPS} steps (zeroed)")
     p.add_argument("--alpha", type=float, default=0.05, help="your significance level (default 0.05)")
     p.add_argument("--jobs", type=int, default=1, help="local parallel runs (one GPU each when there are enough)")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local")
@@ -46,6 +47,8 @@ def cmd_ablate(args: argparse.Namespace) -> int:
 
     if not 0.0 < args.alpha < 1.0:
         raise PgolfError(f"--alpha {args.alpha}: expected a probability in (0, 1)")
+    if args.png and importlib.util.find_spec("matplotlib") is None:
+        raise PgolfError(report.NEEDS_MATPLOTLIB)
     if args.report:
         out = Path(args.report)
         if not (out / "plan.json").exists():
@@ -59,8 +62,6 @@ def cmd_ablate(args: argparse.Namespace) -> int:
         args.out = args.out or f"runs/ablate-{Path(args.recipe).stem}"
         out = Path(args.out)
         the_plan = plan.make_plan(args)
-        if report is not None and args.png and not _has_matplotlib():
-            raise PgolfError("--png needs matplotlib: pip install 'pgolf[ablate]'")
         plan.write_or_check(the_plan, out)
         for name, why in the_plan["skipped"].items():
             print(f"ablate: skipped variant {name}: {why}", file=sys.stderr)
@@ -76,11 +77,3 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     sys.stdout.write(report.markdown(rep))
     print(f"ablate: wrote {', '.join(written)} in {out}", file=sys.stderr)
     return 1 if not args.report and failures else 0
-
-
-def _has_matplotlib() -> bool:
-    try:
-        import matplotlib  # noqa: F401
-    except ImportError:
-        return False
-    return True

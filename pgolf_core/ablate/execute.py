@@ -51,14 +51,13 @@ class Progress:
     """Variants done / total, the run in progress, ETA from the mean time of the runs so far."""
 
     def __init__(self, plan: dict[str, Any], todo: int) -> None:
-        self.total, self.done_before, self.todo = len(plan["runs"]), len(plan["runs"]) - todo, todo
+        self.total, self.todo = len(plan["runs"]), todo
         self.durations: list[float] = []
 
     def line(self, running: str) -> str:
-        done = self.done_before + len(self.durations)
         left = self.todo - len(self.durations)
         eta = f"{left * sum(self.durations) / len(self.durations):.0f}s" if self.durations else "?"
-        return f"ablate: {done}/{self.total} runs done, running {running}, ETA {eta}"
+        return f"ablate: {self.total - left}/{self.total} runs done, running {running}, ETA {eta}"
 
 
 def execute(plan: dict[str, Any], args: Any) -> list[str]:
@@ -81,38 +80,34 @@ def _log_path(out: Path, r: dict[str, Any]) -> str:
     return str(out / "logs" / f"{r['variant']}-seed{r['seed']}.log")
 
 
+def _ended(out: Path, r: dict[str, Any], rc: int | str, t0: float, progress: Progress, failures: list[str]) -> None:
+    """Record a run that ended: its time for the ETA, then `done` if it exited 0 with its summary, else a failure."""
+    progress.durations.append(time.time() - t0)
+    if rc == 0 and finished(r):
+        _event(out, event="done", variant=r["variant"], seed=r["seed"])
+    else:
+        failures.append(f"{r['variant']}/seed{r['seed']}: exit {rc} (log: {_log_path(out, r)})")
+
+
 def _local(todo: list[dict[str, Any]], args: Any, out: Path, progress: Progress) -> list[str]:
+    import torch
+
     failures: list[str] = []
-    gpus = _gpu_count() if args.jobs > 1 else 0
+    gpus = torch.cuda.device_count() if args.jobs > 1 else 0  # 0 without CUDA
 
     def go(i_r: tuple[int, dict[str, Any]]) -> None:
         i, r = i_r
-        label = f"{r['variant']}/seed{r['seed']}"
         env = dict(os.environ)
         if gpus >= args.jobs:
             env["CUDA_VISIBLE_DEVICES"] = str(i % args.jobs)  # one job per GPU
-        print(progress.line(label), file=sys.stderr, flush=True)
+        print(progress.line(f"{r['variant']}/seed{r['seed']}"), file=sys.stderr, flush=True)
         _event(out, event="start", variant=r["variant"], seed=r["seed"])
         t0 = time.time()
-        rc = run_one(r["args"], _log_path(out, r), os.getcwd(), env)
-        progress.durations.append(time.time() - t0)
-        if rc == 0 and finished(r):
-            _event(out, event="done", variant=r["variant"], seed=r["seed"])
-        else:
-            failures.append(f"{label}: exit {rc} (log: {_log_path(out, r)})")
+        _ended(out, r, run_one(r["args"], _log_path(out, r), os.getcwd(), env), t0, progress, failures)
 
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
         list(pool.map(go, enumerate(todo)))
     return failures
-
-
-def _gpu_count() -> int:
-    try:
-        import torch
-
-        return torch.cuda.device_count() if torch.cuda.is_available() else 0
-    except ImportError:  # pragma: no cover
-        return 0
 
 
 def _submitit(todo: list[dict[str, Any]], args: Any, out: Path, progress: Progress) -> list[str]:
@@ -120,15 +115,12 @@ def _submitit(todo: list[dict[str, Any]], args: Any, out: Path, progress: Progre
         import submitit
     except ImportError:
         raise PgolfError("--executor slurm needs submitit: pip install 'pgolf[ablate]'") from None
-    folder = out / "submitit"
-    if args.executor == "submitit-local":  # submitit's own local executor: the slurm path, testable
-        executor: Any = submitit.LocalExecutor(folder=str(folder))
-        executor.update_parameters(timeout_min=int(args.time))
-    else:
-        executor = submitit.AutoExecutor(folder=str(folder))
+    slurm = args.executor == "slurm"  # else submitit's own local executor: the slurm path, testable
+    executor: Any = (submitit.AutoExecutor if slurm else submitit.LocalExecutor)(folder=str(out / "submitit"))
+    executor.update_parameters(timeout_min=int(args.time))
+    if slurm:
         executor.update_parameters(
             slurm_partition=args.partition,
-            timeout_min=int(args.time),
             gpus_per_node=args.gpus_per_job,
             slurm_array_parallelism=args.array_parallelism,
         )
@@ -136,7 +128,7 @@ def _submitit(todo: list[dict[str, Any]], args: Any, out: Path, progress: Progre
     for r in todo:
         _event(out, event="start", variant=r["variant"], seed=r["seed"])
         jobs.append((r, executor.submit(run_one, r["args"], _log_path(out, r), os.getcwd(), None)))
-    failures = []
+    failures: list[str] = []
     for r, job in jobs:  # gathered as they finish
         label = f"{r['variant']}/seed{r['seed']}"
         print(progress.line(f"{len(todo)} jobs submitted, waiting for {label}"), file=sys.stderr, flush=True)
@@ -145,9 +137,5 @@ def _submitit(todo: list[dict[str, Any]], args: Any, out: Path, progress: Progre
             rc = job.result()
         except Exception as exc:  # noqa: BLE001 - a lost job is reported, the rest are gathered
             rc = f"job failed: {exc}"
-        progress.durations.append(time.time() - t0)
-        if rc == 0 and finished(r):
-            _event(out, event="done", variant=r["variant"], seed=r["seed"])
-        else:
-            failures.append(f"{label}: exit {rc} (log: {_log_path(out, r)})")
+        _ended(out, r, rc, t0, progress, failures)
     return failures

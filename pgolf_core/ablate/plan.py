@@ -9,13 +9,19 @@ from __future__ import annotations
 
 import itertools
 import json
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from pgolf_core.errors import PgolfError
 
-SCHEMA = "pgolf.ablate.plan/1"
+SCHEMA = "pgolf.ablate.plan/2"  # /2: variants named no-X / with-X (never a leading `-`), steps in `compare`
+# Below this many steps the smoke model's export rounds small matrices to all zeros: pr414 --smoke (seed 1337,
+# fixed steps) exports 22 of its 70 int6 matrices as zeros at 20 steps (every attn.proj and mlp.proj: the
+# record's scale floor), none at 50 or 100. The scored model then has no attention or MLP output, and no
+# technique acting inside the blocks can show in an ablation.
+MIN_SMOKE_STEPS = 50
 
 
 @dataclass
@@ -26,13 +32,6 @@ class Variant:
     disable: list[str] = field(default_factory=list)
     sets: list[str] = field(default_factory=list)
     skipped: str | None = None
-
-
-def _ordered(names: list[str], source: str, plugin_dirs: tuple[str, ...]) -> list[str]:
-    from pgolf_core.registry import plugin_classes
-
-    classes = plugin_classes(names, source, plugin_dirs)
-    return sorted(names, key=lambda n: (int(getattr(classes[n], "order", 100)), n))
 
 
 def check_constraints(enabled: list[str], source: str, plugin_dirs: tuple[str, ...] = ()) -> str | None:
@@ -51,13 +50,14 @@ def check_constraints(enabled: list[str], source: str, plugin_dirs: tuple[str, .
     return None
 
 
-def build_variants(args: Any) -> list[Variant]:
-    """Variants from the mode options; the reference variant is called `full`."""
-    from pgolf_core.recipe import load_recipe
+def build_variants(args: Any, recipe: Any) -> list[Variant]:
+    """Variants from the mode options, named with `pgolf run`'s folder words (`no-xsa`, `with-swa`) so no
+    folder or log starts with `-`; the reference variant is called `full`."""
+    from pgolf_core.registry import plugin_classes
 
-    recipe = load_recipe(args.recipe, list(args.overrides), smoke=args.smoke)
     dirs = tuple(args.plugins_dir)
-    enabled = _ordered(recipe.enabled_plugins, recipe.source, dirs)
+    classes = plugin_classes(recipe.enabled_plugins, recipe.source, dirs)
+    enabled = sorted(classes, key=lambda n: (int(getattr(classes[n], "order", 100)), n))  # hook order
     only = [s for s in (args.only or "").split(",") if s]
     for name in only:
         if name not in recipe.plugins:
@@ -66,7 +66,7 @@ def build_variants(args: Any) -> list[Variant]:
     if args.grid:
         keys = [g.split("=", 1) for g in args.grid]
         for g, kv in zip(args.grid, keys, strict=True):
-            if len(kv) != 2 or not kv[1]:
+            if len(kv) != 2 or not kv[1] or kv[0].startswith("-"):
                 raise PgolfError(f"--grid {g}: expected KEY=V1,V2,...")
         values = [kv[1].split(",") for kv in keys]
         for combo in itertools.product(*values):
@@ -81,12 +81,12 @@ def build_variants(args: Any) -> list[Variant]:
         for name in order:
             added.append(name)
             rest = [p for p in off if p not in added]
-            label = "full" if name == order[-1] else "+" + "+".join(added)
+            label = "full" if name == order[-1] else "with-" + "-with-".join(added)
             variants.append(Variant(label, base_recipe, enable=[p for p in added if p not in off], disable=rest))
     else:
         variants.append(Variant("full", args.recipe))
         for name in only or enabled:
-            variants.append(Variant(f"-{name}", args.recipe, disable=[name]))
+            variants.append(Variant(f"no-{name}", args.recipe, disable=[name]))
     for v in variants:
         on = [p for p in enabled if p not in v.disable] + [p for p in v.enable if p not in enabled]
         v.skipped = check_constraints(on, recipe.source, dirs)
@@ -94,9 +94,11 @@ def build_variants(args: Any) -> list[Variant]:
 
 
 def seeds_of(args: Any) -> list[int]:
+    """Sorted and unique: a seed listed twice would run twice into one folder, and a superset of the stored
+    seeds keeps the stored runs' order (see `write_or_check`)."""
     if args.seed_list:
         try:
-            return [int(s) for s in args.seed_list.split(",")]
+            return sorted({int(s) for s in args.seed_list.split(",")})
         except ValueError:
             raise PgolfError(f"--seed-list {args.seed_list}: expected integers like 1337,42,2024") from None
     return [1337 + i for i in range(args.seeds)]
@@ -104,24 +106,39 @@ def seeds_of(args: Any) -> list[int]:
 
 def run_args(v: Variant, seed: int, args: Any, out: Path) -> list[str]:
     """The exact `pgolf run` arguments of one (variant, seed)."""
-    argv = ["run", v.recipe] + (["--smoke"] if args.smoke else [])
     sets = list(args.overrides) + v.sets
     if args.fixed_steps:
         sets += [f"train.iterations={args.fixed_steps}", "train.max_wallclock_seconds=0"]
-    for s in sets + [f"run.seed={seed}"]:
-        argv += ["--set", s]
-    for p in v.enable:
-        argv += ["--enable", p]
-    for p in v.disable:
-        argv += ["--disable", p]
-    for d in args.plugins_dir:
-        argv += ["--plugins-dir", d]
+    argv = ["run", v.recipe, *(["--smoke"] if args.smoke else []), *_each("--set", [*sets, f"run.seed={seed}"])]
+    argv += _each("--enable", v.enable) + _each("--disable", v.disable) + _each("--plugins-dir", args.plugins_dir)
     return argv + ["--out", str(out / v.name / f"seed{seed}")]
 
 
+def _each(flag: str, values: list[str]) -> list[str]:
+    """`flag` before every value: ["--set", "a=1", "--set", "b=2"]."""
+    return [arg for value in values for arg in (flag, value)]
+
+
+def check_smoke_steps(args: Any, steps: int | None) -> None:
+    """Refuse a smoke ablation too short to see anything inside the blocks (MIN_SMOKE_STEPS says why)."""
+    if args.smoke and steps is not None and steps < MIN_SMOKE_STEPS and not args.allow_few_steps:
+        flag = f"--fixed-steps {steps}" if args.fixed_steps else f"--smoke with train.iterations={steps}"
+        raise PgolfError(
+            f"{flag}: below {MIN_SMOKE_STEPS} steps the smoke model's export rounds small matrices to all zeros "
+            f"(pr414: every attn.proj and mlp.proj), so no technique inside the blocks can show; "
+            f"use --fixed-steps {MIN_SMOKE_STEPS} or more (--allow-few-steps runs it anyway)"
+        )
+
+
 def make_plan(args: Any) -> dict[str, Any]:
+    from pgolf_core.recipe import load_recipe
+
     out = Path(args.out)
-    variants = build_variants(args)
+    recipe = load_recipe(args.recipe, list(args.overrides), smoke=args.smoke)
+    cap = recipe.train.max_wallclock_seconds
+    steps = args.fixed_steps or (recipe.train.iterations if cap <= 0 else None)
+    check_smoke_steps(args, steps)
+    variants = build_variants(args, recipe)
     seeds = seeds_of(args)
     runs = [
         {"variant": v.name, "seed": s, "args": run_args(v, s, args, out)}
@@ -131,7 +148,8 @@ def make_plan(args: Any) -> dict[str, Any]:
     ]
     return {
         "schema": SCHEMA,
-        "compare": "equal steps" if args.fixed_steps else "equal wall time",
+        "recipe": args.recipe,
+        "compare": f"equal steps ({steps})" if steps else f"equal wall time ({cap:g} s)",
         "reference": "full" if any(v.name == "full" for v in variants) else variants[0].name,
         "variants": [v.name for v in variants if v.skipped is None],
         "skipped": {v.name: v.skipped for v in variants if v.skipped},
@@ -141,15 +159,19 @@ def make_plan(args: Any) -> dict[str, Any]:
 
 
 def write_or_check(plan: dict[str, Any], out: Path) -> None:
-    """Write DIR/plan.json, or refuse a restart whose plan differs from the stored one."""
+    """Write DIR/plan.json, or refuse a restart whose plan differs from the stored one. More seeds are no
+    difference: the plan grows by the new seeds' runs, and the finished ones are skipped as on any restart."""
     path = out / "plan.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != plan:
+        if old == plan:
+            return
+        seeds = old.get("seeds", [])
+        if {**plan, "seeds": seeds, "runs": [r for r in plan["runs"] if r["seed"] in seeds]} != old:
             raise PgolfError(
                 f"{path}: this directory holds another ablation; {_difference(old, plan)} (use another --out)"
             )
-        return
+        print(f"ablate: adding seeds {sorted(set(plan['seeds']) - set(seeds))} to {path}", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(plan, indent=2))
@@ -157,7 +179,7 @@ def write_or_check(plan: dict[str, Any], out: Path) -> None:
 
 
 def _difference(old: dict[str, Any], new: dict[str, Any]) -> str:
-    for key in ("compare", "variants", "seeds", "skipped"):
+    for key in ("schema", "recipe", "compare", "variants", "seeds", "skipped"):
         if old.get(key) != new.get(key):
             return f"{key}: stored {old.get(key)!r}, now {new.get(key)!r}"
     for a, b in zip(old.get("runs", []), new.get("runs", []), strict=False):
