@@ -27,7 +27,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=1, help="seeds 1337, 1338, ... (default 1)")
     p.add_argument("--seed-list", metavar="S1,S2,...")
     p.add_argument("--fixed-steps", type=int, metavar="N", help="equal steps: iterations=N, no wallclock cap")
-    p.add_argument("--allow-few-steps", action="store_true", help=f"--smoke below {MIN_SMOKE_STEPS} steps (zeroed)")
+    p.add_argument("--allow-few-steps", action="store_true", help=f"run --smoke < {MIN_SMOKE_STEPS} steps anyway")
     p.add_argument("--alpha", type=float, default=0.05, help="your significance level (default 0.05)")
     p.add_argument("--jobs", type=int, default=1, help="local parallel runs (one GPU each when there are enough)")
     p.add_argument("--executor", choices=["local", "slurm", "submitit-local"], default="local")
