@@ -46,25 +46,28 @@ def load_checkpoint(
 
 
 def check_matches(checkpoint: str | Path, live: dict[str, torch.Tensor], weights: dict[str, torch.Tensor]) -> None:
-    """Refuse a checkpoint of another model: name the keys one side lacks, or the first tensors whose
-    shapes differ (a checkpoint of another size, or a recipe with other settings)."""
+    """Refuse a checkpoint of another model. The shapes that differ among the common keys come first: another
+    width is the usual cause (a --smoke run's checkpoint read with its full-size recipe), and it shows as a
+    missing key only where a module exists at one width and not at the other (a projection to the model width)."""
+    differ = [k for k, v in live.items() if k in weights and weights[k].shape != v.shape]
     only_model, only_ckpt = sorted(set(live) - set(weights)), sorted(set(weights) - set(live))
+    shapes = ", ".join(f"{k}: checkpoint {tuple(weights[k].shape)} vs model {tuple(live[k].shape)}" for k in differ[:3])
+    problems = [f"{len(differ)} tensors have other shapes than the recipe's model ({shapes})"] if differ else []
     if only_model or only_ckpt:
+        problems.append(f"keys do not match: missing {only_model[:5]}, unexpected {only_ckpt[:5]} "
+                        f"({len(only_model)} missing, {len(only_ckpt)} unexpected)")  # fmt: skip
+    if problems:
         raise PgolfError(
-            f"{checkpoint}: keys do not match the recipe's model: missing {only_model[:5]}, "
-            f"unexpected {only_ckpt[:5]} ({len(only_model)} missing, {len(only_ckpt)} unexpected)"
-        )
-    differ = [k for k in live if tuple(live[k].shape) != tuple(weights[k].shape)]
-    if differ:
-        shown = ", ".join(f"{k}: {tuple(weights[k].shape)} vs model {tuple(live[k].shape)}" for k in differ[:3])
-        raise PgolfError(
-            f"{checkpoint}: {len(differ)} tensors have other shapes than the recipe's model ({shown}); "
-            "was it trained with other [model] settings?"
+            f"{checkpoint}: {'; '.join(problems)}; was it trained with other settings? A run's own "
+            f"recipe.resolved.toml rebuilds its model: pgolf eval {Path(checkpoint).parent}"
         )
 
 
 def evaluate(
-    recipe: Recipe, checkpoint: str | Path | None = None, model: torch.nn.Module | None = None, log: Any = print,
+    recipe: Recipe,
+    checkpoint: str | Path | None = None,
+    model: torch.nn.Module | None = None,
+    log: Any = print,
     plugin_dirs: tuple = (),
 ) -> dict[str, Any]:
     """Score weights on the recipe's validation data (standard eval, plus sliding if configured).

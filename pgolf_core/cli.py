@@ -6,8 +6,10 @@ import argparse
 import json
 import sys
 from functools import partial
+from pathlib import Path
 from typing import Any
 
+import pgolf_core
 from pgolf_core.errors import PgolfError
 from pgolf_core.rundir import RunFault, WriteFault
 
@@ -15,8 +17,8 @@ from pgolf_core.rundir import RunFault, WriteFault
 USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def _recipe_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
+def _recipe_args(p: argparse.ArgumentParser, **recipe: Any) -> None:
+    p.add_argument("recipe", **(recipe or {"help": "TOML recipe, e.g. recipes/baseline.toml"}))
     p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
     for flag, dest, metavar, text in (
         ("--set", "overrides", "KEY=VALUE",
@@ -43,14 +45,54 @@ def _load(args: argparse.Namespace) -> Any:
 def cmd_run(args: argparse.Namespace) -> int:
     from pgolf_core.run import train
 
-    summary = train(_load(args), args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir))
+    recipe = _load(args)
+    # `--dry-run` (not a `pgolf recipe show` command): the very command line about to be run, its --out, --seed
+    # and toggles included, shows what it would write as recipe.resolved.toml and where, with nothing trained or
+    # written; a second command would repeat every recipe flag. The plugins load, so a conflict fails here too.
+    if args.dry_run:
+        from pgolf_core import manifest, registry, rundir
+
+        plugins = registry.ordered_plugins(registry.create_manager(recipe, args.plugins_dir))
+        summary = {"manifest": {"git_sha": manifest.git_sha(), "recipe_sha256": recipe.sha256()}}
+        print(f"# Dry run: nothing trained or written. Run folder: {args.out or rundir.default_out(recipe)}")
+        print(manifest.resolved_recipe_text(recipe, plugins, summary), end="")
+        return 0
+    summary = train(recipe, args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir), force=args.force)
     return 1 if summary.get("over_limit") and not args.smoke else 0
 
 
+def eval_inputs(args: argparse.Namespace) -> tuple[str, str]:
+    """(recipe, checkpoint) that `pgolf eval` scores. A run folder (or a checkpoint inside one) brings its own
+    recipe.resolved.toml: the recipe file it came from may build another model (a --smoke run is 128 wide where
+    the file says 512), so the run's resolved settings are the only safe default."""
+    if not (given := args.recipe or args.checkpoint) or (given.endswith(".toml") and not args.checkpoint):
+        raise PgolfError("pgolf eval: expected a run folder, a checkpoint inside one, or RECIPE --checkpoint FILE")
+    if given.endswith(".toml"):
+        return given, args.checkpoint
+    if not (path := Path(given)).is_dir() and args.recipe and args.checkpoint:
+        raise PgolfError(f"pgolf eval {given} --checkpoint {args.checkpoint}: two checkpoints; give one")
+    run = path if path.is_dir() else path.parent
+    checkpoint = (args.checkpoint or str(path / "final_model.ptz")) if path.is_dir() else given
+    if not (resolved := run / "recipe.resolved.toml").is_file():
+        raise PgolfError(
+            f"{run}: not a run directory, no recipe.resolved.toml (every finished run writes one); score with the "
+            f"recipe it was trained with: pgolf eval RECIPE --checkpoint {checkpoint}"
+        )
+    if args.smoke:
+        raise PgolfError(f"--smoke: {resolved} already holds the run's settings, smoke ones included; drop --smoke")
+    return str(resolved), checkpoint
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    """Score a checkpoint on the recipe's validation data. pgolf eval RUN_DIR reads RUN_DIR/recipe.resolved.toml
+    (the run's recipe with every default, --set and --smoke setting filled in) and RUN_DIR/final_model.ptz;
+    pgolf eval RUN_DIR/final_model.pt (or --checkpoint FILE alone) takes the recipe next to the checkpoint;
+    pgolf eval RECIPE --checkpoint FILE scores with that recipe instead (add --smoke if the run had it).
+    --set, --enable and --disable apply on top of either recipe. (This docstring is the command's --help.)"""
     from pgolf_core.api import evaluate
 
-    evaluate(_load(args), checkpoint=args.checkpoint, plugin_dirs=tuple(args.plugins_dir))
+    args.recipe, checkpoint = eval_inputs(args)
+    evaluate(_load(args), checkpoint=checkpoint, plugin_dirs=tuple(args.plugins_dir))
     return 0
 
 
@@ -89,16 +131,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf as parts: core + plugins + recipes.")
+    # The version every run's summary records (manifest "pgolf_version"); a test holds it equal to the installed
+    # distribution's metadata, so the two cannot drift apart.
+    parser.add_argument("--version", action="version", version=f"pgolf {pgolf_core.__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("run", help="train, export and score a recipe")
     _recipe_args(p)
-    p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>-seed<seed>)")
+    p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>[-<toggles>]-seed<seed>)")
     p.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
+    force = "run even when the memory or time estimate says this machine cannot"
+    p.add_argument("--force", action="store_true", help=force)
+    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and run folder, then stop")
     p.set_defaults(func=cmd_run)
-    p = sub.add_parser("eval", help="score a checkpoint (final_model.pt, or a run's final_model.ptz) with a recipe")
-    _recipe_args(p)
-    ckpt = "state dict saved with torch.save, or a .ptz artifact (int8, or int6 via the recipe's plugins)"
-    p.add_argument("--checkpoint", required=True, help=ckpt)
+    p = sub.add_parser("eval", help="score a run's checkpoint (or any, with a recipe)", description=cmd_eval.__doc__)
+    _recipe_args(p, nargs="?", metavar="RUN_DIR|CHECKPOINT|RECIPE", help="a run folder, a checkpoint, or a recipe")
+    ckpt = "a torch.save state dict or a .ptz artifact (default with RUN_DIR: RUN_DIR/final_model.ptz)"
+    p.add_argument("--checkpoint", help=ckpt)
     p.set_defaults(func=cmd_eval)
     p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
     p.add_argument("--json", action="store_true")

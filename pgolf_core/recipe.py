@@ -213,8 +213,12 @@ def load_recipe(
         raise RecipeError(f"{source}: [plugins] must be a table of [plugins.<name>] tables")
     for name, on in [(n, True) for n in enable] + [(n, False) for n in disable]:
         flag = f"--{'enable' if on else 'disable'} {name}"
-        if not on and name not in plugin_tables:
-            raise RecipeError(f"{flag}: plugin {name!r} is not in {source}{did_you_mean(name, plugin_tables)}")
+        if name not in plugin_tables:  # a name the recipe lacks is the flag's mistake, not the file's: name the flag
+            if not on:
+                raise RecipeError(f"{flag}: plugin {name!r} is not in {source}{did_you_mean(name, plugin_tables)}")
+            from pgolf_core import registry
+
+            (plugin_classes or registry.plugin_classes)([name], flag)  # an unknown plugin fails here
         table = plugin_tables.setdefault(name, {})
         if not isinstance(table, dict):
             raise RecipeError(f"{flag}: plugins.{name} is not a table")
@@ -429,7 +433,7 @@ def _blame_override(message: str, overrides: typing.Sequence[str]) -> str:
     """Name the `--set` that supplied the offending value: the error is not in the file."""
     for item in overrides:
         table, _, leaf = _parse_override(item)[0].rpartition(".")
-        named = rf"\[{re.escape(table)}\] ({re.escape(leaf)}(?![\w\[])|unknown key '{re.escape(leaf)}')"
+        named = rf"\[{re.escape(table)}\] ({re.escape(leaf)}(?![\w\[])|unknown (key '{re.escape(leaf)}'|plugin))"
         if table and re.search(named, message):
             return f"{message} (from --set {item})"
     return message
@@ -501,9 +505,17 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 
 def _parse_override(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise RecipeError(f"--set {item}: expected section.key=value (e.g. train.matrix_lr=0.02)")
-    key, text = item.split("=", 1)
+    """`section.key=value` as (key, value), the value a TOML literal or else a plain string. A key outside every
+    section (`iterations`, `trian.iterations`) is refused here, naming the full dotted key it most likely meant:
+    as a table of the recipe it would only meet "unknown table", blamed on the file."""
+    key, equals, text = item.partition("=")
+    parts = key.strip().split(".")
+    sections = [*CORE_SECTIONS, "plugins"]
+    if not equals or len(parts) < 2 or not all(parts) or parts[0] not in sections:
+        known = [f"{s}.{f.name}" for s, cls in CORE_SECTIONS.items() for f in fields(cls)]
+        # the same key in its section; without "=" the key may be right and the value is what is missing
+        hint = did_you_mean(key.strip(), [k for k in known if equals and k.endswith(f".{parts[-1]}")])
+        raise RecipeError(f"--set {item}: expected section.key=value, the section one of {sections}{hint}")
     try:
         return key.strip(), tomllib.loads(f"v = {text}")["v"]
     except tomllib.TOMLDecodeError:
@@ -511,9 +523,8 @@ def _parse_override(item: str) -> tuple[str, Any]:
 
 
 def _set_dotted(raw: dict[str, Any], key: str, value: Any, where: str) -> None:
+    """Set `section.key` (or `plugins.<name>.key`) in the raw TOML tables; `_parse_override` checked its form."""
     parts = key.split(".")
-    if len(parts) < 2 or not all(parts):
-        raise RecipeError(f"{where}: expected section.key (e.g. train.matrix_lr), got {key!r}")
     node = raw
     for part in parts[:-1]:
         node = node.setdefault(part, {})

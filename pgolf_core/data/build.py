@@ -224,16 +224,14 @@ def export_dataset(
     return BuiltDataset(out_dir, out_dir / "tokenizer.model", manifest)
 
 
-def publish_dir(tmp: Path, final: Path) -> bool:
-    """Rename a finished build into place. False when a concurrent builder already published
-    `final` (its copy is kept; ours is discarded by the caller)."""
+def publish_dir(tmp: Path, final: Path) -> None:
+    """Rename a finished build into place. A concurrent builder that already published `final` wins:
+    its copy is kept, ours is discarded by the caller (both are the same bytes)."""
     try:
         os.rename(tmp, final)  # atomic; replaces only an empty directory
-        return True
     except OSError as exc:
-        if (final / "manifest.json").is_file():
-            return False
-        raise DataError(f"cannot create {final}: {exc.strerror or exc}") from exc
+        if not (final / "manifest.json").is_file():
+            raise DataError(f"cannot create {final}: {exc.strerror or exc}") from exc
 
 
 def build_dataset(
@@ -248,8 +246,6 @@ def build_dataset(
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"output directory {out_dir} already exists and is not empty; choose a new one")
-    if not text_files:
-        raise DataError("no text files given")
     docs = [doc for f in text_files for doc in read_documents(f)]
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}

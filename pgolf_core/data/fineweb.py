@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -50,14 +49,6 @@ def dataset_name(variant: str) -> str:
     raise DataError(f"unknown FineWeb variant {variant!r}; expected sp<VOCAB_SIZE> (e.g. sp1024) or byte260")
 
 
-def _hub_download() -> Callable[..., str]:
-    try:
-        from huggingface_hub import hf_hub_download
-    except ImportError as exc:
-        raise DataError("downloading FineWeb needs huggingface_hub: pip install 'pgolf[data]'") from exc
-    return hf_hub_download
-
-
 def is_complete(path: Path) -> bool:
     """True when `path` need not be downloaded again."""
     if path.suffix == ".bin":
@@ -72,29 +63,30 @@ def is_complete(path: Path) -> bool:
 class _Fetcher:
     """Maps remote paths (`datasets/...`) to local ones under `out_dir` and fetches missing ones."""
 
-    def __init__(self, out_dir: Path, repo_id: str, remote_root: str, log: Log):
-        self.out_dir, self.repo_id, self.remote_root, self.log = out_dir, repo_id, remote_root, log
+    def __init__(self, out_dir: Path, log: Log):
+        self.out_dir, self.log = out_dir, log
         self.downloaded = self.skipped = 0
 
     def local(self, remote: str) -> Path:
-        parts = PurePosixPath(remote).parts
-        if self.remote_root and parts[:1] == (self.remote_root,):
-            parts = parts[1:]
-        return self.out_dir.joinpath(*parts)
+        """`datasets/<rest>` on the hub is `out_dir/<rest>` here: the export root is `out_dir`."""
+        return self.out_dir.joinpath(*PurePosixPath(remote).parts[1:])
 
     def get(self, remote: str) -> Path:
         dest = self.local(remote)
         if is_complete(dest):
             self.skipped += 1
             return dest
-        download = _hub_download()
-        self.log(f"data: downloading {remote} from {self.repo_id}")
+        try:  # imported only now: files already complete need no huggingface_hub
+            from huggingface_hub import hf_hub_download
+        except ImportError as exc:
+            raise DataError("downloading FineWeb needs huggingface_hub: pip install 'pgolf[data]'") from exc
+        self.log(f"data: downloading {remote} from {REPO_ID}")
         folder, _, filename = remote.rpartition("/")
         try:
-            cached = download(repo_id=self.repo_id, filename=filename, repo_type="dataset", subfolder=folder or None)
+            cached = hf_hub_download(repo_id=REPO_ID, filename=filename, repo_type="dataset", subfolder=folder or None)
         except Exception as exc:  # network, auth and offline errors all end here
             raise DataError(
-                f"could not download {remote} from the Hugging Face dataset {self.repo_id} ({type(exc).__name__}: "
+                f"could not download {remote} from the Hugging Face dataset {REPO_ID} ({type(exc).__name__}: "
                 f"{exc}). Are you offline? Files already in {self.out_dir} are kept; rerun when connected to resume."
             ) from exc
         source = Path(cached).resolve(strict=True)  # the HF cache may hand back a snapshot symlink
@@ -141,21 +133,14 @@ def _count(dataset: dict[str, Any], key: str, path: Path) -> int:
 
 
 def download_fineweb(
-    variant: str = "sp1024",
-    train_shards: int = 80,
-    out_dir: str | Path = "data",
-    *,
-    repo_id: str = REPO_ID,
-    remote_root: str = REMOTE_ROOT,
-    log: Log = print,
+    variant: str = "sp1024", train_shards: int = 80, out_dir: str | Path = "data", *, log: Log = print
 ) -> FinewebData:
     """Fetch the validation split, the first `train_shards` training shards and the tokenizer of `variant`."""
     name = dataset_name(variant)
     if train_shards < 0:
         raise DataError(f"train_shards must be >= 0, got {train_shards}")
-    fetch = _Fetcher(Path(out_dir).expanduser(), repo_id, remote_root, log)
-    root = f"{remote_root}/" if remote_root else ""
-    manifest_path = fetch.get(f"{root}manifest.json")
+    fetch = _Fetcher(Path(out_dir).expanduser(), log)
+    manifest_path = fetch.get(f"{REMOTE_ROOT}/manifest.json")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
@@ -163,14 +148,14 @@ def download_fineweb(
     dataset = _entry(manifest, "datasets", name, manifest_path)
     n_train, n_val = (_count(dataset, key, manifest_path) for key in ("files_train", "files_val"))
     if train_shards > n_train:
-        raise DataError(f"{variant} has only {n_train} training shards on {repo_id}; asked for {train_shards}")
+        raise DataError(f"{variant} has only {n_train} training shards on {REPO_ID}; asked for {train_shards}")
     tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name")), manifest_path)
     artifacts = [str(tokenizer[k]) for k in ("model_path", "vocab_path", "path") if tokenizer.get(k)]
     if not artifacts:
         raise DataError(f"{manifest_path}: tokenizer {tokenizer.get('name')!r} lists no files to download")
-    prefix = f"{root}datasets/{name}"
+    prefix = f"{REMOTE_ROOT}/datasets/{name}"
     val = [fetch.get(f"{prefix}/fineweb_val_{i:06d}.bin") for i in range(n_val)]
     train = [fetch.get(f"{prefix}/fineweb_train_{i:06d}.bin") for i in range(train_shards)]
-    tok_files = [fetch.get(f"{root}{a}") for a in artifacts]
+    tok_files = [fetch.get(f"{REMOTE_ROOT}/{a}") for a in artifacts]
     model = next((p for p in tok_files if p.suffix in (".model", ".json")), tok_files[0])
     return FinewebData(fetch.local(prefix), model, val, train, fetch.downloaded, fetch.skipped)
