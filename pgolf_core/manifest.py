@@ -71,14 +71,15 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
     """The summary of a finished `train.Run` (schema in docs/summary.md); `seconds` holds the eval
     and export times."""
     recipe, env, data, steps, train_seconds = run.recipe, run.env, run.data, run.steps, run.train_seconds
-    total_bytes = written.model_bytes + code_bytes
+    total_bytes, score = written.model_bytes + code_bytes, (sliding or roundtrip).val_bpb
+    unigram = unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables)
     return {
-        "schema": "pgolf.summary/1", "name": recipe.run.name, "seed": recipe.run.seed,
+        "schema": "pgolf.summary/1", "status": "finished", "name": recipe.run.name, "seed": recipe.run.seed,
         "val_loss": pre.val_loss, "val_bpb": pre.val_bpb,
         "roundtrip_val_loss": roundtrip.val_loss, "roundtrip_val_bpb": roundtrip.val_bpb,
         "sliding_val_loss": sliding.val_loss if sliding else None,
-        "sliding_val_bpb": sliding.val_bpb if sliding else None, "score_val_bpb": (sliding or roundtrip).val_bpb,
-        "unigram_val_bpb": unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables),
+        "sliding_val_bpb": sliding.val_bpb if sliding else None, "score_val_bpb": score, "unigram_val_bpb": unigram,
+        "zeroed_tensors": run.zeroed, "warnings": health_warnings(score, unigram, run.zeroed, run.step_times),
         "artifact_bytes": total_bytes, "model_bytes": written.model_bytes, "code_bytes": code_bytes,
         "artifact_limit_bytes": recipe.export.artifact_limit_bytes,
         "over_limit": total_bytes > recipe.export.artifact_limit_bytes, "artifact_format": written.label,
@@ -107,59 +108,54 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
     }  # fmt: skip
 
 
+def health_warnings(score: float, unigram: float, zeroed: list[str], step_ms: list[float]) -> list[str]:
+    """What makes a finished run's numbers misleading, each in one line (in the summary, log and console)."""
+    out = []
+    if score > unigram:
+        out.append(f"score {score:.4f} bpb is worse than the unigram reference {unigram:.4f}: too few steps to learn")
+    if zeroed:
+        out.append(f"{len(zeroed)} tensors exported as all zeros (the scored model lacks them): train more steps")
+    median = sorted(step_ms)[len(step_ms) // 2] if step_ms else 0.0
+    if slow := [t for t in step_ms if t > 10 * median]:
+        out.append(
+            f"{len(slow)} steps took over 10x the median step ({max(slow):.0f} vs {median:.0f} ms): the machine was "
+            "busy, so times (and a result capped by wallclock) are not comparable"
+        )
+    return out
+
+
 def resolved_recipe_text(recipe: Any, plugins: list[Any], summary: dict[str, Any]) -> str:
     header = [
         f"# Resolved recipe of {recipe.source} (defaults filled in, overrides applied).",
         f"# git_sha: {summary['manifest']['git_sha']}",
         f"# recipe_sha256: {summary['manifest']['recipe_sha256']}",
         "# hook order: " + (", ".join(f"{p.name} {getattr(p, 'version', '?')}" for p in plugins) or "(no plugins)"),
+        *[f"# command-line variant: {', '.join(recipe.variant)} (already applied below)"] * bool(recipe.variant),
         "",
     ]
     return "\n".join(header) + recipe.to_toml()
 
 
-def print_summary(summary: dict[str, Any], log: Any) -> None:
-    s, h100 = summary, summary["eval_seconds_8xh100"] or 0.0
+def print_summary(summary: dict[str, Any], log: Any, out: Path) -> None:
+    """The run's last lines: every score, the one that counts marked, the warnings, where the files are."""
+    s, h100, sliding = summary, summary["eval_seconds_8xh100"] or 0.0, summary["sliding_val_bpb"] is not None
     lines = [
         "",
         "=" * 60,
         f"summary: {s['name']} seed {s['seed']}  ({s['steps']} steps, {s['step_ms']:.1f} ms/step)",
         f"  val_bpb (pre-export)      {s['val_bpb']:.4f}   val_loss {s['val_loss']:.4f}",
-        f"  val_bpb (round trip)      {s['roundtrip_val_bpb']:.4f}   ({s['artifact_format']})",
-        *([f"  val_bpb (sliding window)  {s['sliding_val_bpb']:.4f}"] if s["sliding_val_bpb"] is not None else []),
+        f"  val_bpb (round trip)      {s['roundtrip_val_bpb']:.4f}   ({s['artifact_format']})"
+        + " <- SCORE" * (not sliding),
+        *([f"  val_bpb (sliding window)  {s['sliding_val_bpb']:.4f}   <- SCORE"] if sliding else []),
         f"  unigram baseline val_bpb  {s['unigram_val_bpb']:.4f}",
         f"  artifact {s['artifact_bytes']:,} bytes = model {s['model_bytes']:,} + code {s['code_bytes']:,}"
         f"  (limit {s['artifact_limit_bytes']:,}{', OVER' if s['over_limit'] else ''})",
         f"  train {s['train_seconds']:.1f} s, eval {s['eval_seconds']:.1f} s",
         *([f"  eval NOT compliant: {s['eval_noncompliance']}"] if not s["eval_compliant"] else []),
         *([f"  WARNING: eval ~{h100:.0f} s on 8 GPUs (projected), over the challenge's 600 s"] * (h100 > 600)),
+        *[f"  WARNING: {w}" for w in s["warnings"]],
+        f"score_val_bpb {s['score_val_bpb']:.4f} ({'sliding window' if sliding else 'round trip'}); run folder {out}",
         "=" * 60,
     ]
     for line in lines:
         log.log(line)
-
-
-def warn_if_full_scale_on_cpu(recipe: Any, n_params: int, accum: int, log: Any, cpu_flops: float | None = None) -> None:
-    """Say up front when a recipe sized for 8×H100 is started on a CPU, with a time estimate
-    (`cpu_flops`: this CPU's fp32 matmul rate, measured here when not given)."""
-    tokens = recipe.train.train_batch_tokens
-    if cpu_flops is None:
-        a = torch.randn(512, 512)
-        t0 = time.perf_counter()
-        for _ in range(8):
-            a @ a
-        cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
-    step_s = 6.0 * n_params * tokens / cpu_flops
-    if step_s < 10.0:
-        return
-    cap, warmup = recipe.train.max_wallclock_seconds, recipe.train.warmup_steps
-    record_steps, cap_steps = 7000, max(int(cap / step_s), 1)
-    stop = f", and the {cap:.0f} s wallclock cap then stops it after ~{cap_steps} step(s)" if cap else ""
-    log(
-        f"NOTE: no GPU. This recipe is sized for 8xH100: one step ({tokens:,} tokens, {n_params / 1e6:.1f}M params) "
-        f"takes about {step_s / 60:.1f} min on this CPU, so ~{record_steps:,} steps (a record's 10-minute run) would "
-        f"take about {record_steps * step_s / 86400:.0f} days"
-        + (f"; its {warmup} untimed warmup steps alone take ~{warmup * step_s / 3600:.1f} h" if warmup else "")
-        + stop
-        + ". Add --smoke for a one-minute run of the same recipe at small size."
-    )

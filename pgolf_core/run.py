@@ -21,7 +21,7 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pgolf_core import evaluation, exporter, manifest, rundir
+from pgolf_core import evaluation, exporter, manifest, preflight, rundir
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.model import count_parameters
 from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
@@ -99,6 +99,7 @@ class Run:
         self.env = env = setup_env(recipe.run.device)
         self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
+        preflight.check(recipe, env.device, env.world_size, force, print if env.rank == 0 else lambda _: None)
         self.log = log = RunLog(None, env.rank, interactive)
         self.plugins = load_plugins(recipe, log.log, plugin_dirs)
         self.data = data = load_data(recipe, env, log.log)
@@ -127,8 +128,6 @@ class Run:
             f"max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}"
         )
         log.log(f"seed:{recipe.run.seed}")
-        if not env.is_cuda:
-            manifest.warn_if_full_scale_on_cpu(recipe, self.n_params, self.accum, log.log)
         self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
         self.val_rows = eval_rows(recipe, env)
         self.noncompliance = noncompliance(self.plugins.pm)
@@ -194,7 +193,7 @@ class Run:
         self.base.layer_phase = 0  # training starts with the plain order (a built model may hold another)
         loader = self.new_loader()
         cap_ms = 1000.0 * cfg.max_wallclock_seconds if cfg.max_wallclock_seconds > 0 else None
-        training_ms, stop_after, step, last_loss = 0.0, None, 0, None
+        training_ms, stop_after, step, last_loss, self.step_times = 0.0, None, 0, None, []
         log.start_progress(cfg.iterations, cfg.max_wallclock_seconds)
         env.sync()
         t0 = clock()
@@ -232,7 +231,8 @@ class Run:
             last_loss, state.step = train_loss, step
             hook.pgolf_post_step(state=state)
             # Log the loss (mean over ranks) now and then, and stop every rank at the wallclock cap.
-            approx_ms = training_ms + 1000.0 * (clock() - t0)
+            self.step_times.append(training_ms + 1000.0 * (clock() - t0) - state.elapsed_ms)
+            approx_ms = state.elapsed_ms + self.step_times[-1]
             if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
                 self.log_train_loss(step, train_loss, approx_ms)
             if stop_after is None and self.any_rank(cap_ms is not None and approx_ms >= cap_ms, cap_ms is not None):
@@ -296,17 +296,22 @@ class Run:
         written, code_bytes = self.export()
         export_seconds = time.perf_counter() - t_export
         env.barrier()
-        dtypes = {k: v.dtype for k, v in self.base.state_dict().items()}
-        load_weights(
-            self.base, exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor)
-        )
+        live = self.base.state_dict()
+        trained, dtypes = [k for k, v in live.items() if v.any()], {k: v.dtype for k, v in live.items()}
+        weights = exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor)
+        # A tensor the export rounded to all zeros (a barely trained projection under a scale floor) is missing
+        # from the scored model: say so, since a comparison of such runs cannot see what acts through it.
+        self.zeroed = sorted(k for k in trained if not weights[k].any())
+        if self.zeroed:
+            log.log(f"WARNING: export: {len(self.zeroed)} tensors quantized to all zeros: {', '.join(self.zeroed)}")
+        load_weights(self.base, weights)
         roundtrip, sliding = self.final_evals(written.label)
         seconds = {"eval": time.perf_counter() - t_eval, "export": export_seconds}
         summary = manifest.summarize(self, self.last_val, roundtrip, sliding, written, code_bytes, seconds)
         if env.rank == 0:
             resolved = manifest.resolved_recipe_text(recipe, self.plugins.ordered, summary)
             exporter.write_atomic(self.out / "recipe.resolved.toml", resolved.encode("utf-8"))
-            manifest.print_summary(summary, log)
+            manifest.print_summary(summary, log, self.out)
             write_json_atomic(self.out / "summary.json", summary)
         if env.distributed:
             dist.destroy_process_group()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import socket
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +21,7 @@ from pgolf_core.errors import PgolfError
 LOCK = ".pgolf.lock"
 FINISHED = "summary.json"
 # What a run writes: replaced wholesale when an unfinished (or --overwrite'n) directory is reused.
+SET_ASIDE = ".replaced"  # the finished run that --overwrite replaces, kept until the new run has its summary
 RUN_FILES = (FINISHED, "train.log", "metrics.jsonl", "recipe.resolved.toml", "final_model.pt", "final_model.ptz")
 
 
@@ -67,10 +69,26 @@ def default_out(recipe: Any) -> Path:
     return Path(recipe.run.out_dir) / "-".join([recipe.run.name, *recipe.variant, f"seed{recipe.run.seed}"])
 
 
+def restore_set_aside(out: Path) -> None:
+    """Put back the finished run that `--overwrite` set aside, when the run replacing it ended (or was
+    killed) without a summary of its own: an interrupted overwrite must not lose both runs."""
+    aside = out / SET_ASIDE
+    if not (aside / FINISHED).is_file() or (out / FINISHED).exists() or ((o := _owner(out)) and _alive(*o)):
+        return
+    for name in RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    for name in RUN_FILES[::-1]:  # the summary last: a run counts as finished only once it is whole again
+        if (aside / name).exists():
+            (aside / name).replace(out / name)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
 def check_free(out: Path, overwrite: bool) -> None:
-    """Refuse (exit 2) a file as the directory, a finished run without `overwrite`, a live lock."""
+    """Refuse (exit 2) a file as the directory, a finished run without `overwrite`, a live lock (after putting
+    back a finished run that an interrupted overwrite had set aside)."""
     if out.exists() and not out.is_dir():
         raise PgolfError(f"--out {out} is a file, not a directory")
+    restore_set_aside(out)
     if (out / FINISHED).exists() and not overwrite:
         raise PgolfError(
             f"{out} holds a finished run ({out / FINISHED}); pass --overwrite to replace it, or choose another --out"
@@ -104,8 +122,15 @@ class Claim:
             raise PgolfError(f"could not lock {out}: another run keeps taking {lock}")
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(f"{os.getpid()} {socket.gethostname()}\n")
-        self.path = lock
-        # A finished run stops being one first (its summary goes before anything else), then the rest.
+        self.path, aside = lock, out / SET_ASIDE
+        # A finished run (--overwrite) is set aside, its summary first, until the new run has a summary of its own;
+        # an unfinished one's files go.
+        shutil.rmtree(aside, ignore_errors=True)
+        if (out / FINISHED).exists():
+            aside.mkdir()
+            for name in RUN_FILES:
+                if (out / name).exists():
+                    (out / name).replace(aside / name)
         for name in RUN_FILES:
             (out / name).unlink(missing_ok=True)
         for tmp in out.glob(".*.tmp*"):
@@ -113,9 +138,13 @@ class Claim:
             tmp.unlink(missing_ok=True)
 
     def release(self) -> None:
+        """Unlock; then drop the run set aside if the new one wrote its summary, else put it back."""
         if self.path is not None:
             self.path.unlink(missing_ok=True)
-            self.path = None
+            out, self.path = self.path.parent, None
+            if (out / FINISHED).exists():
+                shutil.rmtree(out / SET_ASIDE, ignore_errors=True)
+            restore_set_aside(out)
 
 
 def strict_json(data: Any, where: str = "") -> tuple[Any, list[str]]:

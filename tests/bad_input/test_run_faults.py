@@ -159,9 +159,10 @@ def test_claim_replaces_a_finished_run_only_with_overwrite(tmp_path):
         rundir.Claim().take(out, overwrite=False, log=print)
     assert snapshot(out) == before
     claim = rundir.Claim()
-    claim.take(out, overwrite=True, log=print)
-    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK]
-    claim.release()
+    claim.take(out, overwrite=True, log=print)  # set aside until the new run writes its summary
+    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK, rundir.SET_ASIDE]
+    claim.release()  # ... which it did not (interrupted): the finished run is back, byte for byte
+    assert snapshot(out) == before and not (out / rundir.SET_ASIDE).exists()
 
 
 def test_unfinished_run_dir_is_accepted_without_overwrite(tmp_path):

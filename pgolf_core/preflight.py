@@ -1,0 +1,78 @@
+"""Before a run starts: does this machine hold it in memory, and does it finish its warm-up in an hour?
+
+A recipe sized for 8xH100 started on a 2-core CPU used to run for two minutes and then be killed by
+the kernel with no word from pgolf (exit 137, its lock left behind). Both estimates here are cheap,
+made before the data or the model exist, and refuse such a run with the figures and the fix; `force`
+runs it anyway. The memory estimate is checked against measured peaks in `benchmarks/bench_memory.py`
+(docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+
+import torch
+
+from pgolf_core.errors import PgolfError
+from pgolf_core.recipe import Recipe, grad_accum_steps
+
+PROCESS_BYTES = 2**29  # torch, the tokenizer, the data and the allocator's slack: ~0.5 GiB measured
+STATE_BYTES_PER_PARAM = 28  # fp32 weights, gradients, two optimizer moments, EMA, the warm-up's saved copies
+
+
+def estimate(recipe: Recipe, world: int, accum: int) -> tuple[int, int]:
+    """(bytes one process needs, parameters of the core model): float32 tensors saved for the backward of
+    one micro-batch (per layer and token: the block input, norms, q/k/v, the attention output and the
+    MLP's four hidden-width tensors; per token: the logits and their softmax) or one eval batch, plus
+    the parameters' state. bf16 autocast on a GPU halves the activations; this bound does not count on it."""
+    m, d, tokens = recipe.model, recipe.model.model_dim, recipe.train.train_batch_tokens // (world * accum)
+    hidden, kv = m.mlp_hidden or int(m.mlp_mult * d), d // m.num_heads * m.num_kv_heads
+    params = m.vocab_size * d * (2 - m.tie_embeddings) + 2 * m.num_layers * d * (d + kv + hidden)
+    train = tokens * (m.num_layers * (10 * d + 2 * kv + 4 * hidden) + 4 * m.vocab_size)
+    seq = recipe.eval.seq_len or recipe.train.train_seq_len
+    evals = max(recipe.eval.batch_tokens // (world * accum), recipe.eval.sliding_batch_seqs * seq) * 4 * m.vocab_size
+    return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * max(train, evals), params
+
+
+def machine_memory(device: torch.device) -> tuple[int, str]:
+    """Bytes of GPU memory, or of RAM."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_properties(device).total_memory, "GPU memory"
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+
+
+def check(
+    recipe: Recipe, device: torch.device, world: int, force: bool, log: Callable[[str], None], cpu_flops: float = 0.0
+) -> None:
+    """Refuse (exit 2) a run whose memory estimate exceeds this machine's RAM (or GPU memory), or whose warm-up
+    and first step would take over an hour on this CPU (`cpu_flops`: its float32 matmul rate, measured when 0);
+    with `force`, say so in the log and go on."""
+    t, accum = recipe.train, grad_accum_steps(recipe.train, world, recipe.source)
+    need, params = estimate(recipe, world, accum)
+    have, kind = machine_memory(device)
+    m = recipe.model
+    problems = [
+        f"[model] model_dim={m.model_dim} num_layers={m.num_layers} mlp_hidden={m.mlp_hidden} mlp_mult={m.mlp_mult} "
+        f"vocab_size={m.vocab_size} with [train] train_batch_tokens={t.train_batch_tokens} need about "
+        f"{need / 2**30:,.1f} GiB per process ({params:,} parameters, micro-batches of "
+        f"{t.train_batch_tokens // (world * accum):,} tokens), more than the {have / 2**30:,.1f} GiB of {kind} "
+        "here (train.grad_accum_steps shrinks the micro-batches)"
+    ] * (need > have)
+    if device.type == "cpu" and not cpu_flops:
+        a, t0 = torch.randn(512, 512), time.perf_counter()
+        for _ in range(8):
+            a @ a
+        cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
+    step_s = 6.0 * params * t.train_batch_tokens / world / cpu_flops if cpu_flops else 0.0
+    if step_s * (t.warmup_steps + 1) > 3600:
+        problems.append(
+            f"one step ({t.train_batch_tokens:,} tokens) takes about {step_s / 60:,.1f} min on this CPU, so its "
+            f"{t.warmup_steps} warm-up steps and first step take ~{step_s * (t.warmup_steps + 1) / 3600:,.1f} h"
+        )
+    text = f"{recipe.source}: this machine cannot run this recipe: " + "; and ".join(problems)
+    if problems and force:
+        log(f"WARNING: --force: {text}")
+    elif problems:
+        raise PgolfError(f"{text}. Add --smoke for the same recipe at small size, or --force to run it anyway")

@@ -1,0 +1,157 @@
+"""What a newcomer's run does (issue #26): a recipe this machine cannot hold or finish is refused up front,
+runs of one recipe with other toggles get their own folders, an interrupted --overwrite loses nothing, and
+the summary and console say what makes a result misleading (tensors exported as zeros, a score worse than
+unigram, steps that took ten times the median) and which number is the score."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pgolf_core import preflight, rundir
+from pgolf_core.cli import main
+from pgolf_core.manifest import health_warnings
+from pgolf_core.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
+PR414 = str(ROOT / "recipes" / "pr414.toml")
+BASELINE = str(ROOT / "recipes" / "baseline.toml")
+GIB = 2**30
+
+
+def test_smoke_runs_a_fixed_number_of_steps():
+    """A smoke score must not depend on how busy the machine is: fixed steps, no wallclock cap."""
+    t = load_recipe(PR414, smoke=True).train
+    assert (t.iterations, t.max_wallclock_seconds) == (200, 0.0)
+
+
+def test_full_size_pr414_needs_more_memory_than_this_kind_of_machine():
+    """One process of the full recipe trains micro-batches of 786,432 / 8 = 98,304 tokens: ~50 GiB of float32
+    activations on a CPU (the kernel killed such a run at 24 GB); its smoke form needs under 1 GiB."""
+    full, params = preflight.estimate(load_recipe(PR414), world=1, accum=8)
+    smoke, _ = preflight.estimate(load_recipe(PR414, smoke=True), world=1, accum=1)
+    assert 40 * GIB < full < 60 * GIB and smoke < GIB
+    assert params == 1024 * 512 + 2 * 11 * 512 * (512 + 256 + 1536)  # the core's matrices (tied embedding)
+
+
+def _small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(preflight, "machine_memory", lambda device: (24 * GIB, "RAM"))
+
+
+def test_a_recipe_too_large_for_the_machine_is_refused_before_anything(monkeypatch, tmp_path, capsys):
+    _small_machine(monkeypatch)
+    out = tmp_path / "run"
+    assert main(["run", PR414, "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not out.exists()
+    assert f"{PR414}: this machine cannot run this recipe" in err and "of RAM here" in err
+    assert "need about 50.1 GiB per process" in err and "--smoke" in err and "--force" in err
+
+
+def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys):
+    """A typo such as mlp_hidden = 2**40 is refused on any machine, with no _small_machine needed."""
+    out = tmp_path / "run"
+    assert main(["run", BASELINE, "--smoke", "--set", "model.mlp_hidden=1099511627776", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and not out.exists() and "mlp_hidden=1099511627776" in err and "GiB" in err
+
+
+def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
+    """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
+    monkeypatch.setattr(preflight, "machine_memory", lambda device: (2**50, "RAM"))
+    recipe, cpu = load_recipe(PR414), preflight.torch.device("cpu")
+    with pytest.raises(preflight.PgolfError) as info:
+        preflight.check(recipe, cpu, 1, False, print, cpu_flops=1e11)
+    step_min = 6 * preflight.estimate(recipe, 1, 8)[1] * 786_432 / 1e11 / 60
+    assert f"takes about {step_min:,.1f} min on this CPU, so its 20 warm-up steps" in str(info.value)
+    assert "--force" in str(info.value)
+    lines: list[str] = []
+    preflight.check(recipe, cpu, 1, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
+    assert len(lines) == 1 and lines[0].startswith("WARNING: --force: ")
+    preflight.check(load_recipe(PR414, smoke=True), cpu, 1, False, lines.append, cpu_flops=1e11)
+    assert len(lines) == 1  # the smoke form passes silently
+
+
+def test_default_run_folders_encode_the_command_line():
+    def out(**kw: object) -> str:
+        return rundir.default_out(load_recipe(PR414, **kw)).name  # type: ignore[arg-type]
+
+    assert out() == "pr414-seed1337"
+    assert out(smoke=True) == "pr414-smoke-seed1337"
+    assert out(smoke=True, disable=["xsa"], enable=["swa"]) == "pr414-smoke-with-swa-no-xsa-seed1337"
+    a, b = out(overrides=["train.iterations=150"]), out(overrides=["train.iterations=151"])
+    assert a.startswith("pr414-set-") and a != b and out(overrides=["run.seed=7"]) == "pr414-seed7"
+
+
+def test_health_warnings():
+    assert health_warnings(2.0, 3.0, [], [100.0] * 20) == []
+    (unigram, zeroed, slow) = health_warnings(3.3, 3.0, ["a", "b"], [100.0] * 18 + [1500.0, 1200.0])
+    assert unigram.startswith("score 3.3000 bpb is worse than the unigram reference 3.0000")
+    assert zeroed.startswith("2 tensors exported as all zeros")
+    assert slow.startswith("2 steps took over 10x the median step (1500 vs 100 ms)")
+
+
+TINY = ["--set", "train.iterations=3", "--set", "train.warmup_steps=0", "--set", "train.val_loss_every=0"]
+TINY += ["--set", "eval.max_tokens=4096", "--set", "eval.sliding_stride=0"]
+
+
+def test_a_barely_trained_pr414_reports_its_zeroed_tensors_and_the_console_marks_the_score(
+    sample_cache, tmp_path, capsys
+):
+    """After 3 steps the record's int6 scale floor rounds every (zero-initialised) output projection to 0:
+    the log, the summary and the console say so, and the console ends with the score and the run folder."""
+    out = tmp_path / "run"
+    assert main(["run", PR414, "--smoke", *TINY, "--out", str(out)]) == 0
+    console = capsys.readouterr().out
+    s = json.loads((out / "summary.json").read_text())
+    proj = [f"blocks.{i}.{m}.proj.weight" for i in range(11) for m in ("attn", "mlp")]
+    assert s["status"] == "finished" and sorted(proj) == sorted(set(proj) & set(s["zeroed_tensors"]))
+    assert any(w.startswith(f"{len(s['zeroed_tensors'])} tensors exported as all zeros") for w in s["warnings"])
+    assert any(w.startswith("score ") and "worse than the unigram reference" in w for w in s["warnings"])
+    log = (out / "train.log").read_text()
+    assert f"WARNING: export: {len(s['zeroed_tensors'])} tensors quantized to all zeros: " in log
+    assert f"{s['roundtrip_val_bpb']:.4f}   (int6_zstd) <- SCORE" in console
+    assert f"score_val_bpb {s['score_val_bpb']:.4f} (round trip); run folder {out}" in console
+    resolved = (out / "recipe.resolved.toml").read_text()
+    assert "# command-line variant: smoke, set-" in resolved
+
+
+def _finished_run(out: Path) -> dict[str, bytes]:
+    out.mkdir(parents=True)
+    files = {"summary.json": b'{"val_bpb": 1.5}\n', "train.log": b"step:1/2\n", "final_model.ptz": b"\x00model"}
+    for name, data in files.items():
+        (out / name).write_bytes(data)
+    return {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+
+def test_an_interrupted_overwrite_puts_the_finished_run_back(sample_cache, tmp_path, capsys, monkeypatch):
+    import pgolf_core.run as run_mod
+
+    out = tmp_path / "run"
+    before = _finished_run(out)
+
+    def interrupt(self: object, clock: object) -> None:
+        assert (out / rundir.SET_ASIDE / "summary.json").exists()  # set aside while the new run trains
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(run_mod.Run, "fit", interrupt)
+    assert main(["run", BASELINE, "--smoke", *TINY, "--overwrite", "--out", str(out)]) == 130
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+    assert not (out / rundir.SET_ASIDE).exists()
+
+
+def test_a_killed_overwrite_is_put_back_at_the_next_start(tmp_path, capsys):
+    """A SIGKILL leaves the lock of a dead process, the new run's partial files and the old run set aside."""
+    out = tmp_path / "run"
+    before = _finished_run(out)
+    aside = out / rundir.SET_ASIDE
+    aside.mkdir()
+    for name in before:
+        (out / name).replace(aside / name)
+    (out / "train.log").write_text("half of the new run\n")
+    (out / rundir.LOCK).write_text("999999999 " + rundir.socket.gethostname())
+    assert main(["run", BASELINE, "--smoke", "--out", str(out)]) == 2
+    assert "holds a finished run" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != rundir.LOCK} == before
