@@ -39,7 +39,8 @@ CHILD = """
 import json, resource, sys, tempfile
 from pgolf_core import load_recipe, train
 from pgolf_core.preflight import estimate
-recipe = load_recipe(sys.argv[1], sys.argv[3:] + ["train.iterations=1", "train.val_loss_every=0"], smoke=sys.argv[2] == "1")
+sets = sys.argv[3:] + ["train.iterations=1", "train.val_loss_every=0"]
+recipe = load_recipe(sys.argv[1], sets, smoke=sys.argv[2] == "1")
 with tempfile.TemporaryDirectory() as out:
     train(recipe, out, force=True, interactive=False)
 print("RESULT", json.dumps({"estimate": estimate(recipe, 1, 1 if recipe.train.grad_accum_steps == 1 else 8)[0],

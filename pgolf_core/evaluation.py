@@ -88,6 +88,7 @@ class Placement:
     world_size: int = 1
     autocast_dtype: torch.dtype | None = None
     distributed: bool = False
+    on_batch: Callable[[], None] = lambda: None  # after each scored batch (the run's progress display)
 
     @property
     def is_cuda(self) -> bool:
@@ -162,6 +163,7 @@ def standard_batches(
             count = torch.tensor(float(y.numel()), dtype=torch.float64, device=where.device)
             nll_sum = loss.to(torch.float64) * count
             nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
+        where.on_batch()
         yield EvalSums(nll_sum, count, nbytes)
 
 
@@ -281,6 +283,7 @@ def sliding_batches(
             # torch.where, not boolean indexing: no host sync per batch on a GPU.
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
             nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
+        where.on_batch()
         yield EvalSums(nll_sum, mask.sum().to(torch.float64), nbytes)
 
 

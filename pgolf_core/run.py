@@ -78,13 +78,15 @@ def train(
     input never touches it. `clock` (seconds) times the training loop, which the wallclock cap and
     the time-based warmdown follow; tests inject a fake one to exercise the cap without waiting.
     """
-    claim = rundir.Claim()
+    claim, run = rundir.Claim(), None
     try:
         run = Run(recipe, out_dir, overwrite, plugin_dirs, interactive, force)
         run.claim(claim)
         run.fit(clock)
         return run.finish()
     finally:
+        if run is not None:
+            run.log.stop_progress()
         claim.release()
 
 
@@ -101,6 +103,7 @@ class Run:
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
         preflight.check(recipe, env.device, env.world_size, force, print if env.rank == 0 else lambda _: None)
         self.log = log = RunLog(None, env.rank, interactive)
+        env.on_batch = log.eval_batch
         self.plugins = load_plugins(recipe, log.log, plugin_dirs)
         self.data = data = load_data(recipe, env, log.log)
         log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={data.tokenizer_path}")
@@ -142,6 +145,7 @@ class Run:
 
     def evaluate(self, model: torch.nn.Module) -> evaluation.EvalResult:
         d = self.data
+        self.log.eval_phase("validation")
         return evaluation.eval_standard(model, d.val_tokens, d.eval_seq, self.val_rows, d.tables, self.env)
 
     def train_step(self, loader: DistributedTokenLoader) -> torch.Tensor:
@@ -235,9 +239,9 @@ class Run:
             approx_ms = state.elapsed_ms + self.step_times[-1]
             if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
                 self.log_train_loss(step, train_loss, approx_ms)
+            log.update_progress(step)
             if stop_after is None and self.any_rank(cap_ms is not None and approx_ms >= cap_ms, cap_ms is not None):
                 stop_after = step
-        log.stop_progress()
         if env.is_cuda:
             log.log(
                 f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
@@ -287,6 +291,7 @@ class Run:
         """Final weights, export and read back through `pgolf eval`'s reader, evals, summary."""
         recipe, env, log, state, pm = self.recipe, self.env, self.log, self.state, self.plugins.pm
         t_eval = time.perf_counter()
+        log.eval_phase("final eval")
         final = pm.hook.pgolf_final_weights(state=state)
         if final is not None:  # EMA/SWA: score exactly the weights that are exported
             load_weights(self.base, final)

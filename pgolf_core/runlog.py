@@ -53,26 +53,37 @@ class RunLog:
             fields.setdefault("time", round(time.time(), 3))
             _append(self.metrics_path, json.dumps(strict_json(fields)[0]) + "\n")
 
-    # Progress display: a live bar on a terminal; plain log lines (from the loop) otherwise.
+    # Progress display on a terminal (plain log lines otherwise): the training steps against `iterations`, the
+    # number the log prints, and below them the batches of the evaluation running now (the training clock stops).
     def start_progress(self, total_steps: int, wallclock_s: float) -> None:
         if not self._interactive:
             return
-        bar = TextColumn("[bold]train"), BarColumn(), TextColumn("step {task.completed}/{task.total}")
-        info = TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()
-        self.progress = Progress(*bar, *info, console=Console(highlight=False, soft_wrap=True), transient=True)
+        columns = TextColumn("[bold]{task.description:<10}"), BarColumn(), TextColumn("{task.fields[info]}")
+        console = Console(highlight=False, soft_wrap=True)
+        self.progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
         self.progress.start()
-        self._task = self.progress.add_task("train", total=total_steps, info="")
+        self._task = self.progress.add_task("train", total=total_steps or None, info="")
+        self._eval = self.progress.add_task("eval", total=None, info="", visible=False)
         self._wallclock_s = wallclock_s
 
-    def update_progress(self, step: int, loss: float, tokens_per_s: float, elapsed_ms: float) -> None:
+    def update_progress(self, step: int, loss: float | None = None, tok_s: float = 0.0, elapsed_ms: float = 0) -> None:
+        """Every step moves the bar; the log steps (which read the loss) also refresh the figures."""
         if self.progress is None:
             return
-        # The wallclock cap usually ends training before `iterations`: show the nearer bound.
-        total = self.progress.tasks[0].total or step
-        if self._wallclock_s > 0 and step > 0:
-            total = min(total, max(step, round(step * 1000.0 * self._wallclock_s / max(elapsed_ms, 1e-9))))
-        info = f"loss {loss:.4f}  {tokens_per_s:,.0f} tok/s"
-        self.progress.update(self._task, completed=step, total=total, info=info)
+        self.progress.update(self._task, completed=step)
+        if loss is not None:
+            cap = f"  wallclock cap in {self._wallclock_s - elapsed_ms / 1e3:.0f} s" if self._wallclock_s else ""
+            self.progress.update(self._task, info=f"loss {loss:.4f}  {tok_s:,.0f} tok/s{cap}")
+
+    def eval_phase(self, name: str) -> None:
+        """Show (and count batches of) the evaluation that starts now; `eval_batch` is called per batch."""
+        if self.progress is not None:
+            self.progress.reset(self._eval, total=None, description=name, info="", visible=True)
+
+    def eval_batch(self) -> None:
+        if self.progress is not None:
+            self.progress.advance(self._eval)
+            self.progress.update(self._eval, info=f"batch {int(self.progress.tasks[self._eval].completed)}")
 
     def stop_progress(self) -> None:
         if self.progress is not None:

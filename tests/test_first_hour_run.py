@@ -155,3 +155,48 @@ def test_a_killed_overwrite_is_put_back_at_the_next_start(tmp_path, capsys):
     assert main(["run", BASELINE, "--smoke", "--out", str(out)]) == 2
     assert "holds a finished run" in capsys.readouterr().err
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != rundir.LOCK} == before
+
+
+def test_the_progress_display_counts_every_step_against_iterations_and_shows_evaluation_batches():
+    """The bar's total is the log's `iterations`, it moves every step (not only at log steps), and while
+    the training clock is stopped the evaluation running now counts its batches."""
+    from pgolf_core.runlog import RunLog
+
+    log = RunLog(None, interactive=True)
+    log.start_progress(300, 0.0)
+    for step in range(1, 8):
+        log.update_progress(step)
+    log.update_progress(7, 5.25, 1000.0, 700.0)
+    assert log.progress is not None
+    train, evals = log.progress.tasks
+    assert (train.completed, train.total, train.fields["info"]) == (7, 300, "loss 5.2500  1,000 tok/s")
+    assert not evals.visible
+    log.eval_phase("validation")
+    for _ in range(3):
+        log.eval_batch()
+    assert (evals.description, evals.completed, evals.visible, evals.fields["info"]) == (
+        "validation",
+        3,
+        True,
+        "batch 3",
+    )
+    log.eval_phase("final eval")  # a new evaluation starts its count again
+    assert (evals.description, evals.completed) == ("final eval", 0)
+    log.stop_progress()
+
+
+def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
+    from pgolf_core import evaluation as ev
+    from pgolf_core.setup import build, load_data, load_plugins
+
+    recipe = load_recipe(BASELINE, ["eval.max_tokens=4096"], smoke=True)
+    batches: list[int] = []
+    where = ev.Placement(preflight.torch.device("cpu"), on_batch=lambda: batches.append(1))
+    data = load_data(recipe, where, lambda _: None, train=False)
+    model, _ = build(recipe, load_plugins(recipe, lambda _: None), where, lambda _: None)
+    ev.eval_standard(model, data.val_tokens, data.eval_seq, 16, data.tables, where)
+    rows = (data.val_tokens.numel() - 1) // data.eval_seq
+    assert len(batches) == -(-rows // 16)  # ceil(rows / 16)
+    ev.eval_sliding(model, data.val_tokens, data.eval_seq, 64, 16, data.tables, where)
+    windows = len(ev.window_starts(data.val_tokens.numel() - 1, data.eval_seq, 64))
+    assert len(batches) == -(-rows // 16) - (-windows // 16)
