@@ -19,12 +19,10 @@ from torch import Tensor, nn
 from pgolf_core.recipe import TrainConfig
 from pgolf_core.roles import NO_ROLE, Roles, group_of
 
-NS_COEFFS = (3.4445, -4.7750, 2.0315)
-
 
 def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:
     """Approximately orthogonalize a matrix (quintic Newton–Schulz iteration; bf16 as the records)."""
-    a, b, c = NS_COEFFS
+    a, b, c = 3.4445, -4.7750, 2.0315  # Keller Jordan's quintic coefficients
     x = grad.to(dtype)
     x = x / (x.norm() + eps)
     tall = grad.size(0) > grad.size(1)
@@ -44,7 +42,12 @@ class Muon(torch.optim.Optimizer):
     """
 
     def __init__(
-        self, params, lr: float, momentum: float, backend_steps: int = 5, weight_decay: float = 0.0,
+        self,
+        params,
+        lr: float,
+        momentum: float,
+        backend_steps: int = 5,
+        weight_decay: float = 0.0,
         orthogonalize: Callable[[Tensor, int], Tensor] = newton_schulz5,
     ) -> None:
         super().__init__(params, dict(lr=lr, momentum=momentum, backend_steps=backend_steps, weight_decay=weight_decay))
@@ -54,31 +57,24 @@ class Muon(torch.optim.Optimizer):
     def step(self, closure=None):  # type: ignore[override]
         distributed = dist.is_available() and dist.is_initialized()
         world, rank = (dist.get_world_size(), dist.get_rank()) if distributed else (1, 0)
-        for group in self.param_groups:
+        for group in self.param_groups:  # build_optimizers makes Muon only for a non-empty matrix group
             params: list[Tensor] = group["params"]
-            if not params:
-                continue
             flat = torch.zeros(sum(p.numel() for p in params), device=params[0].device, dtype=torch.bfloat16)
-            offset = 0
-            for i, p in enumerate(params):
+            updates = flat.split([p.numel() for p in params])  # views into `flat`, one per parameter
+            for i, (p, update) in enumerate(zip(params, updates, strict=True)):
                 if i % world == rank and p.grad is not None:
-                    state = self.state[p]
-                    if "momentum_buffer" not in state:
-                        state["momentum_buffer"] = torch.zeros_like(p.grad)
-                    buf = state["momentum_buffer"]
+                    if "momentum_buffer" not in self.state[p]:
+                        self.state[p]["momentum_buffer"] = torch.zeros_like(p.grad)
+                    buf = self.state[p]["momentum_buffer"]
                     buf.mul_(group["momentum"]).add_(p.grad)
-                    update = self.orthogonalize(p.grad.add(buf, alpha=group["momentum"]), group["backend_steps"])
-                    update = update * max(1.0, update.size(0) / update.size(1)) ** 0.5
-                    flat[offset : offset + p.numel()] = update.reshape(-1)
-                offset += p.numel()
+                    ortho = self.orthogonalize(p.grad.add(buf, alpha=group["momentum"]), group["backend_steps"])
+                    update.copy_((ortho * max(1.0, ortho.size(0) / ortho.size(1)) ** 0.5).reshape(-1))
             if distributed:
                 dist.all_reduce(flat, op=dist.ReduceOp.SUM)
-            offset = 0
-            for p in params:
+            for p, update in zip(params, updates, strict=True):
                 if group["weight_decay"] > 0:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"])
-                p.add_(flat[offset : offset + p.numel()].view_as(p).to(p.dtype), alpha=-group["lr"])
-                offset += p.numel()
+                p.add_(update.view_as(p).to(p.dtype), alpha=-group["lr"])
         return None
 
 
@@ -110,14 +106,14 @@ class Optimizers:
 
 def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_type: str) -> Optimizers:
     """Token / head / scalar groups with Adam (AdamW when `adam_weight_decay > 0`), matrices with Muon."""
-    groups: dict[str, list[Tensor]] = {"token": [], "head": [], "matrix": [], "scalar": []}
-    own: dict[tuple, list[Tensor]] = {}
+    groups: dict[str, list[Tensor]] = {"token": [], "head": [], "matrix": [], "scalar": []}  # the records' order
+    own: dict[tuple[float, float, float], list[Tensor]] = {}  # own Adams, one per (lr, beta2, weight decay)
     for name, param in model.named_parameters():
-        custom = roles.get(name, NO_ROLE).adam
-        if custom:
-            own.setdefault(tuple(sorted(custom.items())), []).append(param)
-            continue
-        groups[group_of(name, param, roles)].append(param)  # declare_role checks the group name
+        if custom := roles.get(name, NO_ROLE).adam:
+            key = (custom["lr"], custom.get("betas_2", cfg.beta2), custom.get("weight_decay", 0.0))
+            own.setdefault(key, []).append(param)
+        else:
+            groups[group_of(name, param, roles)].append(param)  # declare_role checks the group name
     tied = getattr(getattr(model, "spec", None), "tie_embeddings", True)
     adam_lrs = {"token": cfg.tied_embed_lr if tied else cfg.embed_lr, "head": cfg.head_lr, "scalar": cfg.scalar_lr}
     adam_cls = torch.optim.AdamW if cfg.adam_weight_decay > 0 else torch.optim.Adam
@@ -129,22 +125,16 @@ def build_optimizers(model: nn.Module, cfg: TrainConfig, roles: Roles, device_ty
         group = {"params": params, "lr": lr, "base_lr": lr}
         return cls([group], betas=(cfg.beta1, beta2), eps=cfg.adam_eps, weight_decay=wd, **fused)
 
-    for name in ("token", "head", "matrix", "scalar"):  # the records' optimizer order
-        params = groups[name]
-        if not params:
-            continue
-        if name == "matrix":
+    for name, params in groups.items():  # an empty group gets no optimizer
+        if params and name == "matrix":
             ns = partial(newton_schulz5, dtype=getattr(torch, cfg.muon_ns_dtype))
             group = [{"params": params, "base_lr": cfg.matrix_lr}]
             muon = Muon(group, cfg.matrix_lr, cfg.muon_momentum, cfg.muon_backend_steps, cfg.muon_weight_decay, ns)
             optimizers.append(muon)
-            continue
-        optimizers.append(adam(adam_cls, params, adam_lrs[name], cfg.beta2, cfg.adam_weight_decay))
-    for key, params in own.items():  # e.g. PR #194's SmearGate Adam (lr 0.02, betas (0.9, 0.99))
-        c = dict(key)
-        optimizers.append(
-            adam(torch.optim.Adam, params, c["lr"], c.get("betas_2", cfg.beta2), c.get("weight_decay", 0.0))
-        )
+        elif params:
+            optimizers.append(adam(adam_cls, params, adam_lrs[name], cfg.beta2, cfg.adam_weight_decay))
+    for (lr, beta2, wd), params in own.items():  # e.g. PR #194's SmearGate Adam (lr 0.02, betas (0.9, 0.99))
+        optimizers.append(adam(torch.optim.Adam, params, lr, beta2, wd))
     return Optimizers(all=optimizers, muon=muon)
 
 
