@@ -22,6 +22,8 @@ INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
 # works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
 DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
+
+
 def _dtype_name(dtype: torch.dtype) -> str:
     return str(dtype).removeprefix("torch.")
 
@@ -30,20 +32,20 @@ def _dtype_name(dtype: torch.dtype) -> str:
 
 
 def quantize_int8(
-    state_dict: Mapping[str, Tensor], *, keep_float_max_numel: int = 65_536,
-    clip_quantile: float = DEFAULT_CLIP_QUANTILE, roles: Roles,
+    state_dict: Mapping[str, Tensor],
+    *,
+    keep_float_max_numel: int = 65_536,
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE,
+    roles: Roles,
 ) -> dict[str, Any]:
     """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
 
     Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
-    elements pass through (see `_keep_float`); the rest are quantized per row (2-D) or per tensor.
+    elements pass through (as commented below); the rest are quantized per row (2-D) or per tensor.
     """
-    quantized: dict[str, Tensor] = {}
-    scales: dict[str, Tensor] = {}
-    dtypes: dict[str, str] = {}
-    passthrough: dict[str, Tensor] = {}
+    obj: dict[str, Any] = {FORMAT_KEY: INT8_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {}}
+    qmeta: dict[str, dict[str, Any]] = {}  # optional keys, added after these only when non-empty, like the baseline
     orig_dtypes: dict[str, str] = {}
-    qmeta: dict[str, dict[str, Any]] = {}
     for name, tensor in state_dict.items():
         t = tensor.detach().to("cpu").contiguous()
         if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
@@ -54,22 +56,15 @@ def quantize_int8(
             elif t.dtype in (torch.float32, torch.bfloat16):
                 orig_dtypes[name] = _dtype_name(t.dtype)
                 t = t.to(torch.float16).contiguous()
-            passthrough[name] = t
+            obj["passthrough"][name] = t
             continue
         if t.ndim == 2:
             q, s = quant.clipped_rows(t.float(), clip_quantile, 127)
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         else:
             q, s = quant.clipped_tensor(t.float(), clip_quantile, 127)
-        quantized[name], scales[name], dtypes[name] = q, s, _dtype_name(t.dtype)
-    obj: dict[str, Any] = {
-        FORMAT_KEY: INT8_FORMAT,
-        "quantized": quantized,
-        "scales": scales,
-        "dtypes": dtypes,
-        "passthrough": passthrough,
-    }
-    if qmeta:  # optional keys, present only when non-empty, like the baseline
+        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, _dtype_name(t.dtype)
+    if qmeta:
         obj["qmeta"] = qmeta
     if orig_dtypes:
         obj["passthrough_orig_dtypes"] = orig_dtypes
