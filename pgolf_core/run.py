@@ -11,6 +11,7 @@ inside `forward`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -98,12 +99,12 @@ class Run:
     ) -> None:
         self.t_start = time.perf_counter()
         self.recipe, self.overwrite, cfg = recipe, overwrite, recipe.train
-        self.env = env = setup_env(recipe.run.device)
+        env = setup_env(recipe.run.device)
+        self.log = log = RunLog(None, env.rank, interactive)
+        self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
         self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
-        preflight.check(recipe, env.device, env.world_size, force, print if env.rank == 0 else lambda _: None)
-        self.log = log = RunLog(None, env.rank, interactive)
-        env.on_batch = log.eval_batch
+        preflight.check(recipe, env.device, env.world_size, force, log.log)
         self.plugins = load_plugins(recipe, log.log, plugin_dirs)
         self.data = data = load_data(recipe, env, log.log)
         log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={data.tokenizer_path}")

@@ -71,6 +71,7 @@ class RunLog:
         if self.progress is None:
             return
         self.progress.update(self._task, completed=step)
+        self.progress.update(self._eval, visible=False)  # training again: the evaluation is over
         if loss is not None:
             cap = f"  wallclock cap in {self._wallclock_s - elapsed_ms / 1e3:.0f} s" if self._wallclock_s else ""
             self.progress.update(self._task, info=f"loss {loss:.4f}  {tok_s:,.0f} tok/s{cap}")
