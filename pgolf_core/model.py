@@ -110,22 +110,12 @@ def apply_rotary(x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
     return torch.cat((x1 * cos + x2 * sin, x1 * (-sin) + x2 * cos), dim=-1)
 
 
-def causal_attention(q: Tensor, k: Tensor, v: Tensor, flash: Callable[..., Any] | None = None) -> Tensor:
-    """Causal GQA attention. Inputs [B, H|Hkv, T, D]; output [B, T, H, D]. `flash`: the flash kernel
-    (`attention.flash_kernel()`, resolved at build time), None for PyTorch SDPA."""
-    if flash is not None:
-        out = flash(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), causal=True)
-        return out[0] if isinstance(out, tuple) else out  # FA3 returns (out, lse)
-    gqa: dict[str, Any] = {"enable_gqa": True} if k.size(1) != q.size(1) else {}
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True, **gqa).transpose(1, 2)
-
-
 class CausalSelfAttention(nn.Module):
     def __init__(self, spec: ModelSpec, parts: ModelParts, layer: int) -> None:
         super().__init__()
         d = spec.model_dim
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        self.flash = flash_kernel() if spec.attention == "flash" else None
+        self.flash = flash_kernel() if spec.attention == "flash" else None  # resolved here, never in forward
         self.c_q = spec.linear("attn.c_q", d, d)
         self.c_k = spec.linear("attn.c_k", d, spec.kv_dim)
         self.c_v = spec.linear("attn.c_v", d, spec.kv_dim)
@@ -148,7 +138,12 @@ class CausalSelfAttention(nn.Module):
         k = F.rms_norm(k, (k.size(-1),))
         q, k = self.rotary(q, k)
         q = q * self.q_gain.to(dtype=q.dtype)[None, :, None, None]
-        y = causal_attention(q, k, v.transpose(1, 2), self.flash)
+        if self.flash is not None:  # flash attention: layout [B, T, H, D], GQA native
+            y = self.flash(q.transpose(1, 2), k.transpose(1, 2), v, causal=True)
+            y = y[0] if isinstance(y, tuple) else y  # FA3 returns (out, lse)
+        else:  # PyTorch SDPA: [B, H, T, D] in, [B, T, H, D] out
+            gqa: dict[str, Any] = {"enable_gqa": True} if k.size(1) != q.size(1) else {}
+            y = F.scaled_dot_product_attention(q, k, v.transpose(1, 2), is_causal=True, **gqa).transpose(1, 2)
         for module in self.post:
             y = module(y, v, x)
         return self.proj(y.contiguous().reshape(bsz, seqlen, dim))
@@ -191,8 +186,7 @@ class Block(nn.Module):
     def forward(self, x: Tensor, x0: Tensor, v_extra: Tensor | None = None) -> Tensor:
         mix = self.resid_mix.to(dtype=x.dtype)
         x = mix[0][None, None, :] * x + mix[1][None, None, :] * x0
-        attn_out = self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self._norm(x), v_extra)
-        h = x + attn_out
+        h = x + self.attn_scale.to(dtype=x.dtype)[None, None, :] * self.attn(self._norm(x), v_extra)
         return h + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self._norm(x if self.parallel else h))
 
 
@@ -221,7 +215,6 @@ class GPT(nn.Module):
         super().__init__()
         parts = parts or ModelParts()
         self.spec = spec
-        self.logit_softcap = spec.logit_softcap
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
         self.set_layer_orders([])
         self.blocks = nn.ModuleList([Block(spec, parts, i) for i in range(spec.num_layers)])
@@ -292,7 +285,10 @@ class GPT(nn.Module):
         for name in self.embed_post_names:
             x = getattr(self, name)(x, input_ids)
         x0 = x
-        extra = self._value_extras(input_ids)
+        extra: dict[int, Tensor] = {}  # per-layer additions to the flat values, summed over the value-extras modules
+        for name in self.value_extra_names:
+            for layer, value in getattr(self, name)(input_ids).items():
+                extra[layer] = extra[layer] + value if layer in extra else value
         order = self.layer_orders[self.layer_phase]
         skips: list[Tensor] = []
         for layer in order[: len(order) // 2]:
@@ -304,17 +300,9 @@ class GPT(nn.Module):
             x = self.blocks[layer](x, x0, extra.get(layer))
         return F.rms_norm(x, (x.size(-1),))
 
-    def _value_extras(self, input_ids: Tensor) -> dict[int, Tensor]:
-        """Per-layer additions to the flat value projection, summed over the `pgolf_value_extras` modules."""
-        extra: dict[int, Tensor] = {}
-        for name in self.value_extra_names:
-            for layer, value in getattr(self, name)(input_ids).items():
-                extra[layer] = extra[layer] + value if layer in extra else value
-        return extra
-
     def logits_of(self, x: Tensor) -> Tensor:
         logits = F.linear(x, self.tok_emb.weight) if self.lm_head is None else self.lm_head(x)
-        return self.logit_softcap * torch.tanh(logits / self.logit_softcap)
+        return self.spec.logit_softcap * torch.tanh(logits / self.spec.logit_softcap)
 
     def forward_logits(self, input_ids: Tensor) -> Tensor:
         """Soft-capped logits [B, T, V] (sliding-window eval and analysis)."""
@@ -342,4 +330,3 @@ def apply_training_precision(model: nn.Module, roles: Roles, fp32_embeddings: bo
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
