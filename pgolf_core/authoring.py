@@ -1,10 +1,12 @@
 """`pgolf new-plugin NAME`: scaffold a complete, installable technique plugin package.
 
-What it writes (`<dir>/pgolf-NAME/`): a pyproject.toml with the `pgolf.plugins` entry point, the
-plugin module (`src/pgolf_NAME/__init__.py`: a typed `Config`, the hook of the chosen phase), a test
-running the shared contract (`pgolf_core.testing.PluginContract`) plus an exact-math stub, and a
-docs page. As generated the plugin installs, is discovered and passes its own tests: its body is a
-small placeholder technique with a measurable effect, to be replaced by the real one.
+What it writes (`<dir>/pgolf-NAME/`): a pyproject.toml whose `pgolf.plugins` entry point names the
+plugin class `<Name>Plugin`, the plugin module (`src/pgolf_NAME/__init__.py`: a typed `Config`, the
+hook of the chosen phase), a test running the shared contract (`pgolf_core.testing.PluginContract`)
+plus an exact-math stub, the generator stub of that test's golden file (`tools/make_golden.py`: loads
+a record script from a path you give) and a docs page. As generated the plugin installs, is discovered
+and passes its own tests: its body is a small placeholder technique with a measurable effect, to be
+replaced by the real one (docs/writing-plugins.md does that for PR #1667's attention output gate).
 Why a generator: the package layout, the entry point and the contract's settings are the same for
 every plugin, and getting one of them wrong fails silently (a plugin never discovered or never acting).
 """
@@ -25,8 +27,8 @@ from pgolf_core.errors import PgolfError
 PHASES: dict[str, tuple[str, tuple[tuple[str, str, str], ...], str]] = {
     "build": (
         "pgolf_attention_post",
-        (("init", "0.5", "the per-head gate's initial value"),),
-        "a learnable gate per attention head on the attention output",
+        (("width", "12", "the gate reads the first `width` channels of the block input"),),
+        "a gate per attention head on the attention output, sigmoid(W · x[:width]) from the block input x",
     ),
     "train": (
         "pgolf_post_step",
@@ -91,6 +93,7 @@ def render(name: str, phase: str) -> dict[str, str]:
         "pyproject.toml": fill("pyproject.toml.tmpl"),
         f"src/pgolf_{name}/__init__.py": fill(f"{phase}.py.tmpl"),
         f"tests/test_{name}.py": fill(f"test_{phase}.py.tmpl"),
+        "tools/make_golden.py": fill("make_golden.py.tmpl"),
         f"docs/{name}.md": fill("doc.md.tmpl"),
     }
 

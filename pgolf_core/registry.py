@@ -18,18 +18,17 @@ import importlib.util
 import inspect
 import sys
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pluggy
+from torch import nn
 
 from pgolf_core import hookspecs
 from pgolf_core.defaults import Defaults
 from pgolf_core.errors import PgolfError, RecipeError, did_you_mean
-
-ENTRY_POINT_GROUP = "pgolf.plugins"
 
 
 @dataclass
@@ -39,24 +38,28 @@ class PluginSource:
     name: str
     origin: str  # distribution name or file path
     load: Any  # zero-argument callable returning the plugin class
+    entry: str = ""  # the entry point's `module:Class` ("" for a file: its PLUGIN names the class)
 
 
 def discover(plugin_dirs: Sequence[str | Path] = ()) -> dict[str, PluginSource]:
     """All installed plugins (entry points) plus those in `plugin_dirs` (one class per `*.py`
-    file, exported as `PLUGIN`). Nothing is imported yet."""
+    file, exported as `PLUGIN`). Nothing is imported yet. A file named like an installed plugin
+    is an error, not a silent replacement: a run would otherwise use one of two codes unsaid."""
     found: dict[str, PluginSource] = {}
-    for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
-        found[ep.name] = PluginSource(ep.name, ep.dist.name if ep.dist is not None else "?", ep.load)
-    for directory in plugin_dirs:
-        path = Path(directory)
-        if not path.is_dir():
+    for ep in importlib.metadata.entry_points(group="pgolf.plugins"):
+        found[ep.name] = PluginSource(ep.name, getattr(ep.dist, "name", "?"), ep.load, ep.value)
+    for directory in map(Path, plugin_dirs):
+        if not directory.is_dir():
             raise PgolfError(f"--plugins-dir {directory}: not a directory")
-        for file in sorted(path.glob("*.py")):
+        for file in sorted(directory.glob("*.py")):
+            if (other := found.get(file.stem)) is not None:
+                clash = f"{file} would shadow the plugin {file.stem!r} from {other.origin}"
+                raise PgolfError(f"--plugins-dir {directory}: {clash}; rename the file and its plugin's name")
             found[file.stem] = PluginSource(file.stem, str(file), functools.partial(_load_file, file))
     return found
 
 
-def _load_file(file: Path) -> type:
+def _load_file(file: Path) -> Any:
     """The `PLUGIN` class of a local plugin file, imported once per process as module `pgolf_local_<stem>`
     (like any import: loading it again must give the same `Config` class, or configs would not compare)."""
     loaded = sys.modules.get(f"pgolf_local_{file.stem}")  # (a failed import left no PLUGIN: it is retried)
@@ -67,9 +70,7 @@ def _load_file(file: Path) -> type:
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # so inspect, pickle and dataclasses can find it like any module
     spec.loader.exec_module(module)
-    if not hasattr(module, "PLUGIN"):
-        raise AttributeError(f"{file} defines no PLUGIN class")
-    return module.PLUGIN
+    return getattr(module, "PLUGIN", None)  # (none: load_class says what PLUGIN must be)
 
 
 def load_class(source: PluginSource) -> type:
@@ -87,10 +88,29 @@ def load_class(source: PluginSource) -> type:
         raise PgolfError(
             f"plugin {source.name!r} (from {dist}) failed to load: {type(exc).__name__}: {exc}{at}; {fix}"
         ) from None
-    if not inspect.isclass(cls):
-        raise PgolfError(f"plugin {source.name!r} (from {source.origin}) is not a class: {cls!r}")
+    check_plugin_class(cls, source)
     check_config_fields(cls, source)
     return cls
+
+
+def check_plugin_class(cls: Any, source: PluginSource) -> None:
+    """What the entry point (or a file's PLUGIN) names is a plugin class: one with a hook, its name and a
+    version. The common paste error points it at the technique's torch module, which would load and do nothing."""
+    check_hook_names(cls, source)
+    if not inspect.isclass(cls) or issubclass(cls, nn.Module):
+        problem = f"a torch module ({cls.__qualname__})" if inspect.isclass(cls) else f"{cls!r}, not a class"
+    elif not hooks_of(cls):
+        problem = f"{cls.__qualname__}, which has no pgolf_* hook method, so it would do nothing"
+    elif getattr(cls, "name", None) != source.name or not getattr(cls, "version", None):
+        problem = f"{cls.__qualname__}, whose name or version is missing or not the plugin's"
+    else:
+        return
+    pointer = f"entry point {source.name} = {source.entry}" if source.entry else "file's PLUGIN"
+    raise PgolfError(
+        f"plugin {source.name!r} (from {source.origin}): the {pointer} points at {problem}; point it at the plugin "
+        f'class (name = {source.name!r}, a version such as "0.1.0", hooks decorated with @pgolf_core.hookimpl)'
+        + (" in its pyproject.toml, then reinstall it" if source.entry else "")
+    )
 
 
 def check_config_fields(cls: type, source: PluginSource) -> None:
@@ -110,27 +130,24 @@ def check_config_fields(cls: type, source: PluginSource) -> None:
         )
 
 
-def plugin_classes(names: Iterable[str], source: str, plugin_dirs: Sequence[str | Path] = ()) -> dict[str, type]:
-    """Load the classes of the plugins a recipe names; unknown names are recipe errors."""
+def plugin_classes(names: Sequence[str], source: str, plugin_dirs: Sequence[str | Path] = ()) -> dict[str, type]:
+    """Load the classes of the plugins a recipe names; unknown names are recipe errors (the first one named)."""
     available = discover(plugin_dirs)
-    out: dict[str, type] = {}
-    for name in names:
-        if name not in available:
-            raise RecipeError(
-                f"{source}: [plugins.{name}] unknown plugin {name!r}{did_you_mean(name, available)}; "
-                f"installed: {', '.join(sorted(available)) or 'none'} (see `pgolf plugins`)"
-            )
-        out[name] = load_class(available[name])
-    return out
+    for name in [name for name in names if name not in available][:1]:
+        raise RecipeError(
+            f"{source}: [plugins.{name}] unknown plugin {name!r}{did_you_mean(name, available)}; "
+            f"installed: {', '.join(sorted(available)) or 'none'} (see `pgolf plugins`)"
+        )
+    return {name: load_class(available[name]) for name in names}
 
 
 def version_order(plugin: Any) -> dict[str, Any]:
-    """A plugin's (or plugin class's) version and order, with the defaults a bare class gets."""
-    return {"version": str(getattr(plugin, "version", "?")), "order": int(getattr(plugin, "order", 100))}
+    """A plugin's (or plugin class's) version and order (100 unless it says; load_class made sure of a version)."""
+    return {"version": str(plugin.version), "order": int(getattr(plugin, "order", 100))}
 
 
 def plugin_order(plugin: Any) -> tuple[int, str]:
-    return (int(getattr(plugin, "order", 100)), str(getattr(plugin, "name", type(plugin).__name__)))
+    return (int(getattr(plugin, "order", 100)), plugin.name)
 
 
 def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> pluggy.PluginManager:
@@ -141,27 +158,20 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     pm = pluggy.PluginManager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(Defaults(), name=Defaults.name)  # first registered = called last
-    enabled = recipe.enabled_plugins
-    available = discover(plugin_dirs) if enabled else {}
-    classes = plugin_classes(enabled, recipe.source, plugin_dirs) if enabled else {}
-    plugins = [_instantiate(classes[name], name, recipe) for name in enabled]
-    for plugin in plugins:
-        if not getattr(plugin, "name", None):
-            plugin.name = type(plugin).__name__
+    available = discover(plugin_dirs)
+    classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
+    plugins = [_instantiate(cls, name, recipe) for name, cls in classes.items()]
     # pluggy calls the most recently registered implementation first: register in reverse.
     for plugin in sorted(plugins, key=plugin_order, reverse=True):
-        origin = available[plugin.name].origin if plugin.name in available else "?"
-        check_hook_names(plugin, origin)
         try:
             pm.register(plugin, name=plugin.name)
         except pluggy.PluginValidationError as exc:  # a known hook with arguments the catalog lacks
-            raise PgolfError(f"plugin {plugin.name!r} (from {origin}): {exc}") from None
-    pm.check_pending()  # (check_hook_names has already named any method pluggy would reject here)
+            raise PgolfError(f"plugin {plugin.name!r} (from {available[plugin.name].origin}): {exc}") from None
+    pm.check_pending()  # (load_class's check_hook_names has already named any method pluggy would reject here)
     for hook_name in hookspecs.EXCLUSIVE_HOOKS:
-        impls = [i for i in getattr(pm.hook, hook_name).get_hookimpls() if i.plugin_name != Defaults.name]
-        if len(impls) > 1:
-            names = sorted(impl.plugin_name for impl in impls)
-            origins = ", ".join(f"{n!r} from {available[n].origin if n in available else '?'}" for n in names)
+        names = sorted({i.plugin_name for i in getattr(pm.hook, hook_name).get_hookimpls()} - {Defaults.name})
+        if len(names) > 1:
+            origins = ", ".join(f"{n!r} from {available[n].origin}" for n in names)
             raise RecipeError(
                 f"{recipe.source}: plugins {' and '.join(repr(n) for n in names)} both implement the "
                 f"exclusive hook {hook_name} ({origins}); only one plugin may answer it: enable only one of "
@@ -178,18 +188,16 @@ def _instantiate(cls: type, name: str, recipe: Any) -> Any:
         raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from exc
 
 
-def check_hook_names(plugin: Any, origin: str) -> None:
+def check_hook_names(cls: type, source: PluginSource) -> None:
     """Every `pgolf_*` method is a catalog hook marked `@hookimpl`: a misspelled name or a missing
     decorator would otherwise register nothing and fail silently."""
     catalog = [name for phase in hookspecs.PHASES.values() for name in phase]
-    for attr in dir(plugin):
-        if not attr.startswith("pgolf_") or not callable(getattr(plugin, attr)):
-            continue
-        where = f"plugin {plugin.name!r} (from {origin}): method {attr}"
+    for attr in [attr for attr in dir(cls) if attr.startswith("pgolf_") and callable(getattr(cls, attr))]:
+        where = f"plugin {source.name!r} (from {source.origin}): method {attr}"
         if attr not in catalog:
             fix = "rename it to a hook of docs/hooks.md, or give a helper method a name without the pgolf_ prefix"
             raise PgolfError(f"{where} is not a hook of the catalog{did_you_mean(attr, catalog)}: {fix}")
-        if not hasattr(getattr(plugin, attr), "pgolf_impl"):
+        if not hasattr(getattr(cls, attr), "pgolf_impl"):
             raise PgolfError(f"{where} is not decorated with @pgolf_core.hookimpl, so it would never be called")
 
 
@@ -217,17 +225,14 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
                 config=({f.name: _field_default(f) for f in dataclasses.fields(config)} if config is not None else {}),
                 doc=(inspect.getdoc(cls) or "").split("\n")[0],
             )
-        except PgolfError as exc:
-            row["error"] = str(exc)
-        except Exception as exc:  # noqa: BLE001 - a malformed third-party class (Config not a dataclass, ...)
-            row["error"] = f"plugin {name!r} (from {source.origin}) is malformed: {type(exc).__name__}: {exc}"
+        except Exception as exc:  # noqa: BLE001 - a load error, or a malformed class (Config not a dataclass, ...)
+            malformed = f"plugin {name!r} (from {source.origin}) is malformed: {type(exc).__name__}: {exc}"
+            row["error"] = str(exc) if isinstance(exc, PgolfError) else malformed
         rows.append(row)
     return rows
 
 
 def _field_default(f: dataclasses.Field) -> Any:
-    if f.default is not dataclasses.MISSING:
-        return f.default
-    if f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-        return f.default_factory()  # type: ignore[misc]
-    return None
+    """A setting's default: its value, what its factory makes, or None for a required setting."""
+    default = f.default_factory() if callable(f.default_factory) else f.default
+    return None if default is dataclasses.MISSING else default

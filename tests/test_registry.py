@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import textwrap
 from functools import partial
 from pathlib import Path
@@ -15,6 +16,8 @@ from pgolf_core.build import build_model, build_model_with, model_spec
 from pgolf_core.cli import main
 from pgolf_core.errors import PgolfError, RecipeError
 from pgolf_core.recipe import load_recipe
+
+ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN_TEMPLATE = '''
 import dataclasses
@@ -131,7 +134,7 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path, capsys):
     assert {r["name"] for r in json.loads(capsys.readouterr().out)} >= {"alpha", "broken"}
     # A plugin that exits while importing, or whose Config is not a dataclass, is reported too.
     (tmp_path / "exits.py").write_text("import sys\nsys.exit(3)\n")
-    (tmp_path / "malformed.py").write_text("class Plugin:\n    Config = int\n\nPLUGIN = Plugin\n")
+    (tmp_path / "malformed.py").write_text(MISSPELLED.format(name="malformed", body=MALFORMED))
     rows = {row["name"]: row for row in registry.describe([tmp_path])}
     assert "failed to load: SystemExit: 3" in rows["exits"]["error"]
     assert "is malformed: TypeError" in rows["malformed"]["error"] and rows["alpha"]["version"] == "1.2.3"
@@ -221,6 +224,10 @@ PLUGIN = Plugin
 """
 
 
+HOOK = "@hookimpl\n    def pgolf_post_step(self, state): pass"
+MALFORMED = f"Config = int\n\n    {HOOK}"  # Config not a dataclass: `pgolf plugins` cannot read its settings
+
+
 @pytest.mark.parametrize(
     "body, error",
     [
@@ -237,9 +244,8 @@ def test_a_hook_method_the_catalog_does_not_know_fails_at_load(tmp_path, body, e
     """A misspelled or undecorated hook would register nothing and silently do nothing: it is a load
     error naming the plugin, where it comes from, and the method."""
     (tmp_path / "typo.py").write_text(MISSPELLED.format(name="typo", body=body))
-    r = recipe_with(tmp_path, tmp_path, "[plugins.typo]\n")
-    with pytest.raises(PgolfError) as info:
-        registry.create_manager(r, [tmp_path])
+    with pytest.raises(PgolfError) as info:  # at recipe load (names), or when registered (arguments)
+        registry.create_manager(recipe_with(tmp_path, tmp_path, "[plugins.typo]\n"), [tmp_path])
     assert f"plugin 'typo' (from {tmp_path / 'typo.py'})" in str(info.value) and error in str(info.value)
 
 
@@ -267,7 +273,7 @@ def test_import_failure_names_plugin_distribution_line_and_fix(tmp_path):
         f"plugin 'local' (from {tmp_path / 'local.py'}) failed to load: ValueError: bad value at "
         f"{tmp_path / 'local.py'}:2; fix {tmp_path / 'local.py'}, or move it out of the --plugins-dir folder"
     )
-    (tmp_path / "local.py").write_text(MISSPELLED.format(name="local", body="pass"))  # fixed: loads now
+    (tmp_path / "local.py").write_text(MISSPELLED.format(name="local", body=HOOK))  # fixed: loads now
     assert recipe_with(tmp_path, tmp_path, "[plugins.local]\n").plugins["local"].config is None
 
 
@@ -288,9 +294,8 @@ def test_config_value_without_type_annotation_is_a_load_error(tmp_path, capsys):
 def test_unknown_hook_name_says_the_fix(tmp_path):
     body = "@hookimpl\n    def pgolf_mlpp(self, spec): pass"
     (tmp_path / "typo.py").write_text(MISSPELLED.format(name="typo", body=body))
-    r = recipe_with(tmp_path, tmp_path, "[plugins.typo]\n")
-    with pytest.raises(PgolfError) as info:
-        registry.create_manager(r, [tmp_path])
+    with pytest.raises(PgolfError) as info:  # at recipe load (names), or when registered (arguments)
+        registry.create_manager(recipe_with(tmp_path, tmp_path, "[plugins.typo]\n"), [tmp_path])
     assert str(info.value) == (
         f"plugin 'typo' (from {tmp_path / 'typo.py'}): method pgolf_mlpp is not a hook of the catalog "
         '(did you mean "pgolf_mlp"?): rename it to a hook of docs/hooks.md, or give a helper method a name '
@@ -309,3 +314,158 @@ def test_exclusive_hook_conflict_names_where_each_plugin_comes_from(tmp_path):
         f"('rope_a' from {tmp_path / 'rope_a.py'}, 'rope_b' from {tmp_path / 'rope_b.py'}); only one plugin may "
         "answer it: enable only one of them (--disable NAME, or remove its [plugins.NAME] table)"
     )
+
+
+# ---------------------------------------------------------------- what an entry point (or PLUGIN) names
+
+# The tutorial's first version, pasted into `pgolf new-plugin`'s package: the entry point kept the
+# scaffold's class name, which the pasted code gave to the torch module.
+PASTED = '''
+import torch
+from torch import nn
+from pgolf_core import hookimpl
+
+
+class OutGate(nn.Module):
+    """Base class for all neural network modules (what `pgolf plugins` used to list)."""
+
+    def __init__(self, num_heads=4):
+        super().__init__()
+        self.weight = nn.Parameter(torch.zeros(num_heads))
+
+    def forward(self, y, v, x):
+        return y
+
+
+class OutGatePlugin:
+    name = "{name}"
+    version = "0.1.0"
+
+    def __init__(self, config):
+        pass
+
+    @hookimpl
+    def pgolf_attention_post(self, spec, layer):
+        return OutGate(spec.num_heads)
+
+
+def make_gate():
+    return OutGatePlugin
+
+
+PLUGIN = {target}
+'''
+# what the entry point (or PLUGIN) names -> how the error says what it points at
+NOT_A_PLUGIN = {
+    "OutGate": "points at a torch module (OutGate)",
+    "make_gate": "points at <function make_gate at 0x",
+    "OutGatePlugin, without hooks": "points at OutGatePlugin, which has no pgolf_* hook method, so it would do nothing",
+    "OutGatePlugin, without version": "points at OutGatePlugin, whose name or version is missing or not the plugin's",
+    "OutGatePlugin, named another": "points at OutGatePlugin, whose name or version is missing or not the plugin's",
+}
+
+
+def pasted(name: str, case: str) -> str:
+    """The module of PASTED, its PLUGIN set to the class (or function) of `case`, changed as `case` says."""
+    text = textwrap.dedent(PASTED).format(name="other" if "named another" in case else name, target=case.split(",")[0])
+    if "without hooks" in case:
+        text = text.replace(
+            "    @hookimpl\n    def pgolf_attention_post(self, spec, layer):", "    def attention(self, spec, layer):"
+        )
+    return text.replace('    version = "0.1.0"\n', "") if "without version" in case else text
+
+
+def install(site: Path, name: str, code: str, target: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A real installed distribution `pgolf-<name>` (a dist-info folder on sys.path, as pip's --target writes)
+    whose `pgolf.plugins` entry point `<name>` is `pgolf_<name>:<target>`."""
+    (site / f"pgolf_{name}").mkdir(parents=True)
+    (site / f"pgolf_{name}" / "__init__.py").write_text(code)
+    info = site / f"pgolf_{name}-0.1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: pgolf-{name}\nVersion: 0.1.0\n")
+    (info / "entry_points.txt").write_text(f"[pgolf.plugins]\n{name} = pgolf_{name}:{target}\n")
+    monkeypatch.syspath_prepend(str(site))
+    monkeypatch.delitem(sys.modules, f"pgolf_{name}", raising=False)  # imported fresh, forgotten after the test
+
+
+def refused_everywhere(name: str, message: str, extra: list[str], tmp_path: Path, capsys) -> None:
+    """`pgolf plugins` lists the plugin as BROKEN with `message` and goes on; `pgolf run` naming it exits 2 with
+    `message` as its one-line error, no traceback, before anything is written."""
+    assert main(["plugins", *extra]) == 0
+    out = capsys.readouterr().out
+    assert f"{name}  BROKEN: {message}" in out and "xsa 0.1.0" in out
+    out_dir = tmp_path / "run"
+    args = ["run", str(ROOT / "recipes" / "baseline.toml"), "--smoke", "--enable", name, "--out", str(out_dir), *extra]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err == f"pgolf: error: {message}\n" and not out_dir.exists()
+
+
+@pytest.mark.parametrize("case", NOT_A_PLUGIN)
+def test_an_entry_point_naming_no_plugin_class_is_a_load_error_naming_it_and_the_fix(
+    case, tmp_path, monkeypatch, capsys
+):
+    name = "gate_" + "".join(c for c in case.split(",")[-1] if c.isalpha())[:12].lower()
+    target = case.split(",")[0]
+    install(tmp_path / "site", name, pasted(name, case), target, monkeypatch)
+    with pytest.raises(PgolfError) as info:
+        registry.load_class(registry.discover()[name])
+    message = str(info.value)
+    assert message.startswith(
+        f"plugin {name!r} (from pgolf-{name}): the entry point {name} = pgolf_{name}:{target} {NOT_A_PLUGIN[case]}"
+    )
+    assert message.endswith(
+        f'; point it at the plugin class (name = {name!r}, a version such as "0.1.0", hooks decorated with '
+        "@pgolf_core.hookimpl) in its pyproject.toml, then reinstall it"
+    )
+    refused_everywhere(name, message, [], tmp_path, capsys)
+
+
+def test_a_file_whose_plugin_is_a_torch_module_or_missing_is_a_load_error(tmp_path, capsys):
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "out_gate.py").write_text(pasted("out_gate", "OutGate"))
+    fix = (
+        "; point it at the plugin class (name = 'out_gate', a version such as \"0.1.0\", hooks decorated with "
+        "@pgolf_core.hookimpl)"
+    )
+    message = (
+        f"plugin 'out_gate' (from {folder / 'out_gate.py'}): the file's PLUGIN points at a torch module (OutGate){fix}"
+    )
+    refused_everywhere("out_gate", message, ["--plugins-dir", str(folder)], tmp_path, capsys)
+    # (each file is imported once per process: the variants below are other files)
+    (folder / "no_plugin.py").write_text(pasted("no_plugin", "OutGate").replace("PLUGIN = OutGate\n", ""))
+    with pytest.raises(PgolfError) as info:
+        registry.load_class(registry.discover([folder])["no_plugin"])
+    assert str(info.value) == message.replace("out_gate", "no_plugin").replace(
+        "a torch module (OutGate)", "None, not a class"
+    )
+    (folder / "fixed.py").write_text(pasted("fixed", "OutGatePlugin"))  # the fix: it loads
+    assert registry.load_class(registry.discover([folder])["fixed"]).__name__ == "OutGatePlugin"
+
+
+def test_a_plugins_dir_file_named_like_an_installed_plugin_is_refused(tmp_path, monkeypatch, capsys):
+    """A file would silently replace the installed plugin of its name (here the built-in xsa, and a
+    third-party package): which code ran would depend on the command line, unsaid."""
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "xsa.py").write_text(MISSPELLED.format(name="xsa", body=HOOK))
+    message = (
+        f"--plugins-dir {folder}: {folder / 'xsa.py'} would shadow the plugin 'xsa' from pgolf; "
+        "rename the file and its plugin's name"
+    )
+    with pytest.raises(PgolfError) as info:
+        registry.discover([folder])
+    assert str(info.value) == message
+    recipe = ROOT / "recipes" / "pr414.toml"
+    for argv in (["plugins"], ["run", str(recipe), "--smoke", "--out", str(tmp_path / "run")]):
+        assert main([*argv, "--plugins-dir", str(folder)]) == 2
+        assert capsys.readouterr().err == f"pgolf: error: {message}\n"
+    assert not (tmp_path / "run").exists()
+    (folder / "xsa.py").rename(folder / "my_xsa.py")  # the fix the message names (and the class's name)
+    (folder / "my_xsa.py").write_text(MISSPELLED.format(name="my_xsa", body=HOOK))
+    assert registry.discover([folder])["my_xsa"].origin == str(folder / "my_xsa.py")
+    install(tmp_path / "site", "shadowed", pasted("shadowed", "OutGatePlugin"), "OutGatePlugin", monkeypatch)
+    (folder / "shadowed.py").write_text(MISSPELLED.format(name="shadowed", body=HOOK))
+    with pytest.raises(PgolfError, match=r"shadowed.py would shadow the plugin 'shadowed' from pgolf-shadowed; "):
+        registry.discover([folder])
