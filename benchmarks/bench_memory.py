@@ -21,6 +21,12 @@ import sys
 import tempfile
 from pathlib import Path
 
+import torch
+
+from pgolf_core import load_recipe
+from pgolf_core.preflight import estimate
+from pgolf_core.recipe import grad_accum_steps
+
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Preflight memory estimate vs measured peak (CPU, one training step + final evals)"
@@ -38,13 +44,11 @@ CONFIGS = [
 CHILD = """
 import json, resource, sys, tempfile
 from pgolf_core import load_recipe, train
-from pgolf_core.preflight import estimate
 sets = sys.argv[3:] + ["train.iterations=1", "train.val_loss_every=0"]
 recipe = load_recipe(sys.argv[1], sets, smoke=sys.argv[2] == "1")
 with tempfile.TemporaryDirectory() as out:
     train(recipe, out, force=True, interactive=False)
-print("RESULT", json.dumps({"estimate": estimate(recipe, 1, 1 if recipe.train.grad_accum_steps == 1 else 8)[0],
-                            "peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+print("RESULT", json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
 """
 
 
@@ -66,8 +70,9 @@ def main() -> None:
     args = parser.parse_args()
     rows = ["| configuration | estimate GiB | measured peak GiB | estimate / measured |", "|---|---:|---:|---:|"]
     for label, smoke, overrides in CONFIGS:
-        r = measure(smoke, overrides)
-        est, peak = r["estimate"] / 2**30, r["peak"] / 2**30
+        recipe = load_recipe(ROOT / "recipes" / "pr414.toml", overrides, smoke=smoke)
+        est = estimate(recipe, 1, grad_accum_steps(recipe.train, 1, ""), torch.device("cpu"))[0] / 2**30
+        peak = measure(smoke, overrides)["peak"] / 2**30
         rows.append(f"| {label} | {est:.2f} | {peak:.2f} | {est / peak:.2f} |")
         print(rows[-1], flush=True)
     if args.write:

@@ -20,20 +20,23 @@ from pgolf_core.recipe import Recipe, grad_accum_steps
 
 PROCESS_BYTES = 2**29  # torch, the tokenizer, the data and the allocator's slack: ~0.5 GiB measured
 STATE_BYTES_PER_PARAM = 28  # fp32 weights, gradients, two optimizer moments, EMA, the warm-up's saved copies
+ATTENTION_WEIGHT_COPIES = 1  # [B, H, T, T] float32 tensors the CPU's math attention saves per layer
 
 
-def estimate(recipe: Recipe, world: int, accum: int) -> tuple[int, int]:
+def estimate(recipe: Recipe, world: int, accum: int, device: torch.device) -> tuple[int, int]:
     """(bytes one process needs, parameters of the core model): float32 tensors saved for the backward of
     one micro-batch (per layer and token: the block input, norms, q/k/v, the attention output and the
-    MLP's four hidden-width tensors; per token: the logits and their softmax) or one eval batch, plus
-    the parameters' state. bf16 autocast on a GPU halves the activations; this bound does not count on it."""
+    MLP's four hidden-width tensors; per token: the logits and their softmax; on a CPU, whose SDPA takes
+    its math path for grouped-query attention, each head's row of attention weights) or one eval batch,
+    plus the parameters' state. bf16 autocast on a GPU halves the activations; this bound does not count on it."""
     m, d, tokens = recipe.model, recipe.model.model_dim, recipe.train.train_batch_tokens // (world * accum)
-    hidden, kv = m.mlp_hidden or int(m.mlp_mult * d), d // m.num_heads * m.num_kv_heads
+    hidden, kv, seq = m.mlp_hidden or int(m.mlp_mult * d), d // m.num_heads * m.num_kv_heads, recipe.train.train_seq_len
     params = m.vocab_size * d * (2 - m.tie_embeddings) + 2 * m.num_layers * d * (d + kv + hidden)
-    train = tokens * (m.num_layers * (10 * d + 2 * kv + 4 * hidden) + 4 * m.vocab_size)
-    seq = recipe.eval.seq_len or recipe.train.train_seq_len
-    evals = max(recipe.eval.batch_tokens // (world * accum), recipe.eval.sliding_batch_seqs * seq) * 4 * m.vocab_size
-    return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * max(train, evals), params
+    weights = ATTENTION_WEIGHT_COPIES * seq * m.num_heads * (device.type == "cpu")
+    train = tokens * (m.num_layers * (10 * d + 2 * kv + 4 * hidden + weights) + 4 * m.vocab_size)
+    eval_seq = recipe.eval.seq_len or seq
+    evals = max(recipe.eval.batch_tokens // (world * accum), recipe.eval.sliding_batch_seqs * eval_seq)
+    return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * max(train, evals * 4 * m.vocab_size), params
 
 
 def machine_memory(device: torch.device) -> tuple[int, str]:
@@ -50,7 +53,7 @@ def check(
     and first step would take over an hour on this CPU (`cpu_flops`: its float32 matmul rate, measured when 0);
     with `force`, say so in the log and go on."""
     t, accum = recipe.train, grad_accum_steps(recipe.train, world, recipe.source)
-    need, params = estimate(recipe, world, accum)
+    need, params = estimate(recipe, world, accum, device)
     have, kind = machine_memory(device)
     m = recipe.model
     problems = [
