@@ -25,8 +25,8 @@ __version__ = "0.1.0"
 
 # The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not
 # import the training loop, which imports the registry, which imports the plugins.
-_ENTRY_POINTS = {"load_recipe": ("recipe", "load_recipe"), "build_model": ("build", "build_model"),
-                 "train": ("run", "train"), "evaluate": ("api", "evaluate"), "export": ("api", "export_artifact")}
+# Name -> the module that defines it (`export` is that module's `export_artifact`).
+_ENTRY_POINTS = {"load_recipe": "recipe", "build_model": "build", "train": "run", "evaluate": "api", "export": "api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -34,8 +34,8 @@ def __getattr__(name: str) -> Any:
     functions themselves with their own signatures and docstrings."""
     if name not in _ENTRY_POINTS:
         raise AttributeError(f"module 'pgolf_core' has no attribute {name!r}")
-    module, attr = _ENTRY_POINTS[name]
-    return getattr(importlib.import_module(f"pgolf_core.{module}"), attr)
+    module = importlib.import_module(f"pgolf_core.{_ENTRY_POINTS[name]}")
+    return getattr(module, "export_artifact" if name == "export" else name)
 
 
 __all__ = [

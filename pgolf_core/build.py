@@ -37,16 +37,16 @@ def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> Non
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
     """Seeded CPU fp32 construction, then `pgolf_model_built` (init schemes). Collecting hooks'
     answers come without the Nones (pluggy drops them)."""
-    hook = pm.hook
-    spec.linear_factory = lambda role, i, o: hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
+    spec.linear_factory = lambda role, i, o: pm.hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
+    parts = ModelParts(
+        embed=lambda: pm.hook.pgolf_embed(spec=spec),
+        value_extras=lambda: pm.hook.pgolf_value_extras(spec=spec),
+        rotary=lambda layer: pm.hook.pgolf_rotary(spec=spec, layer=layer),
+        attention_post=lambda layer: pm.hook.pgolf_attention_post(spec=spec, layer=layer),
+        mlp=lambda layer: pm.hook.pgolf_mlp(spec=spec, layer=layer),
+    )
     torch.manual_seed(seed)
-    model = GPT(spec, ModelParts(
-        embed=lambda: hook.pgolf_embed(spec=spec),
-        value_extras=lambda: hook.pgolf_value_extras(spec=spec),
-        rotary=lambda layer: hook.pgolf_rotary(spec=spec, layer=layer),
-        attention_post=lambda layer: hook.pgolf_attention_post(spec=spec, layer=layer),
-        mlp=lambda layer: hook.pgolf_mlp(spec=spec, layer=layer),
-    ))
+    model = GPT(spec, parts)
     pm.hook.pgolf_model_built(model=model, spec=spec)
     return model
 
