@@ -13,7 +13,6 @@ The tables are any object with `base_bytes`, `has_leading_space` and `is_boundar
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -106,10 +105,9 @@ class Placement:
         """Contiguous share `[n*r/W, n*(r+1)/W)` of `n` items, as every record splits rows and windows."""
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
-    def autocast(self) -> contextlib.AbstractContextManager:
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=self.device.type, dtype=self.autocast_dtype)
+    def autocast(self) -> torch.autocast:
+        """Autocast to `autocast_dtype`; a disabled context (nothing changes) when it is None."""
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def average(self, tensors: Sequence[Tensor | None]) -> None:
         """Mean over ranks in place (gradients of a test-time-training step); a no-op in one process."""
@@ -152,11 +150,9 @@ def standard_batches(
     The model returns the batch's mean loss, re-weighted here by the batch's token count (the
     baseline's `eval_val`).
     """
-    row_start, row_end = where.share((val_tokens.numel() - 1) // seq_len)
-    for first in range(row_start, row_end, batch_seqs):
-        last = min(first + batch_seqs, row_end)
-        local = val_tokens[first * seq_len : last * seq_len + 1].to(device=where.device, dtype=torch.int64)
-        x, y = local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
+    rows_x, rows_y = ValChunk(val_tokens, 0, 1, where).rows(seq_len)  # the stream as one chunk: this rank's rows
+    for x, y in zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), strict=True):
+        x, y = x.to(where.device, torch.int64), y.to(where.device, torch.int64)
         with torch.inference_mode(), where.autocast():
             loss = model(x, y).detach()
         with torch.inference_mode():
@@ -237,20 +233,16 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_ta
     return [ws for ws in starts if ws == 0 or ws - stride + seq_len < total]
 
 
-def chunk_windows(starts: list[int], total: int, seq_len: int, stride: int, tail: str, chunk: int) -> list[list[int]]:
-    """The window starts of each chunk of `chunk` targets, a window belonging to the chunk of the first
-    target it scores (PR #461's rule). Every target of chunks 0..k is scored once the windows of
-    chunks 0..k are: a window scoring a target t < (k+1) * chunk starts scoring at or before t."""
-    groups: list[list[int]] = [[] for _ in range(max(1, -(-total // chunk)))]
-    for ws in starts:
-        first = ws + scored_span(ws, total, seq_len, stride, tail)[0]
-        groups[min(first // chunk, len(groups) - 1)].append(ws)
-    return groups
-
-
 def sliding_batches(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, stride: int, batch_seqs: int, tables: Any, where: Placement,
-    tail: str = "rescore_tail", starts: list[int] | None = None,
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    stride: int,
+    batch_seqs: int,
+    tables: Any,
+    where: Placement,
+    tail: str = "rescore_tail",
+    starts: list[int] | None = None,
 ) -> Iterator[EvalSums]:
     """Score this rank's share of the windows `starts` (default: all of them), `batch_seqs` per
     `forward_logits` call, right-padded with zeros.
@@ -265,8 +257,7 @@ def sliding_batches(
         group = mine[i : i + batch_seqs]
         # Zero-padded [batch_seqs, T] rows built where the tokens live, moved in one copy: a short last
         # batch gets empty rows, so a compiled `forward_logits` sees one shape and never recompiles.
-        x = torch.zeros(batch_seqs, seq_len, dtype=torch.int64, device=val_tokens.device)
-        y = torch.zeros_like(x)
+        x, y = torch.zeros(2, batch_seqs, seq_len, dtype=torch.int64, device=val_tokens.device)
         for row, ws in enumerate(group):
             end = min(ws + seq_len, total)
             window = val_tokens[ws : end + 1].to(torch.int64)
@@ -288,8 +279,16 @@ def sliding_batches(
 
 
 def eval_sliding(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, stride: int, batch_seqs: int, tables: Any, where: Placement,
-    tail: str = "rescore_tail", adapt: Callable[[ValChunk], None] | None = None, chunk_tokens: int = 32_768,
+    model: nn.Module,
+    val_tokens: Tensor,
+    seq_len: int,
+    stride: int,
+    batch_seqs: int,
+    tables: Any,
+    where: Placement,
+    tail: str = "rescore_tail",
+    adapt: Callable[[ValChunk], None] | None = None,
+    chunk_tokens: int = 32_768,
 ) -> EvalResult:
     """Sliding-window eval: each token scored with at least `seq_len - stride`
     tokens of context (except in the first window), using `model.forward_logits`.
@@ -304,8 +303,8 @@ def eval_sliding(
     clipped window scores only positions no earlier window scored, and windows left with nothing
     to score are skipped. tail="full_windows" is PR #63's own loop (see `window_starts`).
 
-    `adapt` (test-time training): the windows are scored chunk by chunk (`chunk_windows`, each
-    chunk's windows split across ranks), and after chunk k (but the last) `adapt` receives its tokens
+    `adapt` (test-time training): the windows are scored chunk by chunk (each chunk's windows split
+    across ranks), and after chunk k (but the last) `adapt` receives its tokens
     `val_tokens[k*chunk_tokens : (k+1)*chunk_tokens + 1]`, all scored by then; the model it adapts
     scores chunk k+1. Without `adapt` the windows are one chunk: the same scores, batched as before.
 
@@ -316,7 +315,15 @@ def eval_sliding(
     start = time.perf_counter()
     total = val_tokens.numel() - 1
     starts = window_starts(total, seq_len, stride, tail)
-    groups = chunk_windows(starts, total, seq_len, stride, tail, chunk_tokens) if adapt else [starts]
+    groups = [starts]
+    if adapt is not None:
+        # The window starts of each chunk of `chunk_tokens` targets, a window belonging to the chunk of the
+        # first target it scores (PR #461's rule). Every target of chunks 0..k is scored once the windows of
+        # chunks 0..k are: a window scoring a target t < (k+1) * chunk_tokens starts scoring at or before t.
+        groups = [[] for _ in range(max(1, -(-total // chunk_tokens)))]
+        for ws in starts:
+            first = ws + scored_span(ws, total, seq_len, stride, tail)[0]
+            groups[min(first // chunk_tokens, len(groups) - 1)].append(ws)
     sums = EvalSums.zeros(where.device)
     for k, group in enumerate(groups):
         batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail, group)
