@@ -20,23 +20,32 @@ from pgolf_core.recipe import Recipe, grad_accum_steps
 
 PROCESS_BYTES = 2**29  # torch, the tokenizer, the data and the allocator's slack: ~0.5 GiB measured
 STATE_BYTES_PER_PARAM = 28  # fp32 weights, gradients, two optimizer moments, EMA, the warm-up's saved copies
-ATTENTION_WEIGHT_COPIES = 1  # [B, H, T, T] float32 tensors the CPU's math attention saves per layer
 
 
 def estimate(recipe: Recipe, world: int, accum: int, device: torch.device) -> tuple[int, int]:
-    """(bytes one process needs, parameters of the core model): float32 tensors saved for the backward of
-    one micro-batch (per layer and token: the block input, norms, q/k/v, the attention output and the
-    MLP's four hidden-width tensors; per token: the logits and their softmax; on a CPU, whose SDPA takes
-    its math path for grouped-query attention, each head's row of attention weights) or one eval batch,
-    plus the parameters' state. bf16 autocast on a GPU halves the activations; this bound does not count on it."""
-    m, d, tokens = recipe.model, recipe.model.model_dim, recipe.train.train_batch_tokens // (world * accum)
-    hidden, kv, seq = m.mlp_hidden or int(m.mlp_mult * d), d // m.num_heads * m.num_kv_heads, recipe.train.train_seq_len
+    """(bytes one process needs, parameters of the core model). Float32 throughout (bf16 autocast on a GPU
+    roughly halves the activations; this bound does not count on it):
+    - the parameters' state;
+    - one training micro-batch's tensors saved for the backward: per layer and token 6d + kv + 2 x hidden
+      floats, per token 4 x vocab (logits, softcap, softmax, gradient), fitted to the full pr414 model's
+      measured peaks (benchmarks/bench_memory.py);
+    - one eval batch of sequences: their logits and, on a CPU (whose SDPA takes its math path for
+      grouped-query attention), one layer's [heads, T, T] attention weights per sequence.
+    Added, not maxed: memory a CPU process freed after training stays with it."""
+    m, d, t, e = recipe.model, recipe.model.model_dim, recipe.train, recipe.eval
+    hidden, kv, seq = (
+        m.mlp_hidden or int(m.mlp_mult * d),
+        d // m.num_heads * m.num_kv_heads,
+        e.seq_len or t.train_seq_len,
+    )
     params = m.vocab_size * d * (2 - m.tie_embeddings) + 2 * m.num_layers * d * (d + kv + hidden)
-    weights = ATTENTION_WEIGHT_COPIES * seq * m.num_heads * (device.type == "cpu")
-    train = tokens * (m.num_layers * (10 * d + 2 * kv + 4 * hidden + weights) + 4 * m.vocab_size)
-    eval_seq = recipe.eval.seq_len or seq
-    evals = max(recipe.eval.batch_tokens // (world * accum), recipe.eval.sliding_batch_seqs * eval_seq)
-    return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * max(train, evals * 4 * m.vocab_size), params
+    train = t.train_batch_tokens // (world * accum) * (m.num_layers * (6 * d + kv + 2 * hidden) + 4 * m.vocab_size)
+    windows = (
+        (e.max_tokens - seq) // e.sliding_stride + 1 if e.max_tokens and e.sliding_stride else e.sliding_batch_seqs
+    )
+    seqs = max(e.batch_tokens // (world * accum * seq), min(e.sliding_batch_seqs, windows) if e.sliding_stride else 0)
+    evals = seqs * seq * (4 * m.vocab_size + m.num_heads * seq * (device.type == "cpu"))
+    return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * (train + evals), params
 
 
 def machine_memory(device: torch.device) -> tuple[int, str]:
