@@ -163,7 +163,11 @@ class ExportStack:
     codecs: dict[str, Codec]
 
     def quantize(
-        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, dtypes: Mapping[str, torch.dtype],
+        self,
+        weights: Mapping[str, Tensor],
+        plan: ExportPlan,
+        roles: Roles,
+        dtypes: Mapping[str, torch.dtype],
         report: Callable[[str, Any], None],
     ) -> dict[str, Any]:
         """The object to save: the format's, plus each correction's payload under `__corrections__`."""
@@ -172,8 +176,7 @@ class ExportStack:
             deq = self.format.dequantize(obj, dtypes)
             obj[CORRECTIONS_KEY] = {}
             for correction in self.corrections:
-                payload = correction.encode(weights, deq, plan)
-                obj[CORRECTIONS_KEY][correction.tag] = payload
+                payload = obj[CORRECTIONS_KEY][correction.tag] = correction.encode(weights, deq, plan)
                 deq = correction.apply(deq, payload)
         return obj
 
@@ -219,12 +222,14 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     impls = pm.hook.pgolf_export_format.get_hookimpls()  # registration order: the defaults first
     answers: list[Any] = [impl.function(recipe=recipe) for impl in reversed(impls)]
     readers: list[ExportFormat] = [f for f in answers if f is not None]
-    corrections = [c for c in pm.hook.pgolf_export_corrections(recipe=recipe) if c is not None]
+    corrections: list[Correction] = pm.hook.pgolf_export_corrections(recipe=recipe)  # pluggy drops the Nones
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
     if (why := getattr(readers[0], "needs_plan", "")) and not pm.hook.pgolf_export_plan.get_hookimpls():
-        raise RecipeError(f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
-                          "enabled plugin implements pgolf_export_plan; enable one or change the format's setting")
+        raise RecipeError(
+            f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
+            "enabled plugin implements pgolf_export_plan; enable one or change the format's setting"
+        )
     return ExportStack(readers[0], readers, corrections, codecs)
 
 
@@ -237,7 +242,11 @@ class Written:
 
 
 def write_artifact(
-    stack: ExportStack, pm: pluggy.PluginManager, weights: dict[str, Tensor], ctx: ExportContext, path: Path,
+    stack: ExportStack,
+    pm: pluggy.PluginManager,
+    weights: dict[str, Tensor],
+    ctx: ExportContext,
+    path: Path,
     write: bool = True,
 ) -> Written:
     """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically.
