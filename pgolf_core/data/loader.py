@@ -22,25 +22,23 @@ class TokenStream:
     def __init__(self, files: Sequence[str | Path]):
         self.files = [Path(f) for f in files]
         self.file_idx = -1
-        self._next_file()  # the first shard
+        self.tokens, self.pos = torch.empty(0, dtype=torch.uint16), 0  # the first `take` reads the first shard
 
     def _next_file(self) -> None:
-        self.file_idx = (self.file_idx + 1) % len(self.files)
-        self.tokens = read_shard(self.files[self.file_idx])
-        self.pos = 0
+        """Move to the next non-empty shard, wrapping around; an error (not an endless loop) when all are empty."""
+        for _ in self.files:
+            self.file_idx = (self.file_idx + 1) % len(self.files)
+            self.tokens, self.pos = read_shard(self.files[self.file_idx]), 0
+            if self.tokens.numel():
+                return
+        raise DataError(f"all {len(self.files)} shards in {self.files[0].parent} are empty")
 
     def take(self, n: int) -> torch.Tensor:
         """The next `n` tokens (uint16), crossing shard boundaries and wrapping as needed."""
         parts: list[torch.Tensor] = []
-        empty_skips = 0
         while n > 0:
             if self.pos >= self.tokens.numel():
-                empty_skips += 1
-                if empty_skips > len(self.files):
-                    raise DataError(f"all {len(self.files)} shards in {self.files[0].parent} are empty")
                 self._next_file()
-                continue
-            empty_skips = 0
             k = min(n, self.tokens.numel() - self.pos)
             parts.append(self.tokens[self.pos : self.pos + k])
             self.pos += k

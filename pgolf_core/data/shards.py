@@ -50,11 +50,9 @@ def shard_token_count(path: str | Path) -> int:
 
 
 def read_shard(path: str | Path) -> torch.Tensor:
-    """All tokens of one shard as a uint16 tensor (the dtype the baseline loader uses)."""
-    n_tokens = shard_token_count(path)
-    tokens = np.fromfile(path, dtype="<u2", count=n_tokens, offset=HEADER_BYTES)
-    if tokens.size != n_tokens:
-        raise DataError(f"short read from shard {path}: expected {n_tokens} tokens, got {tokens.size}")
+    """All tokens of one shard as a uint16 tensor (the dtype the baseline loader uses). `shard_token_count`
+    has just checked that the file holds exactly its header's token count, so the read gets all of them."""
+    tokens = np.fromfile(path, dtype="<u2", count=shard_token_count(path), offset=HEADER_BYTES)
     return torch.from_numpy(tokens.astype(np.uint16, copy=False))
 
 
