@@ -3,6 +3,7 @@ PyTorch SDPA otherwise; an explicit `flash` without the package is an error, nev
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 from collections.abc import Callable
 from typing import Any
@@ -15,10 +16,8 @@ _FLASH_MODULES = ("flash_attn_interface", "flash_attn")
 
 def _find_flash() -> Any | None:
     for name in _FLASH_MODULES:
-        try:
+        with contextlib.suppress(ImportError):  # not installed (or not importable): try the next one
             return importlib.import_module(name)
-        except ImportError:
-            continue
     return None
 
 

@@ -94,4 +94,3 @@ def declare_all(module: nn.Module, **role: Any) -> None:
     for owner in module.modules():
         for param, _ in owner.named_parameters(recurse=False):
             declare_role(owner, param, **role)
-
