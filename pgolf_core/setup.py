@@ -145,6 +145,4 @@ def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[G
 def load_weights(model: torch.nn.Module, weights: dict[str, torch.Tensor]) -> None:
     """Load a state dict, casting each tensor to the live parameter's dtype and device."""
     live = model.state_dict()
-    model.load_state_dict(
-        {k: v.to(dtype=live[k].dtype, device=live[k].device) for k, v in weights.items()}, strict=True
-    )
+    model.load_state_dict({k: v.to(live[k]) for k, v in weights.items()}, strict=True)  # Tensor.to(other)
