@@ -75,7 +75,6 @@ class Muon(torch.optim.Optimizer):
                 if group["weight_decay"] > 0:
                     p.mul_(1.0 - group["lr"] * group["weight_decay"])
                 p.add_(update.view_as(p).to(p.dtype), alpha=-group["lr"])
-        return None
 
 
 @dataclass
