@@ -94,7 +94,7 @@ class Int8Format:
     tags: tuple[str, ...] = (INT8_FORMAT,)
 
     def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
-        self.keep_float_max_numel, self.clip_quantile = keep_float_max_numel, clip_quantile
+        self.settings: dict[str, Any] = {"keep_float_max_numel": keep_float_max_numel, "clip_quantile": clip_quantile}
 
     def quantize(
         self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
@@ -102,9 +102,7 @@ class Int8Format:
         planned = [name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None]
         if planned:  # e.g. gptq_lite with int6_export ablated: say so instead of dropping it silently
             report("int8/export_plan_ignored", len(planned))
-        return quantize_int8(
-            weights, keep_float_max_numel=self.keep_float_max_numel, clip_quantile=self.clip_quantile, roles=roles
-        )
+        return quantize_int8(weights, roles=roles, **self.settings)
 
     def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
         return dequantize_int8(obj)
