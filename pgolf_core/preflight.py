@@ -33,26 +33,14 @@ def estimate(recipe: Recipe, world: int, accum: int, device: torch.device) -> tu
       grouped-query attention), one layer's [heads, T, T] attention weights per sequence.
     Added, not maxed: memory a CPU process freed after training stays with it."""
     m, d, t, e = recipe.model, recipe.model.model_dim, recipe.train, recipe.eval
-    hidden, kv, seq = (
-        m.mlp_hidden or int(m.mlp_mult * d),
-        d // m.num_heads * m.num_kv_heads,
-        e.seq_len or t.train_seq_len,
-    )
+    hidden, kv, seq = m.mlp_hidden or int(m.mlp_mult * d), d // m.num_heads * m.num_kv_heads, e.seq_len or 0
     params = m.vocab_size * d * (2 - m.tie_embeddings) + 2 * m.num_layers * d * (d + kv + hidden)
     train = t.train_batch_tokens // (world * accum) * (m.num_layers * (6 * d + kv + 2 * hidden) + 4 * m.vocab_size)
-    windows = (
-        (e.max_tokens - seq) // e.sliding_stride + 1 if e.max_tokens and e.sliding_stride else e.sliding_batch_seqs
-    )
+    seq = seq or t.train_seq_len  # eval sequences: the standard eval's batch, or the sliding eval's windows
+    windows = (e.max_tokens - seq) // e.sliding_stride + 1 if e.max_tokens and e.sliding_stride else seq
     seqs = max(e.batch_tokens // (world * accum * seq), min(e.sliding_batch_seqs, windows) if e.sliding_stride else 0)
     evals = seqs * seq * (4 * m.vocab_size + m.num_heads * seq * (device.type == "cpu"))
     return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * (train + evals), params
-
-
-def machine_memory(device: torch.device) -> tuple[int, str]:
-    """Bytes of GPU memory, or of RAM."""
-    if device.type == "cuda":
-        return torch.cuda.get_device_properties(device).total_memory, "GPU memory"
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
 
 
 def check(
@@ -63,7 +51,9 @@ def check(
     with `force`, say so in the log and go on."""
     t, accum = recipe.train, grad_accum_steps(recipe.train, world, recipe.source)
     need, params = estimate(recipe, world, accum, device)
-    have, kind = machine_memory(device)
+    have, kind = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
+    if device.type == "cuda":
+        have, kind = torch.cuda.get_device_properties(device).total_memory, "GPU memory"
     m = recipe.model
     problems = [
         f"[model] model_dim={m.model_dim} num_layers={m.num_layers} mlp_hidden={m.mlp_hidden} mlp_mult={m.mlp_mult} "

@@ -38,7 +38,7 @@ def test_full_size_pr414_needs_more_memory_than_this_kind_of_machine():
 
 
 def _small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preflight, "machine_memory", lambda device: (24 * GIB, "RAM"))
+    monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 24 * GIB // 4096))
 
 
 def test_a_recipe_too_large_for_the_machine_is_refused_before_anything(monkeypatch, tmp_path, capsys):
@@ -61,7 +61,7 @@ def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys
 
 def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
     """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
-    monkeypatch.setattr(preflight, "machine_memory", lambda device: (2**50, "RAM"))
+    monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
     recipe, cpu = load_recipe(PR414), preflight.torch.device("cpu")
     with pytest.raises(preflight.PgolfError) as info:
         preflight.check(recipe, cpu, 1, False, print, cpu_flops=1e11)

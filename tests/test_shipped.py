@@ -8,6 +8,7 @@ import ast
 import io
 import json
 import os
+import subprocess
 import sys
 import tokenize
 from pathlib import Path
@@ -224,8 +225,13 @@ def test_no_plugin_imports_another():
 
 
 def code_lines(path: Path) -> int:
-    """Lines holding code: no blank lines, comments or docstrings (the record scripts have few of those)."""
-    source = path.read_text()
+    """Lines holding code in the `ruff format`ted file: no blank lines, comments or docstrings (the record scripts
+    have few of those). Formatted first, so statements packed onto fewer lines never count as a cut."""
+    formatted = subprocess.run(
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
+        input=path.read_text(), capture_output=True, text=True, check=True, cwd=ROOT,
+    )  # fmt: skip
+    source = formatted.stdout
     docstrings: set[int] = set()
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, (ast.Module, ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)) and node.body:
@@ -251,7 +257,7 @@ def code_lines(path: Path) -> int:
 # (1,393 code lines). It is not there yet: docs/core-size.md says where the lines go and why.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_639
+TRAINING_PATH_BUDGET = 2_699
 DATA_TOOLS_BUDGET = 532
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
 # the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,
@@ -261,6 +267,10 @@ DATA_TOOLS_BUDGET = 532
 # cuts (dead code, one shared final-score function for the run and `pgolf eval`, evaluators taking a
 # Placement; about half of the lines came from packing long one-argument-per-line signatures). Then 2,692 ->
 # 2,639: checks the recipe already makes, helpers with one caller, unused fields and parameters.
+# Issue #26: the count is now taken on the `ruff format`ted source, as the rule says ("measured on formatted code,
+# never on packed lines"); until then it read the files as written, and 60 lines of the training path were packed
+# signatures and calls that `ruff format` unpacks. The same code (c832425) counts 2,699 formatted: that is the
+# budget now, the same budget measured as the rule says, not a raise. It only goes down from here.
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not
