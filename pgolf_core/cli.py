@@ -109,23 +109,22 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         rows = registry.describe(args.plugins_dir)
     if args.json:
         print(json.dumps(rows, indent=2, default=str))
-        return 0
-    if args.recipe:
+    elif args.recipe:
         for i, row in enumerate(rows):
             print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
         if not rows:
             print(f"{recipe.source}: no plugins enabled (the core model and loop only)")
-        return 0
-    if not rows:
+    elif not rows:
         print("no plugins installed (entry-point group 'pgolf.plugins')")
-    for row in rows:
-        if "error" in row:
-            print(f"{row['name']}  BROKEN: {row['error']}")
-            continue
-        print(f"{row['name']} {row['version']}  (order {row['order']}, from {row['origin']})  {row['doc']}")
-        print(f"    hooks:  {', '.join(row['hooks']) or '-'}")
-        if row["config"]:
-            print("    config: " + ", ".join(f"{k}={v!r}" for k, v in row["config"].items()))
+    else:
+        for row in rows:
+            if "error" in row:
+                print(f"{row['name']}  BROKEN: {row['error']}")
+                continue
+            print(f"{row['name']} {row['version']}  (order {row['order']}, from {row['origin']})  {row['doc']}")
+            print(f"    hooks:  {', '.join(row['hooks']) or '-'}")
+            if row["config"]:
+                print("    config: " + ", ".join(f"{k}={v!r}" for k, v in row["config"].items()))
     return 0
 
 
@@ -173,7 +172,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("pgolf: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
