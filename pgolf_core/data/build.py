@@ -105,19 +105,17 @@ def training_sentences(docs: Iterable[str], limit: int = TRAIN_CHUNK_BYTES) -> I
     """Documents as trainer sentences of at most `limit` bytes: whole lines packed greedily, and a
     line longer than `limit` cut at spaces (only a single word longer than `limit` can exceed it)."""
     for doc in docs:
-        chunks: list[str] = []
-        current: list[str] = []
-        size = 0
+        chunks: list[list[str]] = [[]]  # the units of each chunk; the last one is being filled
+        size = 0  # bytes in the last chunk
         for line in doc.replace("\x00", " ").strip().splitlines(keepends=True):  # \x00 as the official input
             for unit in [line] if len(line.encode()) <= limit else re.split(r"(?<= )", line):
                 n = len(unit.encode())
-                if current and size + n > limit:
-                    chunks.append("".join(current))
-                    current, size = [], 0
-                current.append(unit)
+                if chunks[-1] and size + n > limit:
+                    chunks.append([])
+                    size = 0
+                chunks[-1].append(unit)
                 size += n
-        chunks.append("".join(current))
-        yield from (c.strip() for c in chunks if c.strip())
+        yield from filter(None, ("".join(chunk).strip() for chunk in chunks))
 
 
 def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
@@ -148,7 +146,7 @@ def write_split(
     """
     files: dict[str, dict] = {}
     buf = np.empty(shard_tokens, dtype=np.uint16)
-    fill = total = 0
+    fill = 0
 
     def flush() -> None:
         path = write_shard(out_dir / f"fineweb_{split}_{len(files):06d}.bin", buf[:fill])
@@ -157,7 +155,6 @@ def write_split(
     for start in range(0, len(docs), 256):
         for ids in sp.encode(list(docs[start : start + 256])):
             toks = np.asarray([BOS_ID, *ids], dtype=np.uint16)
-            total += toks.size
             while toks.size:
                 k = min(shard_tokens - fill, toks.size)
                 buf[fill : fill + k], toks = toks[:k], toks[k:]
@@ -167,7 +164,7 @@ def write_split(
                     fill = 0
     if fill:
         flush()
-    return files, total
+    return files, sum(f["tokens"] for f in files.values())
 
 
 def sha256_file(path: Path) -> str:
