@@ -27,7 +27,6 @@ import json
 import math
 import os
 import re
-import shutil
 import tempfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -189,13 +188,16 @@ def export_dataset(
     n_val = max(1, math.floor(len(docs) * val_fraction + 1e-9))
     if len(docs) - n_val < 1:
         raise DataError(f"need at least 2 non-empty documents (one validation, one training), got {len(docs)}")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
     log(f"data: training a {vocab_size}-token BPE tokenizer on {len(docs) - n_val} documents")
     model = train_tokenizer(docs[n_val:], vocab_size)
     sp = spm.SentencePieceProcessor(model_proto=model)
     if sp.vocab_size() != vocab_size:
         log(f"data: the text supports only {sp.vocab_size()} tokens, not {vocab_size} (hard_vocab_limit=false)")
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    try:
+    with tempfile.TemporaryDirectory(
+        prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent, ignore_cleanup_errors=True
+    ) as name:  # removed on the way out, unless published (renamed into place) by then
+        tmp = Path(name)
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared data directory private
         (tmp / "tokenizer.model").write_bytes(model)
         log(f"data: writing shards ({n_val} validation, {len(docs) - n_val} training documents)")
@@ -216,8 +218,6 @@ def export_dataset(
         }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         publish_dir(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return BuiltDataset(out_dir, out_dir / "tokenizer.model", manifest)
 
 
@@ -246,7 +246,6 @@ def build_dataset(
     docs = [doc for f in text_files for doc in read_documents(f)]
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
     built = export_dataset(
         docs, vocab_size, out_dir, val_fraction=val_fraction, shard_tokens=shard_tokens, source=source, log=log
     )

@@ -70,12 +70,10 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
     if (final / "manifest.json").is_file():
         return _load(final)
     log(f"data: building the embedded sample dataset into {final} (once)")
-    final.parent.mkdir(parents=True, exist_ok=True)
     source = {"kind": "sample", "file": SAMPLE_TEXT.name, "sha256": sha256_file(SAMPLE_TEXT)}
     docs = sample_documents()
-    export_dataset(
+    sample = export_dataset(
         docs, VOCAB_SIZE, final, val_fraction=VAL_FRACTION, shard_tokens=SHARD_TOKENS, source=source, log=log
     )
-    sample = _load(final)
     log(f"data: sample ready: {sample.train_tokens:,} train / {sample.val_tokens:,} val tokens in {final}")
     return sample
