@@ -107,14 +107,14 @@ class _Fetcher:
 
 
 def _entry(manifest: Any, key: str, name: str, path: Path) -> dict[str, Any]:
-    if not isinstance(manifest, dict):
+    """The object named `name` in the manifest's list `key`. One check of the manifest's shape: for a manifest
+    that is not a JSON object, the message's "got" shows the manifest itself."""
+    entries = manifest.get(key, []) if isinstance(manifest, dict) else manifest
+    if not isinstance(manifest, dict) or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
         raise DataError(
-            f"{path}: expected a JSON object with lists under 'datasets' and 'tokenizers', got a "
-            f"{type(manifest).__name__}; delete it to download it again"
+            f"{path}: expected a JSON object with a list of objects under {key!r}, got {entries!r:.80}; delete it "
+            "to download it again"
         )
-    entries = manifest.get(key, [])
-    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DataError(f"{path}: '{key}' must be a list of objects, got {entries!r:.80}")
     entry = next((e for e in entries if e.get("name") == name), None)
     if entry is None:
         raise DataError(f"{path} lists no {key[:-1]} named {name!r}")
