@@ -24,7 +24,6 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-import math
 import os
 import re
 import tempfile
@@ -185,7 +184,7 @@ def export_dataset(
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
-    n_val = max(1, math.floor(len(docs) * val_fraction + 1e-9))
+    n_val = max(1, int(len(docs) * val_fraction + 1e-9))  # int() is floor() here: the product is positive
     if len(docs) - n_val < 1:
         raise DataError(f"need at least 2 non-empty documents (one validation, one training), got {len(docs)}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
