@@ -216,18 +216,14 @@ def export_dataset(
             "stats": counts, "files": {**val_files, **train_files},
         }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-        publish_dir(tmp, out_dir)
+        # Publish: one atomic rename, which replaces only an empty directory. A concurrent builder that already
+        # published `out_dir` wins: its copy is kept and ours removed with the temporary directory (same bytes).
+        try:
+            os.rename(tmp, out_dir)
+        except OSError as exc:
+            if not (out_dir / "manifest.json").is_file():
+                raise DataError(f"cannot create {out_dir}: {exc.strerror or exc}") from exc
     return BuiltDataset(out_dir, out_dir / "tokenizer.model", manifest)
-
-
-def publish_dir(tmp: Path, final: Path) -> None:
-    """Rename a finished build into place. A concurrent builder that already published `final` wins:
-    its copy is kept, ours is discarded by the caller (both are the same bytes)."""
-    try:
-        os.rename(tmp, final)  # atomic; replaces only an empty directory
-    except OSError as exc:
-        if not (final / "manifest.json").is_file():
-            raise DataError(f"cannot create {final}: {exc.strerror or exc}") from exc
 
 
 def build_dataset(
