@@ -8,13 +8,13 @@ a silently short shard would quietly change the training stream or the validatio
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from pgolf_core.artifact import write_atomic
 from pgolf_core.errors import DataError
 
 MAGIC = 20240520
@@ -76,7 +76,7 @@ def check_shards(files: Sequence[str | Path], vocab_size: int) -> int:
 
 
 def write_shard(path: str | Path, tokens: torch.Tensor | np.ndarray | Sequence[int]) -> Path:
-    """Write tokens as a shard via a temporary file and `os.replace`, so a crash never leaves half a shard."""
+    """Write tokens as a shard atomically (`artifact.write_atomic`), so a crash never leaves half a shard."""
     path = Path(path)
     arr = tokens.cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     if arr.size and (arr.min() < 0 or arr.max() >= 2**16):
@@ -85,16 +85,7 @@ def write_shard(path: str | Path, tokens: torch.Tensor | np.ndarray | Sequence[i
         raise DataError(f"cannot write shard {path}: {arr.size} tokens do not fit the int32 header")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, arr.size)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with tmp.open("wb") as f:
-            f.write(header.tobytes())
-            f.write(arr.astype("<u2").tobytes())
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, header.tobytes() + arr.astype("<u2").tobytes())
     return path
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import struct
 from pathlib import Path
@@ -10,7 +11,6 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf_core.data import shards
 from pgolf_core.data.shards import read_shard, shard_files, shard_token_count, write_shard
 from pgolf_core.errors import DataError
 
@@ -53,7 +53,7 @@ def test_failed_write_keeps_the_old_shard(tmp_path: Path, monkeypatch: pytest.Mo
     def crash(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr(shards.os, "replace", crash)
+    monkeypatch.setattr(os, "replace", crash)
     with pytest.raises(OSError):
         write_shard(path, [9] * 100)
     assert read_shard(path).tolist() == [1, 2, 3]
