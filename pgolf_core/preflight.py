@@ -16,6 +16,7 @@ from collections.abc import Callable
 import torch
 
 from pgolf_core.errors import PgolfError
+from pgolf_core.evaluation import Placement
 from pgolf_core.recipe import Recipe, grad_accum_steps
 
 PROCESS_BYTES = 2**29  # torch, the tokenizer, the data and the allocator's slack: ~0.5 GiB measured
@@ -43,13 +44,12 @@ def estimate(recipe: Recipe, world: int, accum: int, device: torch.device) -> tu
     return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * (train + evals), params
 
 
-def check(
-    recipe: Recipe, device: torch.device, world: int, force: bool, log: Callable[[str], None], cpu_flops: float = 0.0
-) -> None:
+def check(recipe: Recipe, env: Placement, force: bool, log: Callable[[str], None], cpu_flops: float = 0.0) -> None:
     """Refuse (exit 2) a run whose memory estimate exceeds this machine's RAM (or GPU memory), or whose warm-up
     and first step would take over an hour on this CPU (`cpu_flops`: its float32 matmul rate, measured when 0);
     with `force`, say so in the log and go on."""
-    t, accum = recipe.train, grad_accum_steps(recipe.train, world, recipe.source)
+    t, device, world = recipe.train, env.device, env.world_size
+    accum = grad_accum_steps(t, world, recipe.source)
     need, params = estimate(recipe, world, accum, device)
     have, kind = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"), "RAM"
     if device.type == "cuda":

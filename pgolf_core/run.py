@@ -104,7 +104,7 @@ class Run:
         self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
         self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
-        preflight.check(recipe, env.device, env.world_size, force, log.log)
+        preflight.check(recipe, env, force, log.log)
         self.plugins = load_plugins(recipe, log.log, plugin_dirs)
         self.data = data = load_data(recipe, env, log.log)
         log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={data.tokenizer_path}")

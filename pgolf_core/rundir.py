@@ -75,9 +75,8 @@ def restore_set_aside(out: Path) -> None:
     aside = out / SET_ASIDE
     if not (aside / FINISHED).is_file() or (out / FINISHED).exists() or ((o := _owner(out)) and _alive(*o)):
         return
-    for name in RUN_FILES:
-        (out / name).unlink(missing_ok=True)
     for name in RUN_FILES[::-1]:  # the summary last: a run counts as finished only once it is whole again
+        (out / name).unlink(missing_ok=True)
         if (aside / name).exists():
             (aside / name).replace(out / name)
     shutil.rmtree(aside, ignore_errors=True)

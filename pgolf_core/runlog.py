@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pgolf_core.artifact import write_atomic
 from pgolf_core.rundir import WriteFault, strict_json
@@ -58,9 +58,9 @@ class RunLog:
     def start_progress(self, total_steps: int, wallclock_s: float) -> None:
         if not self._interactive:
             return
-        columns = TextColumn("[bold]{task.description:<10}"), BarColumn(), TextColumn("{task.fields[info]}")
-        console = Console(highlight=False, soft_wrap=True)
-        self.progress = Progress(*columns, TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=True)
+        columns = TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn()
+        columns += TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()
+        self.progress = Progress(*columns, console=Console(highlight=False, soft_wrap=True), transient=True)
         self.progress.start()
         self._task = self.progress.add_task("train", total=total_steps or None, info="")
         self._eval = self.progress.add_task("eval", total=None, info="", visible=False)
@@ -84,7 +84,6 @@ class RunLog:
     def eval_batch(self) -> None:
         if self.progress is not None:
             self.progress.advance(self._eval)
-            self.progress.update(self._eval, info=f"batch {int(self.progress.tasks[self._eval].completed)}")
 
     def stop_progress(self) -> None:
         if self.progress is not None:

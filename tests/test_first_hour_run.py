@@ -12,6 +12,7 @@ import pytest
 
 from pgolf_core import preflight, rundir
 from pgolf_core.cli import main
+from pgolf_core.evaluation import Placement
 from pgolf_core.manifest import health_warnings
 from pgolf_core.recipe import load_recipe
 
@@ -62,16 +63,16 @@ def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys
 def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
     """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
     monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
-    recipe, cpu = load_recipe(PR414), preflight.torch.device("cpu")
+    recipe, cpu = load_recipe(PR414), Placement(CPU)
     with pytest.raises(preflight.PgolfError) as info:
-        preflight.check(recipe, cpu, 1, False, print, cpu_flops=1e11)
+        preflight.check(recipe, cpu, False, print, cpu_flops=1e11)
     step_min = 6 * preflight.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
     assert f"takes about {step_min:,.1f} min on this CPU, so its 20 warm-up steps" in str(info.value)
     assert "--force" in str(info.value)
     lines: list[str] = []
-    preflight.check(recipe, cpu, 1, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
+    preflight.check(recipe, cpu, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
     assert len(lines) == 1 and lines[0].startswith("WARNING: --force: ")
-    preflight.check(load_recipe(PR414, smoke=True), cpu, 1, False, lines.append, cpu_flops=1e11)
+    preflight.check(load_recipe(PR414, smoke=True), cpu, False, lines.append, cpu_flops=1e11)
     assert len(lines) == 1  # the smoke form passes silently
 
 
@@ -175,12 +176,7 @@ def test_the_progress_display_counts_every_step_against_iterations_and_shows_eva
     log.eval_phase("validation")
     for _ in range(3):
         log.eval_batch()
-    assert (evals.description, evals.completed, evals.visible, evals.fields["info"]) == (
-        "validation",
-        3,
-        True,
-        "batch 3",
-    )
+    assert (evals.description, evals.completed, evals.visible) == ("validation", 3, True)
     log.eval_phase("final eval")  # a new evaluation starts its count again
     assert (evals.description, evals.completed) == ("final eval", 0)
     log.stop_progress()
