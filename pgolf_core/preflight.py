@@ -10,7 +10,7 @@ runs it anyway. The memory estimate is checked against measured peaks in `benchm
 from __future__ import annotations
 
 import os
-import time
+import timeit
 from collections.abc import Callable
 
 import torch
@@ -62,11 +62,9 @@ def check(recipe: Recipe, env: Placement, force: bool, log: Callable[[str], None
         f"{t.train_batch_tokens // (world * accum):,} tokens), more than the {have / 2**30:,.1f} GiB of {kind} "
         "here (train.grad_accum_steps shrinks the micro-batches)"
     ] * (need > have)
-    if device.type == "cpu" and not cpu_flops:
-        a, t0 = torch.randn(512, 512), time.perf_counter()
-        for _ in range(8):
-            a @ a
-        cpu_flops = 8 * 2 * 512**3 / max(time.perf_counter() - t0, 1e-9)
+    if device.type == "cpu" and not cpu_flops:  # eight 512 x 512 float32 matmuls
+        a = torch.randn(512, 512)
+        cpu_flops = 8 * 2 * 512**3 / max(timeit.timeit(lambda: a @ a, number=8), 1e-9)
     step_s = 6.0 * params * t.train_batch_tokens / world / cpu_flops if cpu_flops else 0.0
     if step_s * (t.warmup_steps + 1) > 3600:
         problems.append(

@@ -125,12 +125,11 @@ class Claim:
         # A finished run (--overwrite) is set aside, its summary first, until the new run has a summary of its own;
         # an unfinished one's files go.
         shutil.rmtree(aside, ignore_errors=True)
-        if (out / FINISHED).exists():
+        if finished := (out / FINISHED).exists():
             aside.mkdir()
-            for name in RUN_FILES:
-                if (out / name).exists():
-                    (out / name).replace(aside / name)
         for name in RUN_FILES:
+            if finished and (out / name).exists():
+                (out / name).replace(aside / name)
             (out / name).unlink(missing_ok=True)
         for tmp in out.glob(".*.tmp*"):
             log(f"run_dir: removing {tmp.name}, left by an interrupted run")
