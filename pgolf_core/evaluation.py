@@ -201,10 +201,8 @@ def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "res
     "full_windows" (PR #63's loop): as "rescore_tail" (its windows are all full, see `window_starts`).
     """
     wlen = min(ws + seq_len, total) - ws
-    if ws == 0:
-        return 0, wlen
-    lo = max(wlen - stride, 0)
-    if tail == "once":  # start where the previous window (which started at ws - stride) stopped
+    lo = 0 if ws == 0 else max(wlen - stride, 0)
+    if tail == "once" and ws > 0:  # start where the previous window (which started at ws - stride) stopped
         lo = max(lo, min(ws - stride + seq_len, total) - ws)
     return lo, wlen
 
@@ -227,10 +225,8 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_ta
         raise PgolfError('sliding-window tail "full_windows" needs stride < seq_len (PR #63\'s loop never ends there)')
     if tail == "full_windows":
         return [0, *range(seq_len - stride, total - seq_len + 1, stride)] if seq_len <= total else []
-    starts = range(0, total, stride)
-    if tail == "rescore_tail":
-        return list(starts)
-    return [ws for ws in starts if ws == 0 or ws - stride + seq_len < total]
+    # "rescore_tail" keeps every start; "once" drops the windows that would score nothing.
+    return [ws for ws in range(0, total, stride) if tail == "rescore_tail" or ws == 0 or ws - stride + seq_len < total]
 
 
 def sliding_batches(
