@@ -335,8 +335,8 @@ def test_eval_garbage_checkpoint(tmp_path, capsys, sample):
 @pytest.mark.parametrize(
     ("manifest", "culprit"),
     [
-        ([1, 2], "got a list"),
-        ({"datasets": "x", "tokenizers": []}, "'datasets' must be a list"),
+        ([1, 2], "a list of objects under 'datasets', got [1, 2]"),
+        ({"datasets": "x", "tokenizers": []}, "a list of objects under 'datasets', got 'x'"),
         (
             {"datasets": [{"name": "fineweb10B_sp1024", "stats": {"files_train": "3", "files_val": 1}}]},
             "files_train = '3'",
