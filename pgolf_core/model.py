@@ -310,8 +310,7 @@ class GPT(nn.Module):
 
     def forward(self, input_ids: Tensor, target_ids: Tensor) -> Tensor:
         """Mean cross-entropy (fp32) of the soft-capped logits."""
-        x = self.hidden(input_ids)
-        logits = self.logits_of(x.reshape(-1, x.size(-1)))
+        logits = self.logits_of(self.hidden(input_ids).flatten(0, 1))  # [B*T, V]
         return F.cross_entropy(logits.float(), target_ids.reshape(-1), reduction="mean")
 
 
