@@ -47,19 +47,20 @@ def git_sha() -> str:
         return "unknown"
 
 
-def unigram_bpb(
-    train_files: list[Path], val_tokens: torch.Tensor, tables: Any, max_train_tokens: int = 20_000_000
-) -> float:
-    """BPB of a unigram model (add-one smoothed counts from the first train tokens) on the val
-    targets: the floor any trained model must clear."""
+UNIGRAM_TRAIN_TOKENS = 20_000_000  # the unigram reference counts this many train tokens at most
+
+
+def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any) -> float:
+    """BPB of a unigram model (add-one smoothed counts from the first `UNIGRAM_TRAIN_TOKENS` train tokens)
+    on the val targets: the floor any trained model must clear."""
     vocab = int(tables.base_bytes.numel())
     counts = np.ones(vocab, dtype=np.float64)
     seen = 0
     for f in train_files:
-        toks = read_shard(f).numpy()[: max_train_tokens - seen]
+        toks = read_shard(f).numpy()[: UNIGRAM_TRAIN_TOKENS - seen]
         counts += np.bincount(toks.astype(np.int64), minlength=vocab)[:vocab]
         seen += toks.size
-        if seen >= max_train_tokens:
+        if seen >= UNIGRAM_TRAIN_TOKENS:
             break
     logp = np.log(counts / counts.sum())
     val = val_tokens.to(torch.int64)
