@@ -10,8 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from rich import progress as rp
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
 from pgolf_core.artifact import write_atomic
 from pgolf_core.rundir import WriteFault, strict_json
@@ -22,7 +22,7 @@ class RunLog:
         self.enabled = rank == 0
         self.log_path = out_dir / "train.log" if out_dir and self.enabled else None
         self.metrics_path = out_dir / "metrics.jsonl" if out_dir and self.enabled else None
-        self.progress: Progress | None = None
+        self.progress: rp.Progress | None = None
         self._task: Any = None
         self._interactive = (sys.stdout.isatty() if interactive is None else interactive) and self.enabled
         self._pending: list[str] = []  # lines logged before the run directory was claimed
@@ -58,9 +58,9 @@ class RunLog:
     def start_progress(self, total_steps: int, wallclock_s: float) -> None:
         if not self._interactive:
             return
-        columns = TextColumn("[bold]{task.description:<10}"), BarColumn(), MofNCompleteColumn()
-        columns += TextColumn("{task.fields[info]}"), TimeElapsedColumn(), TimeRemainingColumn()
-        self.progress = Progress(*columns, console=Console(highlight=False, soft_wrap=True), transient=True)
+        columns = [rp.TextColumn("[bold]{task.description:<10}"), rp.BarColumn(), rp.MofNCompleteColumn()]
+        columns += [rp.TextColumn("{task.fields[info]}"), rp.TimeElapsedColumn(), rp.TimeRemainingColumn()]
+        self.progress = rp.Progress(*columns, console=Console(highlight=False, soft_wrap=True), transient=True)
         self.progress.start()
         self._task = self.progress.add_task("train", total=total_steps or None, info="")
         self._eval = self.progress.add_task("eval", total=None, info="", visible=False)

@@ -257,7 +257,7 @@ def code_lines(path: Path) -> int:
 # (1,393 code lines). It is not there yet: docs/core-size.md says where the lines go and why.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_699
+TRAINING_PATH_BUDGET = 2_698
 DATA_TOOLS_BUDGET = 532
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
 # the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,
@@ -270,7 +270,8 @@ DATA_TOOLS_BUDGET = 532
 # Issue #26: the count is now taken on the `ruff format`ted source, as the rule says ("measured on formatted code,
 # never on packed lines"); until then it read the files as written, and 60 lines of the training path were packed
 # signatures and calls that `ruff format` unpacks. The same code (c832425) counts 2,699 formatted: that is the
-# budget now, the same budget measured as the rule says, not a raise. It only goes down from here.
+# budget now, the same budget measured as the rule says, not a raise; #26's additions (preflight, zeroed-tensor report,
+# overwrite set-aside, progress display) were paid for by cuts, 2,698 at its end. It only goes down from here.
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not
@@ -279,7 +280,7 @@ ABLATE_BUDGET = 547
 # The authoring kit (`pgolf_core.testing`, the plugin contract third parties import, and `pgolf new-plugin`)
 # checks and scaffolds plugins; no run executes it. Its own budget, set at its first version (issue #10).
 KIT = {"testing.py", "authoring.py"}
-KIT_BUDGET = 274
+KIT_BUDGET = 273
 
 
 def test_core_line_budget():
