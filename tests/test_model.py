@@ -253,6 +253,7 @@ def _explain_and_compile(model: GPT, seq_len: int) -> None:
         torch._dynamo.reset()
 
 
+@pytest.mark.slow  # ~5 s; the small-model and flash-backend trace tests below stay in the default run
 def test_full_baseline_traces_without_graph_breaks():
     model = GPT(ModelSpec())
     randomize(model)

@@ -300,6 +300,7 @@ def test_core_line_budget():
     assert ablate <= ABLATE_BUDGET, f"pgolf_core/ablate has {ablate} code lines > {ABLATE_BUDGET}"
 
 
+@pytest.mark.slow  # ~35 s; the default run keeps pr414 at smoke size in test_first_hour_run and the leave-one-out runs
 def test_pr414_smoke_shows_every_plugin_acting(sample_cache, tmp_path, capsys):
     """The README's newcomer command, with a fixed step count instead of the 45 s wallclock cap so the
     result does not depend on the machine: it learns, and the log shows the plugins acting."""

@@ -75,6 +75,7 @@ def test_recurrence_sizes_the_skips_for_the_looped_order(tmp_path, golden):
 TINY_RECURRENCE = {"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac": 0.5}
 
 
+@pytest.mark.slow  # the default run has the same check: test_contract's no-recompile test [depth_recurrence]
 def test_recurrence_switches_mid_run_and_never_recompiles_after_warm_up(sample_cache, tmp_path):
     """The tiny run's training steps compiled (aot_eager on CPU): the warm-up compiles both orders, and the
     switch at half the steps (step 3, test below) then recompiles nothing (`fail_on_recompile`)."""
