@@ -164,7 +164,7 @@ def _run(tmp_path: Path, name: str, plugin: dict | None, *extra: str) -> dict:
     return train(load_recipe(path, [*settings, *extra]), tmp_path / name, interactive=False)
 
 
-@pytest.mark.slow  # ~4 s; the exact-update tests and test_in_a_run_late_qat_stays_on... stay in the default run
+@pytest.mark.slow  # ~4 s; the exact-update tests and the in-a-run late-QAT test stay in the default run
 def test_lowers_val_bpb_on_a_tiny_trained_model_in_both_forms(sample_cache, tmp_path):
     base = _run(tmp_path, "none", None)
     ttt = {"phase1_epochs": 4, "phase2_epochs": 2, "batch_rows": 8, "phase2_last_blocks": 1}
