@@ -71,7 +71,8 @@ class PluginContract:
 
     def recipe(self, tmp_path: Path, with_plugin: bool = True, extra: Sequence[str] = ()) -> Any:
         """The tiny recipe with the partners (and the plugin), its settings and the overrides."""
-        from pgolf_core.recipe import dump_toml, load_recipe
+        from pgolf_core.registry import load_recipe
+        from pgolf_core.types import dump_toml
 
         names = [*self.partners, self.name] if with_plugin else list(self.partners)
         tables = {n: dict(self.settings) if n == self.name else {} for n in names}
@@ -89,8 +90,8 @@ class PluginContract:
     def check_config(self, tmp_path: Path) -> None:
         """The settings survive a TOML round trip of the whole recipe; an unknown key is refused
         (or, for a plugin without a `Config`, any key: "takes no settings")."""
-        from pgolf_core.errors import RecipeError
-        from pgolf_core.recipe import load_recipe
+        from pgolf_core.registry import load_recipe
+        from pgolf_core.types import RecipeError
 
         tmp_path = Path(tmp_path)
         recipe = self.recipe(tmp_path)
