@@ -21,6 +21,7 @@ from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
 from pgolf_core.roles import declare_all, declare_role, is_control, role_of
 from pgolf_core.types import (
+    PGOLF_VERSION,
     Codec,
     Correction,
     Env,
@@ -42,7 +43,7 @@ from pgolf_core.types import (
     ValChunk,
 )
 
-__version__ = "0.1.0"
+__version__ = PGOLF_VERSION
 
 
 # The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not

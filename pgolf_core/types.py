@@ -26,6 +26,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+PGOLF_VERSION = "0.1.0"  # pgolf_core.__version__, in every run's summary
+
 # ---------------------------------------------------------------- errors
 
 

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from pgolf_core import evaluation as ev
-from pgolf_core.errors import PgolfError
 from pgolf_core.model import GPT, ModelSpec
+from pgolf_core.types import PgolfError
 
 V, T = 64, 16
 CPU = torch.device("cpu")
@@ -410,3 +410,15 @@ def test_bf16_autocast_runs_on_cpu(model: GPT, tables: Tables) -> None:
     assert bf16.tokens == fp32.tokens
     assert 3e-5 < abs(bf16.val_loss - fp32.val_loss) / fp32.val_loss < 5e-3
     assert model.training
+
+
+def test_drop_short_keeps_the_first_window_and_drops_windows_shorter_than_the_stride() -> None:
+    """PR #549's test-time-training eval keeps a window when `wlen >= stride or ws == 0`; its plain sliding eval
+    (`rescore_tail`) keeps every start. They differ exactly when the stream's length is not a multiple of the
+    stride: 70 targets, windows of 32 at stride 8 -> the start 64 (6 targets) is the extra window."""
+    total, seq_len, stride = 70, 32, 8
+    kept = ev.window_starts(total, seq_len, stride, "drop_short")
+    assert kept == [ws for ws in range(0, total, stride) if ws == 0 or min(ws + seq_len, total) - ws >= stride]
+    assert ev.window_starts(total, seq_len, stride, "rescore_tail") == [*kept, 64]
+    assert ev.window_starts(64, seq_len, stride) == ev.window_starts(64, seq_len, stride, "drop_short")
+    assert ev.window_starts(5, seq_len, stride, "drop_short") == [0]  # the first window, however short
