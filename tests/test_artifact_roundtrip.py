@@ -27,10 +27,10 @@ from pgolf_core.api import evaluate, export_artifact, load_checkpoint
 from pgolf_core.artifact import deserialize
 from pgolf_core.build import build_model
 from pgolf_core.cli import main
-from pgolf_core.errors import PgolfError
-from pgolf_core.recipe import dump_toml, load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.run import train
 from pgolf_core.setup import load_plugins, load_weights
+from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny
 
 TINY = tiny(
