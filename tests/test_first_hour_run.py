@@ -184,13 +184,14 @@ def test_the_progress_display_counts_every_step_against_iterations_and_shows_eva
 
 def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     from pgolf_core import evaluation as ev
-    from pgolf_core.setup import build, load_data, load_plugins
+    from pgolf_core.registry import plugin_parts
+    from pgolf_core.setup import build, load_data
 
     recipe = load_recipe(BASELINE, ["eval.max_tokens=4096"], smoke=True)
     batches: list[int] = []
     where = Env(preflight.torch.device("cpu"), on_batch=lambda: batches.append(1))
     data = load_data(recipe, where, lambda _: None, train=False)
-    model, _ = build(recipe, load_plugins(recipe, lambda _: None), where, lambda _: None)
+    model, _ = build(recipe, plugin_parts(recipe), where, lambda _: None)
     ev.eval_standard(model, data.val_tokens, data.eval_seq, 16, data.tables, where)
     rows = (data.val_tokens.numel() - 1) // data.eval_seq
     assert len(batches) == -(-rows // 16)  # ceil(rows / 16)
