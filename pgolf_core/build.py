@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
-from dataclasses import fields
+from dataclasses import dataclass, fields
+from typing import Any
 
 import pluggy
 import torch
 
 from pgolf_core.model import GPT, ModelParts, ModelSpec
+from pgolf_core.recipe import Recipe
 from pgolf_core.registry import create_manager
-from pgolf_core.types import Recipe
+
+
+@dataclass
+class RunContext:
+    """Run-level settings that plugins may adjust in `pgolf_configure` (before the build)."""
+
+    recipe: Recipe
+    log: Any = print
 
 
 def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
@@ -19,6 +28,10 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     shared = {f.name: getattr(m, f.name) for f in fields(ModelSpec) if f.init and hasattr(m, f.name)}
     shared.update(mlp_hidden=m.mlp_hidden or int(m.mlp_mult * m.model_dim), attention=attention)  # as the records
     return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
+
+
+def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> None:
+    pm.hook.pgolf_configure(run=RunContext(recipe, log))
 
 
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
@@ -41,4 +54,5 @@ def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GP
 def build_model(recipe: Recipe, pm: pluggy.PluginManager | None = None) -> GPT:
     """The recipe's model on CPU in fp32 with its plugins applied; deterministic for `run.seed`."""
     pm = pm or create_manager(recipe)
+    configure(recipe, pm, log=lambda msg: None)
     return build_model_with(model_spec(recipe), pm, recipe.run.seed)

@@ -18,8 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core.attention import flash_kernel
-from pgolf_core.roles import collect_roles, declare_role, is_control
-from pgolf_core.types import Model, Roles
+from pgolf_core.roles import Roles, collect_roles, declare_role, is_control
 
 
 @dataclass
@@ -203,7 +202,7 @@ class ModelParts:
     mlp: Callable[[int], nn.Module | None] = lambda layer: None  # None: relu²
 
 
-class GPT(Model):
+class GPT(nn.Module):
     """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights.
 
     Layer schedule (depth recurrence): `layer_orders[layer_phase]` lists the block run at each virtual

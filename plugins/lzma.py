@@ -22,7 +22,7 @@ from __future__ import annotations
 import lzma
 from dataclasses import dataclass
 
-from pgolf_core import Codec, Order, PgolfError, Plugin, Tiny, hookimpl
+from pgolf_core import Codec, PgolfError, hookimpl
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LEVELS = (0, 9)
@@ -50,19 +50,25 @@ CODEC = Codec("lzma", encode, decode, XZ_MAGIC, LEVELS)
 
 @dataclass
 class Config:
-    pass  # no settings: the core checks `[export] level` against the codec's `levels` (0..9)
+    pass
 
 
-class Lzma(Plugin):
+class Lzma:
     """The .xz (LZMA2) codec of PR #549 / #1019."""
 
     name = "lzma"
     version = "0.1.0"
-    order = Order.CODEC
+    order = 990
     Config = Config
-    # A codec acts when the recipe picks it: the run with the plugin writes lzma-9 (the run without it keeps
-    # the default zlib-9; the recipe could not name lzma without the plugin).
-    TINY = Tiny(overrides_with=("export.compressor=lzma", "export.level=9"))
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs). Nothing to check: the core checks `[export]
+        level` against the codec's `levels` (0..9)."""
+
+    def __init__(self, config: Config) -> None:
+        self.validate(config)
+        self.config = config
 
     @hookimpl
     def pgolf_codecs(self) -> list[Codec]:

@@ -22,17 +22,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import nn
 
-from pgolf_core import Model, ModelSpec, Order, Plugin, Range, Tiny, hookimpl, role_of
+from pgolf_core import hookimpl, role_of
 
 
 @dataclass
 class Config:
-    min_dim: Annotated[int, Range(0)] = 64
+    min_dim: int = 64
     scale_proj: bool = True
     scale_zero_init_proj: bool = False
     overtone: bool = False  # PR #297: tied embedding singular values S_k = S_1 / sqrt(k)
@@ -43,8 +42,7 @@ def overtone_spectrum(w: torch.Tensor) -> torch.Tensor:
     """`w` with its singular values replaced by S_1 / sqrt(k), k = 1.. (same singular vectors)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     target = s[0] * (1.0 / torch.arange(1, s.shape[0] + 1, dtype=s.dtype)) ** 0.5
-    reshaped: torch.Tensor = (u * target[None, :]) @ vh
-    return reshaped
+    return (u * target[None, :]) @ vh
 
 
 def resid_mix_phase(layer: int, num_layers: int) -> torch.Tensor:
@@ -56,24 +54,37 @@ def is_output_projection(name: str) -> bool:
     return ".proj." in name or name.endswith(".proj")
 
 
-class OrthoInit(Plugin):
+class OrthoInit:
     """Orthogonal init for large matrices; 1/sqrt(2L) on output projections."""
 
     name = "ortho_init"
     version = "0.1.0"
-    order = Order.EXPORT_PLAN  # late: after every build, so that it sees every plugin's layers
-    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
-    config: Config
-    TINY = Tiny(settings={"min_dim": 8})
+    order = 900
+    Config = Config
+
+    @staticmethod
+    def validate(config: Config, model=None, recipe=None) -> None:
+        """At recipe load (see pgolf_core.hookspecs)."""
+        if config.min_dim < 0:
+            raise ValueError(f"ortho_init: min_dim={config.min_dim}: expected >= 0")
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
 
     @hookimpl
-    def pgolf_model_built(self, model: Model, spec: ModelSpec) -> None:
+    def pgolf_configure(self, run) -> None:
+        c = self.config
+        scaled = "all output projections" if c.scale_zero_init_proj else "non-zero-init .proj (record rule)"
+        extras = "".join(f" {k}:on" for k in ("overtone", "phase_resid_mix") if getattr(c, k))
+        run.log(f"ortho_init/min_dim:{c.min_dim} 1/sqrt(2L) on:{scaled if c.scale_proj else 'none'}{extras}")
+
+    @hookimpl
+    def pgolf_model_built(self, model, spec) -> None:
         c = self.config
         gain = 1.0 / math.sqrt(2 * spec.num_layers)
         with torch.no_grad():
             if c.overtone and spec.tie_embeddings:  # the record reshapes only a tied table
-                table = cast(nn.Embedding, model.tok_emb)  # (`Model` does not declare its modules)
-                table.weight.data = overtone_spectrum(table.weight.data)
+                model.tok_emb.weight.data = overtone_spectrum(model.tok_emb.weight.data)
             for name, module in model.named_modules():
                 if not isinstance(module, nn.Linear):
                     continue
@@ -89,6 +100,5 @@ class OrthoInit(Plugin):
             if c.phase_resid_mix:
                 for i, block in enumerate(model.blocks):
                     phase = resid_mix_phase(i, spec.num_layers)
-                    mix = cast(torch.Tensor, block.resid_mix)  # (`blocks` holds untyped `Module`s)
-                    mix.data[0] = phase * torch.ones(mix.shape[1])
-                    mix.data[1] = (1 - phase) * torch.ones(mix.shape[1])
+                    block.resid_mix.data[0] = phase * torch.ones(block.resid_mix.shape[1])
+                    block.resid_mix.data[1] = (1 - phase) * torch.ones(block.resid_mix.shape[1])
