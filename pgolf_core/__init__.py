@@ -1,11 +1,13 @@
 """pgolf core: a minimal Parameter Golf training/eval loop whose techniques come from plugins.
 
-Public API (stable names; plugins may import these and `hookimpl` only):
-`load_recipe`, `build_model`, `train`, `evaluate`, `export`, `hookimpl`, `ModelSpec`,
-`CastedLinear`, `PgolfError`; parameter roles `declare_role`, `declare_all`, `role_of`, `ParamRole`,
-`Roles`, `is_control`; the fake-quantization switch `FAKE_QUANT_SWITCH` and `fake_quant_off`; the
-export types `TensorPlan`, `ExportPlan`, `ExportFormat`, `Correction`, `Codec`, `FORMAT_KEY`; the
-shared row quantizers `quant`. Plugins import these from `pgolf_core` only.
+Public API (stable names; plugins import these from `pgolf_core` only):
+- entry points: `load_recipe`, `build_model`, `train`, `evaluate`, `export`;
+- the plugin contract: `Plugin`, `Order`, `hookimpl`, `Range`, `Tiny`, `PgolfError`;
+- what hooks receive (`pgolf_core.types`): `Recipe`, `ModelSpec`, `Model`, `TrainState`, `Optimizers`, `Env`,
+  `ValChunk`, `ExportContext`, `ExportPlan`, `TensorPlan`, `ExportFormat`, `Correction`, `Codec`, `FORMAT_KEY`;
+- parts to build with: `CastedLinear`, the parameter roles `declare_role`, `declare_all`, `role_of`,
+  `ParamRole`, `Roles`, `is_control`, the fake-quantization switch `FAKE_QUANT_SWITCH` and `fake_quant_off`,
+  and the shared row quantizers `quant`.
 """
 
 from __future__ import annotations
@@ -14,19 +16,40 @@ import importlib
 from typing import Any
 
 from pgolf_core import quant
-from pgolf_core.errors import PgolfError
-from pgolf_core.exporter import FORMAT_KEY, Codec, Correction, ExportFormat, ExportPlan, TensorPlan
+from pgolf_core.exporter import FORMAT_KEY
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
-from pgolf_core.roles import ParamRole, Roles, declare_all, declare_role, is_control, role_of
+from pgolf_core.roles import declare_all, declare_role, is_control, role_of
+from pgolf_core.types import (
+    PGOLF_VERSION,
+    Codec,
+    Correction,
+    Env,
+    ExportContext,
+    ExportFormat,
+    ExportPlan,
+    Model,
+    Optimizers,
+    Order,
+    ParamRole,
+    PgolfError,
+    Plugin,
+    Range,
+    Recipe,
+    Roles,
+    TensorPlan,
+    Tiny,
+    TrainState,
+    ValChunk,
+)
 
-__version__ = "0.1.0"
+__version__ = PGOLF_VERSION
 
 
 # The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not
 # import the training loop, which imports the registry, which imports the plugins.
 # Name -> the module that defines it (`export` is that module's `export_artifact`).
-_ENTRY_POINTS = {"load_recipe": "recipe", "build_model": "build", "train": "run", "evaluate": "api", "export": "api"}
+_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "build", "train": "run", "evaluate": "api", "export": "api"}
 
 
 def __getattr__(name: str) -> Any:
@@ -39,7 +62,10 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
-    "load_recipe", "build_model", "train", "evaluate", "export", "hookimpl", "ModelSpec", "CastedLinear", "PgolfError",
-    "ParamRole", "Roles", "declare_role", "declare_all", "is_control", "role_of", "TensorPlan", "ExportPlan",
-    "ExportFormat", "Correction", "Codec", "FORMAT_KEY", "quant", "FAKE_QUANT_SWITCH", "fake_quant_off", "__version__",
+    "load_recipe", "build_model", "train", "evaluate", "export", "hookimpl", "Plugin", "Order", "Range", "Tiny",
+    "PgolfError",
+    "Recipe", "ModelSpec", "Model", "TrainState", "Optimizers", "Env", "ValChunk", "ExportContext", "ExportPlan",
+    "TensorPlan", "ExportFormat", "Correction", "Codec", "FORMAT_KEY", "CastedLinear", "ParamRole", "Roles",
+    "declare_role", "declare_all", "is_control", "role_of", "quant", "FAKE_QUANT_SWITCH", "fake_quant_off",
+    "__version__",
 ]  # fmt: skip

@@ -13,11 +13,11 @@ import torch
 
 from pgolf_core import exporter, manifest
 from pgolf_core.artifact import deserialize
-from pgolf_core.errors import PgolfError
-from pgolf_core.recipe import Recipe
+from pgolf_core.registry import plugin_parts
 from pgolf_core.roles import collect_roles
 from pgolf_core.run import score
-from pgolf_core.setup import build, eval_rows, load_data, load_plugins, load_weights, setup_env
+from pgolf_core.setup import build, eval_rows, load_data, load_weights, setup_env
+from pgolf_core.types import ExportContext, PgolfError, Recipe
 
 
 def load_checkpoint(
@@ -73,7 +73,7 @@ def evaluate(
     """Score weights on the recipe's validation data (standard eval, plus sliding if configured).
     `plugin_dirs`: the local plugin files the run loaded (`--plugins-dir`), whose formats and codecs read it."""
     env = setup_env(recipe.run.device)
-    plugins = load_plugins(recipe, log, plugin_dirs)
+    plugins = plugin_parts(recipe, plugin_dirs)
     data = load_data(recipe, env, log, train=False)  # data first: it fails before any model is built
     if model is None:
         model, _ = build(recipe, plugins, env, log)
@@ -98,9 +98,9 @@ def export_artifact(
     files, as for `evaluate`); returns byte counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plugins = load_plugins(recipe, log, plugin_dirs)
+    plugins = plugin_parts(recipe, plugin_dirs)
     reports: dict[str, Any] = {}
-    ctx = exporter.ExportContext(recipe, collect_roles(model), reports.__setitem__)
+    ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, out / "final_model.ptz")
     code_bytes = sum(len(f.read_bytes()) for f in manifest.code_files(plugins.ordered))

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from pgolf_core.rundir import WriteFault
+from pgolf_core.types import WriteFault
 
 
 def serialize(obj: Any) -> bytes:

@@ -8,7 +8,7 @@ import importlib
 from collections.abc import Callable
 from typing import Any
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 # FlashAttention-3 (Hopper, used by the #374/#414 records) first, then FlashAttention-2.
 _FLASH_MODULES = ("flash_attn_interface", "flash_attn")

@@ -21,7 +21,7 @@ from pathlib import Path
 from string import Template
 from typing import Any
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 # Per phase: the hook the template implements, its settings (key, default, meaning) and its placeholder.
 PHASES: dict[str, tuple[str, tuple[tuple[str, str, str], ...], str]] = {

@@ -2,23 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from dataclasses import fields
 
 import pluggy
 import torch
 
 from pgolf_core.model import GPT, ModelParts, ModelSpec
-from pgolf_core.recipe import Recipe
 from pgolf_core.registry import create_manager
-
-
-@dataclass
-class RunContext:
-    """Run-level settings that plugins may adjust in `pgolf_configure` (before the build)."""
-
-    recipe: Recipe
-    log: Any = print
+from pgolf_core.types import Recipe
 
 
 def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
@@ -28,10 +19,6 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     shared = {f.name: getattr(m, f.name) for f in fields(ModelSpec) if f.init and hasattr(m, f.name)}
     shared.update(mlp_hidden=m.mlp_hidden or int(m.mlp_mult * m.model_dim), attention=attention)  # as the records
     return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
-
-
-def configure(recipe: Recipe, pm: pluggy.PluginManager, log: Any = print) -> None:
-    pm.hook.pgolf_configure(run=RunContext(recipe, log))
 
 
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
@@ -54,5 +41,4 @@ def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GP
 def build_model(recipe: Recipe, pm: pluggy.PluginManager | None = None) -> GPT:
     """The recipe's model on CPU in fp32 with its plugins applied; deterministic for `run.seed`."""
     pm = pm or create_manager(recipe)
-    configure(recipe, pm, log=lambda msg: None)
     return build_model_with(model_spec(recipe), pm, recipe.run.seed)

@@ -5,13 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pgolf_core
-from pgolf_core.errors import PgolfError
-from pgolf_core.rundir import RunFault, WriteFault
+from pgolf_core.types import PgolfError, RunFault, WriteFault
 
 # Exit 2: bad input, or a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback.
 USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -32,13 +30,12 @@ def _recipe_args(p: argparse.ArgumentParser, **recipe: Any) -> None:
 
 
 def _load(args: argparse.Namespace) -> Any:
-    from pgolf_core.recipe import load_recipe
-    from pgolf_core.registry import plugin_classes
+    from pgolf_core.registry import load_recipe
 
     overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
-    classes = partial(plugin_classes, plugin_dirs=args.plugins_dir)
+    dirs = args.plugins_dir
     return load_recipe(
-        args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_classes=classes
+        args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_dirs=dirs
     )
 
 

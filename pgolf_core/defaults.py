@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from torch import nn
 
-from pgolf_core.exporter import BUILTIN_CODECS, Codec, ExportFormat
+from pgolf_core.exporter import BUILTIN_CODECS
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.int8 import Int8Format
 from pgolf_core.model import MLP, CastedLinear, ModelSpec, Rotary
-from pgolf_core.recipe import Recipe
+from pgolf_core.types import Codec, ExportFormat, Plugin, Recipe
 
 
-class Defaults:
+class Defaults(Plugin):
     """The naive baseline's parts: full RoPE, relu² MLP, CastedLinear, int8 export, zlib and zstd."""
 
     name = "defaults"

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,9 +24,9 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import Env, PgolfError, ValChunk
 
-TAILS = ("rescore_tail", "once", "full_windows")
+TAILS = ("rescore_tail", "drop_short", "once", "full_windows")
 
 
 @dataclass
@@ -77,73 +77,11 @@ def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
     return tables.base_bytes[tgt_ids].to(torch.int16) + lead.to(torch.int16)
 
 
-@dataclass(frozen=True)
-class Placement:
-    """Where one rank runs and scores: its device, its share of rows/windows, the autocast dtype (None:
-    off) and whether a process group exists (torchrun; `pgolf_core.setup.setup_env` makes it)."""
-
-    device: torch.device
-    rank: int = 0
-    world_size: int = 1
-    autocast_dtype: torch.dtype | None = None
-    distributed: bool = False
-    on_batch: Callable[[], None] = lambda: None  # after each scored batch (the run's progress display)
-
-    @property
-    def is_cuda(self) -> bool:
-        return self.device.type == "cuda"
-
-    def sync(self) -> None:
-        if self.is_cuda:
-            torch.cuda.synchronize()
-
-    def barrier(self) -> None:
-        if self.distributed:
-            dist.barrier()
-
-    def share(self, n: int) -> tuple[int, int]:
-        """Contiguous share `[n*r/W, n*(r+1)/W)` of `n` items, as every record splits rows and windows."""
-        return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
-
-    def autocast(self) -> torch.autocast:
-        """Autocast to `autocast_dtype`; a disabled context (nothing changes) when it is None."""
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
-
-    def average(self, tensors: Sequence[Tensor | None]) -> None:
-        """Mean over ranks in place (gradients of a test-time-training step); a no-op in one process."""
-        if self.world_size > 1 and dist.is_available() and dist.is_initialized():
-            for t in tensors:
-                if t is not None:
-                    dist.all_reduce(t, op=dist.ReduceOp.AVG)
-
-
-@dataclass
-class ValChunk:
-    """Validation tokens handed to an eval hook: inputs `tokens[:-1]`, targets `tokens[1:]` (int64, on
-    the eval device). For `pgolf_eval_adapt` every target was scored before the chunk was made
-    (`scored`); `pgolf_eval_prescore` gets the whole unscored stream (`scored=False`).
-    Chunk `index` of `count`; `where` says this rank's device and share; `report(key, value)` logs."""
-
-    tokens: Tensor
-    index: int
-    count: int
-    where: Placement
-    scored: bool = True
-    report: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
-
-    def rows(self, seq_len: int) -> tuple[Tensor, Tensor]:
-        """This rank's contiguous share of the chunk's full rows `(x, y)` [rows, seq_len] (as the records
-        split a chunk for training; a partial last row is dropped)."""
-        first, last = self.where.share((self.tokens.numel() - 1) // seq_len)
-        local = self.tokens[first * seq_len : last * seq_len + 1]
-        return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
-
-
 # ---------------------------------------------------------------- standard evaluation
 
 
 def standard_batches(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Placement
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Env
 ) -> Iterator[EvalSums]:
     """Score this rank's non-overlapping rows, `batch_seqs` rows per forward.
 
@@ -164,7 +102,7 @@ def standard_batches(
 
 
 def eval_standard(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Placement
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Env
 ) -> EvalResult:
     """The baseline's `eval_val`: every target of the truncated stream scored once, context 0..T-1.
 
@@ -210,6 +148,8 @@ def scored_span(ws: int, total: int, seq_len: int, stride: int, tail: str = "res
 def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_tail") -> list[int]:
     """Starts `0, s, 2s, ... < total` (every such window has `wlen >= 1`, the records' filter).
 
+    With tail="drop_short", windows shorter than the stride are dropped, the first kept (PR #549's test-time
+    training eval; its plain sliding eval keeps them, as "rescore_tail").
     With tail="once", windows that would score nothing (clipped ones after the stream's end was
     reached) are dropped: they would cost a forward for no score.
     With tail="full_windows", PR #63's own loop: full windows only (`start + seq_len <= total`), and the
@@ -225,7 +165,10 @@ def window_starts(total: int, seq_len: int, stride: int, tail: str = "rescore_ta
         raise PgolfError('sliding-window tail "full_windows" needs stride < seq_len (PR #63\'s loop never ends there)')
     if tail == "full_windows":
         return [0, *range(seq_len - stride, total - seq_len + 1, stride)] if seq_len <= total else []
-    # "rescore_tail" keeps every start; "once" drops the windows that would score nothing.
+    # "rescore_tail" keeps every start; "once" drops the windows that would score nothing; "drop_short" those
+    # shorter than the stride (PR #549's test-time-training eval: `wlen >= stride or ws == 0`).
+    if tail == "drop_short":
+        return [ws for ws in range(0, total, stride) if ws == 0 or min(ws + seq_len, total) - ws >= stride]
     return [ws for ws in range(0, total, stride) if tail == "rescore_tail" or ws == 0 or ws - stride + seq_len < total]
 
 
@@ -236,7 +179,7 @@ def sliding_batches(
     stride: int,
     batch_seqs: int,
     tables: Any,
-    where: Placement,
+    where: Env,
     tail: str = "rescore_tail",
     starts: list[int] | None = None,
 ) -> Iterator[EvalSums]:
@@ -281,7 +224,7 @@ def eval_sliding(
     stride: int,
     batch_seqs: int,
     tables: Any,
-    where: Placement,
+    where: Env,
     tail: str = "rescore_tail",
     adapt: Callable[[ValChunk], None] | None = None,
     chunk_tokens: int = 32_768,
@@ -326,5 +269,5 @@ def eval_sliding(
         sums.add(score_batches(model, batches, where.device))
         if adapt is not None and k < len(groups) - 1:
             tokens = val_tokens[k * chunk_tokens : min((k + 1) * chunk_tokens, total) + 1]
-            adapt(ValChunk(tokens.to(where.device, torch.int64, copy=True), k, len(groups), where))  # a copy
+            adapt(ValChunk(tokens.to(where.device, torch.int64, copy=True), k, len(groups), where, seq_len=seq_len))
     return sums.all_reduce().result(time.perf_counter() - start)

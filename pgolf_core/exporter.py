@@ -21,91 +21,28 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any
 
+import pluggy
 import torch
 from torch import Tensor
 
 from pgolf_core.artifact import deserialize, serialize, write_atomic
-from pgolf_core.errors import PgolfError, RecipeError
-from pgolf_core.roles import Roles
-
-if TYPE_CHECKING:
-    import pluggy
-
-    from pgolf_core.recipe import Recipe
+from pgolf_core.types import (
+    Codec,
+    Correction,
+    ExportContext,
+    ExportFormat,
+    ExportPlan,
+    PgolfError,
+    Recipe,
+    RecipeError,
+    Roles,
+    TensorPlan,
+)
 
 FORMAT_KEY = "__quant_format__"
 CORRECTIONS_KEY = "__corrections__"
-
-
-@dataclass
-class TensorPlan:
-    """How one tensor is exported; `pgolf_export_plan` implementations fill it in.
-
-    `clip_percentile`: clip each row at this quantile of |w| (GPTQ-lite's search result).
-    `row_clip`: each row's absolute clip |w| <= c_r, one value per row [rows] (SDClip: k * std(row)).
-    `q`/`scale`: integers and scales already computed by the plan's author (GPTQ-lite keeps its
-    search's winners), used as they are. A format that cannot honour a plan entry refuses it.
-    """
-
-    clip_percentile: float | None = None
-    row_clip: Tensor | None = None
-    q: Tensor | None = None
-    scale: Tensor | None = None
-
-
-ExportPlan = dict[str, TensorPlan]
-
-
-class ExportFormat(Protocol):
-    """Turns a state dict into the object that is saved, and back. Exclusive: one per run.
-
-    `tags` are the `__quant_format__` values this format reads ("" for objects without a tag, such
-    as PR #414's); `quantize` stores the tag it writes under `obj[FORMAT_KEY]`. `roles` maps names
-    to `ParamRole` (control tensors pass through as fp32); `report(key, value)` logs a statistic.
-    An optional `needs_plan` string (say why, e.g. 'row_rule = "plan"') makes a run without any
-    `pgolf_export_plan` implementation a recipe error at setup, before training, not at export.
-    """
-
-    label: str  # in log lines and summary keys: "int8", "int6"
-    tags: tuple[str, ...]
-
-    def quantize(
-        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
-    ) -> dict[str, Any]: ...
-
-    def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]: ...
-
-
-class Correction(Protocol):
-    """A stage after quantization that stores extra data to shrink the reconstruction error (LQER).
-
-    `encode` sees the original weights and the current dequantized ones and returns its payload
-    (tensors, dicts, numbers: what `torch.save(weights_only)` can hold); `apply` adds the payload's
-    correction to dequantized weights. Both run in the writer; only `apply` runs in the reader.
-    """
-
-    tag: str
-
-    def encode(self, weights: Mapping[str, Tensor], dequantized: Mapping[str, Tensor], plan: ExportPlan) -> Any: ...
-
-    def apply(self, dequantized: dict[str, Tensor], payload: Any) -> dict[str, Tensor]: ...
-
-
-@dataclass(frozen=True)
-class Codec:
-    """A byte codec: `encode(raw, level) -> blob`, `decode(blob) -> raw`.
-
-    `magic` are the leading bytes of every blob it writes, so a reader can tell the codec from the
-    file alone; a codec without one (raw brotli) is read when the recipe names it.
-    """
-
-    name: str
-    encode: Callable[[bytes, int], bytes]
-    decode: Callable[[bytes], bytes]
-    magic: bytes = b""
-    levels: tuple[int, int] = (0, 0)  # the valid `[export] level` range
 
 
 def _zstandard() -> Any:
@@ -207,15 +144,6 @@ class ExportStack:
         return (named or self.codecs[codec]).decode(blob)
 
 
-@dataclass
-class ExportContext:
-    """What `pgolf_export_plan` sees: the recipe, the parameter roles, `report(key, value)`."""
-
-    recipe: Recipe
-    roles: Roles
-    report: Callable[[str, Any], None]
-
-
 def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     """The run's format, readers, corrections and codecs; the recipe's codec checked now, before
     anything is trained."""
@@ -225,7 +153,7 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     corrections: list[Correction] = pm.hook.pgolf_export_corrections(recipe=recipe)  # pluggy drops the Nones
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
-    if (why := getattr(readers[0], "needs_plan", "")) and not pm.hook.pgolf_export_plan.get_hookimpls():
+    if (why := readers[0].needs_plan) and not pm.hook.pgolf_export_plan.get_hookimpls():
         raise RecipeError(
             f"{recipe.source}: export format {readers[0].label} needs an export plan ({why}), but no "
             "enabled plugin implements pgolf_export_plan; enable one or change the format's setting"

@@ -5,7 +5,6 @@ A run calls the hooks at these points (nothing of a plugin's runs inside a model
 
     # setup                                         (pgolf_core.setup)
     plugins = load(recipe)                          # a pgolf_* method not in this catalog: load error
-    pgolf_configure(run)
     export = (pgolf_export_format(recipe), pgolf_export_corrections(recipe), pgolf_codecs())
     model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_mlp,
                 pgolf_linear)
@@ -35,12 +34,9 @@ updated in place from a train hook. Collecting hooks return one answer per plugi
 `(plugin.order, name)` order. Exclusive hooks (`EXCLUSIVE_HOOKS`) are answered by at most one
 enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, which pluggy calls last.
 
-Settings validation (configure phase, not a hook): a plugin class may define
-`validate(config, model, recipe) -> None` as a `staticmethod`. `load_recipe` calls it for each
-enabled plugin once the recipe is resolved, before anything is built, trained or written, with the
-plugin's validated `Config`, the resolved `[model]` settings (`ModelConfig`) and the whole `Recipe`.
-Raise `ValueError` (or `PgolfError`) whose message starts with the key, the value and the valid
-range (`"last_n=12: expected 0..11"`); the core prefixes the recipe file and `[plugins.<name>]`.
+Settings (not a hook): a plugin's `Config` fields declare their valid values in their types, and
+its `check(config, recipe)` classmethod the rest; both run once when the recipe loads, before
+anything is built, trained or written (see `pgolf_core.Plugin`).
 
 Static model slots, set in `pgolf_model_built` (no hook of their own): `block.norm_scale` (LN
 scale), `block.parallel` (GPT-J parallel attention and MLP), and the layer schedule
@@ -60,54 +56,46 @@ init); see `pgolf_core.roles`.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import pluggy
+from torch import Tensor, nn
 
-if TYPE_CHECKING:
-    from torch import Tensor, nn
-
-    from pgolf_core.build import RunContext
-    from pgolf_core.evaluation import ValChunk
-    from pgolf_core.exporter import Codec, Correction, ExportContext, ExportFormat, ExportPlan
-    from pgolf_core.model import GPT, ModelSpec
-    from pgolf_core.recipe import Recipe
-    from pgolf_core.run import TrainState
+from pgolf_core.model import ModelSpec
+from pgolf_core.types import (
+    Codec,
+    Correction,
+    ExportContext,
+    ExportFormat,
+    ExportPlan,
+    Model,
+    Recipe,
+    TrainState,
+    ValChunk,
+)
 
 PROJECT = "pgolf"
 hookspec = pluggy.HookspecMarker(PROJECT)
 hookimpl = pluggy.HookimplMarker(PROJECT)
-
-# Hooks that at most one enabled plugin may implement (checked when the run's plugins load).
-EXCLUSIVE_HOOKS = ("pgolf_rotary", "pgolf_mlp", "pgolf_linear", "pgolf_final_weights", "pgolf_export_format")
-PHASES = {
-    "configure": ("pgolf_configure",),
-    "build": (
-        "pgolf_embed", "pgolf_value_extras", "pgolf_rotary", "pgolf_attention_post", "pgolf_mlp", "pgolf_linear",
-        "pgolf_model_built",
-    ),
-    "train": ("pgolf_step_start", "pgolf_post_step", "pgolf_fit_end", "pgolf_final_weights"),
-    "export": ("pgolf_export_plan", "pgolf_export_format", "pgolf_export_corrections", "pgolf_codecs"),
-    "eval": ("pgolf_eval_adapt", "pgolf_eval_prescore"),
-}  # fmt: skip
+Hook = TypeVar("Hook", bound=Callable[..., Any])
 
 
-# ---------------------------------------------------------------- configure
+def spec(phase: str, exclusive: bool = False) -> Callable[[Hook], Hook]:
+    """A hook of `phase`. `exclusive`: at most one enabled plugin may answer it (its first answer is the
+    result; two plugins implementing it is a load error naming both)."""
 
+    def mark(function: Hook) -> Hook:
+        function.pgolf_phase = phase  # type: ignore[attr-defined]
+        return hookspec(firstresult=exclusive)(function)
 
-@hookspec
-def pgolf_configure(run: RunContext) -> None:
-    """Once, before the model is built: adjust run-level settings.
-
-    `run.recipe` is the resolved `Recipe`; `run.log(msg)` writes to the run log.
-    Default: nothing.
-    """
+    return mark
 
 
 # ---------------------------------------------------------------- build
 
 
-@hookspec
+@spec("build")
 def pgolf_embed(spec: ModelSpec) -> nn.Module | None:
     """Once: a module applied around the token embedding (BigramHash, SmearGate), or None.
 
@@ -120,7 +108,7 @@ def pgolf_embed(spec: ModelSpec) -> nn.Module | None:
     """
 
 
-@hookspec
+@spec("build")
 def pgolf_value_extras(spec: ModelSpec) -> nn.Module | None:
     """Once: a module computed once per forward, `forward(input_ids) -> {layer: tensor}` with
     tensors [B, T, Hkv * D], added to that block's flat value projection before the heads split
@@ -128,13 +116,13 @@ def pgolf_value_extras(spec: ModelSpec) -> nn.Module | None:
     """
 
 
-@hookspec(firstresult=True)
+@spec("build", exclusive=True)
 def pgolf_rotary(spec: ModelSpec, layer: int) -> nn.Module:
     """Exclusive. Once per block: the rotary module, `forward(q, k) -> (q, k)` on [B, H, T, D]
     (after QK-norm, before q_gain). Default: full RoPE with base `rope_base`."""
 
 
-@hookspec
+@spec("build")
 def pgolf_attention_post(spec: ModelSpec, layer: int) -> nn.Module | None:
     """Once per block: a module `forward(y, v, x) -> y` applied after attention, or None (XSA,
     attention output gates).
@@ -145,7 +133,7 @@ def pgolf_attention_post(spec: ModelSpec, layer: int) -> nn.Module | None:
     """
 
 
-@hookspec(firstresult=True)
+@spec("build", exclusive=True)
 def pgolf_mlp(spec: ModelSpec, layer: int) -> nn.Module:
     """Exclusive. Once per block: the MLP, `forward(x) -> x` on the normed block input [B, T, d]
     (LeakyReLU², SwiGLU). Build its layers with `spec.linear("mlp.fc", d, spec.mlp_hidden)` and
@@ -154,7 +142,7 @@ def pgolf_mlp(spec: ModelSpec, layer: int) -> nn.Module:
     projection `zero_init`. Default: relu², `proj(relu(fc(x))²)`."""
 
 
-@hookspec(firstresult=True)
+@spec("build", exclusive=True)
 def pgolf_linear(spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module:
     """Exclusive. Once per linear layer: the layer for `role` (QAT's fake-quantized linear).
 
@@ -165,8 +153,8 @@ def pgolf_linear(spec: ModelSpec, role: str, in_features: int, out_features: int
     """
 
 
-@hookspec
-def pgolf_model_built(model: GPT, spec: ModelSpec) -> None:
+@spec("build")
+def pgolf_model_built(model: Model, spec: ModelSpec) -> None:
     """Once, after the model is built (fp32, CPU, before the roles are collected, the precision
     cast, the optimizers and compile): init schemes (OrthoInit) and the static slots
     `block.norm_scale` (LN scale), `block.parallel` (parallel residuals) and
@@ -177,24 +165,24 @@ def pgolf_model_built(model: GPT, spec: ModelSpec) -> None:
 # ---------------------------------------------------------------- train
 
 
-@hookspec
+@spec("train")
 def pgolf_step_start(state: TrainState) -> None:
     """Before each optimizer step's forward (late-QAT switch). `state` holds step, lr_scale,
     elapsed_ms, model (uncompiled), optimizers and `report(key, value)`. Default: nothing."""
 
 
-@hookspec
+@spec("train")
 def pgolf_post_step(state: TrainState) -> None:
     """After each optimizer step (EMA update, SWA snapshot). Default: nothing."""
 
 
-@hookspec
+@spec("train")
 def pgolf_fit_end(state: TrainState) -> None:
     """Once, after the training loop and before the final weights are chosen (QAT switched off
     for the final evals, as PR #63 did). Default: nothing."""
 
 
-@hookspec(firstresult=True)
+@spec("train", exclusive=True)
 def pgolf_final_weights(state: TrainState) -> dict[str, Tensor] | None:
     """Exclusive. Once: the state dict to export and evaluate (EMA or SWA), or None.
     Default: the live weights."""
@@ -203,7 +191,7 @@ def pgolf_final_weights(state: TrainState) -> dict[str, Tensor] | None:
 # ---------------------------------------------------------------- export
 
 
-@hookspec
+@spec("export")
 def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
     """Once, before quantization, in plugin order: edit `plan` (name -> `TensorPlan`: clip_percentile,
     row_clip, precomputed q/scale) for the tensors of `weights` (CPU, final weights; GPTQ-lite's clip
@@ -213,7 +201,7 @@ def pgolf_export_plan(plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportC
     `report(key, value)`. Default: an empty plan per tensor."""
 
 
-@hookspec(firstresult=True)
+@spec("export", exclusive=True)
 def pgolf_export_format(recipe: Recipe) -> ExportFormat:
     """Exclusive. Once per run and per `pgolf eval`: the format object that quantizes the weights
     and reads them back (int6). Its tag is stored in the artifact, so `pgolf eval` picks the same
@@ -221,7 +209,7 @@ def pgolf_export_format(recipe: Recipe) -> ExportFormat:
     Default: the baseline's int8 per-row format."""
 
 
-@hookspec
+@spec("export")
 def pgolf_export_corrections(recipe: Recipe) -> Correction | None:
     """Once per run and per `pgolf eval`: a correction stacked after quantization (LQER), or None.
     Corrections run in plugin order, each on the previous one's dequantized weights; their payloads
@@ -229,7 +217,7 @@ def pgolf_export_corrections(recipe: Recipe) -> Correction | None:
     Default: none."""
 
 
-@hookspec
+@spec("export")
 def pgolf_codecs() -> list[Codec]:
     """Once per run and per `pgolf eval`: the byte codecs this plugin adds (brotli, lzma); the
     recipe's `[export] compressor` names the one that writes. Default: zlib and zstd."""
@@ -238,8 +226,8 @@ def pgolf_codecs() -> list[Codec]:
 # ---------------------------------------------------------------- eval
 
 
-@hookspec
-def pgolf_eval_adapt(model: GPT, chunk: ValChunk) -> None:
+@spec("eval")
+def pgolf_eval_adapt(model: Model, chunk: ValChunk) -> None:
     """After each chunk of the final sliding-window eval was scored (all but the last): test-time
     training on those already-scored tokens (score-first TTT, PR #461/#549). The model it leaves
     scores the next chunk.
@@ -253,10 +241,29 @@ def pgolf_eval_adapt(model: GPT, chunk: ValChunk) -> None:
     Default: nothing."""
 
 
-@hookspec
-def pgolf_eval_prescore(model: GPT, chunk: ValChunk) -> None:
+@spec("eval")
+def pgolf_eval_prescore(model: Model, chunk: ValChunk) -> None:
     """Once, before the final sliding-window eval: adapt on validation tokens *before* they are
     scored, as PR #297 and #415 did. The challenge forbids it, so any implementation marks the run
     non-compliant (`summary.json` `"eval_compliant": false`, said in the log at the start and the
     end); it exists to reproduce those records. `chunk` is the whole validation stream
     (`scored=False`, one chunk). Default: nothing."""
+
+
+# ---------------------------------------------------------------- the catalog, derived from the specs above
+
+
+def catalog() -> dict[str, Callable[..., Any]]:
+    """Every hook spec by name, in the order of this file (which is the order of a run's phases)."""
+    return {name: value for name, value in globals().items() if hasattr(value, "pgolf_phase")}
+
+
+def phases() -> dict[str, list[str]]:
+    """Phase -> its hooks, as the run calls them."""
+    grouped: dict[str, list[str]] = {}
+    for name, function in catalog().items():
+        grouped.setdefault(function.pgolf_phase, []).append(name)  # type: ignore[attr-defined]
+    return grouped
+
+
+EXCLUSIVE_HOOKS = tuple(name for name, function in catalog().items() if function.pgolf_spec["firstresult"])  # type: ignore[attr-defined]

@@ -14,9 +14,9 @@ import torch
 from torch import Tensor
 
 from pgolf_core import quant
-from pgolf_core.errors import PgolfError
-from pgolf_core.exporter import FORMAT_KEY, ExportPlan
-from pgolf_core.roles import Roles, is_control
+from pgolf_core.exporter import FORMAT_KEY
+from pgolf_core.roles import is_control
+from pgolf_core.types import ExportPlan, PgolfError, Roles
 
 INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
@@ -92,6 +92,7 @@ class Int8Format:
 
     label = "int8"
     tags: tuple[str, ...] = (INT8_FORMAT,)
+    needs_plan = ""
 
     def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
         self.settings: dict[str, Any] = {"keep_float_max_numel": keep_float_max_numel, "clip_quantile": clip_quantile}

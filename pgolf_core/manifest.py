@@ -14,13 +14,13 @@ from typing import Any
 import numpy as np
 import torch
 
-import pgolf_core
 from pgolf_core.data.bpb import tokenizer_sha256
 from pgolf_core.data.shards import read_shard
 from pgolf_core.evaluation import token_bytes
 from pgolf_core.registry import version_order
+from pgolf_core.types import PGOLF_VERSION
 
-CORE_DIR = Path(pgolf_core.__file__).resolve().parent
+CORE_DIR = Path(__file__).resolve().parent
 # Tools that are not part of a training run's code path (data preparation, the CLI front end, the kit).
 NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/",
                "testing.py", "authoring.py")  # fmt: skip
@@ -94,7 +94,7 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
         "plugin_reports": run.state.reports,
         "manifest": {
             "git_sha": git_sha(), "recipe_sha256": recipe.sha256(), "recipe_source": recipe.source,
-            "pgolf_version": getattr(pgolf_core, "__version__", "?"),
+            "pgolf_version": PGOLF_VERSION,
             "python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
             "device": torch.cuda.get_device_name(env.device) if env.is_cuda else platform.processor() or "cpu",
             "device_count": env.world_size,

@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from pgolf_core.attention import flash_kernel
-from pgolf_core.roles import Roles, collect_roles, declare_role, is_control
+from pgolf_core.roles import collect_roles, declare_role, is_control
+from pgolf_core.types import Model, Roles
 
 
 @dataclass
@@ -202,7 +203,7 @@ class ModelParts:
     mlp: Callable[[int], nn.Module | None] = lambda layer: None  # None: relu²
 
 
-class GPT(nn.Module):
+class GPT(Model):
     """U-Net GPT: encoder half pushes skips, decoder half pops them (LIFO) with learned weights.
 
     Layer schedule (depth recurrence): `layer_orders[layer_phase]` lists the block run at each virtual

@@ -16,8 +16,8 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pgolf_core.recipe import TrainConfig
-from pgolf_core.roles import NO_ROLE, Roles, group_of
+from pgolf_core.roles import NO_ROLE, group_of
+from pgolf_core.types import Roles, TrainConfig
 
 
 def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:

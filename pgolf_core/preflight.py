@@ -15,9 +15,8 @@ from collections.abc import Callable
 
 import torch
 
-from pgolf_core.errors import PgolfError
-from pgolf_core.evaluation import Placement
-from pgolf_core.recipe import Recipe, grad_accum_steps
+from pgolf_core.recipe import grad_accum_steps
+from pgolf_core.types import Env, PgolfError, Recipe
 
 PROCESS_BYTES = 2**29  # torch, the tokenizer, the data and the allocator's slack: ~0.5 GiB measured
 STATE_BYTES_PER_PARAM = 28  # fp32 weights, gradients, two optimizer moments, EMA, the warm-up's saved copies
@@ -44,7 +43,7 @@ def estimate(recipe: Recipe, world: int, accum: int, device: torch.device) -> tu
     return PROCESS_BYTES + STATE_BYTES_PER_PARAM * params + 4 * (train + evals), params
 
 
-def check(recipe: Recipe, env: Placement, force: bool, log: Callable[[str], None], cpu_flops: float = 0.0) -> None:
+def check(recipe: Recipe, env: Env, force: bool, log: Callable[[str], None], cpu_flops: float = 0.0) -> None:
     """Refuse (exit 2) a run whose memory estimate exceeds this machine's RAM (or GPU memory), or whose warm-up
     and first step would take over an hour on this CPU (`cpu_flops`: its float32 matmul rate, measured when 0);
     with `force`, say so in the log and go on."""

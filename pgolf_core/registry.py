@@ -1,9 +1,8 @@
-"""Plugin discovery and the per-run plugin manager.
+"""Plugin discovery, recipes with their plugins, and the per-run plugin manager.
 
 Built-in and third-party plugins are found the same way: the `pgolf.plugins` entry-point group,
-whose values point at plugin classes. A plugin class has `name`, `version`, `order` (lower runs
-first in collecting hooks; ties broken by name), an optional `Config` dataclass, and takes its
-validated config in `__init__`. Its methods decorated with `pgolf_core.hookimpl` are its hooks.
+whose values point at plugin classes: subclasses of `pgolf_core.Plugin`, whose docstring lists
+every attribute the core reads. Its methods decorated with `pgolf_core.hookimpl` are its hooks.
 
 Only plugins named (and enabled) in the recipe are registered: "disabled" means "not
 registered", so an ablation cannot leave half-active state behind.
@@ -28,7 +27,9 @@ from torch import nn
 
 from pgolf_core import hookspecs
 from pgolf_core.defaults import Defaults
-from pgolf_core.errors import PgolfError, RecipeError, did_you_mean
+from pgolf_core.exporter import ExportStack, export_stack
+from pgolf_core.recipe import read_recipe
+from pgolf_core.types import PgolfError, Plugin, Recipe, RecipeError, did_you_mean
 
 
 @dataclass
@@ -99,24 +100,26 @@ def check_plugin_class(cls: Any, source: PluginSource) -> None:
     check_hook_names(cls, source)
     if not inspect.isclass(cls) or issubclass(cls, nn.Module):
         problem = f"a torch module ({cls.__qualname__})" if inspect.isclass(cls) else f"{cls!r}, not a class"
+    elif not issubclass(cls, Plugin):
+        problem = f"{cls.__qualname__}, which is not a subclass of pgolf_core.Plugin"
     elif not hooks_of(cls):
         problem = f"{cls.__qualname__}, which has no pgolf_* hook method, so it would do nothing"
-    elif getattr(cls, "name", None) != source.name or not getattr(cls, "version", None):
+    elif cls.name != source.name or not cls.version:
         problem = f"{cls.__qualname__}, whose name or version is missing or not the plugin's"
     else:
         return
     pointer = f"entry point {source.name} = {source.entry}" if source.entry else "file's PLUGIN"
     raise PgolfError(
         f"plugin {source.name!r} (from {source.origin}): the {pointer} points at {problem}; point it at the plugin "
-        f'class (name = {source.name!r}, a version such as "0.1.0", hooks decorated with @pgolf_core.hookimpl)'
-        + (" in its pyproject.toml, then reinstall it" if source.entry else "")
+        f'class (a pgolf_core.Plugin with name = {source.name!r}, a version such as "0.1.0", hooks decorated with '
+        "@pgolf_core.hookimpl)" + (" in its pyproject.toml, then reinstall it" if source.entry else "")
     )
 
 
 def check_config_fields(cls: type, source: PluginSource) -> None:
     """A `Config` value without a type annotation is a plain class attribute, not a dataclass field:
     the setting would silently not exist (its TOML key an "unknown key")."""
-    config = getattr(cls, "Config", None)
+    config = cls.Config
     if not (isinstance(config, type) and dataclasses.is_dataclass(config)):
         return
     annotated = {k for c in inspect.getmro(config) for k in getattr(c, "__annotations__", {})}
@@ -141,13 +144,58 @@ def plugin_classes(names: Sequence[str], source: str, plugin_dirs: Sequence[str 
     return {name: load_class(available[name]) for name in names}
 
 
+def load_recipe(
+    path: str | Path | None,
+    overrides: Sequence[str] = (),
+    *,
+    enable: Sequence[str] = (),
+    disable: Sequence[str] = (),
+    smoke: bool = False,
+    plugin_dirs: Sequence[str | Path] = (),
+) -> Recipe:
+    """A recipe file read, validated and resolved with its plugins (installed, or files in `plugin_dirs`).
+
+    `overrides` are `section.key=value` strings (`plugins.ema.decay=0.998`), the value a TOML literal or
+    else a plain string; `enable`/`disable` switch plugin tables on and off; `smoke` shrinks the recipe
+    for a CPU (`pgolf_core.recipe.SMOKE_OVERRIDES`). Every check that needs no data or hardware runs here:
+    values, plugin settings, two plugins answering one exclusive hook, the codec, the export plan."""
+    classes = functools.partial(plugin_classes, plugin_dirs=plugin_dirs)
+    recipe = read_recipe(path, overrides, plugin_classes=classes, enable=enable, disable=disable, smoke=smoke)
+    plugin_parts(recipe, plugin_dirs)
+    return recipe
+
+
 def version_order(plugin: Any) -> dict[str, Any]:
-    """A plugin's (or plugin class's) version and order (100 unless it says; load_class made sure of a version)."""
-    return {"version": str(plugin.version), "order": int(getattr(plugin, "order", 100))}
+    """A plugin's (or plugin class's) version and order."""
+    return {"version": str(plugin.version), "order": int(plugin.order)}
 
 
 def plugin_order(plugin: Any) -> tuple[int, str]:
-    return (int(getattr(plugin, "order", 100)), plugin.name)
+    return (int(plugin.order), plugin.name)
+
+
+class Manager(pluggy.PluginManager):
+    """pluggy's manager, except that of a plugin with several forms it registers only the hooks of the
+    configured one (`Plugin.forms`): the other form's hooks do not exist for this run."""
+
+    def parse_hookimpl_opts(self, plugin: Any, name: str) -> Any:
+        form = plugin.forms(plugin.config) if isinstance(plugin, Plugin) else None
+        return None if form is not None and name not in form else super().parse_hookimpl_opts(plugin, name)
+
+
+@dataclass
+class Plugins:
+    """A run's plugin manager, its plugins in hook order, and the export parts they make up."""
+
+    pm: pluggy.PluginManager
+    ordered: list[Any]
+    export: ExportStack
+
+
+def plugin_parts(recipe: Recipe, plugin_dirs: Sequence[str | Path] = ()) -> Plugins:
+    """The recipe's plugins, loaded and checked together, and its export parts (format, codec, plan)."""
+    pm = create_manager(recipe, plugin_dirs)
+    return Plugins(pm, ordered_plugins(pm), export_stack(pm, recipe))
 
 
 def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> pluggy.PluginManager:
@@ -155,12 +203,12 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
 
     Two enabled plugins answering the same exclusive hook is an error naming both.
     """
-    pm = pluggy.PluginManager(hookspecs.PROJECT)
+    pm = Manager(hookspecs.PROJECT)
     pm.add_hookspecs(hookspecs)
     pm.register(Defaults(), name=Defaults.name)  # first registered = called last
     available = discover(plugin_dirs)
     classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
-    plugins = [_instantiate(cls, name, recipe) for name, cls in classes.items()]
+    plugins = [cls(recipe.plugins[name].config) for name, cls in classes.items()]
     # pluggy calls the most recently registered implementation first: register in reverse.
     for plugin in sorted(plugins, key=plugin_order, reverse=True):
         try:
@@ -180,18 +228,10 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     return pm
 
 
-def _instantiate(cls: type, name: str, recipe: Any) -> Any:
-    """A plugin's own validation (in `__init__`) reports where its settings came from."""
-    try:
-        return cls(recipe.plugins[name].config)
-    except (PgolfError, ValueError) as exc:  # third-party plugins validate with ValueError too
-        raise RecipeError(f"{recipe.source}: [plugins.{name}] {exc}") from exc
-
-
 def check_hook_names(cls: type, source: PluginSource) -> None:
     """Every `pgolf_*` method is a catalog hook marked `@hookimpl`: a misspelled name or a missing
     decorator would otherwise register nothing and fail silently."""
-    catalog = [name for phase in hookspecs.PHASES.values() for name in phase]
+    catalog = hookspecs.catalog()
     for attr in [attr for attr in dir(cls) if attr.startswith("pgolf_") and callable(getattr(cls, attr))]:
         where = f"plugin {source.name!r} (from {source.origin}): method {attr}"
         if attr not in catalog:
@@ -218,7 +258,7 @@ def describe(plugin_dirs: Sequence[str | Path] = ()) -> list[dict[str, Any]]:
         row: dict[str, Any] = {"name": name, "origin": source.origin}
         try:
             cls = load_class(source)
-            config = getattr(cls, "Config", None)
+            config = cls.Config
             row.update(
                 **version_order(cls),
                 hooks=hooks_of(cls),

@@ -15,32 +15,16 @@ declared role gets the baseline's rule (`group_of`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 from torch import Tensor, nn
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import ParamRole, PgolfError, Roles
 
 GROUPS = ("token", "matrix", "scalar", "head")
 
 
-@dataclass(frozen=True)
-class ParamRole:
-    """`group`: optimizer group ("token", "matrix" = Muon, "scalar", "head"; None = the rule).
-    `control`: a small control tensor: scalar group, fp32 under the bf16 cast, fp32 in export.
-    `adam`: an Adam of its own (`lr`, `betas_2`, `weight_decay`), outside every group.
-    `zero_init`: zeroed after the build (output projections)."""
-
-    group: str | None = None
-    control: bool = False
-    adam: Mapping[str, float] | None = None
-    zero_init: bool = False
-
-
 NO_ROLE = ParamRole()
-Roles = Mapping[str, ParamRole]
 
 
 def declare_role(module: nn.Module, param: str, **role: Any) -> None:

@@ -14,7 +14,6 @@ import copy
 import dataclasses
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,41 +24,12 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from pgolf_core import evaluation, exporter, manifest, preflight, rundir
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.model import count_parameters
-from pgolf_core.optim import Optimizers, build_optimizers, lr_scale, muon_momentum
-from pgolf_core.recipe import Recipe, grad_accum_steps
-from pgolf_core.roles import ParamRole
+from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
+from pgolf_core.recipe import grad_accum_steps
+from pgolf_core.registry import plugin_parts
 from pgolf_core.runlog import RunLog, write_json_atomic
-from pgolf_core.setup import (
-    Data,
-    build,
-    eval_rows,
-    load_data,
-    load_plugins,
-    load_weights,
-    setup_env,
-)
-
-
-@dataclass
-class TrainState:
-    """What train and eval hooks see. `report(key, value)` logs `key:value` and records a metric."""
-
-    recipe: Recipe
-    model: torch.nn.Module  # the uncompiled base model (its parameters are the trained ones)
-    optimizers: Optimizers
-    env: evaluation.Placement  # device, rank, world size, autocast, process group
-    log: RunLog
-    roles: dict[str, ParamRole] = field(default_factory=dict)
-    step: int = 0
-    lr_scale: float = 1.0
-    elapsed_ms: float = 0.0
-    out_dir: Path | None = None
-    reports: dict[str, Any] = field(default_factory=dict)
-
-    def report(self, key: str, value: Any) -> None:
-        self.reports[key] = value
-        self.log.log(f"{key}:{value}")
-        self.log.metric(event="plugin", step=self.step, key=key, value=value)
+from pgolf_core.setup import Data, build, eval_rows, load_data, load_weights, setup_env
+from pgolf_core.types import Env, Recipe, RunFault, TrainState, ValChunk
 
 
 def train(
@@ -105,7 +75,10 @@ class Run:
         self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
         preflight.check(recipe, env, force, log.log)
-        self.plugins = load_plugins(recipe, log.log, plugin_dirs)
+        self.plugins = plugin_parts(recipe, plugin_dirs)
+        for plugin in self.plugins.ordered:  # each plugin's settings, as the resolved recipe has them
+            settings = recipe.to_dict()["plugins"][plugin.name]
+            log.log(f"{plugin.name}: " + " ".join(f"{k}:{v}" for k, v in settings.items() if k != "enabled"))
         self.data = data = load_data(recipe, env, log.log)
         log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={data.tokenizer_path}")
         log.log(f"train_loader:dataset:{data.train_files[0].parent.name} train_shards:{len(data.train_files)}")
@@ -132,11 +105,16 @@ class Run:
             f"max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}"
         )
         log.log(f"seed:{recipe.run.seed}")
-        self.state = TrainState(recipe, self.base, optimizers, env, log, roles, out_dir=self.out)
+        self.state = TrainState(recipe, self.base, optimizers, env, roles, out_dir=self.out, on_report=self.on_report)
         self.val_rows = eval_rows(recipe, env)
         self.noncompliance = noncompliance(self.plugins.pm)
         if self.noncompliance:
             log.log(f"WARNING: eval not compliant: {self.noncompliance}")
+
+    def on_report(self, key: str, value: Any, step: int) -> None:
+        """A plugin's `report(key, value)`: a log line and a metric."""
+        self.log.log(f"{key}:{value}")
+        self.log.metric(event="plugin", step=step, key=key, value=value)
 
     def claim(self, claim: rundir.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""
@@ -271,7 +249,7 @@ class Run:
         self.log.log(f"stopping: {msg}")
         if self.env.rank == 0:
             write_json_atomic(self.out / "summary.json", summary)
-        raise rundir.RunFault(f"{msg} (summary: {self.out / 'summary.json'})")
+        raise RunFault(f"{msg} (summary: {self.out / 'summary.json'})")
 
     def log_train_loss(self, step: int, train_loss: torch.Tensor, approx_ms: float) -> None:
         cfg = self.recipe.train
@@ -359,7 +337,7 @@ def score(
     pm: Any,
     data: Data,
     models: tuple,
-    where: evaluation.Placement,
+    where: Env,
     rows: int,
     log: Any,
     report: Callable[[str, Any], None],
@@ -377,13 +355,13 @@ def score(
         return rt, None
     if noncompliance(pm):
         t0, tokens = time.perf_counter(), d.val_tokens.to(device=where.device, dtype=torch.int64)
-        pm.hook.pgolf_eval_prescore(model=base, chunk=evaluation.ValChunk(tokens, 0, 1, where, False, report))
+        pm.hook.pgolf_eval_prescore(model=base, chunk=ValChunk(tokens, 0, 1, where, False, report, d.eval_seq))
         report("eval/prescore_seconds", time.perf_counter() - t0)
     adapt = None
     if adapters:
         log(f"eval_adapt: {','.join(adapters)} after each scored chunk of {e.chunk_tokens} tokens")
 
-        def adapt(chunk: evaluation.ValChunk) -> None:
+        def adapt(chunk: ValChunk) -> None:
             chunk.report = report
             pm.hook.pgolf_eval_adapt(model=base, chunk=chunk)
 

@@ -16,29 +16,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 LOCK = ".pgolf.lock"
 FINISHED = "summary.json"
 # What a run writes: replaced wholesale when an unfinished (or --overwrite'n) directory is reused.
 SET_ASIDE = ".replaced"  # the finished run that --overwrite replaces, kept until the new run has its summary
 RUN_FILES = (FINISHED, "train.log", "metrics.jsonl", "recipe.resolved.toml", "final_model.pt", "final_model.ptz")
-
-
-class RunFault(Exception):
-    """The run started and then failed (non-finite loss, a write that failed): exit 1."""
-
-
-class WriteFault(OSError):
-    """Writing one of the run's files failed (disk full, I/O error); the file is named."""
-
-    def __init__(self, path: str | Path, exc: OSError):
-        self.message = f"could not write {path}: {exc.strerror or exc}"
-        super().__init__(exc.errno, self.message)
-        self.filename = str(path)
-
-    def __str__(self) -> str:
-        return self.message
 
 
 def _owner(out: Path) -> tuple[int, str] | None:

@@ -14,7 +14,8 @@ from rich import progress as rp
 from rich.console import Console
 
 from pgolf_core.artifact import write_atomic
-from pgolf_core.rundir import WriteFault, strict_json
+from pgolf_core.rundir import strict_json
+from pgolf_core.types import WriteFault
 
 
 class RunLog:

@@ -14,25 +14,22 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pluggy
 import torch
 import torch.distributed as dist
 
 from pgolf_core.attention import resolve_backend
-from pgolf_core.build import build_model_with, configure, model_spec
+from pgolf_core.build import build_model_with, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import check_shards, shard_files
-from pgolf_core.errors import PgolfError
-from pgolf_core.evaluation import Placement
-from pgolf_core.exporter import ExportStack, export_stack
 from pgolf_core.model import GPT, apply_training_precision
-from pgolf_core.recipe import Recipe, grad_accum_steps
-from pgolf_core.registry import create_manager, ordered_plugins
-from pgolf_core.roles import ParamRole, collect_roles
+from pgolf_core.recipe import grad_accum_steps
+from pgolf_core.registry import Plugins
+from pgolf_core.roles import collect_roles
+from pgolf_core.types import Env, ParamRole, PgolfError, Recipe
 
 
-def setup_env(device_pref: str) -> Placement:
+def setup_env(device_pref: str) -> Env:
     """Where the run executes, from torchrun's environment: NCCL on CUDA, gloo on CPU; bf16 autocast on CUDA."""
     distributed = "RANK" in os.environ and "WORLD_SIZE" in os.environ
     rank, world = int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
@@ -52,30 +49,15 @@ def setup_env(device_pref: str) -> Placement:
         torch.set_flush_denormal(True)
     if distributed and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return Placement(device, rank, world, torch.bfloat16 if use_cuda else None, distributed)
+    return Env(device, rank, world, torch.bfloat16 if use_cuda else None, distributed)
 
 
-def eval_rows(recipe: Recipe, env: Placement) -> int:
+def eval_rows(recipe: Recipe, env: Env) -> int:
     """Sequences per eval batch on each rank, as the records split `eval.batch_tokens` (over ranks
     and accumulation steps); `pgolf eval` uses the same, so it scores the run's batches exactly."""
     accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
     per_rank = recipe.eval.batch_tokens // (env.world_size * accum)
     return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
-
-
-@dataclass
-class Plugins:
-    """The run's plugin manager, its plugins in hook order, and the export parts they make up."""
-
-    pm: pluggy.PluginManager
-    ordered: list[Any]
-    export: ExportStack
-
-
-def load_plugins(recipe: Recipe, log: Any, plugin_dirs: tuple = ()) -> Plugins:
-    pm = create_manager(recipe, plugin_dirs)
-    configure(recipe, pm, log=log)
-    return Plugins(pm, ordered_plugins(pm), export_stack(pm, recipe))
 
 
 @dataclass
@@ -89,7 +71,7 @@ class Data:
     eval_seq: int
 
 
-def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> Data:
+def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
     """The recipe's shards and tokenizer (the embedded sample data when `data.path` is empty), checked,
     the validation tokens and the byte tables."""
     cfg = recipe.data
@@ -127,7 +109,7 @@ def load_data(recipe: Recipe, env: Placement, log: Any, train: bool = True) -> D
     return Data(train_files, tokenizer, val, tables, seq)
 
 
-def build(recipe: Recipe, plugins: Plugins, env: Placement, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
+def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
     """The model on CPU in fp32 with the plugins' modules, its roles collected once, then moved and
     (on GPU) cast to the records' precision: bf16 but Linear weights and control tensors fp32."""
     backend, why = resolve_backend(recipe.model.attention, env.device.type)

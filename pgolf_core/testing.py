@@ -1,7 +1,7 @@
 """The plugin contract, importable by any plugin's tests (pytest or unittest): every built-in plugin
 passes it in tests/plugins/test_contract.py, and a third-party plugin is checked exactly the same way.
 
-    contract = PluginContract("my_gate", settings={"width": 12})
+    contract = PluginContract("my_gate")     # its tiny run as the plugin's `TINY` says
     contract.check_all(tmp_path)
 
 Each check exists because its failure is silent in a real run:
@@ -23,15 +23,14 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Sequence
-from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
-if TYPE_CHECKING:
-    from pgolf_core.model import GPT
+from pgolf_core.types import Model, Tiny
 
 # The tiny run of the contract: 4 layers (so per-layer plugins have layers to pick), 6 steps, one untimed
 # warm-up step, a warmdown over the last 4 steps (so lr-scale thresholds are crossed), no periodic validation.
@@ -51,65 +50,61 @@ _REFERENCE_RUNS: dict[tuple, dict] = {}  # runs without the plugin, shared by th
 
 @dataclasses.dataclass
 class PluginContract:
-    """The contract of one plugin, as discovered under `name`, on the tiny run (`TINY`).
-
-    `settings` is its `[plugins.<name>]` table (chosen so that it acts within 6 steps and 4 layers);
-    `partners` are plugins enabled in both runs (one it needs to act: gptq_lite needs int6_export);
-    `overrides` are `--set` overrides for both runs, `overrides_with` for the run with the plugin only
-    (a codec acts when `export.compressor` names it); `plugin_dirs` are folders of plugin files, as
-    `--plugins-dir`. `loss_effect`/`bytes_effect`: what "has an effect" must exceed.
+    """The contract of one plugin, as discovered under `name` (also in `plugin_dirs`, as `--plugins-dir`), on
+    the tiny run (`TINY` above, then the plugin's own `Plugin.TINY`: its settings, chosen so that it acts within
+    6 steps and 4 layers, the partners enabled in both runs, the overrides). `loss_effect`/`bytes_effect`: what
+    "has an effect" must exceed.
     """
 
     name: str
-    settings: dict[str, Any] = dataclasses.field(default_factory=dict)
-    partners: Sequence[str] = ()
-    overrides: Sequence[str] = ()
-    overrides_with: Sequence[str] = ()
     plugin_dirs: Sequence[str | Path] = ()
     loss_effect: float = LOSS_EFFECT
     bytes_effect: int = BYTES_EFFECT
 
+    @functools.cached_property
+    def tiny(self) -> Tiny:
+        from pgolf_core.registry import discover, load_class
+
+        return load_class(discover(self.plugin_dirs)[self.name]).TINY
+
     def recipe(self, tmp_path: Path, with_plugin: bool = True, extra: Sequence[str] = ()) -> Any:
         """The tiny recipe with the partners (and the plugin), its settings and the overrides."""
-        from pgolf_core.recipe import dump_toml, load_recipe
+        from pgolf_core.registry import load_recipe
+        from pgolf_core.types import dump_toml
 
-        names = [*self.partners, self.name] if with_plugin else list(self.partners)
-        tables = {n: dict(self.settings) if n == self.name else {} for n in names}
+        tiny = self.tiny
+        names = [*tiny.partners, self.name] if with_plugin else list(tiny.partners)
+        tables = {n: dict(tiny.settings) if n == self.name else {} for n in names}
         Path(tmp_path).mkdir(parents=True, exist_ok=True)
         path = Path(tmp_path) / f"{'-'.join(names) or 'none'}.toml"
         path.write_text(dump_toml({"plugins": tables}))
-        overrides = [*TINY, *self.overrides, *(self.overrides_with if with_plugin else ()), *extra]
-        return load_recipe(path, overrides, plugin_classes=self._classes())
-
-    def _classes(self) -> Any:
-        from pgolf_core.registry import plugin_classes
-
-        return partial(plugin_classes, plugin_dirs=tuple(self.plugin_dirs))
+        overrides = [*TINY, *tiny.overrides, *(tiny.overrides_with if with_plugin else ()), *extra]
+        return load_recipe(path, overrides, plugin_dirs=self.plugin_dirs)
 
     def check_config(self, tmp_path: Path) -> None:
         """The settings survive a TOML round trip of the whole recipe; an unknown key is refused
         (or, for a plugin without a `Config`, any key: "takes no settings")."""
-        from pgolf_core.errors import RecipeError
-        from pgolf_core.recipe import load_recipe
+        from pgolf_core.registry import load_recipe
+        from pgolf_core.types import RecipeError
 
         tmp_path = Path(tmp_path)
         recipe = self.recipe(tmp_path)
         config = recipe.plugins[self.name].config
         again_path = tmp_path / "again.toml"
         again_path.write_text(recipe.to_toml())
-        again = load_recipe(again_path, plugin_classes=self._classes()).plugins[self.name].config
+        again = load_recipe(again_path, plugin_dirs=self.plugin_dirs).plugins[self.name].config
         assert again == config, f"{self.name}: config {config!r} reads back from TOML as {again!r}"  # (field by field)
         bad = tmp_path / "bad.toml"
         bad.write_text(f"[plugins.{self.name}]\nno_such_key_xyz = 1\n")
         expected = "unknown key 'no_such_key_xyz'" if config is not None else "takes no settings"
         try:
-            load_recipe(bad, plugin_classes=self._classes())
+            load_recipe(bad, plugin_dirs=self.plugin_dirs)
         except RecipeError as exc:
             assert expected in str(exc), f"{self.name}: an unknown key gives {exc!s}, expected {expected!r} in it"
         else:
             raise AssertionError(f"{self.name}: [plugins.{self.name}] no_such_key_xyz = 1 was accepted")
 
-    def model(self, tmp_path: Path) -> GPT:
+    def model(self, tmp_path: Path) -> Model:
         """The tiny model with the plugin (and partners), in training mode, uncompiled."""
         from pgolf_core.build import build_model
         from pgolf_core.registry import create_manager
@@ -184,7 +179,7 @@ class PluginContract:
         from pgolf_core.run import train
 
         tmp_path = Path(tmp_path)
-        key = (tuple(self.partners), tuple(self.overrides), tuple(map(str, self.plugin_dirs)))
+        key = (self.tiny.partners, self.tiny.overrides, tuple(map(str, self.plugin_dirs)))
         if key not in _REFERENCE_RUNS:
             ref = self.recipe(tmp_path / "without", with_plugin=False)
             _REFERENCE_RUNS[key] = train(ref, tmp_path / "without" / "run", interactive=False)

@@ -14,19 +14,20 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import CastedLinear, declare_role, hookimpl
+from pgolf_core import CastedLinear, ModelSpec, Order, Plugin, Range, Tiny, declare_role, hookimpl
 
 MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
 
 @dataclass
 class Config:
-    buckets: int = 2048
-    dim: int = 128
+    buckets: Annotated[int, Range(2)] = 2048
+    dim: Annotated[int, Range(1)] = 128
     scale_init: float = 0.05
 
 
@@ -51,42 +52,28 @@ class BigramHashEmbedding(nn.Module):
         nn.init.zeros_(self.embed.weight)
         self.proj = make_linear(dim, model_dim) if dim != model_dim else None
         if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(cast(Tensor, self.proj.weight))
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
-        h = self.embed(bigram_buckets(input_ids, self.buckets))
+        h: Tensor = self.embed(bigram_buckets(input_ids, self.buckets))
         if self.proj is not None:
             h = self.proj(h)
         return x + h * self.scale.to(dtype=h.dtype)
 
 
-class BigramHash:
+class BigramHash(Plugin):
     """Hashed bigram embedding added before the embedding norm."""
 
     name = "bigram_hash"
     version = "0.1.0"
-    order = 10
-    Config = Config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        for key, lowest in (("buckets", 2), ("dim", 1)):
-            if getattr(config, key) < lowest:
-                raise ValueError(f"bigram_hash: {key}={getattr(config, key)}: expected >= {lowest}")
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+    order = Order.EMBED_RAW
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"buckets": 64, "dim": 16})
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        c = self.config
-        run.log(f"bigram_hash/table:{c.buckets}x{c.dim} scale_init:{c.scale_init}")
-
-    @hookimpl
-    def pgolf_embed(self, spec):
+    def pgolf_embed(self, spec: ModelSpec) -> nn.Module:
         c = self.config
         # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
         module = BigramHashEmbedding(

@@ -28,9 +28,9 @@ back to lzma). Level: `[export] level` (0..11; the records use 11).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Annotated, Any
 
-from pgolf_core import Codec, PgolfError, hookimpl
+from pgolf_core import Codec, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
 MAGIC = b"BSHF"
 LEVELS = (0, 11)
@@ -81,7 +81,8 @@ def make_codec(stride: int = 2, header_bytes: int = 1) -> Codec:
     def encode(raw: bytes, level: int) -> bytes:
         if not LEVELS[0] <= level <= LEVELS[1]:
             raise PgolfError(f"brotli: level={level}: expected a quality in {LEVELS[0]}..{LEVELS[1]}")
-        return load_brotli().compress(shuffle(raw, stride, header_bytes), quality=level)
+        blob: bytes = load_brotli().compress(shuffle(raw, stride, header_bytes), quality=level)
+        return blob
 
     def decode(blob: bytes) -> bytes:
         brotli = load_brotli()
@@ -96,33 +97,32 @@ def make_codec(stride: int = 2, header_bytes: int = 1) -> Codec:
 
 @dataclass
 class Config:
-    stride: int = 2  # bytes per shuffle period (the records: 2, the width of fp16)
-    header_bytes: int = 1  # 1: PR #1089 (and #1797/#1851) header; 2: PR #1204 header
+    stride: Annotated[int, Range(2, 255)] = 2  # bytes per shuffle period (the records: 2, the width of fp16)
+    header_bytes: Annotated[int, Range(1, 2)] = 1  # 1: PR #1089 (and #1797/#1851) header; 2: PR #1204 header
 
 
-class Brotli:
+class Brotli(Plugin):
     """Byte shuffle + brotli-11 (PR #1089 / #1204)."""
 
+    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
     name = "brotli"
     version = "0.1.0"
-    order = 990
-    Config = Config
+    order = Order.CODEC
+    # A codec acts when the recipe picks it: the run with the plugin writes brotli-11 (the run without it keeps
+    # the default zlib-9; the recipe could not name brotli without the plugin).
+    TINY = Tiny(overrides_with=("export.compressor=brotli", "export.level=11"))
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if not 2 <= config.stride <= 255:
-            raise PgolfError(f"brotli: stride={config.stride}: expected 2..255")
-        if config.header_bytes not in (1, 2):
-            raise PgolfError(f"brotli: header_bytes={config.header_bytes}: expected 1 (PR #1089) or 2 (PR #1204)")
-        export = getattr(recipe, "export", None)
-        if export is not None and export.compressor == "brotli":
-            load_brotli()  # a missing package is found at recipe load, before anything is trained
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """A missing brotli package is found at recipe load, before anything is trained."""
+        if recipe.export.compressor == "brotli":
+            try:
+                load_brotli()
+            except PgolfError:
+                raise PgolfError(f'export.compressor="brotli": {MISSING}') from None
 
     @hookimpl
     def pgolf_codecs(self) -> list[Codec]:
         return [make_codec(self.config.stride, self.config.header_bytes)]
+
+    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

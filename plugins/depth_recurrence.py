@@ -19,16 +19,17 @@ PR #1204. The records reserve 12 s of the cap for GPTQ when computing the fracti
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
-from pgolf_core import hookimpl
+from pgolf_core import Model, ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, TrainState, hookimpl
 
 
 @dataclass
 class Config:
-    loop_start: int = 3  # first looped block
-    loop_end: int = 5  # last looped block (inclusive)
-    num_loops: int = 2  # extra passes over [loop_start, loop_end]
-    start_frac: float = 0.35  # share of training after which the loop runs
+    loop_start: Annotated[int, Range(0)] = 3  # first looped block
+    loop_end: Annotated[int, Range(0)] = 5  # last looped block (inclusive; loop_start..model.num_layers - 1)
+    num_loops: Annotated[int, Range(1)] = 2  # extra passes over [loop_start, loop_end]
+    start_frac: Annotated[float, Range(0, 1)] = 0.35  # share of training after which the loop runs
 
 
 def looped_order(num_layers: int, c: Config) -> list[int]:
@@ -36,42 +37,32 @@ def looped_order(num_layers: int, c: Config) -> list[int]:
     return [*range(c.loop_start), *segment * (c.num_loops + 1), *range(c.loop_end + 1, num_layers)]
 
 
-class DepthRecurrence:
+class DepthRecurrence(Plugin):
     """Loop blocks loop_start..loop_end num_loops more times once start_frac of training has passed."""
 
     name = "depth_recurrence"
     version = "0.1.0"
-    order = 50
-    Config = Config
+    order = Order.MODEL
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac": 0.5})
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        last = (model.num_layers if model is not None else config.loop_end + 1) - 1
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        last = recipe.model.num_layers - 1
         if not 0 <= config.loop_start <= config.loop_end <= last:
-            raise ValueError(
+            raise PgolfError(
                 f"loop_start={config.loop_start} loop_end={config.loop_end}: "
                 f"expected 0 <= loop_start <= loop_end <= {last}"
             )
-        if config.num_loops < 1:
-            raise ValueError(f"num_loops={config.num_loops}: expected >= 1")
-        if not 0.0 <= config.start_frac <= 1.0:
-            raise ValueError(f"start_frac={config.start_frac}: expected a fraction in [0, 1]")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        order = looped_order(run.recipe.model.num_layers, self.config)
-        run.log(f"depth_recurrence/order:{','.join(map(str, order))} from:{self.config.start_frac}")
-
-    @hookimpl
-    def pgolf_model_built(self, model, spec) -> None:
+    def pgolf_model_built(self, model: Model, spec: ModelSpec) -> None:
         model.set_layer_orders([looped_order(spec.num_layers, self.config)])
         model.layer_phase = 1  # a built model (pgolf eval, export) is the looped one; the warm-up resets it
 
     @hookimpl
-    def pgolf_step_start(self, state) -> None:
+    def pgolf_step_start(self, state: TrainState) -> None:
         cfg = state.recipe.train
         cap_ms = 1000.0 * cfg.max_wallclock_seconds
         frac = state.elapsed_ms / cap_ms if cap_ms > 0 else state.step / max(cfg.iterations, 1)
@@ -82,5 +73,5 @@ class DepthRecurrence:
                 state.report("depth_recurrence/on_at_step", state.step)
 
     @hookimpl
-    def pgolf_fit_end(self, state) -> None:
+    def pgolf_fit_end(self, state: TrainState) -> None:
         state.model.layer_phase = 1

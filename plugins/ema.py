@@ -17,44 +17,40 @@ but never used them, so its recipe enables `ema` and leaves `swa` disabled.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch
+from torch import Tensor
 
-from pgolf_core import hookimpl
+from pgolf_core import Order, Plugin, Range, TrainState, hookimpl
 
 
 @dataclass
 class Config:
-    decay: float = 0.997
+    decay: Annotated[float, Range(0, 1, open="both")] = 0.997  # 0 would keep the live weights, 1 the init
 
 
-class EMA:
+class EMA(Plugin):
     """Exponential moving average of the weights (fp32 shadow), applied after training."""
 
     name = "ema"
     version = "0.1.0"
-    order = 80
+    order = Order.AVERAGE
     conflicts = ("swa",)  # both choose the final weights (pgolf ablate skips such variants)
-    Config = Config
+    Config: TypeAlias = Config
+    config: Config
     # `--smoke` trains a few hundred steps: a 333-step horizon would average mostly the init.
     SMOKE = {"decay": 0.95}
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs): decay 0 keeps the live weights, 1 the init."""
-        if not 0.0 < config.decay < 1.0:
-            raise ValueError(f"ema: decay={config.decay}: expected a value in (0, 1)")
-
     def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+        super().__init__(config)
         self.names: list[str] = []
-        self.live: list[torch.Tensor] = []  # the live tensors themselves (Parameters/buffers)
-        self.shadow: list[torch.Tensor] | None = None
+        self.live: list[Tensor] = []  # the live tensors themselves (Parameters/buffers)
+        self.shadow: list[Tensor] | None = None
         self.updates = 0
 
     @hookimpl
-    def pgolf_step_start(self, state) -> None:
+    def pgolf_step_start(self, state: TrainState) -> None:
         if self.shadow is not None:
             return
         live = state.model.state_dict(keep_vars=True)  # keep_vars: survives `param.data = ...`
@@ -63,7 +59,7 @@ class EMA:
             self.shadow = [t.detach().float().clone() for t in self.live]
 
     @hookimpl
-    def pgolf_post_step(self, state) -> None:
+    def pgolf_post_step(self, state: TrainState) -> None:
         if self.shadow is None:
             return
         decay = self.config.decay
@@ -73,7 +69,7 @@ class EMA:
         self.updates += 1
 
     @hookimpl
-    def pgolf_final_weights(self, state):
+    def pgolf_final_weights(self, state: TrainState) -> dict[str, Tensor] | None:
         if self.shadow is None:
             return None
         state.report("ema/applied", self.updates)

@@ -23,19 +23,38 @@ Source: PR #414. Reported: -0.0006 bpb vs rowmax int6 at zero training cost.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
-from pgolf_core import PgolfError, Roles, TensorPlan, hookimpl, is_control, quant
+from pgolf_core import (
+    ExportContext,
+    ExportPlan,
+    Order,
+    PgolfError,
+    Plugin,
+    Range,
+    Recipe,
+    Roles,
+    TensorPlan,
+    Tiny,
+    hookimpl,
+    is_control,
+    quant,
+)
 
 INT6_MAX = 31
+Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
 
 
 @dataclass
 class Config:
-    percentiles: list[float] = field(default_factory=lambda: [0.9990, 0.9995, 0.9999, 0.99999, 1.0])
-    categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # = int6_export.int6_categories
+    # Each in (0, 1]; at least one (`GptqLite.check`).
+    percentiles: Annotated[list[float], Range(0, 1, open="low")] = field(
+        default_factory=lambda: [0.9990, 0.9995, 0.9999, 0.99999, 1.0]
+    )
+    categories: list[Category] = field(default_factory=lambda: ["mlp", "attn"])  # = int6_export.int6_categories
 
 
 def row_quantiles(a: Tensor, percentiles: list[float]) -> list[Tensor]:
@@ -46,7 +65,7 @@ def row_quantiles(a: Tensor, percentiles: list[float]) -> list[Tensor]:
     ranks = {p: torch.tensor([p], dtype=torch.float32) * last for p in percentiles if p < 1.0}
     lowest = min((int(r.long().item()) for r in ranks.values()), default=last)
     top = torch.topk(a, n - lowest, dim=1, largest=True, sorted=True).values  # sorted[:, i] = top[:, last - i]
-    out = []
+    out: list[Tensor] = []
     for p in percentiles:
         if p >= 1.0:
             out.append(top[:, 0].contiguous())
@@ -92,27 +111,27 @@ def search_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
     return quant.max_tensor(w.float(), INT6_MAX, INT6_MAX)
 
 
-class GptqLite:
+class GptqLite(Plugin):
     """Per-matrix clip-percentile search for the int6 exporter (PR #414)."""
 
+    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
     name = "gptq_lite"
     version = "0.1.0"
-    order = 900  # after plugins that change weights before export (e.g. pruning)
-    Config = Config
+    order = Order.EXPORT_PLAN  # after plugins that change weights before export (e.g. pruning)
+    # The tiny run's 32-dim matrices are all under the default 65,536-element float-passthrough limit, so the
+    # exporter would have nothing to quantize; the clip percentiles only differ from the row max on rows longer
+    # than ~100 weights whose max exceeds 1 (the scale floor is 1/31): 128-wide rows, a large matrix lr.
+    # It plans for int6_export, enabled in both runs.
+    TINY = Tiny(
+        partners=("int6_export",),
+        overrides=("export.keep_float_max_numel=256", "model.model_dim=128", "train.matrix_lr=1.0"),
+    )
 
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        ps = config.percentiles
-        if not ps or any(not 0.0 < p <= 1.0 for p in ps):
-            raise PgolfError(f"gptq_lite: percentiles={ps}: expected a non-empty list of values in (0, 1]")
-        unknown = sorted(set(config.categories) - {"embed", "mlp", "attn", "other"})
-        if unknown:
-            raise PgolfError(f"gptq_lite: unknown categories {unknown} (embed, mlp, attn, other)")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """What the field types cannot say: at least one percentile."""
+        if not config.percentiles:
+            raise PgolfError(f"percentiles={config.percentiles}: expected a non-empty list of values in (0, 1]")
 
     def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, roles: Roles) -> bool:
         return (
@@ -124,7 +143,7 @@ class GptqLite:
         )
 
     @hookimpl
-    def pgolf_export_plan(self, plan, weights, ctx):
+    def pgolf_export_plan(self, plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
         keep_max = ctx.recipe.export.keep_float_max_numel
         counts = {str(p): 0 for p in self.config.percentiles}
         per_tensor = 0
@@ -142,3 +161,5 @@ class GptqLite:
         if per_tensor:
             counts["per_tensor_max"] = per_tensor
         ctx.report("gptq_lite/percentiles", counts)
+
+    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

@@ -39,26 +39,43 @@ gains -0.0006 bpb over rowmax (PR #414). Dequantized weights come back in the li
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
 
-from pgolf_core import FORMAT_KEY, ExportFormat, PgolfError, Roles, TensorPlan, hookimpl, is_control, quant
+from pgolf_core import (
+    FORMAT_KEY,
+    ExportFormat,
+    ExportPlan,
+    Order,
+    PgolfError,
+    Plugin,
+    Recipe,
+    Roles,
+    TensorPlan,
+    Tiny,
+    hookimpl,
+    is_control,
+    quant,
+)
 
 INT6_MAX = 31
 MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")
 ALL_FORMAT = "int6_in_int8_per_row_v1"
 ALL_FORMATS = (ALL_FORMAT, "int8_clean_per_row_v1")  # PR #194's tag, PR #63's tag
 NO_PLAN = TensorPlan()
+Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
+RowRule = Literal["auto", "rowmax", "rowmax_eps", "quantile", "plan"]
 
 
 @dataclass
 class Config:
-    scheme: str = "mixed"  # mixed (PR #297/#374/#414) | all (PR #63/#194)
-    int6_categories: list[str] = field(default_factory=lambda: ["mlp", "attn"])  # mixed only
-    row_rule: str = "auto"  # int6 grid without a plan clip: auto | rowmax | rowmax_eps | quantile | plan (see above)
+    scheme: Literal["mixed", "all"] = "mixed"  # mixed (PR #297/#374/#414) | all (PR #63/#194)
+    int6_categories: list[Category] = field(default_factory=lambda: ["mlp", "attn"])  # mixed only
+    row_rule: RowRule = "auto"  # int6 grid without a plan clip (see above)
     fp16_keep: list[str] = field(default_factory=list)  # name substrings kept fp16 (#63/#194: tok_emb)
     control_fp32: bool = False  # mixed only; true: the fix, control tensors stay fp32 even when small
 
@@ -111,7 +128,7 @@ def row_clipped(t32: Tensor, clip: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
     return torch.nan_to_num(q, nan=0.0).to(torch.int8), scale
 
 
-def _row_clip(name: str, t: Tensor, entry: TensorPlan, qmax: int, stats: dict) -> tuple[Tensor, Tensor]:
+def _row_clip(name: str, t: Tensor, entry: TensorPlan, qmax: int, stats: dict[str, int]) -> tuple[Tensor, Tensor]:
     """A tensor quantized with the plan's row clip (checked), or the plan's own q/scale if it has them."""
     clip = entry.row_clip
     assert clip is not None
@@ -146,7 +163,9 @@ def _planned(name: str, t: Tensor, entry: TensorPlan) -> tuple[Tensor, Tensor]:
     return _checked(name, t, q, s)
 
 
-def _int6(name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: float, stats: dict) -> tuple:
+def _int6(
+    name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: float, stats: dict[str, int]
+) -> tuple[Tensor, Tensor]:
     """One tensor's int6 integers and scales: the plan's clip if any, else `rule`."""
     if entry.row_clip is not None:
         return _row_clip(name, t, entry, INT6_MAX, stats)
@@ -164,19 +183,20 @@ def _int6(name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: flo
 
 
 def quantize(
-    weights: dict[str, Tensor],
+    weights: Mapping[str, Tensor],
     config: Config,
     *,
     roles: Roles,
     keep_float_max_numel: int = 65_536,
     clip_quantile: float = 0.9999984,
-    plan: dict[str, TensorPlan] | None = None,
+    plan: ExportPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The export object of `config.scheme` and counts per treatment (see the module docstring)."""
     plan = plan or {}
     rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
     planned = {k for k, v in plan.items() if v.clip_percentile is not None}
     clipped = {k for k, v in plan.items() if v.row_clip is not None}
+    quantized: set[str]
     if config.scheme == "mixed":
         obj, stats, int6_names, quantized = _quantize_mixed(
             weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
@@ -201,7 +221,15 @@ def quantize(
     return obj, stats
 
 
-def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan):
+def _quantize_mixed(
+    weights: Mapping[str, Tensor],
+    config: Config,
+    rule: str,
+    roles: Roles,
+    keep_max: int,
+    clip_quantile: float,
+    plan: ExportPlan,
+) -> tuple[dict[str, Any], dict[str, int], set[str], set[str]]:
     result: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
     kinds = ("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8", "row_clip")
@@ -239,7 +267,15 @@ def _quantize_mixed(weights, config, rule, roles, keep_max, clip_quantile, plan)
     return {"w": result, "m": meta}, stats, int6_names, int6_names | int8_names
 
 
-def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
+def _quantize_all(
+    weights: Mapping[str, Tensor],
+    config: Config,
+    rule: str,
+    roles: Roles,
+    keep_max: int,
+    clip_quantile: float,
+    plan: ExportPlan,
+) -> tuple[dict[str, Any], dict[str, int], set[str]]:
     quantized: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
     dtypes: dict[str, str] = {}
@@ -287,7 +323,7 @@ def _quantize_all(weights, config, rule, roles, keep_max, clip_quantile, plan):
     return obj, stats, int6_names
 
 
-def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None) -> dict[str, Tensor]:
+def dequantize(obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:
     """Weights from either scheme's object (pgolf's or a record's), in `dtypes` (name → dtype of
     the live model) when given, else in the dtypes the object records (mixed: float32 for int6/int8,
     the stored dtype for passthrough)."""
@@ -308,7 +344,7 @@ def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None
         raise PgolfError(f"int6_export: not an int6 export object (format {obj.get('__quant_format__')!r})")
     orig = obj.get("passthrough_orig_dtypes", {})
     for name, q in obj["quantized"].items():
-        dtype = dtypes.get(name) if dtypes and name in dtypes else getattr(torch, obj["dtypes"][name])
+        dtype = dtypes[name] if dtypes and name in dtypes else getattr(torch, obj["dtypes"][name])
         out[name] = quant.dequantize(q, obj["scales"][name], dtype)
     for name, t in obj["passthrough"].items():
         t = t.detach().to("cpu").contiguous()
@@ -319,55 +355,51 @@ def dequantize(obj: dict[str, Any], dtypes: dict[str, torch.dtype] | None = None
     return out
 
 
-class Int6Export:
+class Int6Export(Plugin):
     """Mixed int6/int8 (PR #297/#374/#414) or all-int6 (PR #63/#194) export."""
 
+    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
     name = "int6_export"
     version = "0.1.0"
-    order = 950
-    Config = Config
+    order = Order.EXPORT_FORMAT
+    # The tiny run's 32-dim matrices are all under the default 65,536-element float-passthrough limit, so the
+    # format would have nothing to quantize.
+    TINY = Tiny(overrides=("export.keep_float_max_numel=256",))
 
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if config.scheme not in ("mixed", "all"):
-            raise PgolfError(f'int6_export: scheme must be "mixed" or "all", got "{config.scheme}"')
-        if config.row_rule not in ("auto", "rowmax", "rowmax_eps", "quantile", "plan"):
-            raise PgolfError(
-                f'int6_export: row_rule must be auto, rowmax, rowmax_eps, quantile or plan, got "{config.row_rule}"'
-            )
-        unknown = sorted(set(config.int6_categories) - {"embed", "mlp", "attn", "other"})
-        if unknown:
-            raise PgolfError(f"int6_export: unknown int6_categories {unknown} (embed, mlp, attn, other)")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """What the field types cannot say: no empty name substring in `fp16_keep`."""
         if any(not s for s in config.fp16_keep):
             raise PgolfError(
-                f"int6_export: fp16_keep={config.fp16_keep}: an empty name substring would match every tensor"
+                f"fp16_keep={config.fp16_keep}: expected non-empty name substrings (an empty one would match "
+                "every tensor)"
             )
 
     @hookimpl
-    def pgolf_export_format(self, recipe) -> ExportFormat:
+    def pgolf_export_format(self, recipe: Recipe) -> ExportFormat:
         return Int6Format(self.config, recipe.export.keep_float_max_numel, recipe.export.clip_quantile)
+
+    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute
 
 
 class Int6Format:
     """The int6 export format of `Config.scheme`; reads pgolf's and the records' objects."""
 
     label = "int6"
-    tags = ("", *ALL_FORMATS)  # "": the mixed scheme's object, untagged as the records write it
+    tags: tuple[str, ...] = ("", *ALL_FORMATS)  # "": the mixed scheme's object, untagged as the records write it
+    needs_plan: str
 
     def __init__(self, config: Config, keep_float_max_numel: int, clip_quantile: float) -> None:
         self.config, self.keep_max, self.clip_quantile = config, keep_float_max_numel, clip_quantile
         self.needs_plan = 'int6_export row_rule = "plan"' if config.row_rule == "plan" else ""
 
-    def quantize(self, weights, plan, roles, report) -> dict[str, Any]:
+    def quantize(
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
+    ) -> dict[str, Any]:
         obj, stats = quantize(weights, self.config, roles=roles, keep_float_max_numel=self.keep_max,
                               clip_quantile=self.clip_quantile, plan=plan)  # fmt: skip
         report("int6_export/tensors", {k: v for k, v in stats.items() if v})
         return obj
 
-    def dequantize(self, obj, dtypes) -> dict[str, Tensor]:
+    def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
         return dequantize(obj, dtypes)

@@ -17,16 +17,17 @@ Settings: `negative_slope` (0.5, the record's; 0.0 gives back relu²).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core import ModelSpec, declare_role, hookimpl
+from pgolf_core import ModelSpec, Order, Plugin, Range, declare_role, hookimpl
 
 
 @dataclass
 class Config:
-    negative_slope: float = 0.5  # PR #549; 0.0 is relu²
+    negative_slope: Annotated[float, Range(0, 1, open="high")] = 0.5  # PR #549; 0.0 is relu²
 
 
 class LeakyReLU2MLP(nn.Module):
@@ -40,26 +41,18 @@ class LeakyReLU2MLP(nn.Module):
         self.negative_slope = float(negative_slope)  # a Python constant: compiled into the graph
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.proj(F.leaky_relu(self.fc(x), negative_slope=self.negative_slope).square())
+        out: Tensor = self.proj(F.leaky_relu(self.fc(x), negative_slope=self.negative_slope).square())
+        return out
 
 
-class LeakyReLU2:
+class LeakyReLU2(Plugin):
     """LeakyReLU(0.5)² MLP activation (PR #549)."""
 
     name = "leaky_relu2"
     version = "0.1.0"
-    order = 50
-    Config = Config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs): a slope in [0, 1) (0 is relu²)."""
-        if not 0.0 <= (slope := config.negative_slope) < 1.0:
-            raise ValueError(f"leaky_relu2: negative_slope={slope}: expected 0 <= negative_slope < 1 (record: 0.5)")
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+    order = Order.MODEL
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
 
     @hookimpl
     def pgolf_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:

@@ -12,25 +12,18 @@ from __future__ import annotations
 
 import math
 
-from pgolf_core import hookimpl
+from pgolf_core import Model, ModelSpec, Order, Plugin, hookimpl
 
 
-class LnScale:
+class LnScale(Plugin):
     """Scale block i's normed inputs by 1/sqrt(i+1)."""
 
     name = "ln_scale"
     version = "0.1.0"
-    order = 50
-    Config = None
-
-    def __init__(self, config: None) -> None:
-        self.config = config
+    order = Order.MODEL
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        run.log(f"ln_scale/layers:{run.recipe.model.num_layers} last:{1 / math.sqrt(run.recipe.model.num_layers):.4f}")
-
-    @hookimpl
-    def pgolf_model_built(self, model, spec) -> None:
+    def pgolf_model_built(self, model: Model, spec: ModelSpec) -> None:
         for i, block in enumerate(model.blocks):
-            block.norm_scale = 1.0 / math.sqrt(i + 1)
+            # `blocks` is typed as a ModuleList of `Module`s, whose `__setattr__` takes only tensors and modules.
+            block.norm_scale = 1.0 / math.sqrt(i + 1)  # type: ignore[assignment]

@@ -37,13 +37,14 @@ LQER_ASYM_ENABLED, LQER_ASYM_GROUP, LQER_FACTOR_BITS (defaults: their values 4, 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any
 
 import torch
 from torch import Tensor
 
-from pgolf_core import Correction, ExportPlan, PgolfError, hookimpl
+from pgolf_core import Correction, ExportPlan, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
 TAG = "lqer"
 SCALE_FLOOR = 1e-10
@@ -51,13 +52,14 @@ SCALE_FLOOR = 1e-10
 
 @dataclass
 class Config:
-    rank: int = 4
-    top_k: int = 3  # matrices corrected, the largest ‖W − deq(W)‖ first
+    rank: Annotated[int, Range(1)] = 4
+    top_k: Annotated[int, Range(1)] = 3  # matrices corrected, the largest ‖W − deq(W)‖ first (none: disable lqer)
     asym: bool = True  # int2 A (one scale) + int4 B (groups); false: the symmetric factor_bits grid
-    group: int = 64  # values of B (flattened) per fp16 scale, asymmetric grid
-    factor_bits: int = 4  # symmetric grid (and the fallback when r·cols % group != 0)
-    min_numel: int = 65_536  # candidates have more elements (the records' GPTQ'd tensors)
-    exclude: list[str] = field(default_factory=list)  # name substrings never corrected
+    group: Annotated[int, Range(1)] = 64  # values of B (flattened) per fp16 scale, asymmetric grid
+    # symmetric grid (and the fallback when r·cols % group != 0); 2..8: the integers are stored in int8
+    factor_bits: Annotated[int, Range(2, 8)] = 4
+    min_numel: Annotated[int, Range(0)] = 65_536  # candidates have more elements (the records' GPTQ'd tensors)
+    exclude: list[str] = field(default_factory=list)  # name substrings never corrected (none empty: `Lqer.check`)
 
 
 def quant_error(w: Tensor, deq: Tensor) -> Tensor:
@@ -134,7 +136,7 @@ class LqerCorrection:
 
     def candidates(self, weights: dict[str, Tensor], dequantized: dict[str, Tensor]) -> dict[str, Tensor]:
         c = self.config
-        out = {}
+        out: dict[str, Tensor] = {}
         for name, w in weights.items():
             deq = dequantized.get(name)
             if deq is None or w.ndim != 2 or not w.is_floating_point() or w.numel() <= c.min_numel:
@@ -146,10 +148,12 @@ class LqerCorrection:
                 out[name] = e
         return out
 
-    def encode(self, weights: Any, dequantized: Any, plan: ExportPlan) -> dict[str, dict[str, Tensor]]:
+    def encode(
+        self, weights: Mapping[str, Tensor], dequantized: Mapping[str, Tensor], plan: ExportPlan
+    ) -> dict[str, dict[str, Tensor]]:
         c = self.config
         errors = self.candidates(dict(weights), dict(dequantized))
-        payload = {}
+        payload: dict[str, dict[str, Tensor]] = {}
         for name in select(errors, c.top_k):
             a, b = factorize(errors[name], c.rank)
             if c.asym and b.numel() % c.group == 0:
@@ -167,34 +171,27 @@ class LqerCorrection:
         return out
 
 
-class Lqer:
+class Lqer(Plugin):
     """Rank-k quantization-error correction of the top-k matrices (PR #1797 / #1851)."""
 
+    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
     name = "lqer"
     version = "0.1.0"
-    order = 960  # after the format (int6_export 950), before the codecs (990)
-    Config = Config
+    order = Order.EXPORT_CORRECTION  # after the format (int6_export 950), before the codecs (990)
+    # Every quantized 32-dim matrix of the tiny run is a candidate (default: > 65,536 elements), and quantized:
+    # they are all under the default 65,536-element float-passthrough limit, which the override lowers.
+    TINY = Tiny(settings={"min_numel": 256}, overrides=("export.keep_float_max_numel=256",))
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if config.rank < 1:
-            raise PgolfError(f"lqer: rank={config.rank}: expected 1 or more")
-        if config.top_k < 1:
-            raise PgolfError(f"lqer: top_k={config.top_k}: expected 1 or more (disable the plugin to correct none)")
-        if config.group < 1:
-            raise PgolfError(f"lqer: group={config.group}: expected 1 or more")
-        if not 2 <= config.factor_bits <= 8:
-            raise PgolfError(f"lqer: factor_bits={config.factor_bits}: expected 2..8 (stored in int8)")
-        if config.min_numel < 0:
-            raise PgolfError(f"lqer: min_numel={config.min_numel}: expected 0 or more")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """What the field types cannot say: no empty name substring in `exclude`."""
         if any(not s for s in config.exclude):
-            raise PgolfError(f"lqer: exclude={config.exclude}: an empty name substring would match every tensor")
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+            raise PgolfError(
+                f"exclude={config.exclude}: expected non-empty name substrings (an empty one would match every tensor)"
+            )
 
     @hookimpl
-    def pgolf_export_corrections(self, recipe) -> Correction:
+    def pgolf_export_corrections(self, recipe: Recipe) -> Correction:
         return LqerCorrection(self.config)
+
+    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

@@ -22,7 +22,7 @@ from __future__ import annotations
 import lzma
 from dataclasses import dataclass
 
-from pgolf_core import Codec, PgolfError, hookimpl
+from pgolf_core import Codec, Order, PgolfError, Plugin, Tiny, hookimpl
 
 XZ_MAGIC = b"\xfd7zXZ\x00"
 LEVELS = (0, 9)
@@ -50,25 +50,19 @@ CODEC = Codec("lzma", encode, decode, XZ_MAGIC, LEVELS)
 
 @dataclass
 class Config:
-    pass
+    pass  # no settings: the core checks `[export] level` against the codec's `levels` (0..9)
 
 
-class Lzma:
+class Lzma(Plugin):
     """The .xz (LZMA2) codec of PR #549 / #1019."""
 
     name = "lzma"
     version = "0.1.0"
-    order = 990
+    order = Order.CODEC
     Config = Config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs). Nothing to check: the core checks `[export]
-        level` against the codec's `levels` (0..9)."""
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+    # A codec acts when the recipe picks it: the run with the plugin writes lzma-9 (the run without it keeps
+    # the default zlib-9; the recipe could not name lzma without the plugin).
+    TINY = Tiny(overrides_with=("export.compressor=lzma", "export.level=9"))
 
     @hookimpl
     def pgolf_codecs(self) -> list[Codec]:

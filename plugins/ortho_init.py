@@ -22,16 +22,17 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import nn
 
-from pgolf_core import hookimpl, role_of
+from pgolf_core import Model, ModelSpec, Order, Plugin, Range, Tiny, hookimpl, role_of
 
 
 @dataclass
 class Config:
-    min_dim: int = 64
+    min_dim: Annotated[int, Range(0)] = 64
     scale_proj: bool = True
     scale_zero_init_proj: bool = False
     overtone: bool = False  # PR #297: tied embedding singular values S_k = S_1 / sqrt(k)
@@ -42,7 +43,8 @@ def overtone_spectrum(w: torch.Tensor) -> torch.Tensor:
     """`w` with its singular values replaced by S_1 / sqrt(k), k = 1.. (same singular vectors)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     target = s[0] * (1.0 / torch.arange(1, s.shape[0] + 1, dtype=s.dtype)) ** 0.5
-    return (u * target[None, :]) @ vh
+    reshaped: torch.Tensor = (u * target[None, :]) @ vh
+    return reshaped
 
 
 def resid_mix_phase(layer: int, num_layers: int) -> torch.Tensor:
@@ -54,37 +56,24 @@ def is_output_projection(name: str) -> bool:
     return ".proj." in name or name.endswith(".proj")
 
 
-class OrthoInit:
+class OrthoInit(Plugin):
     """Orthogonal init for large matrices; 1/sqrt(2L) on output projections."""
 
     name = "ortho_init"
     version = "0.1.0"
-    order = 900
-    Config = Config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if config.min_dim < 0:
-            raise ValueError(f"ortho_init: min_dim={config.min_dim}: expected >= 0")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    order = Order.EXPORT_PLAN  # late: after every build, so that it sees every plugin's layers
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"min_dim": 8})
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        c = self.config
-        scaled = "all output projections" if c.scale_zero_init_proj else "non-zero-init .proj (record rule)"
-        extras = "".join(f" {k}:on" for k in ("overtone", "phase_resid_mix") if getattr(c, k))
-        run.log(f"ortho_init/min_dim:{c.min_dim} 1/sqrt(2L) on:{scaled if c.scale_proj else 'none'}{extras}")
-
-    @hookimpl
-    def pgolf_model_built(self, model, spec) -> None:
+    def pgolf_model_built(self, model: Model, spec: ModelSpec) -> None:
         c = self.config
         gain = 1.0 / math.sqrt(2 * spec.num_layers)
         with torch.no_grad():
             if c.overtone and spec.tie_embeddings:  # the record reshapes only a tied table
-                model.tok_emb.weight.data = overtone_spectrum(model.tok_emb.weight.data)
+                table = cast(nn.Embedding, model.tok_emb)  # (`Model` does not declare its modules)
+                table.weight.data = overtone_spectrum(table.weight.data)
             for name, module in model.named_modules():
                 if not isinstance(module, nn.Linear):
                     continue
@@ -100,5 +89,6 @@ class OrthoInit:
             if c.phase_resid_mix:
                 for i, block in enumerate(model.blocks):
                     phase = resid_mix_phase(i, spec.num_layers)
-                    block.resid_mix.data[0] = phase * torch.ones(block.resid_mix.shape[1])
-                    block.resid_mix.data[1] = (1 - phase) * torch.ones(block.resid_mix.shape[1])
+                    mix = cast(torch.Tensor, block.resid_mix)  # (`blocks` holds untyped `Module`s)
+                    mix.data[0] = phase * torch.ones(mix.shape[1])
+                    mix.data[1] = (1 - phase) * torch.ones(mix.shape[1])

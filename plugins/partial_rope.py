@@ -15,17 +15,18 @@ Source: the 2026-03-21 11L_XSA4_EMA_PartialRoPE_LateQAT record, PR #374/#414. Re
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import hookimpl
+from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
 
 @dataclass
 class Config:
-    dims: int = 16
-    ntk_ref_len: int = 1024  # the records' hard-coded value; 0 = train_seq_len
+    dims: Annotated[int, Range(4)] = 16  # even, <= head_dim
+    ntk_ref_len: Annotated[int, Range(0)] = 1024  # the records' hard-coded value; 0 = train_seq_len
 
 
 def ntk_base(base: float, dims: int, seq_len: int, ref_len: int) -> float:
@@ -40,6 +41,10 @@ class PartialRotary(nn.Module):
     q/k kernels and recomputed them per element and again in backward (~2 ms of an 83 ms H100 step).
     A bf16 cast of the buffers rounds them as the record's `.to(bf16)` of its cache (the fp32
     values come from CPU cos/sin here, from CUDA's there: they may differ in the last bit)."""
+
+    inv_freq: Tensor  # buffers (registered in __init__)
+    cos_table: Tensor
+    sin_table: Tensor
 
     def __init__(self, head_dim: int, dims: int, base: float, ref_len: int, table_len: int = 0) -> None:
         super().__init__()
@@ -80,36 +85,26 @@ class PartialRotary(nn.Module):
         return self.rotate(q, cos, sin), self.rotate(k, cos, sin)
 
 
-class PartialRope:
+class PartialRope(Plugin):
     """Rotary embedding on the first `dims` head dimensions (NTK-scaled past the reference length)."""
 
     name = "partial_rope"
     version = "0.1.0"
-    order = 50
-    Config = Config
+    order = Order.MODEL
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"dims": 4})
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs): more rotary dims than the head has is an error,
-        not a silent clamp to the head dim."""
-        head_dim = model.model_dim // model.num_heads if model is not None else None
-        if config.dims < 4 or config.dims % 2 or (head_dim is not None and config.dims > head_dim):
-            limit = f" <= head_dim {head_dim} (model_dim / num_heads)" if head_dim is not None else ""
-            raise ValueError(f"partial_rope: dims={config.dims}: expected an even number >= 4{limit}")
-        if config.ntk_ref_len < 0:
-            raise ValueError(f"partial_rope: ntk_ref_len={config.ntk_ref_len}: expected >= 0 (0 = train_seq_len)")
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """More rotary dims than the head has is an error, not a silent clamp to the head dim."""
+        head_dim = recipe.model.model_dim // recipe.model.num_heads
+        if config.dims % 2 or config.dims > head_dim:
+            raise PgolfError(
+                f"dims={config.dims}: expected an even number >= 4 <= head_dim {head_dim} (model_dim / num_heads)"
+            )
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        c, seq = self.config, run.recipe.train.train_seq_len
-        base = ntk_base(run.recipe.model.rope_base, c.dims, seq, c.ntk_ref_len or seq)
-        run.log(f"partial_rope/dims:{c.dims} base_at_train_len:{base:.1f}")
-
-    @hookimpl
-    def pgolf_rotary(self, spec, layer: int):
+    def pgolf_rotary(self, spec: ModelSpec, layer: int) -> nn.Module:
         ref = self.config.ntk_ref_len or spec.train_seq_len
         return PartialRotary(spec.head_dim, self.config.dims, spec.rope_base, ref, spec.train_seq_len)

@@ -57,61 +57,60 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
+from typing import Annotated, Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core import FAKE_QUANT_SWITCH, CastedLinear, hookimpl
+from pgolf_core import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, Order, Plugin, Range, Tiny, TrainState, hookimpl
 
 BLOCK_ROLES = frozenset({"attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"})
+
+Scale = Literal["scale_floor", "clip_floor", "row_max"]
+Precision = Literal["fp32_quant", "fp32_ste", "activation"]
 
 
 @dataclass(frozen=True)
 class QuantRule:
     """A record's fake-quantization recipe (see the module docstring)."""
 
-    scale: str  # "scale_floor": s = max(m/qmax, 1/qmax) | "clip_floor": s = max(m, 1/qmax)/qmax
+    scale: Scale  # "scale_floor": s = max(m/qmax, 1/qmax) | "clip_floor": s = max(m, 1/qmax)/qmax
     qmin: int
     qmax: int
-    precision: str  # "fp32_quant" (#414) | "fp32_ste" (#194) | "activation" (#63)
+    precision: Precision  # "fp32_quant" (#414) | "fp32_ste" (#194) | "activation" (#63)
     in_eval: bool
     fp16_scale: bool = False
-
-
-SCALES = ("scale_floor", "clip_floor", "row_max")
-PRECISIONS = ("fp32_quant", "fp32_ste", "activation")
 
 
 @dataclass
 class Config:
     # scale_floor: max(m/qmax, 1/qmax) | clip_floor: max(m, 1/qmax)/qmax (#63) | row_max: max(m, 1e-12)/qmax (#297)
-    scale: str = "scale_floor"
-    qmin: int = -32  # #414; -31 in #194 and #63
-    qmax: int = 31
-    precision: str = "fp32_quant"  # fp32_quant (#414) | fp32_ste (#194) | activation (#63)
+    scale: Scale = "scale_floor"
+    qmin: Annotated[int, Range(high=0, open="high")] = -32  # #414; -31 in #194 and #63 (qmin < 0 < qmax)
+    qmax: Annotated[int, Range(0, open="low")] = 31
+    precision: Precision = "fp32_quant"  # fp32_quant (#414) | fp32_ste (#194) | activation (#63)
     in_eval: bool = False  # true: on in eval mode too, from the first step until the fit ends (#63)
     export_match: bool = False  # the int6 exporter's grid: ±31, fp16-rounded row-max scale, fp32
-    scope: str = "all"  # all (every CastedLinear, as the records) | blocks (the six block linears)
+    scope: Literal["all", "blocks"] = "all"  # all (every CastedLinear, as the records) | blocks (the six block linears)
 
 
 @dataclass
 class LateConfig(Config):
-    threshold: float = 0.15  # switch on at the first step whose LR scale is below this (#414)
+    # switch on at the first step whose LR scale is below this (#414); an LR scale in (0, 1]
+    threshold: Annotated[float, Range(0, 1, open="low")] = 0.15
     effective: bool = True  # false: log the switch but keep QAT off (#414's suspected no-op)
-    start_frac: float = 0.0  # > 0: switch on at this fraction of the wallclock cap instead (#297: 0.85)
-    lr_factor: float = 1.0  # every optimizer group's base LR x this when QAT switches on (#297: 0.5)
+    # > 0: switch on at this fraction of the wallclock cap instead (#297: 0.85); 0: off
+    start_frac: Annotated[float, Range(0, 1)] = 0.0
+    # every optimizer group's base LR x this when QAT switches on (#297: 0.5)
+    lr_factor: Annotated[float, Range(0, open="low")] = 1.0
 
 
 def resolve_rule(config: Config) -> QuantRule:
-    for key, allowed in (("scale", SCALES), ("precision", PRECISIONS), ("scope", ("all", "blocks"))):
-        if getattr(config, key) not in allowed:
-            raise ValueError(f"qat: {key} must be one of {', '.join(allowed)}, got {getattr(config, key)!r}")
-    if not config.qmin < 0 < config.qmax:
-        raise ValueError(f"qat: qmin={config.qmin}, qmax={config.qmax}: expected qmin < 0 < qmax")
+    """The grid a config trains on (the settings were checked when the recipe loaded)."""
     rule = QuantRule(config.scale, config.qmin, config.qmax, config.precision, config.in_eval)
     if config.export_match:
-        precision = "fp32_quant" if rule.precision == "activation" else rule.precision
+        precision: Precision = "fp32_quant" if rule.precision == "activation" else rule.precision
         rule = dataclasses.replace(rule, scale="scale_floor", qmin=-31, qmax=31, precision=precision, fp16_scale=True)
     return rule
 
@@ -133,6 +132,8 @@ def fake_quantize(w: Tensor, rule: QuantRule) -> Tensor:
 
 class FakeQuantLinear(CastedLinear):
     """CastedLinear whose forward sees the fake-quantized weight while the 0-d `fake_quant_on` buffer is 1."""
+
+    fake_quant_on: Tensor  # the 0-d switch buffer (`FAKE_QUANT_SWITCH`)
 
     def __init__(self, in_features: int, out_features: int, rule: QuantRule, on: bool = False) -> None:
         super().__init__(in_features, out_features)
@@ -173,30 +174,17 @@ def set_qat(model: nn.Module, on: bool) -> int:
     return len(layers)
 
 
-class QAT:
+class QAT(Plugin):
     """Fake int6 quantization (STE) of the linear layers for the whole run."""
 
     name = "qat"
     version = "0.1.0"
-    order = 70
-    Config = Config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        resolve_rule(config)
-        threshold = getattr(config, "threshold", None)
-        if threshold is not None and not 0.0 < threshold <= 1.0:
-            raise ValueError(f"qat: threshold={threshold}: expected an LR scale in (0, 1]")
-        start_frac = getattr(config, "start_frac", 0.0)
-        if not 0.0 <= start_frac <= 1.0:
-            raise ValueError(f"qat: start_frac={start_frac}: expected a wallclock fraction in [0, 1] (0: off)")
-        lr_factor = getattr(config, "lr_factor", 1.0)
-        if not lr_factor > 0.0:
-            raise ValueError(f"qat: lr_factor={lr_factor}: expected > 0")
+    order = Order.TRAIN_SWITCH
+    Config: TypeAlias = Config
+    config: Config
 
     def __init__(self, config: Config) -> None:
-        self.config = config
+        super().__init__(config)
         self.rule = resolve_rule(config)
         self.active = False
 
@@ -204,19 +192,19 @@ class QAT:
         return not self.rule.in_eval
 
     @hookimpl
-    def pgolf_linear(self, spec, role: str, in_features: int, out_features: int):
+    def pgolf_linear(self, spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module | None:
         if self.config.scope == "blocks" and role not in BLOCK_ROLES:
             return None
         return FakeQuantLinear(in_features, out_features, self.rule, on=self._on_at_build())
 
     @hookimpl
-    def pgolf_step_start(self, state) -> None:
+    def pgolf_step_start(self, state: TrainState) -> None:
         if not self.active:
             self.active = True
             set_qat(state.model, True)
 
     @hookimpl
-    def pgolf_fit_end(self, state) -> None:
+    def pgolf_fit_end(self, state: TrainState) -> None:
         if self.rule.in_eval:  # #63 cleared its global flag before serialization and the final evals
             set_qat(state.model, False)
 
@@ -226,17 +214,17 @@ class LateQAT(QAT):
 
     name = "late_qat"
     version = "0.1.0"
-    order = 70
-    Config = LateConfig
-
-    def __init__(self, config: LateConfig) -> None:
-        super().__init__(config)
-        self.config: LateConfig = config
+    order = Order.TRAIN_SWITCH
+    Config: TypeAlias = LateConfig
+    config: LateConfig
+    # The tiny run (6 steps, a warmdown over the last 4) has LR scales 1, 0.75, 0.5, 0.25 in its last steps:
+    # 0.6 switches QAT on at step 4; the default 0.15 is never reached.
+    TINY = Tiny(settings={"threshold": 0.6})
 
     def _on_at_build(self) -> bool:
         return False
 
-    def _due(self, state) -> bool:
+    def _due(self, state: TrainState) -> bool:
         c = self.config
         if c.start_frac <= 0.0:
             return state.lr_scale < c.threshold
@@ -244,7 +232,7 @@ class LateQAT(QAT):
         return cap_ms > 0 and state.elapsed_ms / cap_ms >= c.start_frac  # #297: no cap, no QAT
 
     @hookimpl
-    def pgolf_step_start(self, state) -> None:
+    def pgolf_step_start(self, state: TrainState) -> None:
         c = self.config
         if self.active or not self._due(state):
             return

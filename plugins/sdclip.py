@@ -28,17 +28,35 @@ exporter's own rule).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Annotated, Literal
 
 from torch import Tensor
 
-from pgolf_core import PgolfError, Roles, TensorPlan, hookimpl, is_control, quant
+from pgolf_core import (
+    ExportContext,
+    ExportPlan,
+    Order,
+    PgolfError,
+    Plugin,
+    Range,
+    Recipe,
+    Roles,
+    TensorPlan,
+    Tiny,
+    hookimpl,
+    is_control,
+    quant,
+)
+
+Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
+Width = Annotated[float, Range(0, open="low")]  # a clip width in standard deviations, > 0
 
 
 @dataclass
 class Config:
-    matrix_k: float = 12.85  # PR #1394 MATRIX_CLIP_SIGMAS (int6 matrices)
-    embed_k: float = 20.0  # PR #1394 EMBED_CLIP_SIGMAS (tok_emb, int8)
-    categories: list[str] = field(default_factory=lambda: ["embed", "mlp", "attn"])  # the record's GPTQ'd kinds
+    matrix_k: Width = 12.85  # PR #1394 MATRIX_CLIP_SIGMAS (int6 matrices)
+    embed_k: Width = 20.0  # PR #1394 EMBED_CLIP_SIGMAS (tok_emb, int8)
+    categories: list[Category] = field(default_factory=lambda: ["embed", "mlp", "attn"])  # the record's GPTQ'd kinds
 
 
 def row_clip(w: Tensor, k: float) -> Tensor:
@@ -46,42 +64,32 @@ def row_clip(w: Tensor, k: float) -> Tensor:
     return k * w.float().std(dim=1)
 
 
-class SDClip:
+class SDClip(Plugin):
     """Per-row clip k · std(row) in the export plan (PR #1394)."""
 
+    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
     name = "sdclip"
     version = "0.1.0"
-    order = 900  # after plugins that change weights before export (e.g. pruning)
-    Config = Config
+    order = Order.EXPORT_PLAN  # after plugins that change weights before export (e.g. pruning)
     requires = ("int6_export",)  # the format that honours TensorPlan.row_clip
     conflicts = ("gptq_lite",)  # PR #1394's SDClip replaced the percentile search
+    # The tiny run's 32-dim matrices are all under the default 65,536-element float-passthrough limit, so the
+    # exporter would have nothing to quantize; int6_export, the format that applies row clips, is enabled in
+    # both runs.
+    TINY = Tiny(partners=("int6_export",), overrides=("export.keep_float_max_numel=256",))
 
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
-
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs): positive k, known categories, and the plugins
-        it needs or replaces."""
-        for key in ("matrix_k", "embed_k"):
-            k = getattr(config, key)
-            if not k > 0:
-                raise ValueError(f"sdclip: {key}={k}: expected a clip width in standard deviations > 0")
-        unknown = sorted(set(config.categories) - {"embed", "mlp", "attn", "other"})
-        if unknown:
-            raise ValueError(f"sdclip: unknown categories {unknown} (embed, mlp, attn, other)")
-        if recipe is None:
-            return
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """The plugins it needs or replaces."""
         enabled = recipe.enabled_plugins
         if "gptq_lite" in enabled:
-            raise ValueError(
-                "sdclip: gptq_lite is enabled too; SDClip replaces its clip-percentile search (PR #1394), "
+            raise PgolfError(
+                "gptq_lite is enabled too; SDClip replaces its clip-percentile search (PR #1394), "
                 "so enable one of them (e.g. --disable gptq_lite)"
             )
         if "int6_export" not in enabled:
-            raise ValueError(
-                "sdclip: needs int6_export (the export format that applies row clips); enable [plugins.int6_export]"
+            raise PgolfError(
+                "needs int6_export (the export format that applies row clips); enable [plugins.int6_export]"
             )
 
     def wanted(self, name: str, t: Tensor, keep_float_max_numel: int, roles: Roles) -> bool:
@@ -97,7 +105,7 @@ class SDClip:
         return self.config.embed_k if "tok_emb" in name else self.config.matrix_k
 
     @hookimpl
-    def pgolf_export_plan(self, plan, weights, ctx):
+    def pgolf_export_plan(self, plan: ExportPlan, weights: dict[str, Tensor], ctx: ExportContext) -> None:
         keep_max = ctx.recipe.export.keep_float_max_numel
         counts = {"matrix": 0, "embed": 0}
         for name, w in weights.items():
@@ -109,3 +117,5 @@ class SDClip:
             entry.row_clip = row_clip(w.detach().cpu(), self.k_for(name)).contiguous()
             counts["embed" if "tok_emb" in name else "matrix"] += 1
         ctx.report("sdclip/tensors", {k: v for k, v in counts.items() if v})
+
+    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

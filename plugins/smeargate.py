@@ -11,21 +11,22 @@ RMSNorm, scalar AdamW group). Reported Δbpb: not isolated in any record log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, Literal, TypeAlias
 
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import declare_all, hookimpl
+from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, declare_all, hookimpl
 
 
 @dataclass
 class Config:
-    variant: str = "per_dim"  # per_dim | scalar
-    placement: str = "post_norm"  # post_norm (#297/#414) | pre_norm (#194)
+    variant: Literal["per_dim", "scalar"] = "per_dim"
+    placement: Literal["post_norm", "pre_norm"] = "post_norm"  # post_norm (#297/#414) | pre_norm (#194)
     gate_init: float = 0.0
     # When > 0, the gate gets its own Adam (PR #194: lr 0.02, betas (0.9, 0.99)); else the scalar group.
-    own_adam_lr: float = 0.0
-    own_adam_beta2: float = 0.99
+    own_adam_lr: Annotated[float, Range(0)] = 0.0
+    own_adam_beta2: Annotated[float, Range(0, 1, open="high")] = 0.99
     # State-dict name of the per-dim gate: "smear.gate" (#297/#414) or "smear_gate_param" (#194).
     state_key: str = "smear.gate"
     # Name it a control tensor (fp32 passthrough in the int8 exporter, #414's pattern list); #194 did not.
@@ -68,39 +69,22 @@ class ScalarSmear(nn.Module):
         return x + self.lam.to(x.dtype) * gate * shift_right(x)
 
 
-class SmearGate:
+class SmearGate(Plugin):
     """Gate each position's embedding with the previous one (per-dim or scalar)."""
 
     name = "smeargate"
     version = "0.1.0"
-    order = 20
-    Config = Config
+    order = Order.EMBED_NORMED
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if config.variant not in ("per_dim", "scalar") or config.placement not in ("post_norm", "pre_norm"):
-            raise ValueError(
-                f"smeargate: variant={config.variant!r}, placement={config.placement!r}: "
-                "expected variant per_dim|scalar, placement post_norm|pre_norm"
-            )
-        if config.own_adam_lr < 0:
-            raise ValueError(f"smeargate: own_adam_lr={config.own_adam_lr}: expected >= 0")
-        if not 0.0 <= config.own_adam_beta2 < 1.0:
-            raise ValueError(f"smeargate: own_adam_beta2={config.own_adam_beta2}: expected a value in [0, 1)")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
         if not config.state_key:
-            raise ValueError("smeargate: state_key='': expected a state-dict name such as 'smear.gate'")
-
-    def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+            raise PgolfError("state_key='': expected a state-dict name such as 'smear.gate'")
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        run.log(f"smeargate/variant:{self.config.variant} placement:{self.config.placement}")
-
-    @hookimpl
-    def pgolf_embed(self, spec):
+    def pgolf_embed(self, spec: ModelSpec) -> nn.Module:
         c = self.config
         flat = "" if c.state_key == "smear.gate" else c.state_key
         module = (

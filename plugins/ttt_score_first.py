@@ -40,29 +40,29 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch
 from torch import nn
 
-from pgolf_core import fake_quant_off, hookimpl
+from pgolf_core import Model, Order, PgolfError, Plugin, Range, Recipe, Tiny, ValChunk, fake_quant_off, hookimpl
 
 
 @dataclass
 class Config:
-    lr: float = 0.002  # at chunk 0; cosine decay to 0 at chunk K - 1
-    momentum: float = 0.9
-    epochs: int = 3  # passes over each scored chunk
-    batch_rows: int = 32  # rows of seq_len tokens per SGD step (per rank)
-    grad_clip: float = 1.0  # global gradient-norm clip over the trained parameters; 0 = off
-    freeze_blocks: int = 2  # the first N blocks are not trained
+    lr: Annotated[float, Range(0, open="low")] = 0.002  # at chunk 0; cosine decay to 0 at chunk K - 1
+    momentum: Annotated[float, Range(0, 1, open="high")] = 0.9
+    epochs: Annotated[int, Range(0)] = 3  # passes over each scored chunk
+    batch_rows: Annotated[int, Range(1)] = 32  # rows of seq_len tokens per SGD step (per rank)
+    grad_clip: Annotated[float, Range(0)] = 1.0  # global gradient-norm clip over the trained parameters; 0 = off
+    freeze_blocks: Annotated[int, Range(0)] = 2  # the first N blocks are not trained (fewer than model.num_layers)
     freeze_matrices: bool = True  # false: their attention/MLP matrices still train (#549's banks; the rest frozen)
-    seq_len: int = 0  # 0 = the model's train_seq_len (the records: 2048)
+    seq_len: Annotated[int, Range(0)] = 0  # 0 = the model's train_seq_len (the records: 2048)
     qat_off: bool = True  # fake quantization off during the TTT forwards (train mode)
 
 
 # The six block matrices #549 keeps in its parameter banks (outside `blocks`).
 BANKED = tuple(f"{role}.weight" for role in ("attn.c_q", "attn.c_k", "attn.c_v", "attn.proj", "mlp.fc", "mlp.proj"))
-
 
 
 def row_length(model: nn.Module, seq_len: int) -> int:
@@ -79,42 +79,30 @@ def cosine_lr(lr: float, k: int, count: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * k / max(count - 1, 1)))
 
 
-class TTTScoreFirst:
+class TTTScoreFirst(Plugin):
     """Score-first TTT: SGD with momentum on each already-scored chunk, first blocks frozen."""
 
     name = "ttt_score_first"
     version = "0.1.0"
-    order = 90
-    Config = Config
+    order = Order.EVAL
+    Config: TypeAlias = Config
+    config: Config
+    # TTT acts on the sliding-window eval only: both runs score one, the 1,024 tokens in 4 chunks of 256.
+    TINY = Tiny(overrides=("eval.sliding_stride=16", "eval.chunk_tokens=256"))
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        c = config
-        if not c.lr > 0.0:
-            raise ValueError(f"lr={c.lr}: expected > 0")
-        if not 0.0 <= c.momentum < 1.0:
-            raise ValueError(f"momentum={c.momentum}: expected 0 <= momentum < 1")
-        if c.epochs < 0:
-            raise ValueError(f"epochs={c.epochs}: expected >= 0")
-        if c.batch_rows < 1:
-            raise ValueError(f"batch_rows={c.batch_rows}: expected >= 1")
-        if c.grad_clip < 0.0:
-            raise ValueError(f"grad_clip={c.grad_clip}: expected >= 0 (0: no clipping)")
-        if c.seq_len < 0:
-            raise ValueError(f"seq_len={c.seq_len}: expected >= 0 (0: the training sequence length)")
-        layers = getattr(model, "num_layers", None)
-        if c.freeze_blocks < 0 or (layers is not None and c.freeze_blocks >= layers):
-            raise ValueError(f"freeze_blocks={c.freeze_blocks}: expected 0..{'' if layers is None else layers - 1}")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """At least one block trains."""
+        if config.freeze_blocks >= (layers := recipe.model.num_layers):
+            raise PgolfError(f"freeze_blocks={config.freeze_blocks}: expected 0..{layers - 1} (model.num_layers - 1)")
 
     def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+        super().__init__(config)
         self.optimizer: torch.optim.SGD | None = None
         self.params: list[nn.Parameter] = []
         self.saved_grad_flags: list[tuple[nn.Parameter, bool]] = []
 
-    def _start(self, model: nn.Module) -> None:
+    def _start(self, model: Model) -> None:
         """Freeze the first blocks and make a fresh optimizer over the rest (chunk 0)."""
         self._restore()
         prefixes = tuple(f"blocks.{i}." for i in range(self.config.freeze_blocks))
@@ -133,7 +121,7 @@ class TTTScoreFirst:
         self.saved_grad_flags, self.params, self.optimizer = [], [], None
 
     @hookimpl
-    def pgolf_eval_adapt(self, model, chunk) -> None:
+    def pgolf_eval_adapt(self, model: Model, chunk: ValChunk) -> None:
         c, t0 = self.config, time.perf_counter()
         if chunk.index == 0 or self.optimizer is None:
             self._start(model)

@@ -23,10 +23,8 @@ Two forms, decided by which eval hook the instance implements:
 - `score_first = true` (compliant): `pgolf_eval_adapt` makes the same update on each already-scored
   chunk (`[eval] chunk_tokens`), one SGD optimizer (its momentum) kept from chunk to chunk, a new one
   when `chunk.index == 0`; parameters averaged over ranks after each chunk.
-`__init__` sets the instance attribute of the unused hook to None. pluggy 1.7 registers only
-functions/methods it finds on the instance (`_static_hook_attr`: an instance `__dict__` value that is
-not a function is skipped), and pgolf's `registry.check_hook_names` skips attributes that are not
-callable, so a score-first `ttt_sgd` implements only `pgolf_eval_adapt` and the run stays compliant
+`forms` names the configured form's hook and the registry registers only that one (`Plugin.forms`),
+so a score-first `ttt_sgd` implements only `pgolf_eval_adapt` and the run stays compliant
 (tests/plugins/test_ttt.py checks both registrations).
 
 Why: the adaptation reported by PR #152 (SGD 3e-4, momentum 0.95: -0.034 bpb), which #297 ships.
@@ -38,23 +36,23 @@ result on small shapes (tools/make_ttt_goldens.py).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch
 from torch import nn
 
-from pgolf_core import fake_quant_off, hookimpl
+from pgolf_core import Model, Order, Plugin, Range, Tiny, ValChunk, fake_quant_off, hookimpl
 
 
 @dataclass
 class Config:
-    lr: float = 3e-4
-    momentum: float = 0.95
-    epochs: int = 1  # passes over the tokens (the record: one)
-    batch_rows: int = 32  # rows per SGD step; every rank processes every row
-    seq_len: int = 0  # 0 = the model's train_seq_len (the record: 2048)
+    lr: Annotated[float, Range(0, open="low")] = 3e-4
+    momentum: Annotated[float, Range(0, 1, open="high")] = 0.95
+    epochs: Annotated[int, Range(0)] = 1  # passes over the tokens (the record: one)
+    batch_rows: Annotated[int, Range(1)] = 32  # rows per SGD step; every rank processes every row
+    seq_len: Annotated[int, Range(0)] = 0  # 0 = the model's train_seq_len (the record: 2048)
     qat_off: bool = True  # fake quantization off during the TTT forwards (the record's _ste_qat = False)
     score_first: bool = False  # true: adapt after each scored chunk (compliant) instead of before scoring
-
 
 
 def row_length(model: nn.Module, seq_len: int) -> int:
@@ -66,38 +64,27 @@ def row_length(model: nn.Module, seq_len: int) -> int:
     return int(spec.train_seq_len)
 
 
-class TTTSGD:
+class TTTSGD(Plugin):
     """PR #297's full-model SGD TTT: one epoch over the validation rows; pre-scoring or score-first."""
 
     name = "ttt_sgd"
     version = "0.1.0"
-    order = 90
-    Config = Config
+    order = Order.EVAL
+    Config: TypeAlias = Config
+    config: Config
+    # TTT acts on the sliding-window eval only: both runs score one, the 1,024 tokens in 4 chunks of 256.
+    TINY = Tiny(overrides=("eval.sliding_stride=16", "eval.chunk_tokens=256"))
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        c = config
-        rules = (
-            ("lr", c.lr > 0.0, "> 0"), ("momentum", 0.0 <= c.momentum < 1.0, "0 <= momentum < 1"),
-            ("epochs", c.epochs >= 0, ">= 0"), ("batch_rows", c.batch_rows >= 1, ">= 1"),
-            ("seq_len", c.seq_len >= 0, ">= 0 (0: the training sequence length)"),
-        )  # fmt: skip
-        for key, ok, expected in rules:
-            if not ok:
-                raise ValueError(f"{key}={getattr(c, key)}: expected {expected}")
+    @classmethod
+    def forms(cls, config: Config) -> tuple[str, ...]:
+        """One form per run: the other eval hook is not registered (see the module docstring)."""
+        return ("pgolf_eval_adapt",) if config.score_first else ("pgolf_eval_prescore",)
 
     def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
+        super().__init__(config)
         self.optimizer: torch.optim.SGD | None = None
-        # One form per instance: the other hook is hidden from pluggy (see the module docstring).
-        if config.score_first:
-            self.pgolf_eval_prescore = None
-        else:
-            self.pgolf_eval_adapt = None
 
-    def _adapt(self, model: nn.Module, chunk, optimizer: torch.optim.SGD) -> int:
+    def _adapt(self, model: Model, chunk: ValChunk, optimizer: torch.optim.SGD) -> int:
         """`epochs` passes over all full rows of `chunk.tokens`; returns the number of SGD steps."""
         c = self.config
         seq_len = row_length(model, c.seq_len)
@@ -119,16 +106,16 @@ class TTTSGD:
         chunk.where.average([p.data for p in model.parameters()])  # the record: all_reduce(p.data, AVG)
         return steps
 
-    def _new_optimizer(self, model: nn.Module) -> torch.optim.SGD:
+    def _new_optimizer(self, model: Model) -> torch.optim.SGD:
         return torch.optim.SGD(model.parameters(), lr=self.config.lr, momentum=self.config.momentum)
 
     @hookimpl
-    def pgolf_eval_prescore(self, model, chunk) -> None:
+    def pgolf_eval_prescore(self, model: Model, chunk: ValChunk) -> None:
         steps = self._adapt(model, chunk, self._new_optimizer(model))
         chunk.report("ttt_sgd/prescore_steps", steps)
 
     @hookimpl
-    def pgolf_eval_adapt(self, model, chunk) -> None:
+    def pgolf_eval_adapt(self, model: Model, chunk: ValChunk) -> None:
         if chunk.index == 0 or self.optimizer is None:
             self.optimizer = self._new_optimizer(model)
         steps = self._adapt(model, chunk, self.optimizer)

@@ -51,12 +51,13 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Annotated, Any, Literal, TypeAlias
 
 import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pgolf_core import fake_quant_off, hookimpl
+from pgolf_core import Model, Order, PgolfError, Plugin, Range, Recipe, Tiny, ValChunk, fake_quant_off, hookimpl
 
 PHASE1 = ("attn_scale", "mlp_scale", "resid_mix")  # per-channel block parameters (leaf names)
 EMBEDDINGS = ("tok_emb.weight", "lm_head.weight")
@@ -65,16 +66,16 @@ EMBEDDINGS = ("tok_emb.weight", "lm_head.weight")
 @dataclass
 class Config:
     score_first: bool = False  # true: per already-scored chunk (compliant); false: the record's pre-scoring
-    batch_rows: int = 64  # rows per rank per step
-    seq_len: int = 0  # row length; 0: the recipe's eval sequence length
-    phase1_epochs: int = 100
-    phase1_lr: float = 0.01  # Adam
-    phase2_epochs: int = 25
-    phase2_lr: float = 0.005  # SGD
-    phase2_momentum: float = 0.9
-    phase2_last_blocks: int = 3  # phase 2 trains these last blocks whole
+    batch_rows: Annotated[int, Range(1)] = 64  # rows per rank per step
+    seq_len: Annotated[int, Range(0)] = 0  # row length; 0: the recipe's eval sequence length
+    phase1_epochs: Annotated[int, Range(0)] = 100
+    phase1_lr: Annotated[float, Range(0, open="low")] = 0.01  # Adam
+    phase2_epochs: Annotated[int, Range(0)] = 25
+    phase2_lr: Annotated[float, Range(0, open="low")] = 0.005  # SGD
+    phase2_momentum: Annotated[float, Range(0, 1, open="high")] = 0.9
+    phase2_last_blocks: Annotated[int, Range(0)] = 3  # phase 2 trains these last blocks whole (up to model.num_layers)
     qat_off: bool = False  # true: fake quantization off during TTT (the fix); false: on, as the record
-    compile: str = "auto"  # auto: compile the TTT forward on CUDA (as the record) | on | off
+    compile: Literal["auto", "on", "off"] = "auto"  # auto: compile the TTT forward on CUDA (as the record) | on | off
 
 
 def phase1_names(model: nn.Module) -> list[str]:
@@ -82,9 +83,9 @@ def phase1_names(model: nn.Module) -> list[str]:
     return [n for n, _ in model.named_parameters() if n.startswith("blocks.") and n.rsplit(".", 1)[-1] in PHASE1]
 
 
-def phase2_names(model: nn.Module, last_blocks: int) -> list[str]:
+def phase2_names(model: Model, last_blocks: int) -> list[str]:
     """Phase 2's: the last `last_blocks` blocks whole, phase 1's parameters and the embedding/head."""
-    n_blocks = len(model.blocks)  # type: ignore[arg-type]
+    n_blocks = len(model.blocks)
     last = tuple(f"blocks.{i}." for i in range(n_blocks - last_blocks, n_blocks))
     first = set(phase1_names(model))
     return [n for n, _ in model.named_parameters() if n.startswith(last) or n in first or n in EMBEDDINGS]
@@ -94,64 +95,49 @@ def cosine_lr(lr: float, epoch: int, epochs: int) -> float:
     return lr * 0.5 * (1.0 + math.cos(math.pi * epoch / epochs))
 
 
-class TTTTwoPhase:
+class TTTTwoPhase(Plugin):
     """PR #415's two-phase TTT: Adam on the scales and mixes, then SGD on the last blocks (pre-scoring
     as the record, or score-first per chunk)."""
 
     name = "ttt_two_phase"
     version = "0.1.0"
-    order = 90
-    Config = Config
+    order = Order.EVAL
+    Config: TypeAlias = Config
+    config: Config
     SMOKE = {"phase1_epochs": 2, "phase2_epochs": 1}  # 125 epochs would dominate a smoke run
+    # TTT acts on the sliding-window eval only: both runs score one, the 1,024 tokens in 4 chunks of 256.
+    TINY = Tiny(overrides=("eval.sliding_stride=16", "eval.chunk_tokens=256"))
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        for key in ("batch_rows",):
-            if getattr(config, key) < 1:
-                raise ValueError(f"{key}={getattr(config, key)}: expected >= 1")
-        for key in ("seq_len", "phase1_epochs", "phase2_epochs"):
-            if getattr(config, key) < 0:
-                raise ValueError(f"{key}={getattr(config, key)}: expected >= 0")
-        for key in ("phase1_lr", "phase2_lr"):
-            if not getattr(config, key) > 0.0:
-                raise ValueError(f"{key}={getattr(config, key)}: expected > 0")
-        if not 0.0 <= config.phase2_momentum < 1.0:
-            raise ValueError(f"phase2_momentum={config.phase2_momentum}: expected 0 <= momentum < 1")
-        if config.compile not in ("auto", "on", "off"):
-            raise ValueError(f"compile={config.compile!r}: expected 'auto', 'on' or 'off'")
-        layers = getattr(model, "num_layers", None)
-        if layers is not None and not 0 <= config.phase2_last_blocks <= layers:
-            raise ValueError(f"phase2_last_blocks={config.phase2_last_blocks}: expected 0..{layers}")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """Phase 2 trains at most every block."""
+        if config.phase2_last_blocks > (layers := recipe.model.num_layers):
+            raise PgolfError(f"phase2_last_blocks={config.phase2_last_blocks}: expected 0..{layers} (model.num_layers)")
+
+    @classmethod
+    def forms(cls, config: Config) -> tuple[str, ...]:
+        """The form decides the hook, and the hook decides compliance: only the form's hook is registered."""
+        return ("pgolf_eval_adapt",) if config.score_first else ("pgolf_eval_prescore",)
 
     def __init__(self, config: Config) -> None:
-        self.validate(config)
-        self.config = config
-        self.seq_len = config.seq_len
+        super().__init__(config)
         self.seconds = [0.0, 0.0]
-        # The form decides the hook, and the hook decides compliance: pluggy registers routines only.
-        if config.score_first:
-            self.pgolf_eval_prescore = None  # type: ignore[method-assign,assignment]
-        else:
-            self.pgolf_eval_adapt = None  # type: ignore[method-assign,assignment]
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        if not self.seq_len:
-            self.seq_len = run.recipe.eval.seq_len or run.recipe.train.train_seq_len
-
-    @hookimpl
-    def pgolf_eval_prescore(self, model, chunk) -> None:
+    def pgolf_eval_prescore(self, model: Model, chunk: ValChunk) -> None:
         self.adapt(model, chunk)
 
     @hookimpl
-    def pgolf_eval_adapt(self, model, chunk) -> None:
+    def pgolf_eval_adapt(self, model: Model, chunk: ValChunk) -> None:
         self.adapt(model, chunk)
 
-    def adapt(self, model: nn.Module, chunk) -> None:
+    def adapt(self, model: Model, chunk: ValChunk) -> None:
         """Both phases on `chunk.tokens`; the model's `requires_grad` flags are restored afterwards."""
         c = self.config
-        seq_len = self.seq_len or model.spec.train_seq_len  # type: ignore[union-attr]
+        # The row length: the setting, else the eval's sequence length, else (a chunk made outside a run,
+        # without one) the model's training sequence length.
+        spec: Any = getattr(model, "spec", None)
+        seq_len = c.seq_len or chunk.seq_len or int(spec.train_seq_len)
         flags = {n: p.requires_grad for n, p in model.named_parameters()}
         phases: list[tuple[list[str], int, Callable[[list[Tensor], float], torch.optim.Optimizer], float]] = [
             (phase1_names(model), c.phase1_epochs, lambda ps, lr: torch.optim.Adam(ps, lr=lr), c.phase1_lr),
@@ -188,8 +174,8 @@ def sync(device: torch.device) -> None:
 
 
 def run_phase(
-    model: nn.Module,
-    chunk,
+    model: Model,
+    chunk: ValChunk,
     seq_len: int,
     batch_rows: int,
     names: list[str],
@@ -201,7 +187,7 @@ def run_phase(
     """One phase (see the module docstring); returns the mean loss of its first and last epoch."""
     where, tokens = chunk.where, chunk.tokens
     chosen = set(names)
-    params = []
+    params: list[Tensor] = []
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
         if n in chosen:
@@ -237,10 +223,10 @@ def run_phase(
                 total += loss.detach().to(torch.float64) * mine.numel()
                 count += mine.numel()
             if distributed:  # every rank all-reduces every parameter's gradient, in the same order
-                for p in params:
-                    if p.grad is None:
-                        p.grad = torch.zeros_like(p)
-                where.average([p.grad for p in params])
+                for param in params:
+                    if param.grad is None:
+                        param.grad = torch.zeros_like(param)
+                where.average([param.grad for param in params])
             opt.step()
         losses.append(total / max(count, 1))
     return float(losses[0].item()), float(losses[-1].item())

@@ -14,20 +14,21 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
+from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import PgolfError, declare_all, declare_role, hookimpl
+from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, declare_all, declare_role, hookimpl
 
 MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
 
 @dataclass
 class Config:
-    dim: int = 128
-    layers: list[int] = field(default_factory=lambda: [9, 10])
-    init_std: float = 0.01
+    dim: Annotated[int, Range(1)] = 128
+    layers: Annotated[list[int], Range(0)] = field(default_factory=lambda: [9, 10])  # each once, < num_layers
+    init_std: Annotated[float, Range(0)] = 0.01
     scale_init: float = 0.1
     layer_scale_init: float = 1.0
 
@@ -41,11 +42,11 @@ class SharedValueTable(nn.Module):
         nn.init.normal_(self.embed.weight, std=init_std)
         self.proj = make_linear(dim, kv_dim) if dim != kv_dim else None
         if self.proj is not None:
-            nn.init.zeros_(self.proj.weight)
+            nn.init.zeros_(cast(Tensor, self.proj.weight))
         self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
 
     def forward(self, input_ids: Tensor) -> Tensor:
-        h = self.embed(input_ids)
+        h: Tensor = self.embed(input_ids)
         if self.proj is not None:
             h = self.proj(h)
         return h * self.scale.to(dtype=h.dtype)
@@ -55,7 +56,7 @@ class ValueEmbeddings(nn.Module):
     state_dict_prefix = "value_embed"
     flat_state_dict = True  # its keys at the state dict's top level, as in the records (ve_shared.*)
 
-    def __init__(self, spec, c: Config) -> None:
+    def __init__(self, spec: ModelSpec, c: Config) -> None:
         super().__init__()
         self.layers = tuple(c.layers)
         # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
@@ -70,43 +71,26 @@ class ValueEmbeddings(nn.Module):
         return {layer: base * self.ve_layer_scales[k].to(dtype=base.dtype) for k, layer in enumerate(self.layers)}
 
 
-class ValueEmbed:
+class ValueEmbed(Plugin):
     """Shared value-embedding table added to the values of selected layers."""
 
     name = "value_embed"
     version = "0.1.0"
-    order = 60
-    Config = Config
+    order = Order.VALUES
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"dim": 16, "layers": [2, 3]})
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        if config.dim < 1:
-            raise ValueError(f"value_embed: dim={config.dim}: expected >= 1")
-        if config.init_std < 0:
-            raise ValueError(f"value_embed: init_std={config.init_std}: expected >= 0")
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
         if len(set(config.layers)) != len(config.layers):
-            raise ValueError(f"value_embed: layers={config.layers}: each layer at most once")
-        if model is not None:
-            bad = [i for i in config.layers if not 0 <= i < model.num_layers]
-            if bad:
-                raise ValueError(
-                    f"value_embed: layers={config.layers}: {bad} outside 0..{model.num_layers - 1} "
-                    f"(model.num_layers={model.num_layers})"
-                )
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
+            raise PgolfError(f"layers={config.layers}: expected each layer at most once")
+        n = recipe.model.num_layers
+        if bad := [i for i in config.layers if not 0 <= i < n]:
+            raise PgolfError(f"layers={config.layers}: expected layers in 0..{n - 1} (model.num_layers={n}), got {bad}")
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        bad = [i for i in self.config.layers if not 0 <= i < run.recipe.model.num_layers]
-        if bad:
-            raise PgolfError(f"value_embed: layers {bad} outside 0..{run.recipe.model.num_layers - 1}")
-        run.log(f"value_embed/layers:{list(self.config.layers)} dim:{self.config.dim}")
-
-    @hookimpl
-    def pgolf_value_extras(self, spec):
+    def pgolf_value_extras(self, spec: ModelSpec) -> nn.Module:
         module = ValueEmbeddings(spec, self.config)
         declare_role(module.ve_shared.embed, "weight", group="token")
         if module.ve_shared.proj is not None:

@@ -11,16 +11,17 @@ isolated in the #414 log.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated, TypeAlias
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core import hookimpl
+from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
 
 @dataclass
 class Config:
-    last_n: int = 4
+    last_n: Annotated[int, Range(0)] = 4  # <= model.num_layers
 
 
 class ExclusiveSelfAttention(nn.Module):
@@ -32,29 +33,21 @@ class ExclusiveSelfAttention(nn.Module):
         return (grouped - (grouped * v_hat).sum(dim=-1, keepdim=True) * v_hat).reshape(b, t, h, d)
 
 
-class XSA:
+class XSA(Plugin):
     """Exclusive self attention on the last `last_n` blocks."""
 
     name = "xsa"
     version = "0.1.0"
-    order = 50
-    Config = Config
+    order = Order.MODEL
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    TINY = Tiny(settings={"last_n": 2})
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load (see pgolf_core.hookspecs)."""
-        top = model.num_layers if model is not None else None
-        if config.last_n < 0 or (top is not None and config.last_n > top):
-            raise ValueError(f"xsa: last_n={config.last_n}: expected 0..{top} (model.num_layers)")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        if config.last_n > (top := recipe.model.num_layers):
+            raise PgolfError(f"last_n={config.last_n}: expected 0..{top} (model.num_layers)")
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        n = run.recipe.model.num_layers
-        run.log(f"xsa/layers:{list(range(max(n - self.config.last_n, 0), n))}")
-
-    @hookimpl
-    def pgolf_attention_post(self, spec, layer: int):
+    def pgolf_attention_post(self, spec: ModelSpec, layer: int) -> nn.Module | None:
         return ExclusiveSelfAttention() if layer >= spec.num_layers - self.config.last_n else None

@@ -21,8 +21,8 @@ from scipy import stats as sst  # the `dev` extra's cross-check; `pgolf ablate` 
 
 from pgolf_core.ablate import plan, stats
 from pgolf_core.cli import main
-from pgolf_core.errors import PgolfError
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import PgolfError
 
 A = [1.20, 1.23, 1.21, 1.25]
 B = [1.26, 1.24, 1.29]

@@ -17,7 +17,7 @@ import torch
 from pgolf_core import build_model
 from pgolf_core.api import evaluate, export_artifact
 from pgolf_core.cli import main
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.run import train
 from pgolf_core.setup import load_weights
 from tests.tiny import tiny

@@ -21,8 +21,8 @@ import pytest
 import torch
 
 from pgolf_core import artifact, int8
-from pgolf_core.errors import PgolfError
 from pgolf_core.exporter import BUILTIN_CODECS, check_codec, codec_table
+from pgolf_core.types import PgolfError
 from tests.record_rules import BASELINE_CONTROL, pattern_roles
 
 CODECS = codec_table(BUILTIN_CODECS)

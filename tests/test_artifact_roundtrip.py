@@ -27,10 +27,10 @@ from pgolf_core.api import evaluate, export_artifact, load_checkpoint
 from pgolf_core.artifact import deserialize
 from pgolf_core.build import build_model
 from pgolf_core.cli import main
-from pgolf_core.errors import PgolfError
-from pgolf_core.recipe import dump_toml, load_recipe
+from pgolf_core.registry import load_recipe, plugin_parts
 from pgolf_core.run import train
-from pgolf_core.setup import load_plugins, load_weights
+from pgolf_core.setup import load_weights
+from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny
 
 TINY = tiny(
@@ -131,7 +131,7 @@ def test_the_artifact_is_the_format_it_claims(run):
         return
     assert sorted(corrections) == ["lqer"] and len(corrections["lqer"]) == 3  # top_k matrices corrected
     # Without the payload the weights are the plain int6 ones: LQER changed exactly the corrected matrices.
-    stack = load_plugins(run["recipe"], QUIET["log"]).export
+    stack = plugin_parts(run["recipe"]).export
     dtypes = {k: v.dtype for k, v in run["run_calls"][0][1].items()}
     plain = stack.dequantize({k: v for k, v in obj.items() if k != exporter.CORRECTIONS_KEY}, dtypes)
     corrected = run["run_calls"][0][1]
@@ -156,7 +156,7 @@ def test_every_codec_reads_back_the_runs_dequantized_weights(run, codec, tmp_pat
         assert blob == (run["out"] / "run" / "final_model.ptz").read_bytes()
     if codec == "brotli":  # a raw brotli stream of the byte-shuffled payload (PR #1089's header)
         assert brotli.decompress(blob).startswith(b"BSHF\x02")
-    stack = load_plugins(recipe, QUIET["log"]).export
+    stack = plugin_parts(recipe).export
     run_weights = run["run_calls"][0][1]
     weights = load_checkpoint(path, stack, {k: v.dtype for k, v in run_weights.items()}, codec)
     assert_same_weights(weights, run_weights)

@@ -18,8 +18,8 @@ import torch
 
 from pgolf_core import authoring, registry
 from pgolf_core.cli import main
-from pgolf_core.errors import PgolfError
 from pgolf_core.testing import PluginContract, assert_matches_golden
+from pgolf_core.types import PgolfError
 
 try:
     import tomllib
@@ -73,7 +73,7 @@ def check_package(pkg: Path, name: str, phase: str) -> None:
     assert meta["project"]["entry-points"]["pgolf.plugins"] == {name: f"pgolf_{name}:{cls}"}
     module = (pkg / "src" / f"pgolf_{name}" / "__init__.py").read_text()
     assert f"def {authoring.PHASES[phase][0]}(self" in module and "@dataclass\nclass Config:" in module
-    assert f"\nclass {cls}:\n" in module and f"\nPLUGIN = {cls}\n" in module
+    assert f"\nclass {cls}(Plugin):\n" in module and f"\nPLUGIN = {cls}\n" in module
     test = (pkg / "tests" / f"test_{name}.py").read_text()
     assert f'PluginContract(\n    "{name}"' in test or f'PluginContract("{name}"' in test
     assert "CONTRACT.check_all(tmp_path)" in test and 'Path(__file__).parent / "golden.pt"' in test
@@ -131,7 +131,7 @@ SCALE = """
     from dataclasses import dataclass
 
     import torch
-    from pgolf_core import hookimpl
+    from pgolf_core import Plugin, Tiny, hookimpl
 
 
     @dataclass
@@ -148,15 +148,13 @@ SCALE = """
             return y * self.factor
 
 
-    class LocalScale:
+    class LocalScale(Plugin):
         \"\"\"Scales the attention output (a plugin file, not a package).\"\"\"
 
         name = "local_scale"
         version = "0.2.0"
         Config = Config
-
-        def __init__(self, config):
-            self.config = config
+        TINY = Tiny(settings={"factor": 0.5})
 
         @hookimpl
         def pgolf_attention_post(self, spec, layer):
@@ -173,7 +171,8 @@ def test_plugins_dir_loads_a_plugin_file_without_packaging(tmp_path, sample_cach
     out = capsys.readouterr().out
     assert f"local_scale 0.2.0  (order 100, from {folder / 'local_scale.py'})" in out
     assert "hooks:  pgolf_attention_post" in out and "config: factor=0.5" in out
-    contract = PluginContract("local_scale", settings={"factor": 0.5}, plugin_dirs=[folder])
+    contract = PluginContract("local_scale", plugin_dirs=[folder])
+    assert contract.tiny.settings == {"factor": 0.5}  # the class's TINY
     contract.check_config(tmp_path / "config")
     with_it, without = contract.check_effect(tmp_path / "effect")
     assert with_it["plugins"][0]["name"] == "local_scale" and with_it["val_loss"] != without["val_loss"]
@@ -185,7 +184,7 @@ BREAKS = SCALE.replace("return y * self.factor", "return y * self.factor.item()"
 # compiled model recompiles inside the timed loop (the bug a tensor buffer updated in place avoids).
 RECOMPILES = """
     import torch
-    from pgolf_core import hookimpl
+    from pgolf_core import Plugin, hookimpl
 
 
     class Doubler(torch.nn.Module):
@@ -197,11 +196,12 @@ RECOMPILES = """
             return y * 2.0 if self.on else y
 
 
-    class LocalScale:
+    class LocalScale(Plugin):
         name = "local_scale"
         version = "0.1.0"
 
         def __init__(self, config):
+            super().__init__(config)
             self.made = []
 
         @hookimpl
@@ -237,8 +237,10 @@ def test_contract_catches_a_recompilation_after_warm_up(tmp_path, sample_cache):
 
 
 def test_contract_refuses_a_plugin_without_effect(tmp_path, sample_cache):
-    folder = local_plugin(tmp_path / "mine", "local_scale", SCALE)
-    contract = PluginContract("local_scale", settings={"factor": 1.0}, plugin_dirs=[folder])
+    folder = local_plugin(
+        tmp_path / "mine", "local_scale", SCALE.replace('settings={"factor": 0.5}', 'settings={"factor": 1.0}')
+    )
+    contract = PluginContract("local_scale", plugin_dirs=[folder])
     with pytest.raises(AssertionError, match="local_scale: no effect on the tiny run: loss moved 0.00e"):
         contract.check_effect(tmp_path)
 
@@ -373,7 +375,8 @@ def test_the_tutorial_plugin_passes_the_contract(tmp_path, sample_cache):
     """docs/writing-plugins.md's plugin, as printed there, loaded with --plugins-dir: it compiles clean and acts."""
     code = tutorial_files()["pgolf-out_gate/src/pgolf_out_gate/__init__.py"]
     folder = local_plugin(tmp_path / "mine", "out_gate", code)
-    contract = PluginContract("out_gate", settings={"width": 12}, plugin_dirs=[folder])
+    contract = PluginContract("out_gate", plugin_dirs=[folder])
+    assert contract.tiny.settings == {"width": 12}  # the tutorial's TINY
     contract.check_config(tmp_path / "config")
     contract.check_compiles(tmp_path / "compiles")
     with_it, without = contract.check_effect(tmp_path / "effect")

@@ -23,9 +23,9 @@ import torch
 from pgolf_core import build_model
 from pgolf_core.api import evaluate
 from pgolf_core.cli import main
-from pgolf_core.errors import RecipeError
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.rundir import default_out
+from pgolf_core.types import RecipeError
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -227,3 +227,15 @@ def test_dry_run_prints_the_resolved_recipe_and_folder_and_writes_nothing(sample
     assert main(["run", BASELINE, "--dry-run", "--out", str(tmp_path / "mine")]) == 0
     assert capsys.readouterr().out.splitlines()[0].endswith(f"Run folder: {tmp_path / 'mine'}")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("command", ["run", "eval"])
+def test_a_plugins_dir_that_does_not_exist_is_refused_before_anything_is_written(command, tmp_path, capsys):
+    """`--plugins-dir` naming no folder (a typo) is exit 2 naming it, before a run folder exists: its plugins would
+    otherwise silently not load (and a recipe without plugin tables would train without them)."""
+    out, missing = tmp_path / "out", tmp_path / "no-such-plugins"
+    argv = [command, "recipes/baseline.toml", "--smoke", "--plugins-dir", str(missing)]
+    argv += ["--out", str(out)] if command == "run" else ["--checkpoint", str(tmp_path / "x.pt")]
+    assert main(argv) == 2
+    assert f"--plugins-dir {missing}: not a directory" in capsys.readouterr().err
+    assert not out.exists()

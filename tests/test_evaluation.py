@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 from pgolf_core import evaluation as ev
-from pgolf_core.errors import PgolfError
 from pgolf_core.model import GPT, ModelSpec
+from pgolf_core.types import Env, PgolfError, ValChunk
 
 V, T = 64, 16
 CPU = torch.device("cpu")
@@ -98,7 +98,7 @@ def close(a: float, b: float, rel: float = 2e-6) -> bool:
 
 def test_standard_matches_hand_loop(model: GPT, tables: Tables) -> None:
     val = stream(5 * T + 1 + 7)  # 7 tokens beyond the last full row are never scored
-    res = ev.eval_standard(model, val, T, 2, tables, ev.Placement(CPU))
+    res = ev.eval_standard(model, val, T, 2, tables, Env(CPU))
     nll, count, byte_sum = 0.0, 0, 0
     v = val.long()
     for row in range(5):
@@ -116,10 +116,9 @@ def test_standard_matches_hand_loop(model: GPT, tables: Tables) -> None:
 
 def test_standard_rank_split_adds_up(model: GPT, tables: Tables) -> None:
     val = stream(7 * T + 1)
-    one = ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU)), CPU)
+    one = ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, Env(CPU)), CPU)
     parts = [
-        ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, ev.Placement(CPU, r, 2)), CPU)
-        for r in range(2)
+        ev.score_batches(model, ev.standard_batches(model, val, T, 2, tables, Env(CPU, r, 2)), CPU) for r in range(2)
     ]
     assert sum(p.token_count.item() for p in parts) == one.token_count.item() == 7 * T
     assert sum(p.byte_count.item() for p in parts) == one.byte_count.item()
@@ -154,8 +153,8 @@ def test_chunked_sliding_without_adaptation_equals_plain(model: GPT, tables: Tab
     """Chunking changes only the batching: the same windows, tokens and bytes; the float64 loss sum is
     grouped by chunk, so it may differ in the last bits (measured: equal here)."""
     val, stride = stream(9 * T + 1 + 5), 4
-    plain = ev.eval_sliding(model, val, T, stride, 3, tables, ev.Placement(CPU), tail=tail)
-    chunked = ev.eval_sliding(model, val, T, stride, 3, tables, ev.Placement(CPU), tail=tail,
+    plain = ev.eval_sliding(model, val, T, stride, 3, tables, Env(CPU), tail=tail)
+    chunked = ev.eval_sliding(model, val, T, stride, 3, tables, Env(CPU), tail=tail,
                               adapt=lambda chunk: None, chunk_tokens=2 * T + 3)  # fmt: skip
     assert (chunked.tokens, chunked.bytes) == (plain.tokens, plain.bytes)
     assert close(chunked.val_bpb, plain.val_bpb, rel=1e-12) and close(chunked.val_loss, plain.val_loss, rel=1e-12)
@@ -171,7 +170,7 @@ def test_adaptation_sees_only_scored_tokens_in_order(model: GPT, tables: Tables)
     adapted.load_state_dict(model.state_dict())
     spy, opt = Spy(adapted), torch.optim.SGD(adapted.parameters(), lr=0.5)
 
-    def cheat(chunk: ev.ValChunk) -> None:
+    def cheat(chunk: ValChunk) -> None:
         assert not torch.is_inference_mode_enabled() and adapted.training and chunk.scored
         assert chunk.tokens.untyped_storage().nbytes() == chunk.tokens.numel() * 8  # nothing beyond it
         spy.events.append(("adapt", chunk.tokens.clone()))
@@ -180,7 +179,7 @@ def test_adaptation_sees_only_scored_tokens_in_order(model: GPT, tables: Tables)
         adapted(x, y).backward()
         opt.step()
 
-    res = ev.eval_sliding(spy, val, T, stride, 3, tables, ev.Placement(CPU), adapt=cheat, chunk_tokens=chunk_tokens)
+    res = ev.eval_sliding(spy, val, T, stride, 3, tables, Env(CPU), adapt=cheat, chunk_tokens=chunk_tokens)
     v, total = val.long(), val.numel() - 1
     scored: set[int] = set()
     handed: list[int] = []
@@ -198,18 +197,18 @@ def test_adaptation_sees_only_scored_tokens_in_order(model: GPT, tables: Tables)
             handed.extend(targets)
     k = -(-total // chunk_tokens)
     assert handed == list(range((k - 1) * chunk_tokens)) and [e[0] for e in spy.events].count("adapt") == k - 1
-    frozen = ev.eval_sliding(model, val, T, stride, 3, tables, ev.Placement(CPU), adapt=lambda c: None,
+    frozen = ev.eval_sliding(model, val, T, stride, 3, tables, Env(CPU), adapt=lambda c: None,
                              chunk_tokens=chunk_tokens)  # fmt: skip
     assert res.tokens == frozen.tokens and not close(res.val_loss, frozen.val_loss, rel=1e-3)
     first_chunk = [ws for ws in range(0, total, stride) if ws + ev.scored_span(ws, total, T, stride)[0] < chunk_tokens]
-    b0 = ev.sliding_batches(model, val, T, stride, 3, tables, ev.Placement(CPU), starts=first_chunk)
-    b1 = ev.sliding_batches(spy.inner, val, T, stride, 3, tables, ev.Placement(CPU), starts=first_chunk)
+    b0 = ev.sliding_batches(model, val, T, stride, 3, tables, Env(CPU), starts=first_chunk)
+    b1 = ev.sliding_batches(spy.inner, val, T, stride, 3, tables, Env(CPU), starts=first_chunk)
     assert not torch.equal(next(b0).nll_sum, next(b1).nll_sum)  # the adapted model differs from the frozen one
 
 
 def test_chunk_rows_are_this_ranks_share() -> None:
     tokens = torch.arange(5 * T + 3)
-    chunk = ev.ValChunk(tokens, 0, 2, ev.Placement(CPU, 1, 2))
+    chunk = ValChunk(tokens, 0, 2, Env(CPU, 1, 2))
     x, y = chunk.rows(T)  # 5 full rows: rank 1 of 2 gets rows [2, 5)
     assert torch.equal(x, tokens[2 * T : 5 * T].reshape(3, T))
     assert torch.equal(y, tokens[2 * T + 1 : 5 * T + 1].reshape(3, T))
@@ -312,9 +311,9 @@ def test_bad_sliding_settings() -> None:
 
 def test_sliding_with_full_stride_equals_standard(model: GPT, tables: Tables) -> None:
     val = stream(6 * T + 1)
-    std = ev.eval_standard(model, val, T, 4, tables, ev.Placement(CPU))
+    std = ev.eval_standard(model, val, T, 4, tables, Env(CPU))
     for tail in ("rescore_tail", "once"):  # "full_windows" rejects stride == seq_len (its loop would not end)
-        sl = ev.eval_sliding(model, val, T, T, 4, tables, ev.Placement(CPU), tail=tail)
+        sl = ev.eval_sliding(model, val, T, T, 4, tables, Env(CPU), tail=tail)
         assert (sl.tokens, sl.bytes) == (std.tokens, std.bytes)
         assert close(sl.val_loss, std.val_loss) and close(sl.val_bpb, std.val_bpb)
 
@@ -324,7 +323,7 @@ def test_sliding_once_equals_per_token_naive(model: GPT, tables: Tables) -> None
     token: checks padding, batching and span bookkeeping together."""
     val, stride = stream(5 * T + 1 - 3), 5  # total not a multiple of T or stride: a clipped tail
     total = val.numel() - 1
-    res = ev.eval_sliding(model, val, T, stride, 3, tables, ev.Placement(CPU), tail="once")
+    res = ev.eval_sliding(model, val, T, stride, 3, tables, Env(CPU), tail="once")
     v = val.long()
     nll = byte_sum = 0.0
     for p in range(total):
@@ -340,7 +339,7 @@ def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
     """tail="rescore_tail": one window at a time, unpadded, scoring the records' positions (tail included)."""
     val, stride = stream(4 * T + 1), 4
     total = val.numel() - 1
-    res = ev.eval_sliding(model, val, T, stride, 5, tables, ev.Placement(CPU), tail="rescore_tail")
+    res = ev.eval_sliding(model, val, T, stride, 5, tables, Env(CPU), tail="rescore_tail")
     v = val.long()
     nll = count = byte_sum = 0.0
     for ws in range(0, total, stride):
@@ -359,7 +358,7 @@ def test_sliding_record_equals_window_loop(model: GPT, tables: Tables) -> None:
 def test_sliding_pr63_equals_the_records_loop(model: GPT, tables: Tables) -> None:
     """tail="full_windows": PR #63's eval loop, one full window at a time (no padding ever needed)."""
     val, stride = stream(4 * T + 1 + 3), 4
-    res = ev.eval_sliding(model, val, T, stride, 3, tables, ev.Placement(CPU), tail="full_windows")
+    res = ev.eval_sliding(model, val, T, stride, 3, tables, Env(CPU), tail="full_windows")
     v = val.long()
     nll = count = byte_sum = 0.0
     pos = 0
@@ -380,7 +379,7 @@ def test_sliding_pr63_equals_the_records_loop(model: GPT, tables: Tables) -> Non
 def test_sliding_batches_have_one_shape(model: GPT, tables: Tables) -> None:
     """The short last batch is padded with empty windows: a compiled forward never recompiles."""
     spy = Spy(model)
-    batches = list(ev.sliding_batches(spy, stream(3 * T + 1), T, 4, 5, tables, ev.Placement(CPU)))
+    batches = list(ev.sliding_batches(spy, stream(3 * T + 1), T, 4, 5, tables, Env(CPU)))
     assert len(batches) == 3 and {tuple(x.shape) for _, x in spy.events} == {(5, T)}  # 12 windows
     assert sum(b.token_count.item() for b in batches) == 3 * T + T - 4
 
@@ -390,7 +389,7 @@ def test_sliding_rank_split_adds_up(model: GPT, tables: Tables, tail: str) -> No
     val, stride = stream(3 * T + 1 + 5), 6
 
     def sums(rank: int, world: int) -> ev.EvalSums:
-        batches = ev.sliding_batches(model, val, T, stride, 4, tables, ev.Placement(CPU, rank, world), tail)
+        batches = ev.sliding_batches(model, val, T, stride, 4, tables, Env(CPU, rank, world), tail)
         return ev.score_batches(model, batches, CPU)
 
     one = sums(0, 1)
@@ -405,8 +404,20 @@ def test_bf16_autocast_runs_on_cpu(model: GPT, tables: Tables) -> None:
     """Autocast is applied (the loss moves) and only rounds (it moves little): the relative change
     measured is 4.7e-4 (native, avx2) and 3.3e-4 (ATEN_CPU_CAPABILITY=default); bounds 10x either side."""
     val = stream(2 * T + 1)
-    fp32 = ev.eval_sliding(model, val, T, 8, 4, tables, ev.Placement(CPU))
-    bf16 = ev.eval_sliding(model, val, T, 8, 4, tables, ev.Placement(CPU, autocast_dtype=torch.bfloat16))
+    fp32 = ev.eval_sliding(model, val, T, 8, 4, tables, Env(CPU))
+    bf16 = ev.eval_sliding(model, val, T, 8, 4, tables, Env(CPU, autocast_dtype=torch.bfloat16))
     assert bf16.tokens == fp32.tokens
     assert 3e-5 < abs(bf16.val_loss - fp32.val_loss) / fp32.val_loss < 5e-3
     assert model.training
+
+
+def test_drop_short_keeps_the_first_window_and_drops_windows_shorter_than_the_stride() -> None:
+    """PR #549's test-time-training eval keeps a window when `wlen >= stride or ws == 0`; its plain sliding eval
+    (`rescore_tail`) keeps every start. They differ exactly when the stream's length is not a multiple of the
+    stride: 70 targets, windows of 32 at stride 8 -> the start 64 (6 targets) is the extra window."""
+    total, seq_len, stride = 70, 32, 8
+    kept = ev.window_starts(total, seq_len, stride, "drop_short")
+    assert kept == [ws for ws in range(0, total, stride) if ws == 0 or min(ws + seq_len, total) - ws >= stride]
+    assert ev.window_starts(total, seq_len, stride, "rescore_tail") == [*kept, 64]
+    assert ev.window_starts(64, seq_len, stride) == ev.window_starts(64, seq_len, stride, "drop_short")
+    assert ev.window_starts(5, seq_len, stride, "drop_short") == [0]  # the first window, however short

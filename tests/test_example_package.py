@@ -45,7 +45,7 @@ def test_installs_with_its_entry_point(installed: dict[str, Path]) -> None:
     assert (site / "pgolf_attn_gate" / "__init__.py").is_file()
     (dist_info,) = site.glob("pgolf_attn_gate-0.1.0.dist-info")
     entry_points = (dist_info / "entry_points.txt").read_text()
-    assert '[pgolf.plugins]\nattn_gate = pgolf_attn_gate:AttnGate' in entry_points
+    assert "[pgolf.plugins]\nattn_gate = pgolf_attn_gate:AttnGate" in entry_points
 
 
 def test_pgolf_plugins_lists_it(installed: dict[str, Path]) -> None:
@@ -54,7 +54,7 @@ def test_pgolf_plugins_lists_it(installed: dict[str, Path]) -> None:
     lines = done.stdout.splitlines()
     at = next(i for i, line in enumerate(lines) if line.startswith("attn_gate "))
     assert lines[at].startswith(f"attn_gate 0.1.0  (order 60, from {DIST})  Per-head attention output gate")
-    assert lines[at + 1].split() == ["hooks:", "pgolf_attention_post,", "pgolf_configure"]
+    assert lines[at + 1].split() == ["hooks:", "pgolf_attention_post"]
     assert lines[at + 2].strip() == "config: variant='out_gate', width=12, init_std=0.0, scale=1.0"
     without = run(["-m", "pgolf", "plugins"], None)  # not installed here: pgolf finds it only through the folder
     already = any(line.startswith("attn_gate ") for line in without.stdout.splitlines())
@@ -70,28 +70,28 @@ def _summary_of_run(installed: dict[str, Path], name: str, extra: list[str]) -> 
     return json.loads((out / "summary.json").read_text()), (out / "train.log").read_text()
 
 
-def check_run(summary: dict, log: str, layers: int) -> None:
+def check_run(summary: dict, log: str) -> None:
     names = [p["name"] for p in summary["plugins"]]
     assert {"name": "attn_gate", "version": "0.1.0", "order": 60} in summary["plugins"]
     assert names.index("xsa") < names.index("attn_gate")  # the gate sees XSA's output, as in PR #1667
     assert summary["steps"] == 4 and summary["artifact_format"].startswith("int6")
     for key in ("val_bpb", "roundtrip_val_bpb", "sliding_val_bpb"):
         assert 0 < summary[key] < 10, key
-    assert f"attn_gate/variant:out_gate width:12 init_std:0.0 scale:1.0 params:{layers * 4 * 12}" in log
+    assert "attn_gate: variant:out_gate width:12 init_std:0.0 scale:1.0" in log  # the core logs its settings
 
 
 def test_pr414_with_it_trains_exports_and_scores(installed: dict[str, Path]) -> None:
     """`pgolf run recipes/pr414.toml --smoke --enable attn_gate` with 4 layers and 4 steps (~10 s)."""
     small = ["model.num_layers=4", "plugins.value_embed.layers=[2, 3]", "train.warmup_steps=1"]
     summary, log = _summary_of_run(installed, "run4", [a for s in small for a in ("--set", s)])
-    check_run(summary, log, 4)
+    check_run(summary, log)
 
 
 @pytest.mark.slow
 def test_pr414_smoke_with_it(installed: dict[str, Path]) -> None:
     """The smoke model as it is (11 layers), 4 steps (~25 s)."""
     summary, log = _summary_of_run(installed, "smoke", [])
-    check_run(summary, log, 11)
+    check_run(summary, log)
 
 
 @pytest.mark.slow

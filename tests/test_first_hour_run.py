@@ -12,9 +12,9 @@ import pytest
 
 from pgolf_core import preflight, rundir
 from pgolf_core.cli import main
-from pgolf_core.evaluation import Placement
 from pgolf_core.manifest import health_warnings
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import Env
 
 ROOT = Path(__file__).resolve().parents[1]
 PR414 = str(ROOT / "recipes" / "pr414.toml")
@@ -63,7 +63,7 @@ def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys
 def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
     """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
     monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
-    recipe, cpu = load_recipe(PR414), Placement(CPU)
+    recipe, cpu = load_recipe(PR414), Env(CPU)
     with pytest.raises(preflight.PgolfError) as info:
         preflight.check(recipe, cpu, False, print, cpu_flops=1e11)
     step_min = 6 * preflight.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
@@ -184,13 +184,14 @@ def test_the_progress_display_counts_every_step_against_iterations_and_shows_eva
 
 def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     from pgolf_core import evaluation as ev
-    from pgolf_core.setup import build, load_data, load_plugins
+    from pgolf_core.registry import plugin_parts
+    from pgolf_core.setup import build, load_data
 
     recipe = load_recipe(BASELINE, ["eval.max_tokens=4096"], smoke=True)
     batches: list[int] = []
-    where = ev.Placement(preflight.torch.device("cpu"), on_batch=lambda: batches.append(1))
+    where = Env(preflight.torch.device("cpu"), on_batch=lambda: batches.append(1))
     data = load_data(recipe, where, lambda _: None, train=False)
-    model, _ = build(recipe, load_plugins(recipe, lambda _: None), where, lambda _: None)
+    model, _ = build(recipe, plugin_parts(recipe), where, lambda _: None)
     ev.eval_standard(model, data.val_tokens, data.eval_seq, 16, data.tables, where)
     rows = (data.val_tokens.numel() - 1) // data.eval_seq
     assert len(batches) == -(-rows // 16)  # ceil(rows / 16)

@@ -12,8 +12,8 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks import reference_baseline as ref
-from pgolf_core.errors import PgolfError
 from pgolf_core.model import GPT, ModelSpec, count_parameters
+from pgolf_core.types import PgolfError
 
 SMALL = {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "mlp_hidden": 64}
 B, T = 2, 16

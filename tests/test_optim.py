@@ -19,12 +19,11 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pgolf_core import optim
-from pgolf_core.build import build_model_with, configure, model_spec
-from pgolf_core.errors import PgolfError
+from pgolf_core.build import build_model_with, model_spec
 from pgolf_core.optim import Muon, build_optimizers, lr_scale, muon_momentum, newton_schulz5
-from pgolf_core.recipe import TrainConfig, load_recipe
-from pgolf_core.registry import create_manager
+from pgolf_core.registry import create_manager, load_recipe
 from pgolf_core.roles import collect_roles, declare_role
+from pgolf_core.types import PgolfError, TrainConfig
 from tests.record_rules import control_patterns
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -228,7 +227,6 @@ def tiny(*sets: str, recipe: Path | None = None, smoke: bool = False):
     base = ["model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2", "model.num_layers=4"]
     r = load_recipe(recipe, [*(base if recipe is None else []), *sets], smoke=smoke)
     pm = create_manager(r)
-    configure(r, pm, log=lambda msg: None)
     model = build_model_with(model_spec(r), pm, r.run.seed)
     return r, model, collect_roles(model), control_patterns(r)
 

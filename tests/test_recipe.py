@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pgolf_core.errors import RecipeError
-from pgolf_core.recipe import SMOKE_OVERRIDES, dump_toml, load_recipe
+from pgolf_core.recipe import SMOKE_OVERRIDES, read_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import PgolfError, Plugin, RecipeError, dump_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -19,7 +20,7 @@ class DemoConfig:
     layers: list[int] = dataclasses.field(default_factory=lambda: [9, 10])
 
 
-class DemoPlugin:
+class DemoPlugin(Plugin):
     name = "demo"
     Config = DemoConfig
 
@@ -84,7 +85,7 @@ def test_int_accepted_for_float_but_not_the_reverse(tmp_path):
 )
 def test_malformed_recipes_name_file_table_key(tmp_path, text, message):
     with pytest.raises(RecipeError, match=message):
-        load_recipe(write(tmp_path, text), plugin_classes=classes)
+        read_recipe(write(tmp_path, text), plugin_classes=classes)
 
 
 def test_missing_file_and_bad_override(tmp_path):
@@ -106,7 +107,7 @@ def test_errors_in_set_values_name_the_set(tmp_path):
     with pytest.raises(
         RecipeError, match=r"\[plugins.demo\] decay: expected float.*\(from --set plugins.demo.decay=x\)"
     ):
-        load_recipe(path, ["plugins.demo.decay=x"], plugin_classes=classes)
+        read_recipe(path, ["plugins.demo.decay=x"], plugin_classes=classes)
     with pytest.raises(RecipeError, match=r"unknown key 'itrations'.*\(from --set train.itrations=3\)"):
         load_recipe(path, ["train.itrations=3"])
     with pytest.raises(RecipeError) as bad_file:  # an error in the file itself blames no --set
@@ -119,22 +120,22 @@ def test_errors_in_set_values_name_the_set(tmp_path):
 
 def test_plugins_enable_disable_keep_settings(tmp_path):
     path = write(tmp_path, "[plugins.demo]\ndecay = 0.9\n")
-    r = load_recipe(path, plugin_classes=classes)
+    r = read_recipe(path, plugin_classes=classes)
     assert r.enabled_plugins == ["demo"] and r.plugins["demo"].config.decay == 0.9
-    r = load_recipe(path, disable=["demo"], plugin_classes=classes)
+    r = read_recipe(path, disable=["demo"], plugin_classes=classes)
     assert r.enabled_plugins == [] and r.plugins["demo"].config.decay == 0.9
-    r = load_recipe(write(tmp_path, "[plugins.demo]\nenabled = false\n"), enable=["demo"], plugin_classes=classes)
+    r = read_recipe(write(tmp_path, "[plugins.demo]\nenabled = false\n"), enable=["demo"], plugin_classes=classes)
     assert r.enabled_plugins == ["demo"]
-    r = load_recipe(path, ["plugins.demo.decay=0.5"], plugin_classes=classes)
+    r = read_recipe(path, ["plugins.demo.decay=0.5"], plugin_classes=classes)
     assert r.plugins["demo"].config.decay == 0.5
     with pytest.raises(RecipeError, match=r"--disable dmo: plugin 'dmo' is not in .*did you mean \"demo\""):
-        load_recipe(path, disable=["dmo"], plugin_classes=classes)
+        read_recipe(path, disable=["dmo"], plugin_classes=classes)
 
 
 def test_resolved_recipe_round_trips_through_toml(tmp_path):
-    r = load_recipe(write(tmp_path, "[plugins.demo]\nlayers = [3]\n"), ["train.adam_eps=1e-10"], plugin_classes=classes)
+    r = read_recipe(write(tmp_path, "[plugins.demo]\nlayers = [3]\n"), ["train.adam_eps=1e-10"], plugin_classes=classes)
     text = r.to_toml()
-    again = load_recipe(write(tmp_path, text), plugin_classes=classes)
+    again = read_recipe(write(tmp_path, text), plugin_classes=classes)
     assert again.to_dict() == r.to_dict()
     assert again.sha256() == r.sha256()
     assert "[plugins.demo]\nenabled = true\ndecay = 0.997\nlayers = [3]" in text
@@ -153,13 +154,13 @@ def test_smoke_keeps_an_explicit_mlp_width_in_proportion():
 
 
 class CheckedPlugin(DemoPlugin):
-    """A third-party plugin using the documented `validate(config, model, recipe)` convention."""
+    """A third-party plugin with the documented `check(config, recipe)` (`pgolf_core.Plugin`)."""
 
-    @staticmethod
-    def validate(config, model, recipe):
-        bad = [i for i in config.layers if not 0 <= i < model.num_layers]
-        if bad:
-            raise ValueError(f"layers={config.layers}: expected layer indices in 0..{model.num_layers - 1}")
+    @classmethod
+    def check(cls, config, recipe):
+        n = recipe.model.num_layers
+        if bad := [i for i in config.layers if not 0 <= i < n]:
+            raise PgolfError(f"layers={config.layers}: expected layer indices in 0..{n - 1} (not {bad})")
 
 
 def test_plugin_validate_gets_the_resolved_model_and_errors_name_the_table(tmp_path):
@@ -167,14 +168,14 @@ def test_plugin_validate_gets_the_resolved_model_and_errors_name_the_table(tmp_p
         return {n: CheckedPlugin for n in names}
 
     path = write(tmp_path, "[model]\nnum_layers = 4\n\n[plugins.demo]\nlayers = [3]\n")
-    assert load_recipe(path, plugin_classes=checked).plugins["demo"].config.layers == [3]
+    assert read_recipe(path, plugin_classes=checked).plugins["demo"].config.layers == [3]
     with pytest.raises(RecipeError) as err:
-        load_recipe(path, ["model.num_layers=3"], plugin_classes=checked)
-    assert str(err.value) == f"{path}: [plugins.demo] layers=[3]: expected layer indices in 0..2"
+        read_recipe(path, ["model.num_layers=3"], plugin_classes=checked)
+    assert str(err.value) == f"{path}: [plugins.demo] layers=[3]: expected layer indices in 0..2 (not [3])"
     # a disabled plugin is not checked against the model: it will not join it
-    assert not load_recipe(path, ["model.num_layers=3"], disable=["demo"], plugin_classes=checked).enabled_plugins
+    assert not read_recipe(path, ["model.num_layers=3"], disable=["demo"], plugin_classes=checked).enabled_plugins
     with pytest.raises(RecipeError, match=r"\[plugins.demo\] decay=inf: expected a finite number"):
-        load_recipe(path, ["plugins.demo.decay=inf"], plugin_classes=checked)
+        read_recipe(path, ["plugins.demo.decay=inf"], plugin_classes=checked)
 
 
 @pytest.mark.parametrize(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import sys
 import textwrap
-from functools import partial
 from pathlib import Path
 
 import pytest
@@ -14,15 +13,15 @@ import torch
 from pgolf_core import registry
 from pgolf_core.build import build_model, build_model_with, model_spec
 from pgolf_core.cli import main
-from pgolf_core.errors import PgolfError, RecipeError
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import PgolfError, RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PLUGIN_TEMPLATE = '''
 import dataclasses
 from torch import nn
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
 @dataclasses.dataclass
@@ -41,7 +40,7 @@ class Scale(nn.Module):
         return y * self.scale
 
 
-class Plugin:
+class Demo(Plugin):
     """{doc}"""
 
     name = "{name}"
@@ -49,19 +48,16 @@ class Plugin:
     order = {order}
     Config = Config
 
-    def __init__(self, config):
-        self.config = config
-
     @hookimpl
     def pgolf_attention_post(self, spec, layer):
-        return Scale(self.config.scale) if layer == spec.num_layers - 1 else None
-
-    @hookimpl
-    def pgolf_configure(self, run):
-        run.log("configured {name}")
+        if layer == spec.num_layers - 1:
+            module = Scale(self.config.scale)
+            module.owner = self.name
+            return module
+        return None
 {extra}
 
-PLUGIN = Plugin
+PLUGIN = Demo
 '''
 
 ROTARY = """
@@ -80,7 +76,7 @@ def recipe_with(directory: Path, tmp_path: Path, body: str, **kwargs):
     path = tmp_path / "r.toml"
     model = "[model]\nvocab_size = 64\nnum_layers = 2\nmodel_dim = 32\nnum_heads = 4\nnum_kv_heads = 2\n"
     path.write_text(model + body)
-    return load_recipe(path, plugin_classes=partial(registry.plugin_classes, plugin_dirs=[directory]), **kwargs)
+    return load_recipe(path, plugin_dirs=[directory], **kwargs)
 
 
 def test_collecting_hooks_follow_order_then_name(tmp_path):
@@ -90,12 +86,8 @@ def test_collecting_hooks_follow_order_then_name(tmp_path):
     r = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\n[plugins.beta]\n[plugins.zeta]\n")
     pm = registry.create_manager(r, [tmp_path])
     assert [p.name for p in registry.ordered_plugins(pm)] == ["zeta", "alpha", "beta"]
-    seen: list[str] = []
-    from pgolf_core.build import RunContext
-
-    run = RunContext(recipe=r, log=seen.append)
-    pm.hook.pgolf_configure(run=run)
-    assert seen == ["configured zeta", "configured alpha", "configured beta"]
+    modules = pm.hook.pgolf_attention_post(spec=model_spec(r), layer=1)
+    assert [m.owner for m in modules] == ["zeta", "alpha", "beta"]
 
 
 def test_disabled_plugin_is_not_registered_and_has_no_effect(tmp_path):
@@ -114,10 +106,9 @@ def test_disabled_plugin_is_not_registered_and_has_no_effect(tmp_path):
 def test_two_plugins_on_an_exclusive_hook_is_an_error_naming_both(tmp_path):
     make_plugin(tmp_path, "rope_a", extra=ROTARY)
     make_plugin(tmp_path, "rope_b", extra=ROTARY)
-    r = recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
     message = "plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary"
-    with pytest.raises(RecipeError, match=message):
-        registry.create_manager(r, [tmp_path])
+    with pytest.raises(RecipeError, match=message):  # when the recipe loads, before anything is set up
+        recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
 
 
 def test_broken_plugin_is_reported_not_fatal(tmp_path, capsys):
@@ -125,7 +116,7 @@ def test_broken_plugin_is_reported_not_fatal(tmp_path, capsys):
     (tmp_path / "broken.py").write_text("raise ImportError('needs libfoo')\n")
     rows = {row["name"]: row for row in registry.describe([tmp_path])}
     assert "needs libfoo" in rows["broken"]["error"]
-    assert rows["alpha"]["hooks"] == ["pgolf_attention_post", "pgolf_configure"]
+    assert rows["alpha"]["hooks"] == ["pgolf_attention_post"]
     assert rows["alpha"]["config"] == {"scale": 2.0} and rows["alpha"]["version"] == "1.2.3"
     assert main(["plugins", "--plugins-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
@@ -168,7 +159,7 @@ def test_cli_reports_plugin_setting_and_path_errors_with_exit_2(tmp_path, capsys
     recipes = Path(__file__).resolve().parents[1] / "recipes"
     assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "plugins.xsa.last_n=30"]) == 2
     err = capsys.readouterr().err
-    assert f"{recipes / 'pr414.toml'}: [plugins.xsa] xsa: last_n=30: expected 0..11 (model.num_layers)" in err
+    assert f"{recipes / 'pr414.toml'}: [plugins.xsa] last_n=30: expected 0..11 (model.num_layers)" in err
     assert main(["run", str(recipes / "pr414.toml"), "--smoke", "--set", "export.level=30"]) == 2
     err = capsys.readouterr().err
     assert f'{recipes / "pr414.toml"}: [export] level=30: expected 1..22 for compressor "zstd"' in err
@@ -206,21 +197,18 @@ def test_build_model_is_deterministic_for_the_seed(tmp_path):
 
 
 MISSPELLED = """
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
-class Plugin:
+class Typo(Plugin):
     name = "{name}"
     version = "0"
     order = 100
 
-    def __init__(self, config):
-        pass
-
     {body}
 
 
-PLUGIN = Plugin
+PLUGIN = Typo
 """
 
 
@@ -306,9 +294,8 @@ def test_unknown_hook_name_says_the_fix(tmp_path):
 def test_exclusive_hook_conflict_names_where_each_plugin_comes_from(tmp_path):
     make_plugin(tmp_path, "rope_a", extra=ROTARY)
     make_plugin(tmp_path, "rope_b", extra=ROTARY)
-    r = recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
-    with pytest.raises(RecipeError) as info:
-        registry.create_manager(r, [tmp_path])
+    with pytest.raises(RecipeError) as info:  # when the recipe loads
+        recipe_with(tmp_path, tmp_path, "[plugins.rope_a]\n[plugins.rope_b]\n")
     assert str(info.value) == (
         f"{tmp_path / 'r.toml'}: plugins 'rope_a' and 'rope_b' both implement the exclusive hook pgolf_rotary "
         f"('rope_a' from {tmp_path / 'rope_a.py'}, 'rope_b' from {tmp_path / 'rope_b.py'}); only one plugin may "
@@ -323,7 +310,7 @@ def test_exclusive_hook_conflict_names_where_each_plugin_comes_from(tmp_path):
 PASTED = '''
 import torch
 from torch import nn
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
 class OutGate(nn.Module):
@@ -337,12 +324,9 @@ class OutGate(nn.Module):
         return y
 
 
-class OutGatePlugin:
+class OutGatePlugin(Plugin):
     name = "{name}"
     version = "0.1.0"
-
-    def __init__(self, config):
-        pass
 
     @hookimpl
     def pgolf_attention_post(self, spec, layer):
@@ -359,6 +343,7 @@ PLUGIN = {target}
 NOT_A_PLUGIN = {
     "OutGate": "points at a torch module (OutGate)",
     "make_gate": "points at <function make_gate at 0x",
+    "OutGatePlugin, not a Plugin": "points at OutGatePlugin, which is not a subclass of pgolf_core.Plugin",
     "OutGatePlugin, without hooks": "points at OutGatePlugin, which has no pgolf_* hook method, so it would do nothing",
     "OutGatePlugin, without version": "points at OutGatePlugin, whose name or version is missing or not the plugin's",
     "OutGatePlugin, named another": "points at OutGatePlugin, whose name or version is missing or not the plugin's",
@@ -372,6 +357,8 @@ def pasted(name: str, case: str) -> str:
         text = text.replace(
             "    @hookimpl\n    def pgolf_attention_post(self, spec, layer):", "    def attention(self, spec, layer):"
         )
+    if "not a Plugin" in case:  # a plain class, as plugins were before pgolf_core.Plugin
+        text = text.replace("class OutGatePlugin(Plugin):", "class OutGatePlugin:")
     return text.replace('    version = "0.1.0"\n', "") if "without version" in case else text
 
 
@@ -415,8 +402,8 @@ def test_an_entry_point_naming_no_plugin_class_is_a_load_error_naming_it_and_the
         f"plugin {name!r} (from pgolf-{name}): the entry point {name} = pgolf_{name}:{target} {NOT_A_PLUGIN[case]}"
     )
     assert message.endswith(
-        f'; point it at the plugin class (name = {name!r}, a version such as "0.1.0", hooks decorated with '
-        "@pgolf_core.hookimpl) in its pyproject.toml, then reinstall it"
+        f'; point it at the plugin class (a pgolf_core.Plugin with name = {name!r}, a version such as "0.1.0", '
+        "hooks decorated with @pgolf_core.hookimpl) in its pyproject.toml, then reinstall it"
     )
     refused_everywhere(name, message, [], tmp_path, capsys)
 
@@ -426,7 +413,8 @@ def test_a_file_whose_plugin_is_a_torch_module_or_missing_is_a_load_error(tmp_pa
     folder.mkdir()
     (folder / "out_gate.py").write_text(pasted("out_gate", "OutGate"))
     fix = (
-        "; point it at the plugin class (name = 'out_gate', a version such as \"0.1.0\", hooks decorated with "
+        "; point it at the plugin class (a pgolf_core.Plugin with name = 'out_gate', a version such as \"0.1.0\", "
+        "hooks decorated with "
         "@pgolf_core.hookimpl)"
     )
     message = (

@@ -18,7 +18,7 @@ import pytest
 from pgolf_core import registry
 from pgolf_core.cli import main
 from pgolf_core.exporter import BUILTIN_CODECS
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 
 ROOT = Path(__file__).resolve().parents[1]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

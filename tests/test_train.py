@@ -8,14 +8,12 @@ import re
 import subprocess
 import sys
 import textwrap
-from functools import partial
 from pathlib import Path
 
 import pytest
 
-from pgolf_core import registry
 from pgolf_core.cli import main
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.run import train
 from tests.tiny import tiny
 
@@ -61,23 +59,19 @@ def test_run_directory_and_summary(sample_cache, tmp_path):
 
 PHASE_PLUGIN = """
 import json
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
-class Plugin:
+class Phases(Plugin):
     name = "phases"
     version = "0"
-    order = 100
 
     def __init__(self, config):
+        super().__init__(config)
         self.calls = []
 
     def _note(self, what):
         self.calls.append(what)
-
-    @hookimpl
-    def pgolf_configure(self, run):
-        self._note("configure")
 
     @hookimpl
     def pgolf_model_built(self, model, spec):
@@ -125,7 +119,7 @@ class Plugin:
             chunk.report("phases/calls", " ".join(self.calls))
 
 
-PLUGIN = Plugin
+PLUGIN = Phases
 """
 
 
@@ -137,12 +131,12 @@ def test_hooks_run_at_phase_boundaries_in_order(sample_cache, tmp_path):
         None,
         [*TINY, "train.iterations=2", "eval.chunk_tokens=1024"],  # 2,048 validation targets: 2 chunks
         enable=["phases"],
-        plugin_classes=partial(registry.plugin_classes, plugin_dirs=[plugins]),
+        plugin_dirs=[plugins],
     )
     s = train(recipe, tmp_path / "run", plugin_dirs=(plugins,), interactive=False)
-    # setup (configure, build, the export parts), fit (steps, fit end), finish (final weights, export plan,
+    # setup (the export parts, build), fit (steps, fit end), finish (final weights, export plan,
     # then adaptation after the scored chunks of the last eval)
-    expected = "configure format corrections codecs model_built start0 post1 start1 post2 fit_end final plan adapt"
+    expected = "format corrections codecs model_built start0 post1 start1 post2 fit_end final plan adapt"
     assert s["plugin_reports"]["phases/calls"] == expected
     assert s["plugins"] == [{"name": "phases", "version": "0", "order": 100}]
 
@@ -224,15 +218,15 @@ def test_baseline_smoke_learns_and_round_trips(smoke_run, capsys):
 
 TTT_PLUGIN = """
 import torch
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
-class Plugin:
+class Probe(Plugin):
     name = "ttt_probe"
     version = "0"
-    order = 100
 
     def __init__(self, config):
+        super().__init__(config)
         self.chunks = 0
         self.targets = 0
 
@@ -248,7 +242,7 @@ class Plugin:
         chunk.report("ttt_probe/chunks", self.chunks)
 
 
-PLUGIN = Plugin
+PLUGIN = Probe
 """
 
 
@@ -256,10 +250,9 @@ def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "ttt_probe.py").write_text(TTT_PLUGIN)
-    classes = partial(registry.plugin_classes, plugin_dirs=[plugins])
     sets = [*TINY, "eval.sliding_stride=16", "eval.max_tokens=2048", "eval.chunk_tokens=512"]
     with_ttt = train(
-        load_recipe(None, sets, enable=["ttt_probe"], plugin_classes=classes),
+        load_recipe(None, sets, enable=["ttt_probe"], plugin_dirs=[plugins]),
         tmp_path / "ttt",
         plugin_dirs=(plugins,),
         interactive=False,
@@ -275,16 +268,12 @@ def test_eval_adapt_trains_on_scored_chunks_of_the_final_stage(sample_cache, tmp
 
 PRESCORE_PLUGIN = """
 import torch
-from pgolf_core import hookimpl
+from pgolf_core import Plugin, hookimpl
 
 
-class Prescore:
+class Prescore(Plugin):
     name = "prescore_probe"
     version = "0"
-    order = 100
-
-    def __init__(self, config):
-        pass
 
     @hookimpl
     def pgolf_eval_prescore(self, model, chunk):
@@ -304,9 +293,8 @@ def test_prescoring_adaptation_marks_the_run_non_compliant(sample_cache, tmp_pat
     plugins = tmp_path / "plugins"
     plugins.mkdir()
     (plugins / "prescore_probe.py").write_text(PRESCORE_PLUGIN)
-    classes = partial(registry.plugin_classes, plugin_dirs=[plugins])
     sets = [*TINY, "eval.max_tokens=2048"]
-    out = train(load_recipe(None, sets, enable=["prescore_probe"], plugin_classes=classes), tmp_path / "pre",
+    out = train(load_recipe(None, sets, enable=["prescore_probe"], plugin_dirs=[plugins]), tmp_path / "pre",
                 plugin_dirs=(plugins,), interactive=False)  # fmt: skip
     plain = train(load_recipe(None, sets), tmp_path / "plain", interactive=False)
     assert out["eval_compliant"] is False and "prescore_probe" in out["eval_noncompliance"]

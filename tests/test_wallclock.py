@@ -18,7 +18,7 @@ import pytest
 
 from pgolf_core import evaluation
 from pgolf_core.optim import Optimizers
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.run import train
 from tests.tiny import tiny
 
@@ -152,7 +152,7 @@ import json, os, sys
 from pathlib import Path
 
 from pgolf_core.optim import Optimizers
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.run import train
 
 rank = int(os.environ["RANK"])

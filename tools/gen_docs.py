@@ -8,9 +8,10 @@ import dataclasses
 import importlib
 import inspect
 import sys
+import typing
 from pathlib import Path
 
-from pgolf_core import hookspecs, registry
+from pgolf_core import Order, Range, hookspecs, registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -20,7 +21,7 @@ def hooks_markdown() -> str:
     section per phase with each hook's signature and documentation, then the leaderboard coverage."""
     lines = ["# Hook reference", "", "Generated from `pgolf_core/hookspecs.py` by `tools/gen_docs.py`.", ""]
     lines += [inspect.getdoc(hookspecs) or "", ""]
-    for phase, names in hookspecs.PHASES.items():
+    for phase, names in hookspecs.phases().items():
         lines += [f"# Phase: {phase}", ""]
         for name in names:
             fn = getattr(hookspecs, name)
@@ -43,18 +44,27 @@ def plugins_markdown() -> str:
             continue
         cls = registry.load_class(source)
         module = importlib.import_module(cls.__module__)
-        lines += [f"## `{name}` {cls.version} (order {cls.order})", "", inspect.getdoc(module) or "", ""]
+        order = f"{int(cls.order)}, {cls.order.name}" if isinstance(cls.order, Order) else int(cls.order)
+        lines += [f"## `{name}` {cls.version} (order {order})", "", inspect.getdoc(module) or "", ""]
         lines += [f"Hooks: {', '.join(f'`{h}`' for h in registry.hooks_of(cls))}", ""]
-        smoke = getattr(cls, "SMOKE", {})
-        if smoke:
+        if smoke := cls.SMOKE:
             lines += [f"Under `--smoke`: {', '.join(f'`{k} = {v!r}`' for k, v in smoke.items())}", ""]
-        config = getattr(cls, "Config", None)
-        if config is not None:
-            lines += ["| setting | default |", "|---|---|"]
+        if (config := cls.Config) is not None:
+            hints = typing.get_type_hints(config, include_extras=True)
+            lines += ["| setting | default | valid values |", "|---|---|---|"]
             for f in dataclasses.fields(config):
-                lines.append(f"| `{f.name}` | `{registry._field_default(f)!r}` |")
+                lines.append(f"| `{f.name}` | `{registry._field_default(f)!r}` | {valid_values(hints[f.name])} |")
             lines.append("")
     return "\n".join(lines).rstrip() + "\n"
+
+
+def valid_values(hint: object) -> str:
+    """What a setting's declared type admits: its `Range`, its `Literal` choices, or its type."""
+    ranges = [m.text().removeprefix("expected ") for m in getattr(hint, "__metadata__", ()) if isinstance(m, Range)]
+    base = typing.get_args(hint)[0] if ranges else hint
+    if typing.get_origin(base) is typing.Literal:
+        return " ".join(f"`{v!r}`" for v in typing.get_args(base))
+    return ", ".join(ranges) or getattr(base, "__name__", str(base)).replace("|", "or")
 
 
 DOCS = {ROOT / "docs" / "hooks.md": hooks_markdown, ROOT / "docs" / "plugins.md": plugins_markdown}

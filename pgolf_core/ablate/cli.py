@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from pgolf_core.ablate.plan import MIN_SMOKE_STEPS
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:

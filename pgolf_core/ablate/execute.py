@@ -13,7 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 
 def run_dir(run: dict[str, Any]) -> Path:

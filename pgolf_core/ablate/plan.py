@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.types import PgolfError
 
 SCHEMA = "pgolf.ablate.plan/2"  # /2: variants named no-X / with-X (never a leading `-`), steps in `compare`
 # Below this many steps the smoke model's export rounds small matrices to all zeros: pr414 --smoke (seed 1337,
@@ -41,10 +41,10 @@ def check_constraints(enabled: list[str], source: str, plugin_dirs: tuple[str, .
     classes = plugin_classes(enabled, source, plugin_dirs)
     on = set(enabled)
     for name in sorted(on):
-        for need in getattr(classes[name], "requires", ()):
+        for need in classes[name].requires:
             if need not in on:
                 return f"{name} requires {need}, which is disabled"
-        for other in getattr(classes[name], "conflicts", ()):
+        for other in classes[name].conflicts:
             if other in on:
                 return f"{name} conflicts with {other} (both enabled)"
     return None
@@ -131,7 +131,7 @@ def check_smoke_steps(args: Any, steps: int | None) -> None:
 
 
 def make_plan(args: Any) -> dict[str, Any]:
-    from pgolf_core.recipe import load_recipe
+    from pgolf_core.registry import load_recipe
 
     out = Path(args.out)
     recipe = load_recipe(args.recipe, list(args.overrides), smoke=args.smoke)

@@ -16,10 +16,9 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from pgolf_core.errors import DataError
-
 # Bytes each target spells given the token before it: one rule, shared with the evaluator.
 from pgolf_core.evaluation import token_bytes as token_bytes
+from pgolf_core.types import DataError
 
 SPACE = "\u2581"
 

@@ -36,7 +36,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pgolf_core.data.shards import write_shard
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 Log = Callable[[str], None]
 # The official sp1024 trainer settings (data/download_hf_docs_and_tokenize.py), with byte_fallback as

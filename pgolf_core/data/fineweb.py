@@ -25,7 +25,7 @@ from typing import Any
 
 from pgolf_core.data.build import Log
 from pgolf_core.data.shards import shard_token_count
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 REPO_ID = "willdepueoai/parameter-golf"
 REMOTE_ROOT = "datasets"

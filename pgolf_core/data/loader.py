@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from pgolf_core.data.shards import read_shard
-from pgolf_core.errors import DataError, PgolfError
+from pgolf_core.types import DataError, PgolfError
 
 
 class TokenStream:

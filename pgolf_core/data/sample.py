@@ -20,7 +20,7 @@ import zstandard
 
 from pgolf_core.data.build import TRAINER_SETTINGS, BuiltDataset, Log, export_dataset, sha256_file
 from pgolf_core.data.shards import HEADER_BYTES
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 SAMPLE_TEXT = Path(__file__).with_name("sample_text.jsonl.zst")
 VOCAB_SIZE = 1024

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from pgolf_core.artifact import write_atomic
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 MAGIC = 20240520
 VERSION = 1

@@ -17,8 +17,8 @@ from pathlib import Path
 import pytest
 
 from pgolf_core.cli import build_parser, main
-from pgolf_core.errors import RecipeError
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import RecipeError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))

@@ -23,6 +23,7 @@ from pgolf_core import artifact, rundir
 from pgolf_core.cli import main
 from pgolf_core.data.shards import write_shard
 from pgolf_core.runlog import write_json_atomic
+from pgolf_core.types import WriteFault
 
 ROOT = Path(__file__).resolve().parents[2]
 BASELINE = str(ROOT / "recipes" / "baseline.toml")
@@ -268,8 +269,7 @@ def test_missing_data_dir(tmp_path, capsys):
 def smoke_state_dict(*overrides: str) -> dict[str, torch.Tensor]:
     from pgolf_core.attention import resolve_backend
     from pgolf_core.build import build_model_with, configure, model_spec
-    from pgolf_core.recipe import load_recipe
-    from pgolf_core.registry import create_manager
+    from pgolf_core.registry import create_manager, load_recipe
 
     recipe = load_recipe(BASELINE, list(overrides), smoke=True)
     pm = create_manager(recipe)
@@ -370,7 +370,7 @@ def test_write_fault_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch)
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
-    with pytest.raises(rundir.WriteFault, match=f"could not write {path}: No space left on device"):
+    with pytest.raises(WriteFault, match=f"could not write {path}: No space left on device"):
         artifact.write_atomic(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
@@ -418,7 +418,7 @@ def test_disk_full_during_the_run(tmp_path, capsys, monkeypatch, sample):
 
     def full(path: Path, text: str) -> None:
         if text.startswith("step:1/"):
-            raise rundir.WriteFault(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
+            raise WriteFault(path, OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)))
         real(path, text)
 
     monkeypatch.setattr(runlog_mod, "_append", full)
@@ -446,7 +446,7 @@ def test_a_recipe_edited_in_code_with_an_unknown_codec_is_refused_before_trainin
     """`load_recipe` checks the codec, but a Python user may change the recipe afterwards: the run's setup
     checks it again, so the error comes before any training and the run directory is never created."""
     from pgolf_core import load_recipe, train
-    from pgolf_core.errors import RecipeError
+    from pgolf_core.types import RecipeError
 
     recipe = load_recipe(None, ["train.iterations=1", "train.warmup_steps=0"], smoke=True)
     recipe.export.compressor = "zstdd"

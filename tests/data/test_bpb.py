@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer, token_bytes, tokenizer_sha256
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 BOS, UNK = 1, 3
 

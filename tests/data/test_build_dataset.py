@@ -13,7 +13,7 @@ import torch
 from pgolf_core.data.build import build_dataset, read_documents, training_sentences
 from pgolf_core.data.sample import sample_documents
 from pgolf_core.data.shards import read_shard, shard_files
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 
 def quiet(msg: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 
 from pgolf_core.data.commands import register
 from pgolf_core.data.sample import sample_documents
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:

@@ -9,7 +9,7 @@ import torch
 
 from pgolf_core.data.loader import DistributedTokenLoader, TokenStream, load_validation_tokens
 from pgolf_core.data.shards import write_shard
-from pgolf_core.errors import DataError, PgolfError
+from pgolf_core.types import DataError, PgolfError
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from pgolf_core.data.bpb import build_byte_tables, token_bytes, tokenizer_sha256
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, sample_documents
 from pgolf_core.data.shards import read_shard, shard_files
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 OFFICIAL_SETTINGS = {  # the official tokenizer's settings, byte_fallback as in the shipped model
     "model_type": "bpe",

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from pgolf_core.data.shards import read_shard, shard_files, shard_token_count, write_shard
-from pgolf_core.errors import DataError
+from pgolf_core.types import DataError
 
 
 def raw_shard(path: Path, header: tuple[int, ...], tokens: list[int], extra: bytes = b"") -> Path:

@@ -25,7 +25,8 @@ from pgolf_core import PgolfError, TensorPlan
 from pgolf_core.artifact import deserialize, serialize
 from pgolf_core.exporter import BUILTIN_CODECS, ExportContext, ExportStack, codec_table
 from pgolf_core.int8 import Int8Format, quantize_int8
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import RecipeError
 from tests.record_rules import pattern_roles
 
 from .golden import FIXTURES
@@ -360,15 +361,28 @@ def test_configs_round_trip_through_toml(tmp_path):
     assert (recipe2.export.compressor, recipe2.export.level) == ("zstd", 19)
 
 
+@pytest.mark.parametrize(
+    "setting, message",
+    [
+        ("int6_export.scheme=int6", r"\[plugins.int6_export\] scheme: expected one of 'mixed', 'all', got 'int6'"),
+        ("int6_export.row_rule=max", r"\[plugins.int6_export\] row_rule: expected one of 'auto', .*got 'max'"),
+        ('int6_export.int6_categories=["mlps"]', r"\[plugins.int6_export\] int6_categories\[0\]: expected one of"),
+        (
+            'int6_export.fp16_keep=["tok_emb", ""]',
+            r"\[plugins.int6_export\] fp16_keep=\['tok_emb', ''\]: expected non-empty",
+        ),
+        ('gptq_lite.categories=["mlps"]', r"\[plugins.gptq_lite\] categories\[0\]: expected one of"),
+        ("gptq_lite.percentiles=[1.5]", r"\[plugins.gptq_lite\] percentiles=1.5: expected a value in \(0, 1\]"),
+        ("gptq_lite.percentiles=[0.0, 1.0]", r"\[plugins.gptq_lite\] percentiles=0.0: expected a value in \(0, 1\]"),
+        ("gptq_lite.percentiles=[]", r"\[plugins.gptq_lite\] percentiles=\[\]: expected a non-empty list"),
+    ],
+)
+def test_bad_settings_are_refused_at_recipe_load(setting, message):
+    with pytest.raises(RecipeError, match=message):
+        load_recipe(None, [f"plugins.{setting}"])
+
+
 def test_bad_configs_fail_loudly():
-    with pytest.raises(PgolfError, match="scheme"):
-        int6_export.Int6Export(int6_export.Config(scheme="int6"))
-    with pytest.raises(PgolfError, match="row_rule"):
-        int6_export.Int6Export(int6_export.Config(row_rule="max"))
-    with pytest.raises(PgolfError, match="categories"):
-        gptq_lite.GptqLite(gptq_lite.Config(categories=["mlps"]))
-    with pytest.raises(PgolfError, match="percentiles"):
-        gptq_lite.GptqLite(gptq_lite.Config(percentiles=[1.5]))
     weights = {"blocks.0.mlp.fc.weight": torch.ones(300, 300), "tok_emb.weight": torch.ones(300, 300)}
     with pytest.raises(PgolfError, match="no clip for blocks.0.mlp.fc.weight"):
         run_export(weights, (), gptq=False, row_rule="plan")

@@ -16,7 +16,8 @@ from pgolf_plugins import brotli as brotli_plugin
 from pgolf_plugins import lqer
 from pgolf_plugins import lzma as lzma_plugin
 
-from pgolf_core.errors import PgolfError
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import PgolfError, RecipeError
 from tests.plugins import golden as golden_helpers
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "export_later_golden.pt"
@@ -248,17 +249,18 @@ def test_lqer_rejects_factors_that_do_not_fit():
 @pytest.mark.parametrize(
     "bad, message",
     [
-        ({"rank": 0}, "rank=0"),
-        ({"top_k": 0}, "top_k=0"),
-        ({"group": 0}, "group=0"),
-        ({"factor_bits": 9}, "factor_bits=9"),
-        ({"min_numel": -1}, "min_numel=-1"),
-        ({"exclude": [""]}, "empty name substring"),
+        ("rank=0", "rank=0: expected >= 1"),
+        ("top_k=0", "top_k=0: expected >= 1"),
+        ("group=0", "group=0: expected >= 1"),
+        ("factor_bits=1", r"factor_bits=1: expected a value in \[2, 8\]"),
+        ("factor_bits=9", r"factor_bits=9: expected a value in \[2, 8\]"),
+        ("min_numel=-1", "min_numel=-1: expected >= 0"),
+        ('exclude=["c", ""]', "exclude=.*: expected non-empty name substrings"),
     ],
 )
 def test_lqer_config_errors(bad, message):
-    with pytest.raises(PgolfError, match=message):
-        lqer.Lqer.validate(lqer.Config(**bad))
+    with pytest.raises(RecipeError, match=r"\[plugins.lqer\] " + message):
+        load_recipe(None, [f"plugins.lqer.{bad}"])
 
 
 # ------------------------------------------------------------------ brotli (byte shuffle + brotli-11)
@@ -319,8 +321,27 @@ def test_brotli_rejects_what_it_did_not_write():
         codec.decode(b"\xfd7zXZ\x00 not brotli")
     with pytest.raises(PgolfError, match="level=12"):
         codec.encode(b"abc", 12)
-    with pytest.raises(PgolfError, match="header_bytes=3"):
-        brotli_plugin.Brotli.validate(brotli_plugin.Config(header_bytes=3))
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("header_bytes=3", r"header_bytes=3: expected a value in \[1, 2\]"),
+        ("header_bytes=0", r"header_bytes=0: expected a value in \[1, 2\]"),
+        ("stride=1", r"stride=1: expected a value in \[2, 255\]"),
+        ("stride=256", r"stride=256: expected a value in \[2, 255\]"),
+    ],
+)
+def test_brotli_config_errors(bad, message):
+    with pytest.raises(RecipeError, match=r"\[plugins.brotli\] " + message):
+        load_recipe(None, [f"plugins.brotli.{bad}"])
+
+
+def test_brotli_missing_package_is_found_at_recipe_load(monkeypatch):
+    monkeypatch.setitem(sys.modules, "brotli", None)  # `import brotli` now raises ImportError
+    with pytest.raises(RecipeError, match=r'\[plugins.brotli\] export.compressor="brotli": codec "brotli" needs the'):
+        load_recipe(None, ["export.compressor=brotli", "export.level=11"], enable=["brotli"])
+    load_recipe(None, [], enable=["brotli"])  # not the recipe's codec: nothing to load
 
 
 # ------------------------------------------------------------------ lzma (.xz)

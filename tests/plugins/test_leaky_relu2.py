@@ -12,8 +12,8 @@ import torch
 from pgolf_plugins import leaky_relu2
 
 from pgolf_core import ModelSpec, build_model, load_recipe, role_of
-from pgolf_core.errors import RecipeError
 from pgolf_core.model import MLP
+from pgolf_core.types import RecipeError
 from tests.plugins import golden as golden_helpers
 
 FIXTURE = Path(__file__).parents[1] / "fixtures" / "later_model_golden.pt"
@@ -103,5 +103,6 @@ def test_same_keys_init_and_linears_as_the_default_mlp():
 
 @pytest.mark.parametrize("slope", ["1.0", "-0.1"])
 def test_bad_slope_is_a_recipe_error(slope):
-    with pytest.raises(RecipeError, match=rf"negative_slope={slope}: expected 0 <= negative_slope < 1"):
+    expected = rf"\[plugins.leaky_relu2\] negative_slope={slope}: expected a value in \[0, 1\)"
+    with pytest.raises(RecipeError, match=expected):
         load_recipe(None, [*TINY, f"plugins.leaky_relu2.negative_slope={slope}"], enable=["leaky_relu2"])

@@ -1,16 +1,19 @@
 """Exact math of the model plugins on small shapes, each against its formula written out by hand
-(the record goldens in test_record_models.py check them together; these check each alone)."""
+(the record goldens in test_record_models.py check them together; these check each alone), and the
+settings each refuses when the recipe loads."""
 
 from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from pgolf_plugins.partial_rope import Config as RopeConfig
 from pgolf_plugins.partial_rope import PartialRope, PartialRotary
 from pgolf_plugins.smeargate import PerDimSmear, ScalarSmear
 
 from pgolf_core import build_model, load_recipe
+from pgolf_core.types import RecipeError
 
 
 def rotate_by_hand(x: torch.Tensor, dims: int, base: float) -> torch.Tensor:
@@ -141,3 +144,43 @@ def test_ortho_init_overtone_and_phase_resid_mix_are_off_by_default():
         assert torch.equal(a.resid_mix[0], torch.ones(64)) and torch.equal(a.resid_mix[1], torch.zeros(64))
         phi = 1 / (1 + math.exp(-3 * (i / 4 - 0.5)))
         assert torch.allclose(b.resid_mix.detach(), torch.tensor([phi, 1 - phi])[:, None].expand(2, 64), atol=1e-7)
+
+
+# Each refused setting, with the message the user reads: the file, the table, the key and value, what was expected.
+# The model is the contract's tiny one (4 layers, head_dim 8).
+TINY_MODEL = ["model.num_layers=4", "model.model_dim=32", "model.num_heads=4", "model.num_kv_heads=2"]
+REFUSED = [
+    ("bigram_hash", "buckets=1", "buckets=1: expected >= 2"),
+    ("bigram_hash", "dim=0", "dim=0: expected >= 1"),
+    ("smeargate", 'variant="gate"', "variant: expected one of 'per_dim', 'scalar', got 'gate'"),
+    ("smeargate", 'placement="post"', "placement: expected one of 'post_norm', 'pre_norm', got 'post'"),
+    ("smeargate", "own_adam_lr=-0.1", "own_adam_lr=-0.1: expected >= 0"),
+    ("smeargate", "own_adam_beta2=1.0", "own_adam_beta2=1.0: expected a value in [0, 1)"),
+    ("smeargate", 'state_key=""', "state_key='': expected a state-dict name such as 'smear.gate'"),
+    ("partial_rope", "dims=2", "dims=2: expected >= 4"),
+    ("partial_rope", "dims=5", "dims=5: expected an even number >= 4 <= head_dim 8 (model_dim / num_heads)"),
+    ("partial_rope", "dims=10", "dims=10: expected an even number >= 4 <= head_dim 8 (model_dim / num_heads)"),
+    ("partial_rope", "ntk_ref_len=-1", "ntk_ref_len=-1: expected >= 0"),
+    ("xsa", "last_n=-1", "last_n=-1: expected >= 0"),
+    ("xsa", "last_n=5", "last_n=5: expected 0..4 (model.num_layers)"),
+    ("value_embed", "dim=0", "dim=0: expected >= 1"),
+    ("value_embed", "init_std=-0.01", "init_std=-0.01: expected >= 0"),
+    ("value_embed", "layers=[-1, 3]", "layers=-1: expected >= 0"),
+    ("value_embed", "layers=[2, 2]", "layers=[2, 2]: expected each layer at most once"),
+    ("value_embed", "layers=[3, 4]", "layers=[3, 4]: expected layers in 0..3 (model.num_layers=4), got [4]"),
+    ("parallel_residuals", "start_layer=-1", "start_layer=-1: expected >= 0"),
+    ("parallel_residuals", "start_layer=4", "start_layer=4: expected 0..3 (a block index)"),
+    ("depth_recurrence", "loop_start=-1", "loop_start=-1: expected >= 0"),
+    ("depth_recurrence", "loop_start=3", "loop_start=3 loop_end=5: expected 0 <= loop_start <= loop_end <= 3"),
+    ("depth_recurrence", "loop_end=0", "loop_start=3 loop_end=0: expected 0 <= loop_start <= loop_end <= 3"),
+    ("depth_recurrence", "num_loops=0", "num_loops=0: expected >= 1"),
+    ("depth_recurrence", "start_frac=1.5", "start_frac=1.5: expected a value in [0, 1]"),
+    ("ortho_init", "min_dim=-1", "min_dim=-1: expected >= 0"),
+]
+
+
+@pytest.mark.parametrize(("name", "setting", "expected"), REFUSED, ids=[f"{n}-{s}" for n, s, _ in REFUSED])
+def test_bad_settings_are_recipe_errors_naming_the_key(name, setting, expected):
+    with pytest.raises(RecipeError) as refused:
+        load_recipe(None, [*TINY_MODEL, f"plugins.{name}.{setting}"], enable=[name])
+    assert str(refused.value).startswith(f"<defaults>: [plugins.{name}] {expected}")

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from pgolf_core.build import build_model
-from pgolf_core.recipe import dump_toml, load_recipe
+from pgolf_core.registry import load_recipe
 from pgolf_core.testing import PluginContract, assert_matches_golden
+from pgolf_core.types import dump_toml
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "model_schedule_golden.pt"
 PARALLEL = {"parallel_residuals": {"start_layer": 4}}
@@ -75,16 +76,24 @@ def test_recurrence_sizes_the_skips_for_the_looped_order(tmp_path, golden):
 TINY_RECURRENCE = {"loop_start": 1, "loop_end": 2, "num_loops": 1, "start_frac": 0.5}
 
 
+def recurrence_contract() -> PluginContract:
+    """The contract's tiny run (4 layers, 6 steps) with depth_recurrence's `TINY` settings, which the switch step
+    and the skip count below follow from: blocks 1..2 looped once more from half the steps on."""
+    contract = PluginContract("depth_recurrence")
+    assert dict(contract.tiny.settings) == TINY_RECURRENCE and not contract.tiny.overrides
+    return contract
+
+
 @pytest.mark.slow  # the default run has the same check: test_contract's no-recompile test [depth_recurrence]
 def test_recurrence_switches_mid_run_and_never_recompiles_after_warm_up(sample_cache, tmp_path):
     """The tiny run's training steps compiled (aot_eager on CPU): the warm-up compiles both orders, and the
     switch at half the steps (step 3, test below) then recompiles nothing (`fail_on_recompile`)."""
-    contract = PluginContract("depth_recurrence", settings=TINY_RECURRENCE, overrides=["model.num_layers=4"])
+    contract = recurrence_contract()
     contract.check_no_recompile(tmp_path)
 
 
 def test_recurrence_switch_step_is_reported(sample_cache, tmp_path):
-    contract = PluginContract("depth_recurrence", settings=TINY_RECURRENCE, overrides=["model.num_layers=4"])
+    contract = recurrence_contract()
     with_it, without = contract.check_effect(tmp_path)
     assert with_it["plugin_reports"]["depth_recurrence/on_at_step"] == 3  # 6 steps, start_frac 0.5
     assert with_it["model_params"] == without["model_params"] + 32  # one more skip weight (4 -> 6 virtual layers: 3)
@@ -99,7 +108,7 @@ def test_step_zero_validation_scores_the_plain_order_with_or_without_warm_up(sam
     seen: list[int] = []
     evaluate = Run.evaluate
     monkeypatch.setattr(Run, "evaluate", lambda run, model: seen.append(run.base.layer_phase) or evaluate(run, model))
-    contract = PluginContract("depth_recurrence", settings=TINY_RECURRENCE, overrides=["model.num_layers=4"])
+    contract = recurrence_contract()
     for warmup in (0, 1):
         seen.clear()
         extra = [f"train.warmup_steps={warmup}", "train.val_loss_every=4", "train.iterations=4"]

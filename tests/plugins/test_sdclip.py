@@ -12,9 +12,9 @@ import torch
 from pgolf_plugins import int6_export, sdclip
 
 from pgolf_core import PgolfError, TensorPlan
-from pgolf_core.errors import RecipeError
 from pgolf_core.exporter import ExportContext
-from pgolf_core.recipe import load_recipe
+from pgolf_core.registry import load_recipe
+from pgolf_core.types import RecipeError
 from tests.plugins import golden as golden_helpers
 from tests.record_rules import pattern_roles
 
@@ -164,11 +164,15 @@ def test_plans_that_cannot_be_honoured_are_refused(golden):
 
 
 def test_recipe_errors_name_the_conflict():
-    with pytest.raises(RecipeError, match="gptq_lite is enabled too; SDClip replaces"):
+    with pytest.raises(RecipeError, match=r"\[plugins.sdclip\] gptq_lite is enabled too; SDClip replaces"):
         load_recipe(None, TINY, enable=["int6_export", "gptq_lite", "sdclip"])
-    with pytest.raises(RecipeError, match="sdclip: needs int6_export"):
+    with pytest.raises(RecipeError, match=r"\[plugins.sdclip\] needs int6_export"):
         load_recipe(None, TINY, enable=["sdclip"])
-    with pytest.raises(RecipeError, match="matrix_k=0.0: expected"):
+    with pytest.raises(RecipeError, match=r"\[plugins.sdclip\] matrix_k=0.0: expected > 0"):
         load_recipe(None, [*TINY, "plugins.sdclip.matrix_k=0"], enable=["int6_export", "sdclip"])
+    with pytest.raises(RecipeError, match=r"\[plugins.sdclip\] embed_k=-1.0: expected > 0"):
+        load_recipe(None, [*TINY, "plugins.sdclip.embed_k=-1.0"], enable=["int6_export", "sdclip"])
+    with pytest.raises(RecipeError, match=r"\[plugins.sdclip\] categories\[1\]: expected one of .*got 'mlps'"):
+        load_recipe(None, [*TINY, 'plugins.sdclip.categories=["attn", "mlps"]'], enable=["int6_export", "sdclip"])
     assert sdclip.SDClip.conflicts == ("gptq_lite",) and sdclip.SDClip.requires == ("int6_export",)
     load_recipe(None, TINY, enable=["int6_export", "sdclip"])  # the working pair

@@ -6,6 +6,7 @@ gradients with no recompilation."""
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
 
 import pytest
@@ -15,9 +16,8 @@ from pgolf_plugins import ema, qat, swa
 
 from pgolf_core import CastedLinear
 from pgolf_core.build import build_model
-from pgolf_core.errors import RecipeError
-from pgolf_core.recipe import dump_toml, load_recipe
-from pgolf_core.registry import create_manager
+from pgolf_core.registry import create_manager, load_recipe
+from pgolf_core.types import RecipeError, dump_toml
 
 from .golden import FIXTURES, randomize
 from .test_record_models import PR63_SMALL, PR194_SMALL, PR414_SMALL
@@ -79,17 +79,22 @@ def test_config_round_trips_and_rejects_unknown_keys(name, tmp_path):
 
 
 @pytest.mark.parametrize(
-    "name, table",
+    "name, table, expected",
     [
-        ("qat", {"precision": "fp64"}),
-        ("late_qat", {"scope": "most"}),
-        ("swa", {"check": "during"}),
-        ("ema", {"decay": 1.0}),
+        ("qat", {"precision": "fp64"}, "precision: expected one of 'fp32_quant', 'fp32_ste', 'activation', got 'fp64'"),
+        ("qat", {"qmin": 0}, "qmin=0: expected < 0"),
+        ("qat", {"qmax": 0}, "qmax=0: expected > 0"),
+        ("late_qat", {"scope": "most"}, "scope: expected one of 'all', 'blocks', got 'most'"),
+        ("late_qat", {"threshold": 0.0}, "threshold=0.0: expected a value in (0, 1]"),
+        ("swa", {"check": "during"}, "check: expected one of 'after', 'before', got 'during'"),
+        ("swa", {"every": 0}, "every=0: expected >= 1"),
+        ("swa", {"threshold": 1.5}, "threshold=1.5: expected a value in (0, 1]"),
+        ("ema", {"decay": 1.0}, "decay=1.0: expected a value in (0, 1)"),
     ],
 )
-def test_bad_choices_fail_when_the_run_loads(name, table, tmp_path):
-    """The plugin's own check, reported with the recipe file and table it came from."""
-    with pytest.raises(RecipeError, match=rf"r\.toml: \[plugins\.{name}\] {name.split('_')[-1]}"):
+def test_bad_choices_fail_when_the_run_loads(name, table, expected, tmp_path):
+    """The settings' declared ranges and choices, reported with the recipe file, table and key."""
+    with pytest.raises(RecipeError, match=re.escape(f"r.toml: [plugins.{name}] {expected}")):
         create_manager(recipe_with(tmp_path, {name: table}, overrides=()))
 
 
@@ -406,9 +411,16 @@ def test_late_qat_defaults_keep_the_lr_threshold_and_the_base_lrs(tmp_path):
     assert "late_qat/wallclock_frac" not in state.reports
 
 
-@pytest.mark.parametrize("table", [{"start_frac": 1.5}, {"start_frac": -0.1}, {"lr_factor": 0.0}])
-def test_late_qat_bad_start_frac_or_lr_factor(table, tmp_path):
-    with pytest.raises(RecipeError, match=rf"\[plugins\.late_qat\] qat: {next(iter(table))}="):
+@pytest.mark.parametrize(
+    "table, expected",
+    [
+        ({"start_frac": 1.5}, "start_frac=1.5: expected a value in [0, 1]"),
+        ({"start_frac": -0.1}, "start_frac=-0.1: expected a value in [0, 1]"),
+        ({"lr_factor": 0.0}, "lr_factor=0.0: expected > 0"),
+    ],
+)
+def test_late_qat_bad_start_frac_or_lr_factor(table, expected, tmp_path):
+    with pytest.raises(RecipeError, match=re.escape(f"[plugins.late_qat] {expected}")):
         create_manager(recipe_with(tmp_path, {"late_qat": table}, overrides=()))
 
 

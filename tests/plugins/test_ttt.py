@@ -14,6 +14,7 @@ sliding-window val_loss and val_bpb after TTT <= 2.1e-8 (tolerance 2e-6: >= 94x)
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,7 +24,7 @@ import pytest
 import torch
 from pgolf_plugins import ttt_score_first, ttt_sgd
 
-from pgolf_core import FAKE_QUANT_SWITCH, load_recipe
+from pgolf_core import FAKE_QUANT_SWITCH, Env, ValChunk, load_recipe
 from pgolf_core import evaluation as ev
 from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager
@@ -33,7 +34,7 @@ from ..tiny import tiny
 from .golden import FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
-CPU = ev.Placement(torch.device("cpu"))
+CPU = Env(torch.device("cpu"))
 SMALL = [  # the generator's record environment (VOCAB_SIZE=64, MODEL_DIM=16, ..., TRAIN_SEQ_LEN=32)
     "model.vocab_size=64", "model.model_dim=16", "model.num_heads=2", "model.num_kv_heads=1",
     "model.num_layers=3", "plugins.bigram_hash.buckets=64", "plugins.bigram_hash.dim=8",
@@ -90,9 +91,9 @@ def test_ttt_sgd_pre_scoring_update_and_score_equal_pr297():
     s = g["settings"]
     model = small_model(g)
     plugin = ttt_sgd.TTTSGD(ttt_sgd.Config(lr=s["lr"], momentum=s["momentum"], batch_rows=s["batch_rows"]))
-    assert plugin.pgolf_eval_adapt is None  # the pre-scoring form
+    assert plugin.forms(plugin.config) == ("pgolf_eval_prescore",)  # the pre-scoring form
     reports: dict = {}
-    whole = ev.ValChunk(g["tokens"].long(), 0, 1, CPU, scored=False, report=reports.__setitem__)
+    whole = ValChunk(g["tokens"].long(), 0, 1, CPU, scored=False, report=reports.__setitem__)
     plugin.pgolf_eval_prescore(model=model, chunk=whole)
     assert reports == {"ttt_sgd/prescore_steps": 3}  # 40 rows: 16 + 16 + 8
     err = update_error(model, g)
@@ -115,7 +116,7 @@ def test_ttt_sgd_switches_late_qat_off_while_adapting_and_back_on_after():
         for b in switches:
             b.fill_(1.0)
         config = ttt_sgd.Config(lr=s["lr"], momentum=s["momentum"], batch_rows=s["batch_rows"], qat_off=qat_off)
-        whole = ev.ValChunk(g["tokens"].long(), 0, 1, CPU, scored=False)
+        whole = ValChunk(g["tokens"].long(), 0, 1, CPU, scored=False)
         ttt_sgd.TTTSGD(config).pgolf_eval_prescore(model=model, chunk=whole)
         assert all(b.item() == 1.0 for b in switches)  # put back as found
         errors[qat_off] = update_error(model, g)
@@ -133,7 +134,7 @@ def test_ttt_score_first_update_and_score_equal_pr549_and_frozen_blocks_stay_bit
     plugin = ttt_score_first.TTTScoreFirst(config)
     seen: list[tuple[int, int]] = []
 
-    def adapt(chunk: ev.ValChunk) -> None:
+    def adapt(chunk: ValChunk) -> None:
         seen.append((chunk.index, chunk.count))
         plugin.pgolf_eval_adapt(model=model, chunk=chunk)
 
@@ -173,7 +174,7 @@ def test_chunk_k_plus_1_is_scored_by_the_model_adapted_on_chunk_k(name):
     model = small_model(g)
     if name == "ttt_sgd":
         plugin = ttt_sgd.TTTSGD(ttt_sgd.Config(score_first=True, lr=0.01, batch_rows=4))
-        assert plugin.pgolf_eval_prescore is None
+        assert plugin.forms(plugin.config) == ("pgolf_eval_adapt",)
     else:
         plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=4))
     after = [fingerprint(model)]  # the parameters chunk 0 must be scored with
@@ -211,17 +212,20 @@ def test_each_form_registers_one_hook_and_only_pre_scoring_is_non_compliant(tmp_
 
 
 def test_bad_settings_name_key_and_range(tmp_path):
-    from pgolf_core.errors import RecipeError
+    from pgolf_core.types import RecipeError
 
     for name, line, expected in (
-        ("ttt_score_first", "freeze_blocks = 9", "freeze_blocks=9: expected 0..8"),
-        ("ttt_score_first", "momentum = 1.0", "momentum=1.0: expected 0 <= momentum < 1"),
+        ("ttt_score_first", "freeze_blocks = 9", "freeze_blocks=9: expected 0..8 (model.num_layers - 1)"),
+        ("ttt_score_first", "freeze_blocks = -1", "freeze_blocks=-1: expected >= 0"),
+        ("ttt_score_first", "momentum = 1.0", "momentum=1.0: expected a value in [0, 1)"),
+        ("ttt_score_first", "grad_clip = -1.0", "grad_clip=-1.0: expected >= 0"),
         ("ttt_sgd", "batch_rows = 0", "batch_rows=0: expected >= 1"),
         ("ttt_sgd", "lr = 0.0", "lr=0.0: expected > 0"),
+        ("ttt_sgd", "seq_len = -1", "seq_len=-1: expected >= 0"),
     ):
         path = tmp_path / f"{name}.toml"
         path.write_text(f"[model]\nnum_layers = 9\n[plugins.{name}]\n{line}\n")
-        with pytest.raises(RecipeError, match=expected.replace("(", r"\(").replace(".", r"\.")):
+        with pytest.raises(RecipeError, match=re.escape(f"{path}: [plugins.{name}] {expected}")):
             load_recipe(path)
 
 
@@ -240,7 +244,7 @@ GAIN = {"ttt_score_first": 0.02, "ttt_sgd": 0.1, "ttt_sgd_score_first": 0.01}
 
 
 def run(tmp_path: Path, name: str | None) -> dict:
-    from pgolf_core.recipe import dump_toml
+    from pgolf_core.types import dump_toml
 
     plugin = {"ttt_sgd_score_first": "ttt_sgd"}.get(name or "", name)
     path = tmp_path / f"{name}.toml"
@@ -262,7 +266,6 @@ def test_each_ttt_lowers_val_bpb_on_a_tiny_trained_model(sample_cache, tmp_path)
             assert with_it["plugin_reports"][seconds] > 0
 
 
-
 def _rank(rank: int, world: int, init: str, out: str) -> None:
     """One gloo rank: ttt_sgd pre-scoring on the #297 golden's stream, then ttt_score_first's chunked eval."""
     import torch.distributed as dist
@@ -270,12 +273,12 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=init, rank=rank, world_size=world)
     try:
-        where = ev.Placement(torch.device("cpu"), rank, world)
+        where = Env(torch.device("cpu"), rank, world)
         g = golden("ttt_sgd")
         s = g["settings"]
         model = small_model(g)
         config = ttt_sgd.Config(lr=s["lr"], momentum=s["momentum"], batch_rows=s["batch_rows"])
-        whole = ev.ValChunk(g["tokens"].long(), 0, 1, where, scored=False)
+        whole = ValChunk(g["tokens"].long(), 0, 1, where, scored=False)
         ttt_sgd.TTTSGD(config).pgolf_eval_prescore(model=model, chunk=whole)
         sgd = {k: v.clone() for k, v in model.state_dict().items()}
         g = golden("ttt_score_first")
@@ -320,8 +323,8 @@ def _uneven_rank(rank: int, world: int, init: str, out: str) -> None:
     try:
         g = golden("ttt_score_first")
         model = small_model(g)
-        where = ev.Placement(torch.device("cpu"), rank, world)
-        chunk = ev.ValChunk(g["tokens"].long()[: 3 * 32 + 1].clone(), 0, 2, where)
+        where = Env(torch.device("cpu"), rank, world)
+        chunk = ValChunk(g["tokens"].long()[: 3 * 32 + 1].clone(), 0, 2, where)
         assert chunk.rows(32)[0].size(0) == rank + 1
         plugin = ttt_score_first.TTTScoreFirst(ttt_score_first.Config(batch_rows=1, epochs=1, seq_len=32))
         plugin.pgolf_eval_adapt(model=model, chunk=chunk)

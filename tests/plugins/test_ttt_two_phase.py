@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -19,12 +20,12 @@ import torch
 from pgolf_plugins import qat
 from pgolf_plugins.ttt_two_phase import Config, TTTTwoPhase, cosine_lr, phase1_names, phase2_names
 
-from pgolf_core import FAKE_QUANT_SWITCH, load_recipe
+from pgolf_core import FAKE_QUANT_SWITCH, Env, ValChunk, load_recipe
 from pgolf_core.build import build_model
-from pgolf_core.evaluation import Placement, ValChunk
 from pgolf_core.registry import create_manager
 from pgolf_core.run import train
 from pgolf_core.testing import assert_matches_golden
+from pgolf_core.types import RecipeError
 
 from ..tiny import tiny
 from .golden import FIXTURES, randomize
@@ -70,7 +71,7 @@ def adapt(model: torch.nn.Module, golden: dict, phase2_epochs: int | None = None
         phase2_epochs=s["phase2_epochs"] if phase2_epochs is None else phase2_epochs, **changes,
     )  # fmt: skip
     reports: dict = {}
-    chunk = ValChunk(golden["stream"].long(), 0, 1, Placement(torch.device("cpu")), scored=False,
+    chunk = ValChunk(golden["stream"].long(), 0, 1, Env(torch.device("cpu")), scored=False,
                      report=reports.__setitem__)  # fmt: skip
     torch.manual_seed(golden["seed"])
     TTTTwoPhase(config).pgolf_eval_prescore(model, chunk)
@@ -134,7 +135,7 @@ def test_the_fix_changes_the_update(golden):
 
 
 def test_the_form_decides_the_hook_and_compliance(tmp_path):
-    """Only the form's hook is registered (pluggy skips the attribute set to None)."""
+    """Only the form's hook is registered (`TTTTwoPhase.forms`: the registry leaves the other one out)."""
     path = tmp_path / "ttt.toml"
     path.write_text("[plugins.ttt_two_phase]\n")
     for score_first, hook, other in ((False, "pgolf_eval_prescore", "pgolf_eval_adapt"),
@@ -144,15 +145,38 @@ def test_the_form_decides_the_hook_and_compliance(tmp_path):
         assert [i.plugin_name for i in getattr(pm.hook, other).get_hookimpls()] == []
 
 
-def test_bad_settings_are_refused():
-    for changes, expected in (
-        ({"batch_rows": 0}, "batch_rows=0: expected >= 1"),
-        ({"phase1_lr": 0.0}, "phase1_lr=0.0: expected > 0"),
-        ({"phase2_momentum": 1.0}, "phase2_momentum=1.0"),
-        ({"compile": "yes"}, "compile='yes'"),
+def test_bad_settings_are_refused(tmp_path):
+    path = tmp_path / "ttt.toml"
+    for line, expected in (
+        ("batch_rows = 0", "batch_rows=0: expected >= 1"),
+        ("phase1_epochs = -1", "phase1_epochs=-1: expected >= 0"),
+        ("phase1_lr = 0.0", "phase1_lr=0.0: expected > 0"),
+        ("phase2_momentum = 1.0", "phase2_momentum=1.0: expected a value in [0, 1)"),
+        ('compile = "yes"', "compile: expected one of 'auto', 'on', 'off', got 'yes'"),
+        ("phase2_last_blocks = -1", "phase2_last_blocks=-1: expected >= 0"),
+        ("phase2_last_blocks = 10", "phase2_last_blocks=10: expected 0..9 (model.num_layers)"),
     ):
-        with pytest.raises(ValueError, match=expected):
-            TTTTwoPhase(Config(**changes))
+        path.write_text(f"[model]\nnum_layers = 9\n[plugins.ttt_two_phase]\n{line}\n")
+        with pytest.raises(RecipeError, match=re.escape(f"{path}: [plugins.ttt_two_phase] {expected}")):
+            load_recipe(path)
+    path.write_text("[model]\nnum_layers = 9\n[plugins.ttt_two_phase]\nphase2_last_blocks = 9\n")
+    assert load_recipe(path).plugins["ttt_two_phase"].config.phase2_last_blocks == 9  # every block
+
+
+def test_seq_len_0_takes_the_evals_sequence_length_from_the_chunk(golden):
+    """`seq_len = 0`: the rows are `chunk.seq_len` long (the eval's sequence length, which a run puts on every
+    chunk), the same update as the setting itself; a chunk without one falls back to the training length."""
+    s, results = golden["settings"], []
+    for setting, on_chunk in ((s["seq_len"], 0), (0, s["seq_len"]), (0, 0)):
+        model = small_model(golden)
+        config = Config(seq_len=setting, batch_rows=s["batch_rows"], phase1_epochs=1, phase2_epochs=1)
+        chunk = ValChunk(golden["stream"].long(), 0, 1, Env(torch.device("cpu")), scored=False, seq_len=on_chunk)
+        torch.manual_seed(golden["seed"])
+        TTTTwoPhase(config).pgolf_eval_prescore(model, chunk)
+        results.append(model.state_dict())
+    assert s["seq_len"] != small_model(golden).spec.train_seq_len  # so the fallback differs
+    assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
+    assert not all(torch.equal(results[0][k], results[2][k]) for k in results[0])
 
 
 def _run(tmp_path: Path, name: str, plugin: dict | None, *extra: str) -> dict:
@@ -190,7 +214,7 @@ def _two_ranks(rank: int, port: int, golden: dict, out: str) -> None:
         model = small_model(golden)
         s = golden["settings"]
         config = Config(seq_len=s["seq_len"], batch_rows=s["batch_rows"] // 2, phase1_epochs=3, phase2_epochs=2)
-        chunk = ValChunk(golden["stream"].long(), 0, 1, Placement(torch.device("cpu"), rank, 2), scored=False)
+        chunk = ValChunk(golden["stream"].long(), 0, 1, Env(torch.device("cpu"), rank, 2), scored=False)
         torch.manual_seed(golden["seed"] + rank)  # rank 0's permutation is broadcast: rank 1's seed is unused
         TTTTwoPhase(config).pgolf_eval_prescore(model, chunk)
         if rank == 0:
@@ -237,7 +261,7 @@ def test_score_first_adapts_on_each_scored_chunk_and_carries_the_model_on(golden
         chunks.append(chunk.tokens.clone())
         plugin.pgolf_eval_adapt(model, chunk)
 
-    where = Placement(torch.device("cpu"))
+    where = Env(torch.device("cpu"))
     frozen = eval_sliding(small_model(golden), tokens, 64, 64, 4, tables, where)
     torch.manual_seed(golden["seed"])
     adapted = eval_sliding(model, tokens, 64, 64, 4, tables, where, adapt=adapt, chunk_tokens=512)
@@ -247,7 +271,7 @@ def test_score_first_adapts_on_each_scored_chunk_and_carries_the_model_on(golden
     replay, again = small_model(golden), TTTTwoPhase(config)
     torch.manual_seed(golden["seed"])
     for k, c in enumerate(chunks):
-        again.pgolf_eval_adapt(replay, ValChunk(c, k, 4, Placement(torch.device("cpu"))))
+        again.pgolf_eval_adapt(replay, ValChunk(c, k, 4, Env(torch.device("cpu"))))
     pairs = zip(model.state_dict().values(), replay.state_dict().values(), strict=True)
     assert all(torch.equal(a, b) for a, b in pairs)
     assert again.seconds[0] > 0 and again.seconds[1] > 0  # summed over the chunks

@@ -17,23 +17,22 @@ in forward), as the records' CONTROL_TENSOR_NAME_PATTERNS place `attn_gate_proj`
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
+from typing import Annotated, Literal, TypeAlias
 
 import torch
 import torch.nn.functional as F
-from pgolf_core import declare_role, hookimpl
+from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, declare_role, hookimpl
 from torch import Tensor, nn
 
 __version__ = "0.1.0"
-VARIANTS = ("out_gate", "dense", "sparse")
 
 
 @dataclass
 class Config:
-    variant: str = "out_gate"  # out_gate (PR #1667) | dense (PR #1736) | sparse (PR #1787)
-    width: int = 12  # gate input channels x[..., :width] (out_gate, sparse; dense reads all d)
-    init_std: float = 0.0  # 0: zero init; > 0: W ~ N(0, init_std²) (PR #1736 ran 0.005)
+    variant: Literal["out_gate", "dense", "sparse"] = "out_gate"  # PR #1667 | PR #1736 | PR #1787
+    width: int = 12  # gate input channels x[..., :width] (out_gate, sparse: 1..model_dim; dense reads all d)
+    init_std: Annotated[float, Range(0)] = 0.0  # 0: zero init; > 0: W ~ N(0, init_std²) (PR #1736 ran 0.005)
     scale: float = 1.0  # sparse only: g = sigmoid(scale · W x[:width]) (PR #1787 ran 1.0)
 
 
@@ -65,39 +64,25 @@ class AttentionOutputGate(nn.Module):
         return y * g[..., None]
 
 
-class AttnGate:
+class AttnGate(Plugin):
     """Per-head attention output gate from the block input (PR #1667; dense #1736, sparse #1787)."""
 
     name = "attn_gate"
     version = __version__
-    order = 60  # after xsa (50): the records gate XSA's output
-    Config = Config
+    order = Order.MODEL + 10  # 60, after xsa (Order.MODEL): the records gate XSA's output
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config
+    # The plugin contract's tiny run: the default variant (out_gate, width 12) acts within its 6 steps.
+    TINY = Tiny()
 
-    @staticmethod
-    def validate(config: Config, model=None, recipe=None) -> None:
-        """At recipe load: the variant, and a width the model's d can feed."""
-        if config.variant not in VARIANTS:
-            raise ValueError(f"variant={config.variant!r}: expected one of {', '.join(VARIANTS)}")
-        top = model.model_dim if model is not None else None
-        if config.variant != "dense" and (config.width < 1 or (top is not None and config.width > top)):
-            raise ValueError(f"width={config.width}: expected 1..{top if top is not None else 'model_dim'}")
-        if not (math.isfinite(config.init_std) and config.init_std >= 0):
-            raise ValueError(f"init_std={config.init_std}: expected a finite value >= 0")
-        if not math.isfinite(config.scale):
-            raise ValueError(f"scale={config.scale}: expected a finite number")
-
-    def __init__(self, config: Config) -> None:
-        self.config = config
+    @classmethod
+    def check(cls, config: Config, recipe: Recipe) -> None:
+        """At recipe load, what the field types cannot say (the core refuses non-finite numbers itself):
+        a width the model's d can feed, unless the variant is dense (which reads all d channels)."""
+        top = recipe.model.model_dim
+        if config.variant != "dense" and not 1 <= config.width <= top:
+            raise PgolfError(f"width={config.width}: expected 1..{top} (model.model_dim)")
 
     @hookimpl
-    def pgolf_configure(self, run) -> None:
-        c, m = self.config, run.recipe.model
-        width = m.model_dim if c.variant == "dense" else c.width
-        run.log(
-            f"attn_gate/variant:{c.variant} width:{width} init_std:{c.init_std} scale:{c.scale} "
-            f"params:{m.num_layers * m.num_heads * width}"
-        )
-
-    @hookimpl
-    def pgolf_attention_post(self, spec, layer: int):
+    def pgolf_attention_post(self, spec: ModelSpec, layer: int) -> nn.Module | None:
         return AttentionOutputGate(spec.num_heads, spec.model_dim, self.config)

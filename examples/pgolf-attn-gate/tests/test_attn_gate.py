@@ -4,10 +4,11 @@ tools/make_attn_gate_goldens.py from PR #1667, #1736 and #1787), and through pgo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
-from pgolf_core import PgolfError, role_of
+from pgolf_core import PgolfError, Recipe, Tiny, role_of
 from pgolf_core.testing import PluginContract, assert_matches_golden
 
 from pgolf_attn_gate import AttentionOutputGate, AttnGate, Config
@@ -34,6 +35,13 @@ CONFIGS = {
 # bf16: 0 under all three dispatches; 0.05 + 2% is ~3 bf16 ulps at the outputs' magnitude.
 ATOL = {torch.float32: 1e-5, torch.bfloat16: 0.05}
 RTOL = {torch.float32: 0.0, torch.bfloat16: 0.02}
+
+
+def contract(plugin_dirs: tuple[str, ...], **tiny: Any) -> PluginContract:
+    """The plugin contract on a tiny run other than the class's TINY (another variant, a partner)."""
+    made = PluginContract("attn_gate", plugin_dirs=plugin_dirs)
+    made.tiny = Tiny(**tiny)  # (a cached property: the instance's value replaces what TINY gives)
+    return made
 
 
 def gate_for(case: str) -> AttentionOutputGate:
@@ -67,8 +75,7 @@ def test_runs_after_xsa_as_in_the_record(tmp_path: Path, plugin_dirs: tuple[str,
     """PR #1667 gates XSA's output: in a pgolf model with xsa on, block.attn.post holds XSA then the gate
     (order 60 after xsa's 50), and the two applied in that order give the record's values. The gate's
     state-dict key is blocks.{i}.attn.post.{k}.weight, k its place after the parameterless XSA."""
-    contract = PluginContract("attn_gate", settings={}, partners=("xsa",), plugin_dirs=plugin_dirs)
-    model = contract.model(tmp_path)
+    model = contract(plugin_dirs, partners=("xsa",)).model(tmp_path)
     assert (model.spec.model_dim, model.spec.num_heads, model.spec.num_kv_heads) == (
         SHAPES["dim"], SHAPES["heads"], SHAPES["kv_heads"],
     )  # fmt: skip
@@ -118,35 +125,36 @@ def test_out_gate_is_the_identity_at_init() -> None:
 @pytest.mark.parametrize(
     ("settings", "message"),
     [
-        ({"variant": "gated"}, "variant='gated': expected one of out_gate, dense, sparse"),
-        ({"width": 0}, "width=0: expected 1..32"),
-        ({"variant": "sparse", "width": 33}, "width=33: expected 1..32"),
-        ({"init_std": -0.1}, "init_std=-0.1: expected a finite value >= 0"),
+        ({"variant": "gated"}, "variant: expected one of 'out_gate', 'dense', 'sparse', got 'gated'"),
+        ({"width": 0}, "width=0: expected 1..32 (model.model_dim)"),
+        ({"variant": "sparse", "width": 33}, "width=33: expected 1..32 (model.model_dim)"),
+        ({"init_std": -0.1}, "init_std=-0.1: expected >= 0"),
+        ({"init_std": float("inf")}, "init_std=inf: expected a finite number"),
+        ({"variant": "sparse", "scale": float("nan")}, "scale=nan: expected a finite number"),
     ],
 )
 def test_bad_settings_are_refused(tmp_path: Path, plugin_dirs: tuple[str, ...], settings: dict, message: str) -> None:
-    contract = PluginContract("attn_gate", settings=settings, plugin_dirs=plugin_dirs)
     with pytest.raises(PgolfError) as err:
-        contract.recipe(tmp_path)
+        contract(plugin_dirs, settings=settings).recipe(tmp_path)
     assert message in str(err.value) and "[plugins.attn_gate]" in str(err.value)
 
 
 def test_dense_width_is_the_model_width() -> None:
-    AttnGate.validate(Config(variant="dense", width=10_000))  # dense reads all d channels; width is unused
+    AttnGate.check(Config(variant="dense", width=10_000), Recipe())  # dense reads all d channels; width is unused
     assert AttentionOutputGate(4, 32, Config(variant="dense", width=3)).weight.shape == (4, 32)
 
 
 def test_contract(tmp_path: Path, plugin_dirs: tuple[str, ...]) -> None:
     """Config round trip, compiles with 0 graph breaks, no recompile after warm-up, and an effect."""
-    with_it, without = PluginContract("attn_gate", settings={}, plugin_dirs=plugin_dirs).check_all(tmp_path)
+    with_it, without = PluginContract("attn_gate", plugin_dirs=plugin_dirs).check_all(tmp_path)
     # the gate adds heads * width weights per layer (4 layers x 4 heads x 12 on the tiny run)
     assert with_it["model_params"] - without["model_params"] == 4 * 4 * 12
 
 
 @pytest.mark.parametrize("settings", [{"variant": "dense", "init_std": 0.005}, {"variant": "sparse", "scale": 0.5}])
 def test_variants_compile_and_act(tmp_path: Path, plugin_dirs: tuple[str, ...], settings: dict) -> None:
-    contract = PluginContract("attn_gate", settings=settings, plugin_dirs=plugin_dirs)
+    variant = contract(plugin_dirs, settings=settings)
     for check in ("compiles", "effect"):
         (tmp_path / check).mkdir()
-    contract.check_compiles(tmp_path / "compiles")
-    contract.check_effect(tmp_path / "effect")
+    variant.check_compiles(tmp_path / "compiles")
+    variant.check_effect(tmp_path / "effect")
