@@ -15,14 +15,13 @@ from __future__ import annotations
 import json
 import textwrap
 import zlib
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from pgolf_core import exporter, registry
+from pgolf_core import exporter
 from pgolf_core.api import evaluate, export_artifact, load_checkpoint
 from pgolf_core.artifact import deserialize
 from pgolf_core.build import build_model
@@ -66,8 +65,7 @@ QUIET = {"log": lambda msg: None}
 def recipe_for(directory: Path, plugins: dict[str, dict], extra: list[str] = (), plugin_dirs: tuple = ()) -> Any:
     path = directory / "recipe.toml"
     path.write_text(dump_toml({"plugins": plugins}))
-    classes = partial(registry.plugin_classes, plugin_dirs=list(plugin_dirs))
-    return load_recipe(path, TINY + list(extra), plugin_classes=classes)
+    return load_recipe(path, TINY + list(extra), plugin_dirs=plugin_dirs)
 
 
 class ReadSpy:
@@ -168,7 +166,7 @@ ROT13ZLIB = '''
 import dataclasses
 import zlib
 
-from pgolf_core import Codec, hookimpl
+from pgolf_core import Codec, Plugin, hookimpl
 
 
 def decode(blob):
@@ -181,16 +179,13 @@ class Config:
     pass
 
 
-class Rot13Zlib:
+class Rot13Zlib(Plugin):
     """Adds codec rot13zlib."""
 
     name = "rot13zlib"
     version = "0.0.1"
     order = 990
     Config = Config
-
-    def __init__(self, config):
-        self.config = config
 
     @hookimpl
     def pgolf_codecs(self):

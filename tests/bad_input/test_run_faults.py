@@ -268,12 +268,11 @@ def test_missing_data_dir(tmp_path, capsys):
 
 def smoke_state_dict(*overrides: str) -> dict[str, torch.Tensor]:
     from pgolf_core.attention import resolve_backend
-    from pgolf_core.build import build_model_with, configure, model_spec
+    from pgolf_core.build import build_model_with, model_spec
     from pgolf_core.registry import create_manager, load_recipe
 
     recipe = load_recipe(BASELINE, list(overrides), smoke=True)
     pm = create_manager(recipe)
-    configure(recipe, pm, log=lambda msg: None)
     backend, _ = resolve_backend(recipe.model.attention, "cpu")
     return build_model_with(model_spec(recipe, backend), pm, 0).state_dict()
 
