@@ -77,8 +77,8 @@ class Run:
         preflight.check(recipe, env, force, log.log)
         self.plugins = plugin_parts(recipe, plugin_dirs)
         for plugin in self.plugins.ordered:  # each plugin's settings, as the resolved recipe has them
-            settings = recipe.to_dict()["plugins"][plugin.name]
-            log.log(f"{plugin.name}: " + " ".join(f"{k}:{v}" for k, v in settings.items() if k != "enabled"))
+            settings = [f"{k}:{v}" for k, v in recipe.to_dict()["plugins"][plugin.name].items() if k != "enabled"]
+            log.log(f"{plugin.name}: {' '.join(settings) or '(no settings)'}")
         self.data = data = load_data(recipe, env, log.log)
         log.log(f"val_bpb:enabled tokenizer_kind=sentencepiece tokenizer_path={data.tokenizer_path}")
         log.log(f"train_loader:dataset:{data.train_files[0].parent.name} train_shards:{len(data.train_files)}")
