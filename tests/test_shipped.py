@@ -88,11 +88,18 @@ ONE_PLUGIN_OFF = [
 # (val_loss bit-identical) and change the artifact's format; gptq_lite is checked on an export of its own.
 # The build-phase plugins by the settings line the run logs for each enabled plugin; the others by what they report.
 PLUGIN_LINE = {
-    "bigram_hash": "\nbigram_hash: buckets:", "smeargate": "\nsmeargate: variant:", "ln_scale": "\nln_scale: (no settings)",
-    "partial_rope": "\npartial_rope: dims:", "xsa": "\nxsa: last_n:", "value_embed": "\nvalue_embed: dim:",
-    "ortho_init": "\northo_init: min_dim:", "ema": "ema/applied:", "late_qat": "late_qat/activated_step:",
-    "gptq_lite": "gptq_lite/percentiles:", "int6_export": "int6_export/tensors:",
-}  # fmt: skip
+    "bigram_hash": "\nbigram_hash: buckets:",
+    "smeargate": "\nsmeargate: variant:",
+    "ln_scale": "\nln_scale: (no settings)",
+    "partial_rope": "\npartial_rope: dims:",
+    "xsa": "\nxsa: last_n:",
+    "value_embed": "\nvalue_embed: dim:",
+    "ortho_init": "\northo_init: min_dim:",
+    "ema": "ema/applied:",
+    "late_qat": "late_qat/activated_step:",
+    "gptq_lite": "gptq_lite/percentiles:",
+    "int6_export": "int6_export/tensors:",
+}
 PARAMS_OWNED = {"bigram_hash": 2048 * 128 + 1, "value_embed": 1024 * 128 + 128 * 64 + 3, "smeargate": 128}
 FORMAT_WITHOUT = {"int6_export": "int8_zstd"}
 EXPORT_ONLY = {"int6_export", "gptq_lite"}
