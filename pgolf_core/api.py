@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from pgolf_core import exporter, manifest
-from pgolf_core.artifact import deserialize
+from pgolf_core.exporter import deserialize
 from pgolf_core.registry import plugin_parts
 from pgolf_core.roles import collect_roles
 from pgolf_core.run import score

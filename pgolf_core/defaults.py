@@ -9,9 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
-from pgolf_core.exporter import BUILTIN_CODECS
+from pgolf_core.exporter import BUILTIN_CODECS, Int8Format
 from pgolf_core.hookspecs import hookimpl
-from pgolf_core.int8 import Int8Format
 from pgolf_core.model import MLP, CastedLinear, ModelSpec, Rotary
 from pgolf_core.types import Codec, ExportFormat, Plugin, Recipe
 

@@ -13,7 +13,7 @@ from typing import Any
 from rich import progress as rp
 from rich.console import Console
 
-from pgolf_core.artifact import write_atomic
+from pgolf_core.exporter import write_atomic
 from pgolf_core.rundir import strict_json
 from pgolf_core.types import WriteFault
 

@@ -17,11 +17,11 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 # Bottom to top. The same list, drawn, is in docs/architecture.md.
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
-    ("settings and parts", ["recipe", "roles", "quant", "attention", "artifact", "rundir", "evaluation"]),
+    ("settings and parts", ["recipe", "roles", "quant", "attention", "rundir", "evaluation"]),
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
     (
         "formats, data readers, preflight, catalog",
-        ["int8", "data.loader", "data.bpb", "data.build", "preflight", "hookspecs"],
+        ["data.loader", "data.bpb", "data.build", "preflight", "hookspecs"],
     ),  # fmt: skip
     ("data sources, defaults", ["data.sample", "data.fineweb", "defaults"]),
     ("plugin system", ["registry"]),

@@ -148,7 +148,7 @@ def test_gptq_lite_changes_the_exported_integers(tmp_path):
 
     from pgolf_core import build_model
     from pgolf_core.api import export_artifact
-    from pgolf_core.artifact import deserialize
+    from pgolf_core.exporter import deserialize
 
     recipe = load_recipe(PR414, smoke=True)
     model = build_model(recipe)

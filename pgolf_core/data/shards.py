@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pgolf_core.artifact import write_atomic
+from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError
 
 MAGIC = 20240520
@@ -76,7 +76,7 @@ def check_shards(files: Sequence[str | Path], vocab_size: int) -> int:
 
 
 def write_shard(path: str | Path, tokens: torch.Tensor | np.ndarray | Sequence[int]) -> Path:
-    """Write tokens as a shard atomically (`artifact.write_atomic`), so a crash never leaves half a shard."""
+    """Write tokens as a shard atomically (`exporter.write_atomic`), so a crash never leaves half a shard."""
     path = Path(path)
     arr = tokens.cpu().numpy() if isinstance(tokens, torch.Tensor) else np.asarray(tokens)
     if arr.size and (arr.min() < 0 or arr.max() >= 2**16):

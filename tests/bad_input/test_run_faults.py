@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core import artifact, rundir
+from pgolf_core import exporter, rundir
 from pgolf_core.cli import main
 from pgolf_core.data.shards import write_shard
 from pgolf_core.runlog import write_json_atomic
@@ -363,14 +363,14 @@ def test_malformed_fineweb_manifest(tmp_path, capsys, monkeypatch, manifest, cul
 
 def test_write_fault_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "final_model.ptz"
-    artifact.write_atomic(path, b"old")
+    exporter.write_atomic(path, b"old")
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(WriteFault, match=f"could not write {path}: No space left on device"):
-        artifact.write_atomic(path, b"new")
+        exporter.write_atomic(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
