@@ -17,12 +17,11 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from pgolf_core.attention import resolve_backend
 from pgolf_core.build import build_model_with, model_spec
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.shards import check_shards, shard_files
-from pgolf_core.model import GPT, apply_training_precision
+from pgolf_core.model import GPT, apply_training_precision, resolve_backend
 from pgolf_core.recipe import grad_accum_steps
 from pgolf_core.registry import Plugins
 from pgolf_core.roles import collect_roles
