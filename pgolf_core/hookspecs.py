@@ -32,7 +32,7 @@ Build hooks return *modules* that the core puts into named slots before the opti
 before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
 updated in place from a train hook. Collecting hooks return one answer per plugin in
 `(plugin.order, name)` order. Exclusive hooks (`EXCLUSIVE_HOOKS`) are answered by at most one
-enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, which pluggy calls last.
+enabled plugin; their defaults are the built-in plugin `pgolf_core.registry.Defaults`, which pluggy calls last.
 
 Settings (not a hook): a plugin's `Config` fields declare their valid values in their types, and
 its `check(config, recipe)` classmethod the rest; both run once when the recipe loads, before

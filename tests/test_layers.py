@@ -23,7 +23,7 @@ LAYERS: list[tuple[str, list[str]]] = [
         "formats, data readers, preflight, catalog",
         ["data.loader", "data.bpb", "data.build", "preflight", "hookspecs"],
     ),  # fmt: skip
-    ("data sources, defaults", ["data.sample", "data.fineweb", "defaults"]),
+    ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),
     ("build, run records", ["build", "runlog", "manifest"]),
     ("setup", ["setup"]),
