@@ -34,7 +34,6 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
-from pgolf_core.build import configure  # noqa: E402
 from pgolf_core.exporter import (  # noqa: E402
     ExportContext,
     TensorPlan,
@@ -43,6 +42,7 @@ from pgolf_core.exporter import (  # noqa: E402
 )
 from pgolf_core.registry import create_manager  # noqa: E402
 from pgolf_core.roles import collect_roles  # noqa: E402
+from pgolf_core.setup import configure  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Export (int6 GPTQ-lite + zstd-22), full-size #414 weights"

@@ -21,14 +21,14 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pgolf_core import evaluation, exporter, manifest, preflight, rundir
+from pgolf_core import evaluation, exporter, manifest, rundir
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.model import count_parameters
 from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps
 from pgolf_core.registry import plugin_parts
 from pgolf_core.runlog import RunLog, write_json_atomic
-from pgolf_core.setup import Data, build, eval_rows, load_data, load_weights, setup_env
+from pgolf_core.setup import Data, build, eval_rows, load_data, load_weights, preflight, setup_env
 from pgolf_core.types import Env, Recipe, RunFault, TrainState, ValChunk
 
 
@@ -74,7 +74,7 @@ class Run:
         self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
         self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
         rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
-        preflight.check(recipe, env, force, log.log)
+        preflight(recipe, env, force, log.log)
         self.plugins = plugin_parts(recipe, plugin_dirs)
         for plugin in self.plugins.ordered:  # each plugin's settings, as the resolved recipe has them
             settings = [f"{k}:{v}" for k, v in recipe.to_dict()["plugins"][plugin.name].items() if k != "enabled"]

@@ -149,9 +149,9 @@ def test_the_public_entry_points_stay_functions_once_the_core_is_loaded():
 
     import pgolf_core
     import pgolf_core.api
-    import pgolf_core.build
     import pgolf_core.recipe
     import pgolf_core.run  # noqa: F401 - imported to check that it shadows nothing
+    import pgolf_core.setup
 
     for name in ("load_recipe", "build_model", "train", "evaluate", "export"):
         assert inspect.isfunction(getattr(pgolf_core, name)), name

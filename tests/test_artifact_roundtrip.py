@@ -23,12 +23,11 @@ import torch
 
 from pgolf_core import exporter
 from pgolf_core.api import evaluate, export_artifact, load_checkpoint
-from pgolf_core.build import build_model
 from pgolf_core.cli import main
 from pgolf_core.exporter import deserialize
 from pgolf_core.registry import load_recipe, plugin_parts
 from pgolf_core.run import train
-from pgolf_core.setup import load_weights
+from pgolf_core.setup import build_model, load_weights
 from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny
 

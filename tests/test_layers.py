@@ -21,11 +21,11 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
     (
         "formats, data readers, preflight, catalog",
-        ["data.loader", "data.bpb", "data.build", "preflight", "hookspecs"],
+        ["data.loader", "data.bpb", "data.build", "hookspecs"],
     ),  # fmt: skip
     ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),
-    ("build, run records", ["build", "runlog", "manifest"]),
+    ("run records", ["runlog", "manifest"]),
     ("setup", ["setup"]),
     ("the run", ["run"]),
     ("API, kit, ablate", ["api", "testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
