@@ -11,7 +11,7 @@ from typing import Any
 
 import torch
 
-from pgolf_core import exporter, manifest
+from pgolf_core import exporter, records
 from pgolf_core.exporter import deserialize
 from pgolf_core.registry import plugin_parts
 from pgolf_core.roles import collect_roles
@@ -103,7 +103,7 @@ def export_artifact(
     ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, out / "final_model.ptz")
-    code_bytes = sum(len(f.read_bytes()) for f in manifest.code_files(plugins.ordered))
+    code_bytes = sum(len(f.read_bytes()) for f in records.code_files(plugins.ordered))
     return {
         "path": str(written.path),
         "model_bytes": written.model_bytes,

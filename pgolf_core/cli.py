@@ -47,12 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # and toggles included, shows what it would write as recipe.resolved.toml and where, with nothing trained or
     # written; a second command would repeat every recipe flag. The plugins load, so a conflict fails here too.
     if args.dry_run:
-        from pgolf_core import manifest, registry, rundir
+        from pgolf_core import records, registry
 
         plugins = registry.ordered_plugins(registry.create_manager(recipe, args.plugins_dir))
-        summary = {"manifest": {"git_sha": manifest.git_sha(), "recipe_sha256": recipe.sha256()}}
-        print(f"# Dry run: nothing trained or written. Run folder: {args.out or rundir.default_out(recipe)}")
-        print(manifest.resolved_recipe_text(recipe, plugins, summary), end="")
+        summary = {"manifest": {"git_sha": records.git_sha(), "recipe_sha256": recipe.sha256()}}
+        print(f"# Dry run: nothing trained or written. Run folder: {args.out or records.default_out(recipe)}")
+        print(records.resolved_recipe_text(recipe, plugins, summary), end="")
         return 0
     summary = train(recipe, args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir), force=args.force)
     return 1 if summary.get("over_limit") and not args.smoke else 0

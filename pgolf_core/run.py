@@ -21,13 +21,13 @@ import torch
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from pgolf_core import evaluation, exporter, manifest, rundir
+from pgolf_core import evaluation, exporter, records
 from pgolf_core.data.loader import DistributedTokenLoader
 from pgolf_core.model import count_parameters
 from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps
+from pgolf_core.records import RunLog, write_json_atomic
 from pgolf_core.registry import plugin_parts
-from pgolf_core.runlog import RunLog, write_json_atomic
 from pgolf_core.setup import Data, build, eval_rows, load_data, load_weights, preflight, setup_env
 from pgolf_core.types import Env, Recipe, RunFault, TrainState, ValChunk
 
@@ -49,7 +49,7 @@ def train(
     input never touches it. `clock` (seconds) times the training loop, which the wallclock cap and
     the time-based warmdown follow; tests inject a fake one to exercise the cap without waiting.
     """
-    claim, run = rundir.Claim(), None
+    claim, run = records.Claim(), None
     try:
         run = Run(recipe, out_dir, overwrite, plugin_dirs, interactive, force)
         run.claim(claim)
@@ -72,8 +72,8 @@ class Run:
         env = setup_env(recipe.run.device)
         self.log = log = RunLog(None, env.rank, interactive)
         self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
-        self.out = Path(out_dir) if out_dir else rundir.default_out(recipe)
-        rundir.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
+        self.out = Path(out_dir) if out_dir else records.default_out(recipe)
+        records.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
         preflight(recipe, env, force, log.log)
         self.plugins = plugin_parts(recipe, plugin_dirs)
         for plugin in self.plugins.ordered:  # each plugin's settings, as the resolved recipe has them
@@ -116,7 +116,7 @@ class Run:
         self.log.log(f"{key}:{value}")
         self.log.metric(event="plugin", step=step, key=key, value=value)
 
-    def claim(self, claim: rundir.Claim) -> None:
+    def claim(self, claim: records.Claim) -> None:
         """Every check passed: now the directory is locked, cleared and written."""
         if self.env.rank == 0:
             claim.take(self.out, self.overwrite, self.log.log)
@@ -244,7 +244,7 @@ class Run:
         if not self.any_rank(~torch.isfinite(loss)):
             return
         previous = None if last is None else float(last.item())
-        summary, msg = rundir.diverged(self.recipe.run.name, self.recipe.run.seed, step, loss.item(), previous)
+        summary, msg = records.diverged(self.recipe.run.name, self.recipe.run.seed, step, loss.item(), previous)
         self.log.stop_progress()
         self.log.log(f"stopping: {msg}")
         if self.env.rank == 0:
@@ -291,11 +291,11 @@ class Run:
         load_weights(self.base, weights)
         roundtrip, sliding = self.final_evals(written.label)
         seconds = {"eval": time.perf_counter() - t_eval, "export": export_seconds}
-        summary = manifest.summarize(self, self.last_val, roundtrip, sliding, written, code_bytes, seconds)
+        summary = records.summarize(self, self.last_val, roundtrip, sliding, written, code_bytes, seconds)
         if env.rank == 0:
-            resolved = manifest.resolved_recipe_text(recipe, self.plugins.ordered, summary)
+            resolved = records.resolved_recipe_text(recipe, self.plugins.ordered, summary)
             exporter.write_atomic(self.out / "recipe.resolved.toml", resolved.encode("utf-8"))
-            manifest.print_summary(summary, log, self.out)
+            records.print_summary(summary, log, self.out)
             write_json_atomic(self.out / "summary.json", summary)
         if env.distributed:
             dist.destroy_process_group()
@@ -310,7 +310,7 @@ class Run:
         ctx = exporter.ExportContext(recipe, state.roles, state.report)
         path, rank0 = self.out / "final_model.ptz", self.env.rank == 0
         written = exporter.write_artifact(self.plugins.export, self.plugins.pm, weights, ctx, path, rank0)
-        files = manifest.code_files(self.plugins.ordered)
+        files = records.code_files(self.plugins.ordered)
         code_bytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in files)
         fmt, total = written.label.replace("_", "+", 1), written.model_bytes + code_bytes
         log.log(f"Serialized model {fmt}: {written.model_bytes} bytes (raw_torch:{written.raw_bytes})")

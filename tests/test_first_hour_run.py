@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pgolf_core import rundir, setup
+from pgolf_core import records, setup
 from pgolf_core.cli import main
-from pgolf_core.manifest import health_warnings
+from pgolf_core.records import health_warnings
 from pgolf_core.registry import load_recipe
 from pgolf_core.types import Env
 
@@ -78,7 +78,7 @@ def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypa
 
 def test_default_run_folders_encode_the_command_line():
     def out(**kw: object) -> str:
-        return rundir.default_out(load_recipe(PR414, **kw)).name  # type: ignore[arg-type]
+        return records.default_out(load_recipe(PR414, **kw)).name  # type: ignore[arg-type]
 
     assert out() == "pr414-seed1337"
     assert out(smoke=True) == "pr414-smoke-seed1337"
@@ -136,34 +136,34 @@ def test_an_interrupted_overwrite_puts_the_finished_run_back(sample_cache, tmp_p
     before = _finished_run(out)
 
     def interrupt(self: object, clock: object) -> None:
-        assert (out / rundir.SET_ASIDE / "summary.json").exists()  # set aside while the new run trains
+        assert (out / records.SET_ASIDE / "summary.json").exists()  # set aside while the new run trains
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_mod.Run, "fit", interrupt)
     assert main(["run", BASELINE, "--smoke", *TINY, "--overwrite", "--out", str(out)]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not (out / rundir.SET_ASIDE).exists()
+    assert not (out / records.SET_ASIDE).exists()
 
 
 def test_a_killed_overwrite_is_put_back_at_the_next_start(tmp_path, capsys):
     """A SIGKILL leaves the lock of a dead process, the new run's partial files and the old run set aside."""
     out = tmp_path / "run"
     before = _finished_run(out)
-    aside = out / rundir.SET_ASIDE
+    aside = out / records.SET_ASIDE
     aside.mkdir()
     for name in before:
         (out / name).replace(aside / name)
     (out / "train.log").write_text("half of the new run\n")
-    (out / rundir.LOCK).write_text("999999999 " + rundir.socket.gethostname())
+    (out / records.LOCK).write_text("999999999 " + records.socket.gethostname())
     assert main(["run", BASELINE, "--smoke", "--out", str(out)]) == 2
     assert "holds a finished run" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != rundir.LOCK} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != records.LOCK} == before
 
 
 def test_the_progress_display_counts_every_step_against_iterations_and_shows_evaluation_batches():
     """The bar's total is the log's `iterations`, it moves every step (not only at log steps), and while
     the training clock is stopped the evaluation running now counts its batches."""
-    from pgolf_core.runlog import RunLog
+    from pgolf_core.records import RunLog
 
     log = RunLog(None, interactive=True)
     log.start_progress(300, 0.0)

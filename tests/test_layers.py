@@ -17,7 +17,7 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 # Bottom to top. The same list, drawn, is in docs/architecture.md.
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
-    ("settings and parts", ["recipe", "roles", "quant", "rundir", "evaluation"]),
+    ("settings and parts", ["recipe", "roles", "quant", "evaluation"]),
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
     (
         "formats, data readers, preflight, catalog",
@@ -25,7 +25,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ),  # fmt: skip
     ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),
-    ("run records", ["runlog", "manifest"]),
+    ("run records", ["records"]),
     ("setup", ["setup"]),
     ("the run", ["run"]),
     ("API, kit, ablate", ["api", "testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
