@@ -86,7 +86,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pgolf eval RUN_DIR/final_model.pt (or --checkpoint FILE alone) takes the recipe next to the checkpoint;
     pgolf eval RECIPE --checkpoint FILE scores with that recipe instead (add --smoke if the run had it).
     --set, --enable and --disable apply on top of either recipe. (This docstring is the command's --help.)"""
-    from pgolf_core.api import evaluate
+    from pgolf_core.run import evaluate
 
     args.recipe, checkpoint = eval_inputs(args)
     evaluate(_load(args), checkpoint=checkpoint, plugin_dirs=tuple(args.plugins_dir))

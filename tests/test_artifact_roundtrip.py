@@ -3,7 +3,7 @@ for int8, int6 and int6 + LQER, with each codec (zlib, zstd, brotli, lzma) and w
 plugin file.
 
 One tiny run per format (module fixture) with `exporter.read_artifact` wrapped by a spy: the run's round trip
-and `pgolf_core.api.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
+and `pgolf_core.run.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
 eval must score exactly the run's round trip (`eval.sliding_stride=0`: the round trip is the standard eval;
 `grad_accum_steps=4`: the eval splits its batches over accumulation steps as the run does). The codecs are
 checked without training again: the run's final weights are exported with each codec and read back by
@@ -22,11 +22,10 @@ import pytest
 import torch
 
 from pgolf_core import exporter
-from pgolf_core.api import evaluate, export_artifact, load_checkpoint
 from pgolf_core.cli import main
 from pgolf_core.exporter import deserialize
 from pgolf_core.registry import load_recipe, plugin_parts
-from pgolf_core.run import train
+from pgolf_core.run import evaluate, export_artifact, load_checkpoint, train
 from pgolf_core.setup import build_model, load_weights
 from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny

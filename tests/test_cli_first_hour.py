@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from pgolf_core import build_model
-from pgolf_core.api import evaluate
 from pgolf_core.cli import main
 from pgolf_core.records import default_out
 from pgolf_core.registry import load_recipe
+from pgolf_core.run import evaluate
 from pgolf_core.types import RecipeError
 
 if sys.version_info >= (3, 11):

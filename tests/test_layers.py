@@ -28,7 +28,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("run records", ["records"]),
     ("setup", ["setup"]),
     ("the run", ["run"]),
-    ("API, kit, ablate", ["api", "testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
+    ("kit, ablate", ["testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
     ("front ends", ["ablate.report", "ablate.cli", "data.commands"]),
     ("CLI and the package", ["cli", "__init__"]),
 ]

@@ -147,8 +147,8 @@ def test_gptq_lite_changes_the_exported_integers(tmp_path):
     import torch
 
     from pgolf_core import build_model
-    from pgolf_core.api import export_artifact
     from pgolf_core.exporter import deserialize
+    from pgolf_core.run import export_artifact
 
     recipe = load_recipe(PR414, smoke=True)
     model = build_model(recipe)
@@ -366,7 +366,7 @@ def test_pgolf_eval_scores_a_record_style_checkpoint(sample_cache, tmp_path, cap
     import torch
 
     from pgolf_core import build_model
-    from pgolf_core.api import evaluate
+    from pgolf_core.run import evaluate
 
     sets = ["eval.max_tokens=4096", "eval.sliding_stride=0"]
     recipe = load_recipe(PR414, sets, smoke=True)

@@ -49,7 +49,7 @@ def never_train(monkeypatch):
         raise AssertionError("a bad input reached training/eval instead of failing at load or setup")
 
     monkeypatch.setattr(importlib.import_module("pgolf_core.run").Run, "fit", reached)
-    monkeypatch.setattr(importlib.import_module("pgolf_core.api"), "score", reached)
+    monkeypatch.setattr(importlib.import_module("pgolf_core.run"), "score", reached)
 
 
 def finished_run(directory: Path) -> dict[str, bytes]:
