@@ -49,7 +49,7 @@ from pgolf_core.exporter import (  # noqa: E402
     TensorPlan,
     serialize,  # noqa: E402
 )
-from pgolf_core.roles import collect_roles  # noqa: E402
+from pgolf_core.types import collect_roles  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "pr414.toml"
 

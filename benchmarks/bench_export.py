@@ -41,8 +41,8 @@ from pgolf_core.exporter import (  # noqa: E402
     serialize,  # noqa: E402
 )
 from pgolf_core.registry import create_manager  # noqa: E402
-from pgolf_core.roles import collect_roles  # noqa: E402
 from pgolf_core.setup import configure  # noqa: E402
+from pgolf_core.types import collect_roles  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Export (int6 GPTQ-lite + zstd-22), full-size #414 weights"

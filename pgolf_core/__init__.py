@@ -19,7 +19,6 @@ from pgolf_core import quant
 from pgolf_core.exporter import FORMAT_KEY
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
-from pgolf_core.roles import declare_all, declare_role, is_control, role_of
 from pgolf_core.types import (
     PGOLF_VERSION,
     Codec,
@@ -41,6 +40,10 @@ from pgolf_core.types import (
     Tiny,
     TrainState,
     ValChunk,
+    declare_all,
+    declare_role,
+    is_control,
+    role_of,
 )
 
 __version__ = PGOLF_VERSION

@@ -31,7 +31,6 @@ import torch
 from torch import Tensor
 
 from pgolf_core import quant
-from pgolf_core.roles import is_control
 from pgolf_core.types import (
     Codec,
     Correction,
@@ -44,6 +43,7 @@ from pgolf_core.types import (
     Roles,
     TensorPlan,
     WriteFault,
+    is_control,
 )
 
 # ---------------------------------------------------------------- artifact bytes: serialization and atomic writes

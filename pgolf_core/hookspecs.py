@@ -51,7 +51,7 @@ attention post-processing (attention output gates).
 
 Parameter roles (build phase, not a hook): a module says what its parameters are with
 `pgolf_core.declare_role(module, "weight", ...)` (optimizer group, control tensor, own Adam, zero
-init); see `pgolf_core.roles`.
+init); see `pgolf_core.types`.
 """
 
 from __future__ import annotations

@@ -18,8 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core.roles import collect_roles, declare_role, is_control
-from pgolf_core.types import Model, PgolfError, Roles
+from pgolf_core.types import Model, PgolfError, Roles, collect_roles, declare_role, is_control
 
 # ---------------------------------------------------------------- attention backend
 # `auto` = flash attention on CUDA when installed (and says so), PyTorch SDPA otherwise; an explicit `flash`

@@ -29,9 +29,8 @@ from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps
 from pgolf_core.records import RunLog, write_json_atomic
 from pgolf_core.registry import plugin_parts
-from pgolf_core.roles import collect_roles
 from pgolf_core.setup import Data, build, eval_rows, load_data, load_weights, preflight, setup_env
-from pgolf_core.types import Env, ExportContext, PgolfError, Recipe, RunFault, TrainState, ValChunk
+from pgolf_core.types import Env, ExportContext, PgolfError, Recipe, RunFault, TrainState, ValChunk, collect_roles
 
 
 def train(

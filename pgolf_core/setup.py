@@ -26,8 +26,7 @@ from pgolf_core.data.shards import check_shards, shard_files
 from pgolf_core.model import GPT, ModelParts, ModelSpec, apply_training_precision, resolve_backend
 from pgolf_core.recipe import grad_accum_steps
 from pgolf_core.registry import Plugins, create_manager
-from pgolf_core.roles import collect_roles
-from pgolf_core.types import Env, ParamRole, PgolfError, Recipe
+from pgolf_core.types import Env, ParamRole, PgolfError, Recipe, collect_roles
 
 # ---------------------------------------------------------------- before a run starts: memory and time
 # A recipe sized for 8xH100 started on a 2-core CPU used to run for two minutes and then be killed by the kernel

@@ -17,7 +17,7 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 # Bottom to top. The same list, drawn, is in docs/architecture.md.
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
-    ("settings and parts", ["recipe", "roles", "quant", "evaluation"]),
+    ("settings and parts", ["recipe", "quant", "evaluation"]),
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
     (
         "formats, data readers, preflight, catalog",
