@@ -41,7 +41,7 @@ from pgolf_core.exporter import (  # noqa: E402
     serialize,  # noqa: E402
 )
 from pgolf_core.registry import create_manager  # noqa: E402
-from pgolf_core.setup import configure  # noqa: E402
+from pgolf_core.run import configure  # noqa: E402
 from pgolf_core.types import collect_roles  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -52,7 +52,7 @@ __version__ = PGOLF_VERSION
 # The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not
 # import the training loop, which imports the registry, which imports the plugins.
 # Name -> the module that defines it (`export` is that module's `export_artifact`).
-_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "setup", "train": "run", "evaluate": "run", "export": "run"}
+_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "run", "train": "run", "evaluate": "run", "export": "run"}
 
 
 def __getattr__(name: str) -> Any:

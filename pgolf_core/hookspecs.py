@@ -3,7 +3,7 @@
 
 A run calls the hooks at these points (nothing of a plugin's runs inside a model's `forward`):
 
-    # setup                                         (pgolf_core.setup)
+    # setup                                         (pgolf_core.run)
     plugins = load(recipe)                          # a pgolf_* method not in this catalog: load error
     export = (pgolf_export_format(recipe), pgolf_export_corrections(recipe), pgolf_codecs())
     model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_mlp,

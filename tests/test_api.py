@@ -17,8 +17,7 @@ import torch
 from pgolf_core import build_model
 from pgolf_core.cli import main
 from pgolf_core.registry import load_recipe
-from pgolf_core.run import evaluate, export_artifact, train
-from pgolf_core.setup import load_weights
+from pgolf_core.run import evaluate, export_artifact, load_weights, train
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -149,7 +148,6 @@ def test_the_public_entry_points_stay_functions_once_the_core_is_loaded():
     import pgolf_core
     import pgolf_core.recipe
     import pgolf_core.run  # noqa: F401 - imported to check that it shadows nothing
-    import pgolf_core.setup
 
     for name in ("load_recipe", "build_model", "train", "evaluate", "export"):
         assert inspect.isfunction(getattr(pgolf_core, name)), name

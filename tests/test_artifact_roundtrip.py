@@ -25,8 +25,7 @@ from pgolf_core import exporter
 from pgolf_core.cli import main
 from pgolf_core.exporter import deserialize
 from pgolf_core.registry import load_recipe, plugin_parts
-from pgolf_core.run import evaluate, export_artifact, load_checkpoint, train
-from pgolf_core.setup import build_model, load_weights
+from pgolf_core.run import build_model, evaluate, export_artifact, load_checkpoint, load_weights, train
 from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny
 

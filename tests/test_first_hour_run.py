@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from pgolf_core import records, setup
+from pgolf_core import records, run
 from pgolf_core.cli import main
 from pgolf_core.records import health_warnings
 from pgolf_core.registry import load_recipe
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PR414 = str(ROOT / "recipes" / "pr414.toml")
 BASELINE = str(ROOT / "recipes" / "baseline.toml")
 GIB = 2**30
-CPU = setup.torch.device("cpu")
+CPU = run.torch.device("cpu")
 
 
 def test_smoke_runs_a_fixed_number_of_steps():
@@ -32,14 +32,14 @@ def test_smoke_runs_a_fixed_number_of_steps():
 def test_full_size_pr414_needs_more_memory_than_this_kind_of_machine():
     """One process of the full recipe trains micro-batches of 786,432 / 8 = 98,304 tokens: ~33 GiB on a CPU
     (the kernel killed such a run at 24 GB); its smoke form needs under 1 GiB (measured peaks: docs/benchmarks.md)."""
-    full, params = setup.estimate(load_recipe(PR414), world=1, accum=8, device=CPU)
-    smoke, _ = setup.estimate(load_recipe(PR414, smoke=True), world=1, accum=1, device=CPU)
+    full, params = run.estimate(load_recipe(PR414), world=1, accum=8, device=CPU)
+    smoke, _ = run.estimate(load_recipe(PR414, smoke=True), world=1, accum=1, device=CPU)
     assert 30 * GIB < full < 36 * GIB and smoke < GIB
     assert params == 1024 * 512 + 2 * 11 * 512 * (512 + 256 + 1536)  # the core's matrices (tied embedding)
 
 
 def _small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(setup.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 24 * GIB // 4096))
+    monkeypatch.setattr(run.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 24 * GIB // 4096))
 
 
 def test_a_recipe_too_large_for_the_machine_is_refused_before_anything(monkeypatch, tmp_path, capsys):
@@ -62,17 +62,17 @@ def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys
 
 def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
     """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
-    monkeypatch.setattr(setup.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
+    monkeypatch.setattr(run.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
     recipe, cpu = load_recipe(PR414), Env(CPU)
-    with pytest.raises(setup.PgolfError) as info:
-        setup.preflight(recipe, cpu, False, print, cpu_flops=1e11)
-    step_min = 6 * setup.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
+    with pytest.raises(run.PgolfError) as info:
+        run.preflight(recipe, cpu, False, print, cpu_flops=1e11)
+    step_min = 6 * run.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
     assert f"takes about {step_min:,.1f} min on this CPU, so its 20 warm-up steps" in str(info.value)
     assert "--force" in str(info.value)
     lines: list[str] = []
-    setup.preflight(recipe, cpu, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
+    run.preflight(recipe, cpu, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
     assert len(lines) == 1 and lines[0].startswith("WARNING: --force: ")
-    setup.preflight(load_recipe(PR414, smoke=True), cpu, False, lines.append, cpu_flops=1e11)
+    run.preflight(load_recipe(PR414, smoke=True), cpu, False, lines.append, cpu_flops=1e11)
     assert len(lines) == 1  # the smoke form passes silently
 
 
@@ -186,11 +186,11 @@ def test_the_progress_display_counts_every_step_against_iterations_and_shows_eva
 def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     from pgolf_core import evaluation as ev
     from pgolf_core.registry import plugin_parts
-    from pgolf_core.setup import build, load_data
+    from pgolf_core.run import build, load_data
 
     recipe = load_recipe(BASELINE, ["eval.max_tokens=4096"], smoke=True)
     batches: list[int] = []
-    where = Env(setup.torch.device("cpu"), on_batch=lambda: batches.append(1))
+    where = Env(run.torch.device("cpu"), on_batch=lambda: batches.append(1))
     data = load_data(recipe, where, lambda _: None, train=False)
     model, _ = build(recipe, plugin_parts(recipe), where, lambda _: None)
     ev.eval_standard(model, data.val_tokens, data.eval_seq, 16, data.tables, where)

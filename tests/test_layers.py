@@ -26,7 +26,6 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),
     ("run records", ["records"]),
-    ("setup", ["setup"]),
     ("the run", ["run"]),
     ("kit, ablate", ["testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
     ("front ends", ["ablate.report", "ablate.cli", "data.commands"]),

@@ -269,7 +269,7 @@ def test_missing_data_dir(tmp_path, capsys):
 def smoke_state_dict(*overrides: str) -> dict[str, torch.Tensor]:
     from pgolf_core.model import resolve_backend
     from pgolf_core.registry import create_manager, load_recipe
-    from pgolf_core.setup import build_model_with, model_spec
+    from pgolf_core.run import build_model_with, model_spec
 
     recipe = load_recipe(BASELINE, list(overrides), smoke=True)
     pm = create_manager(recipe)

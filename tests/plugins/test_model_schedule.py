@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from pgolf_core.registry import load_recipe
-from pgolf_core.setup import build_model
+from pgolf_core.run import build_model
 from pgolf_core.testing import PluginContract, assert_matches_golden
 from pgolf_core.types import dump_toml
 

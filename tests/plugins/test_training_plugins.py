@@ -16,7 +16,7 @@ from pgolf_plugins import ema, qat, swa
 
 from pgolf_core import CastedLinear
 from pgolf_core.registry import create_manager, load_recipe
-from pgolf_core.setup import build_model
+from pgolf_core.run import build_model
 from pgolf_core.types import RecipeError, dump_toml
 
 from .golden import FIXTURES, randomize
