@@ -21,7 +21,6 @@ import random
 import time
 import timeit
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -35,18 +34,16 @@ from pgolf_core import evaluation, exporter, records
 from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
 from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
 from pgolf_core.data.shards import check_shards, shard_files
-from pgolf_core.exporter import deserialize
 from pgolf_core.model import GPT, ModelParts, ModelSpec, apply_training_precision, count_parameters, resolve_backend
 from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps
-from pgolf_core.records import RunLog, write_json_atomic
 from pgolf_core.registry import Plugins, create_manager, plugin_parts
 from pgolf_core.types import (
     Env,
     ExportContext,
-    ParamRole,
     PgolfError,
     Recipe,
+    Roles,
     RunFault,
     TrainState,
     ValChunk,
@@ -125,7 +122,7 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     """The `[model]` settings the model needs (the same names), with the MLP width and the attention
     backend resolved and the training sequence length (for rotary scaling) added."""
     m = recipe.model
-    shared = {f.name: getattr(m, f.name) for f in fields(ModelSpec) if f.init and hasattr(m, f.name)}
+    shared = {f.name: getattr(m, f.name) for f in dataclasses.fields(ModelSpec) if f.init and hasattr(m, f.name)}
     shared.update(mlp_hidden=m.mlp_hidden or int(m.mlp_mult * m.model_dim), attention=attention)  # as the records
     return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
 
@@ -187,7 +184,7 @@ def eval_rows(recipe: Recipe, env: Env) -> int:
     return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
 
 
-@dataclass
+@dataclasses.dataclass
 class Data:
     """The shards, the tokenizer, the validation tokens and the BPB byte tables."""
 
@@ -236,7 +233,7 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
     return Data(train_files, tokenizer, val, tables, seq)
 
 
-def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, dict[str, ParamRole]]:
+def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, Roles]:
     """The model on CPU in fp32 with the plugins' modules, its roles collected once, then moved and
     (on GPU) cast to the records' precision: bf16 but Linear weights and control tensors fp32."""
     backend, why = resolve_backend(recipe.model.attention, env.device.type)
@@ -298,7 +295,7 @@ class Run:
         self.t_start = time.perf_counter()
         self.recipe, self.overwrite, cfg = recipe, overwrite, recipe.train
         env = setup_env(recipe.run.device)
-        self.log = log = RunLog(None, env.rank, interactive)
+        self.log = log = records.RunLog(None, env.rank, interactive)
         self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
         self.out = Path(out_dir) if out_dir else records.default_out(recipe)
         records.check_free(self.out, overwrite)  # reads only; the directory is claimed after setup
@@ -476,7 +473,7 @@ class Run:
         self.log.stop_progress()
         self.log.log(f"stopping: {msg}")
         if self.env.rank == 0:
-            write_json_atomic(self.out / "summary.json", summary)
+            records.write_json_atomic(self.out / "summary.json", summary)
         raise RunFault(f"{msg} (summary: {self.out / 'summary.json'})")
 
     def log_train_loss(self, step: int, train_loss: torch.Tensor, approx_ms: float) -> None:
@@ -524,7 +521,7 @@ class Run:
             resolved = records.resolved_recipe_text(recipe, self.plugins.ordered, summary)
             exporter.write_atomic(self.out / "recipe.resolved.toml", resolved.encode("utf-8"))
             records.print_summary(summary, log, self.out)
-            write_json_atomic(self.out / "summary.json", summary)
+            records.write_json_atomic(self.out / "summary.json", summary)
         if env.distributed:
             dist.destroy_process_group()
         return summary
@@ -623,7 +620,7 @@ def load_checkpoint(
         raise PgolfError(f"{path}: checkpoint not found")
     try:
         try:
-            obj = deserialize(path.read_bytes())  # an uncompressed torch.save
+            obj = exporter.deserialize(path.read_bytes())  # an uncompressed torch.save
         except Exception:  # noqa: BLE001 - not a torch file: a compressed artifact
             return exporter.read_artifact(stack, path, dtypes, codec)
         return stack.dequantize(obj, dtypes)
