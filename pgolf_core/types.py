@@ -18,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,25 +76,24 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 class Range:
     """The valid values of a number setting, declared in its type: `Annotated[int, Range(0)]`.
 
-    `low`/`high` bound it (None: unbounded); `open` names the bounds excluded ("low", "high", "both").
+    `low`/`high` bound it (unbounded by default); `open` names the bounds excluded ("low", "high", "both").
     One checker (`pgolf_core.recipe.check_settings`) reads it for the core's sections and every
     plugin's `Config`, once, when the recipe loads; its message names the file, table, key and range.
     """
 
-    low: float | None = None
-    high: float | None = None
+    low: float = -math.inf
+    high: float = math.inf
     open: str = ""
 
     def admits(self, value: float) -> bool:
-        lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
-        above = self.low is None or (value > self.low if lo_open else value >= self.low)
-        return above and (self.high is None or (value < self.high if hi_open else value <= self.high))
+        above = value > self.low if self.open in ("low", "both") else value >= self.low
+        return above and (value < self.high if self.open in ("high", "both") else value <= self.high)
 
     def text(self) -> str:
-        lo, hi = (int(x) if x is not None and float(x).is_integer() else x for x in (self.low, self.high))
-        if self.high is None:
+        lo, hi = (int(x) if math.isfinite(x) and float(x).is_integer() else x for x in (self.low, self.high))
+        if self.high == math.inf:
             return f"expected {'>' if self.open == 'low' else '>='} {lo}"
-        if self.low is None:
+        if self.low == -math.inf:
             return f"expected {'<' if self.open == 'high' else '<='} {hi}"
         brackets = "(" if self.open in ("low", "both") else "[", ")" if self.open in ("high", "both") else "]"
         return f"expected a value in {brackets[0]}{lo}, {hi}{brackets[1]}"
@@ -101,7 +101,6 @@ class Range:
 
 Positive = Range(0, open="low")
 NonNegative = Range(0)
-Fraction = Range(0, 1)
 
 
 @dataclass
@@ -331,12 +330,8 @@ class Model(nn.Module):
 
     blocks: nn.ModuleList
     layer_phase: int
-
-    def set_layer_orders(self, orders: list[list[int]]) -> None:
-        raise NotImplementedError
-
-    def forward_logits(self, input_ids: Tensor) -> Tensor:
-        raise NotImplementedError
+    set_layer_orders: Callable[[list[list[int]]], None]
+    forward_logits: Callable[[Tensor], Tensor]
 
 
 class Optimizers(Protocol):
