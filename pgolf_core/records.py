@@ -29,8 +29,7 @@ import torch
 from rich import progress as rp
 from rich.console import Console
 
-from pgolf_core.data.bpb import tokenizer_sha256
-from pgolf_core.data.shards import read_shard
+from pgolf_core.data.tokens import read_shard, tokenizer_sha256
 from pgolf_core.evaluation import token_bytes
 from pgolf_core.exporter import write_atomic
 from pgolf_core.registry import version_order

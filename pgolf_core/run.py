@@ -31,9 +31,14 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgolf_core import evaluation, exporter, records
-from pgolf_core.data.bpb import build_byte_tables, load_tokenizer
-from pgolf_core.data.loader import DistributedTokenLoader, load_validation_tokens
-from pgolf_core.data.shards import check_shards, shard_files
+from pgolf_core.data.tokens import (
+    DistributedTokenLoader,
+    build_byte_tables,
+    check_shards,
+    load_tokenizer,
+    load_validation_tokens,
+    shard_files,
+)
 from pgolf_core.model import GPT, ModelParts, ModelSpec, apply_training_precision, count_parameters, resolve_backend
 from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps

@@ -18,10 +18,10 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
     ("settings and parts", ["recipe", "quant", "evaluation"]),
-    ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
+    ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.tokens"]),
     (
         "formats, data readers, preflight, catalog",
-        ["data.loader", "data.bpb", "data.build", "hookspecs"],
+        ["data.build", "hookspecs"],
     ),  # fmt: skip
     ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),

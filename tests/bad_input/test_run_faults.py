@@ -21,7 +21,7 @@ import torch
 
 from pgolf_core import exporter, records
 from pgolf_core.cli import main
-from pgolf_core.data.shards import write_shard
+from pgolf_core.data.tokens import write_shard
 from pgolf_core.records import write_json_atomic
 from pgolf_core.types import WriteFault
 
