@@ -194,9 +194,9 @@ class ExportStack:
 def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     """The run's format, readers, corrections and codecs; the recipe's codec checked now, before
     anything is trained."""
-    impls = pm.hook.pgolf_export_format.get_hookimpls()  # registration order: the defaults first
-    # The formats that answered (pluggy types an answer as object; ExportStack holds them as ExportFormat).
-    readers: list[Any] = [f for impl in reversed(impls) if (f := impl.function(recipe=recipe)) is not None]
+    readers: list[Any] = [pm.hook.pgolf_export_format(recipe=recipe)]  # the exclusive hook's one answer
+    if not isinstance(readers[0], Int8Format):  # the defaults' int8 reads too: an int8 artifact reads under any recipe
+        readers.append(pm.get_plugin("defaults").pgolf_export_format(recipe=recipe))
     corrections: list[Correction] = pm.hook.pgolf_export_corrections(recipe=recipe)  # pluggy drops the Nones
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
