@@ -12,13 +12,13 @@ import contextlib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core.types import Model, PgolfError, Roles, collect_roles, declare_role, is_control
+from pgolf_core.types import Model, ModelConfig, PgolfError, Roles, collect_roles, declare_role, is_control
 
 # ---------------------------------------------------------------- attention backend
 # `auto` = flash attention on CUDA when installed (and says so), PyTorch SDPA otherwise; an explicit `flash`
@@ -68,21 +68,12 @@ def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:
 
 
 @dataclass
-class ModelSpec:
-    """Everything needed to build the model; handed to plugins' build hooks."""
+class ModelSpec(ModelConfig):
+    """The `[model]` settings as the build needs them, handed to plugins' build hooks: a `ModelConfig` with its
+    choices resolved (the MLP width, the attention backend) and the training sequence length (rotary scaling)."""
 
-    vocab_size: int = 1024
-    num_layers: int = 9
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_hidden: int = 1024
-    tie_embeddings: bool = True
-    tied_embed_init_std: float = 0.005
-    logit_softcap: float = 30.0
-    rope_base: float = 10000.0
-    qk_gain_init: float = 1.5
-    attention: str = "sdpa"  # sdpa | flash (resolved; never "auto" here)
+    mlp_hidden: int = 1024  # resolved: never 0 (mlp_mult x model_dim) here
+    attention: Literal["auto", "sdpa", "flash"] = "sdpa"  # resolved: sdpa | flash, never "auto" here
     train_seq_len: int = 1024
     # The answer of the exclusive `pgolf_linear` hook (set by the build); None: CastedLinear.
     linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)

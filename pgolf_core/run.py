@@ -126,10 +126,9 @@ def preflight(recipe: Recipe, env: Env, force: bool, log: Callable[[str], None],
 def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
     """The `[model]` settings the model needs (the same names), with the MLP width and the attention
     backend resolved and the training sequence length (for rotary scaling) added."""
-    m = recipe.model
-    shared = {f.name: getattr(m, f.name) for f in dataclasses.fields(ModelSpec) if f.init and hasattr(m, f.name)}
-    shared.update(mlp_hidden=m.mlp_hidden or int(m.mlp_mult * m.model_dim), attention=attention)  # as the records
-    return ModelSpec(**shared, train_seq_len=recipe.train.train_seq_len)
+    m, resolved = recipe.model, {"attention": attention, "train_seq_len": recipe.train.train_seq_len}
+    hidden = m.mlp_hidden or int(m.mlp_mult * m.model_dim)  # as the records
+    return ModelSpec(**{**dataclasses.asdict(m), **resolved, "mlp_hidden": hidden})
 
 
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
