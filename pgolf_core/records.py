@@ -75,12 +75,23 @@ def default_out(recipe: Any) -> Path:
     return Path(recipe.run.out_dir) / "-".join([recipe.run.name, *recipe.variant, f"seed{recipe.run.seed}"])
 
 
+def finished(out: Path) -> bool:
+    """`out` holds a finished run: a summary whose status says so (a diverged run writes a summary too)."""
+    try:
+        return json.loads((out / FINISHED).read_text(encoding="utf-8")).get("status", "finished") == "finished"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
 def restore_set_aside(out: Path) -> None:
-    """Put back the finished run that `--overwrite` set aside, when the run replacing it ended (or was
-    killed) without a summary of its own: an interrupted overwrite must not lose both runs."""
+    """Put back the finished run that `--overwrite` set aside, when the run replacing it did not finish (killed,
+    interrupted, diverged): a failed overwrite must not lose both runs. A diverged run's summary is kept beside
+    it as `summary.failed.json`."""
     aside = out / SET_ASIDE
-    if not (aside / FINISHED).is_file() or (out / FINISHED).exists() or ((o := _owner(out)) and _alive(*o)):
+    if not (aside / FINISHED).is_file() or finished(out) or ((o := _owner(out)) and _alive(*o)):
         return
+    if (out / FINISHED).exists():
+        (out / FINISHED).replace(out / "summary.failed.json")
     for name in RUN_FILES[::-1]:  # the summary last: a run counts as finished only once it is whole again
         (out / name).unlink(missing_ok=True)
         if (aside / name).exists():
@@ -146,7 +157,7 @@ class Claim:
         if self.path is not None:
             self.path.unlink(missing_ok=True)
             out, self.path = self.path.parent, None
-            if (out / FINISHED).exists():
+            if finished(out):
                 shutil.rmtree(out / SET_ASIDE, ignore_errors=True)
             restore_set_aside(out)
 

@@ -199,3 +199,24 @@ def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     ev.eval_sliding(model, data.val_tokens, data.eval_seq, 64, 16, data.tables, where)
     windows = len(ev.window_starts(data.val_tokens.numel() - 1, data.eval_seq, 64))
     assert len(batches) == -(-rows // 16) - (-windows // 16)
+
+
+def test_an_overwrite_that_diverges_puts_the_finished_run_back_and_keeps_its_own_summary(
+    sample_cache, tmp_path, capsys, monkeypatch
+):
+    """A diverged run writes a summary too (status "diverged"): that must not count as the new finished run,
+    or the old run set aside would be dropped (found in review: --overwrite then a NaN loss lost both)."""
+    import pgolf_core.run as run_mod
+
+    out = tmp_path / "run"
+    before = _finished_run(out)
+
+    def diverge(self: run_mod.Run, clock: object) -> None:
+        self.stop_if_diverged(1, run_mod.torch.tensor(float("nan")), None)  # what the loop calls on a NaN loss
+
+    monkeypatch.setattr(run_mod.Run, "fit", diverge)
+    assert main(["run", BASELINE, "--smoke", *TINY, "--overwrite", "--out", str(out)]) == 1
+    assert "training loss became nan at step 1" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "summary.failed.json"} == before
+    assert json.loads((out / "summary.failed.json").read_text())["status"] == "diverged"
+    assert not (out / records.SET_ASIDE).exists() and records.finished(out)

@@ -434,7 +434,7 @@ def test_ctrl_c_exits_130_without_a_summary(tmp_path, capsys, monkeypatch, sampl
     def interrupt(self, *args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod.RunLog, "start_progress", interrupt)
+    monkeypatch.setattr(train_mod.records.RunLog, "start_progress", interrupt)
     out = tmp_path / "run"
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     assert code == 130 and "pgolf: interrupted" in err
