@@ -66,7 +66,9 @@ def eval_inputs(args: argparse.Namespace) -> tuple[str, str]:
         raise PgolfError("pgolf eval: expected a run folder, a checkpoint inside one, or RECIPE --checkpoint FILE")
     if given.endswith(".toml"):
         return given, args.checkpoint
-    if not (path := Path(given)).is_dir() and args.recipe and args.checkpoint:
+    if not (path := Path(given)).exists():
+        raise PgolfError(f"pgolf eval {given}: no such run folder or checkpoint")
+    if not path.is_dir() and args.recipe and args.checkpoint:
         raise PgolfError(f"pgolf eval {given} --checkpoint {args.checkpoint}: two checkpoints; give one")
     run = path if path.is_dir() else path.parent
     checkpoint = (args.checkpoint or str(path / "final_model.ptz")) if path.is_dir() else given

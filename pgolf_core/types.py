@@ -312,7 +312,7 @@ class Env:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
     def autocast(self) -> torch.autocast:
-        """Autocast to `autocast_dtype`; a disabled context (nothing changes) when it is None."""
+        """Autocast to `autocast_dtype`; when it is None, a disabled autocast (which also turns off one around it)."""
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def average(self, tensors: Sequence[Tensor | None]) -> None:
