@@ -207,10 +207,6 @@ def version_order(plugin: Any) -> dict[str, Any]:
     return {"version": str(plugin.version), "order": int(plugin.order)}
 
 
-def plugin_order(plugin: Any) -> tuple[int, str]:
-    return (int(plugin.order), plugin.name)
-
-
 class Manager(pluggy.PluginManager):
     """pluggy's manager, except that of a plugin with several forms it registers only the hooks of the
     configured one (`Plugin.forms`): the other form's hooks do not exist for this run."""
@@ -247,7 +243,7 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
     plugins = [cls(recipe.plugins[name].config) for name, cls in classes.items()]
     # pluggy calls the most recently registered implementation first: register in reverse.
-    for plugin in sorted(plugins, key=plugin_order, reverse=True):
+    for plugin in sorted(plugins, key=lambda p: (int(p.order), p.name), reverse=True):
         try:
             pm.register(plugin, name=plugin.name)
         except pluggy.PluginValidationError as exc:  # a known hook with arguments the catalog lacks
@@ -280,7 +276,7 @@ def check_hook_names(cls: type, source: PluginSource) -> None:
 
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
     """The recipe's plugins in hook-call order (the built-in defaults, always last, left out)."""
-    return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=plugin_order)
+    return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=lambda p: (int(p.order), p.name))
 
 
 def hooks_of(c: Any) -> list[str]:

@@ -334,7 +334,7 @@ class Run:
             f"max_wallclock_seconds:{cfg.max_wallclock_seconds:.3f}"
         )
         log.log(f"seed:{recipe.run.seed}")
-        self.state = TrainState(recipe, self.base, optimizers, env, roles, out_dir=self.out, on_report=self.on_report)
+        self.state = TrainState(recipe, self.base, optimizers, env, roles, on_report=self.on_report)
         self.val_rows = eval_rows(recipe, env)
         self.noncompliance = noncompliance(self.plugins.pm)
         if self.noncompliance:

@@ -352,7 +352,6 @@ class TrainState:
     step: int = 0
     lr_scale: float = 1.0
     elapsed_ms: float = 0.0
-    out_dir: Path | None = None
     reports: dict[str, Any] = field(default_factory=dict)
     on_report: Callable[[str, Any, int], None] = field(default=lambda key, value, step: None, repr=False)
 

@@ -12,7 +12,6 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from pgolf_core.evaluation import token_bytes as token_bytes
 from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError, PgolfError
 

@@ -17,9 +17,9 @@ from pgolf_core.data.tokens import (
     load_validation_tokens,
     read_shard,
     shard_files,
-    token_bytes,
     tokenizer_sha256,
 )
+from pgolf_core.evaluation import token_bytes
 from pgolf_core.types import DataError
 
 OFFICIAL_SETTINGS = {  # the official tokenizer's settings, byte_fallback as in the shipped model
