@@ -478,7 +478,7 @@ class Run:
         self.log.log(f"stopping: {msg}")
         if self.env.rank == 0:
             records.write_json_atomic(self.out / "summary.json", summary)
-        raise RunFault(f"{msg} (summary: {self.out / 'summary.json'})")
+        raise RunFault(f"{msg} (its summary is in {self.out})")
 
     def log_train_loss(self, step: int, train_loss: torch.Tensor, approx_ms: float) -> None:
         cfg = self.recipe.train

@@ -99,10 +99,6 @@ class Range:
         return f"expected a value in {brackets[0]}{lo}, {hi}{brackets[1]}"
 
 
-Positive = Range(0, open="low")
-NonNegative = Range(0)
-
-
 @dataclass
 class RunConfig:
     name: str = "run"
@@ -114,17 +110,17 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    vocab_size: Annotated[int, Positive] = 1024
-    num_layers: Annotated[int, Positive] = 9
-    model_dim: Annotated[int, Positive] = 512
-    num_heads: Annotated[int, Positive] = 8
-    num_kv_heads: Annotated[int, Positive] = 4
-    mlp_mult: Annotated[float, Positive] = 2.0
-    mlp_hidden: Annotated[int, NonNegative] = 0  # > 0 overrides mlp_mult * model_dim (PR #63 uses 1344)
+    vocab_size: Annotated[int, Range(0, open="low")] = 1024
+    num_layers: Annotated[int, Range(0, open="low")] = 9
+    model_dim: Annotated[int, Range(0, open="low")] = 512
+    num_heads: Annotated[int, Range(0, open="low")] = 8
+    num_kv_heads: Annotated[int, Range(0, open="low")] = 4
+    mlp_mult: Annotated[float, Range(0, open="low")] = 2.0
+    mlp_hidden: Annotated[int, Range(0)] = 0  # > 0 overrides mlp_mult * model_dim (PR #63 uses 1344)
     tie_embeddings: bool = True
-    tied_embed_init_std: Annotated[float, NonNegative] = 0.005
-    logit_softcap: Annotated[float, Positive] = 30.0
-    rope_base: Annotated[float, Positive] = 10000.0
+    tied_embed_init_std: Annotated[float, Range(0)] = 0.005
+    logit_softcap: Annotated[float, Range(0, open="low")] = 30.0
+    rope_base: Annotated[float, Range(0, open="low")] = 10000.0
     qk_gain_init: float = 1.5
     attention: Literal["auto", "sdpa", "flash"] = "auto"
 
@@ -132,29 +128,29 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 20000
-    warmup_steps: Annotated[int, NonNegative] = 20
-    train_batch_tokens: Annotated[int, Positive] = 524_288
-    train_seq_len: Annotated[int, Positive] = 1024
-    max_wallclock_seconds: Annotated[float, NonNegative] = 600.0
-    warmdown_iters: Annotated[int, NonNegative] = 1200
-    val_loss_every: Annotated[int, NonNegative] = 200
-    train_log_every: Annotated[int, NonNegative] = 50
-    grad_accum_steps: Annotated[int, NonNegative] = 0  # 0 = 8 // world_size, as in the records
-    grad_clip_norm: Annotated[float, NonNegative] = 0.0
-    tied_embed_lr: Annotated[float, NonNegative] = 0.05
-    embed_lr: Annotated[float, NonNegative] = 0.6
-    head_lr: Annotated[float, NonNegative] = 0.008
-    matrix_lr: Annotated[float, NonNegative] = 0.04
-    scalar_lr: Annotated[float, NonNegative] = 0.04
+    warmup_steps: Annotated[int, Range(0)] = 20
+    train_batch_tokens: Annotated[int, Range(0, open="low")] = 524_288
+    train_seq_len: Annotated[int, Range(0, open="low")] = 1024
+    max_wallclock_seconds: Annotated[float, Range(0)] = 600.0
+    warmdown_iters: Annotated[int, Range(0)] = 1200
+    val_loss_every: Annotated[int, Range(0)] = 200
+    train_log_every: Annotated[int, Range(0)] = 50
+    grad_accum_steps: Annotated[int, Range(0)] = 0  # 0 = 8 // world_size, as in the records
+    grad_clip_norm: Annotated[float, Range(0)] = 0.0
+    tied_embed_lr: Annotated[float, Range(0)] = 0.05
+    embed_lr: Annotated[float, Range(0)] = 0.6
+    head_lr: Annotated[float, Range(0)] = 0.008
+    matrix_lr: Annotated[float, Range(0)] = 0.04
+    scalar_lr: Annotated[float, Range(0)] = 0.04
     beta1: Annotated[float, Range(0, 1, open="high")] = 0.9
     beta2: Annotated[float, Range(0, 1, open="high")] = 0.95
-    adam_eps: Annotated[float, Positive] = 1e-8
-    adam_weight_decay: Annotated[float, NonNegative] = 0.0  # > 0 switches the token and scalar groups to AdamW
+    adam_eps: Annotated[float, Range(0, open="low")] = 1e-8
+    adam_weight_decay: Annotated[float, Range(0)] = 0.0  # > 0 switches the token and scalar groups to AdamW
     muon_momentum: Annotated[float, Range(0, 1, open="high")] = 0.95
     muon_momentum_warmup_start: Annotated[float, Range(0, 1, open="high")] = 0.85
-    muon_momentum_warmup_steps: Annotated[int, NonNegative] = 500
-    muon_backend_steps: Annotated[int, Positive] = 5
-    muon_weight_decay: Annotated[float, NonNegative] = 0.0
+    muon_momentum_warmup_steps: Annotated[int, Range(0)] = 500
+    muon_backend_steps: Annotated[int, Range(0, open="low")] = 5
+    muon_weight_decay: Annotated[float, Range(0)] = 0.0
     # The records orthogonalize in bfloat16 (fast on GPUs). CPUs without bf16 matmul units run it
     # 30-100x slower than float32, so `--smoke` switches to float32; full recipes keep the record's.
     muon_ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -165,27 +161,28 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    seq_len: Annotated[int, NonNegative] = 0  # 0 = train_seq_len
-    batch_tokens: Annotated[int, Positive] = 524_288
-    sliding_stride: Annotated[int, NonNegative] = 0  # 0 = no sliding-window eval
-    sliding_batch_seqs: Annotated[int, Positive] = 32
-    chunk_tokens: Annotated[int, Positive] = 32_768  # test-time training: windows scored per chunk before it adapts
+    seq_len: Annotated[int, Range(0)] = 0  # 0 = train_seq_len
+    batch_tokens: Annotated[int, Range(0, open="low")] = 524_288
+    sliding_stride: Annotated[int, Range(0)] = 0  # 0 = no sliding-window eval
+    sliding_batch_seqs: Annotated[int, Range(0, open="low")] = 32
+    # test-time training: the validation tokens scored per chunk before the model adapts on them
+    chunk_tokens: Annotated[int, Range(0, open="low")] = 32_768
     # Which windows the sliding eval keeps at the end of the stream (see evaluation.window_starts):
     # "rescore_tail": as the records' plain sliding eval (windows clipped at the end re-score the last positions);
     # "drop_short": windows shorter than the stride dropped, the first kept (PR #549's test-time-training eval);
     # "once": every position scored exactly once (tail-duplication quirk);
     # "full_windows": PR #63's own loop (full windows only, a gap after the first).
     sliding_tail: Literal["rescore_tail", "drop_short", "once", "full_windows"] = "rescore_tail"
-    max_tokens: Annotated[int, NonNegative] = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
+    max_tokens: Annotated[int, Range(0)] = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
 
 
 @dataclass
 class ExportConfig:
     compressor: str = "zlib"  # zlib | zstd, or a codec an enabled plugin adds (brotli, lzma)
     level: int = 9
-    keep_float_max_numel: Annotated[int, NonNegative] = 65_536
+    keep_float_max_numel: Annotated[int, Range(0)] = 65_536
     clip_quantile: Annotated[float, Range(0, 1, open="low")] = 0.9999984
-    artifact_limit_bytes: Annotated[int, Positive] = 16_000_000
+    artifact_limit_bytes: Annotated[int, Range(0, open="low")] = 16_000_000
 
 
 @dataclass
