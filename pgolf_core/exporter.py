@@ -146,18 +146,12 @@ class ExportStack:
     corrections: list[Correction]
     codecs: dict[str, Codec]
 
-    def quantize(
-        self,
-        weights: Mapping[str, Tensor],
-        plan: ExportPlan,
-        roles: Roles,
-        dtypes: Mapping[str, torch.dtype],
-        report: Callable[[str, Any], None],
-    ) -> dict[str, Any]:
-        """The object to save: the format's, plus each correction's payload under `__corrections__`."""
-        obj = self.format.quantize(weights, plan, roles, report)
+    def quantize(self, weights: Mapping[str, Tensor], plan: ExportPlan, ctx: ExportContext) -> dict[str, Any]:
+        """The object to save: the format's, plus each correction's payload under `__corrections__`. Corrections
+        see the weights dequantized in `weights`' own dtypes (the live model's)."""
+        obj = self.format.quantize(weights, plan, ctx.roles, ctx.report)
         if self.corrections:
-            deq = self.format.dequantize(obj, dtypes)
+            deq = self.format.dequantize(obj, {name: t.dtype for name, t in weights.items()})
             obj[CORRECTIONS_KEY] = {}
             for correction in self.corrections:
                 payload = obj[CORRECTIONS_KEY][correction.tag] = correction.encode(weights, deq, plan)
@@ -224,12 +218,10 @@ def write_artifact(
     path: Path,
     write: bool = True,
 ) -> Written:
-    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically.
-    Corrections see the weights dequantized in `weights`' own dtypes (the live model's)."""
+    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically."""
     plan: ExportPlan = {name: TensorPlan() for name in weights}
     pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
-    dtypes = {name: t.dtype for name, t in weights.items()}
-    raw = serialize(stack.quantize(weights, plan, ctx.roles, dtypes, ctx.report))
+    raw = serialize(stack.quantize(weights, plan, ctx))
     e = ctx.recipe.export
     blob = stack.codecs[e.compressor].encode(raw, e.level)
     if write:
@@ -252,13 +244,6 @@ INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
 # works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
 DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
-
-
-def _dtype_name(dtype: torch.dtype) -> str:
-    return str(dtype).removeprefix("torch.")
-
-
-# ---------------------------------------------------------------- int8 per-row quantization (baseline)
 
 
 def quantize_int8(
@@ -284,7 +269,7 @@ def quantize_int8(
             if t.is_floating_point() and is_control(name, roles):
                 t = t.float().contiguous()
             elif t.dtype in (torch.float32, torch.bfloat16):
-                orig_dtypes[name] = _dtype_name(t.dtype)
+                orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
                 t = t.to(torch.float16).contiguous()
             obj["passthrough"][name] = t
             continue
@@ -293,7 +278,7 @@ def quantize_int8(
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         else:
             q, s = quant.clipped_tensor(t.float(), clip_quantile, 127)
-        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, _dtype_name(t.dtype)
+        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, str(t.dtype).removeprefix("torch.")
     if qmeta:
         obj["qmeta"] = qmeta
     if orig_dtypes:
@@ -304,8 +289,8 @@ def quantize_int8(
 def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
     """Weights back from an int8 object (pgolf's or an official artifact's): `q * scale` per row
     (broadcast over trailing dims) or per tensor, cast to the recorded dtype."""
-    if obj.get("__quant_format__") != INT8_FORMAT:
-        raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get('__quant_format__')!r})")
+    if obj.get(FORMAT_KEY) != INT8_FORMAT:
+        raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get(FORMAT_KEY)!r})")
     orig_dtypes = obj.get("passthrough_orig_dtypes", {})
     out = {
         n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
