@@ -265,7 +265,7 @@ def code_lines(path: Path) -> int:
 # (1,393 code lines). It is not there yet: docs/core-size.md says where the lines go and why.
 DATA_TOOLS = {"cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py"}
 TRAINING_PATH_GOAL = 1_402
-TRAINING_PATH_BUDGET = 2_698
+TRAINING_PATH_BUDGET = 2_693
 DATA_TOOLS_BUDGET = 532
 # History: one all-core budget of 3,196 code lines (training path + data tools) until issue #9, which asked for
 # the two figures above. #9 cut 186 lines and added the export stack (format objects, codec registry,
@@ -280,6 +280,11 @@ DATA_TOOLS_BUDGET = 532
 # signatures and calls that `ruff format` unpacks. The same code (c832425) counts 2,699 formatted: that is the
 # budget now, the same budget measured as the rule says, not a raise; #26's additions (preflight, zeroed-tensor report,
 # overwrite set-aside, progress display) were paid for by cuts, 2,698 at its end. It only goes down from here.
+# Issue #20 (core v2) added the public types and the plugin contract (Plugin, Order, Range, Tiny, Model), the
+# catalog derived from its specs and the load-time plugin checks, and paid for them by merging modules (26 -> 15:
+# artifact+int8 -> exporter, attention -> model, defaults -> registry, build+preflight+setup+api -> run, rundir+runlog
+# +manifest -> records, roles -> types, data shards+loader+bpb -> data/tokens), removing the range and choice tables,
+# the configure phase and duplicated fields (ModelSpec derives from ModelConfig): 2,693 at its end.
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not
