@@ -42,9 +42,14 @@ from pgolf_plugins import lzma as lzma_plugin  # noqa: E402
 
 from benchmarks.bench_export import trained_like  # noqa: E402  (the same synthetic weights as that benchmark)
 from pgolf_core import build_model, load_recipe  # noqa: E402
-from pgolf_core.artifact import serialize  # noqa: E402
-from pgolf_core.exporter import BUILTIN_CODECS, CORRECTIONS_KEY, ExportContext, TensorPlan  # noqa: E402
-from pgolf_core.roles import collect_roles  # noqa: E402
+from pgolf_core.exporter import (  # noqa: E402
+    BUILTIN_CODECS,
+    CORRECTIONS_KEY,
+    ExportContext,
+    TensorPlan,
+    serialize,  # noqa: E402
+)
+from pgolf_core.types import collect_roles  # noqa: E402
 
 RECIPE = ROOT / "recipes" / "pr414.toml"
 

@@ -34,11 +34,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
-from pgolf_core.artifact import serialize  # noqa: E402
-from pgolf_core.build import configure  # noqa: E402
-from pgolf_core.exporter import ExportContext, TensorPlan, export_stack  # noqa: E402
+from pgolf_core.exporter import (  # noqa: E402
+    ExportContext,
+    TensorPlan,
+    export_stack,
+    serialize,  # noqa: E402
+)
 from pgolf_core.registry import create_manager  # noqa: E402
-from pgolf_core.roles import collect_roles  # noqa: E402
+from pgolf_core.run import configure  # noqa: E402
+from pgolf_core.types import collect_roles  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Export (int6 GPTQ-lite + zstd-22), full-size #414 weights"

@@ -1,4 +1,4 @@
-"""Peak memory of a real CPU run against the preflight's estimate (`pgolf_core.preflight.estimate`).
+"""Peak memory of a real CPU run against the preflight's estimate (`pgolf_core.run.estimate`).
 
 Each configuration runs `pgolf_core.train` for one step (no warm-up, a short final eval) in a fresh
 process, which reports its peak resident set size (`ru_maxrss`): the model, optimizers, EMA, data,
@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from pgolf_core import load_recipe
-from pgolf_core.preflight import estimate
 from pgolf_core.recipe import grad_accum_steps
+from pgolf_core.run import estimate
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "benchmarks.md"

@@ -38,7 +38,7 @@ from benchmarks.record_script import (  # noqa: E402
 )
 from pgolf_core import build_model, load_recipe  # noqa: E402
 from pgolf_core.model import apply_training_precision  # noqa: E402
-from pgolf_core.roles import collect_roles  # noqa: E402
+from pgolf_core.types import collect_roles  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> dict:

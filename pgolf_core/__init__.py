@@ -19,7 +19,6 @@ from pgolf_core import quant
 from pgolf_core.exporter import FORMAT_KEY
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
-from pgolf_core.roles import declare_all, declare_role, is_control, role_of
 from pgolf_core.types import (
     PGOLF_VERSION,
     Codec,
@@ -41,6 +40,10 @@ from pgolf_core.types import (
     Tiny,
     TrainState,
     ValChunk,
+    declare_all,
+    declare_role,
+    is_control,
+    role_of,
 )
 
 __version__ = PGOLF_VERSION
@@ -49,11 +52,11 @@ __version__ = PGOLF_VERSION
 # The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not
 # import the training loop, which imports the registry, which imports the plugins.
 # Name -> the module that defines it (`export` is that module's `export_artifact`).
-_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "build", "train": "run", "evaluate": "api", "export": "api"}
+_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "run", "train": "run", "evaluate": "run", "export": "run"}
 
 
 def __getattr__(name: str) -> Any:
-    """`load_recipe`, `build_model`, `train`, `evaluate` and `export` (= `api.export_artifact`), the
+    """`load_recipe`, `build_model`, `train`, `evaluate` and `export` (= `run.export_artifact`), the
     functions themselves with their own signatures and docstrings."""
     if name not in _ENTRY_POINTS:
         raise AttributeError(f"module 'pgolf_core' has no attribute {name!r}")

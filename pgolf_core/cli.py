@@ -47,12 +47,12 @@ def cmd_run(args: argparse.Namespace) -> int:
     # and toggles included, shows what it would write as recipe.resolved.toml and where, with nothing trained or
     # written; a second command would repeat every recipe flag. The plugins load, so a conflict fails here too.
     if args.dry_run:
-        from pgolf_core import manifest, registry, rundir
+        from pgolf_core import records, registry
 
         plugins = registry.ordered_plugins(registry.create_manager(recipe, args.plugins_dir))
-        summary = {"manifest": {"git_sha": manifest.git_sha(), "recipe_sha256": recipe.sha256()}}
-        print(f"# Dry run: nothing trained or written. Run folder: {args.out or rundir.default_out(recipe)}")
-        print(manifest.resolved_recipe_text(recipe, plugins, summary), end="")
+        summary = {"manifest": {"git_sha": records.git_sha(), "recipe_sha256": recipe.sha256()}}
+        print(f"# Dry run: nothing trained or written. Run folder: {args.out or records.default_out(recipe)}")
+        print(records.resolved_recipe_text(recipe, plugins, summary), end="")
         return 0
     summary = train(recipe, args.out, overwrite=args.overwrite, plugin_dirs=tuple(args.plugins_dir), force=args.force)
     return 1 if summary.get("over_limit") and not args.smoke else 0
@@ -66,7 +66,9 @@ def eval_inputs(args: argparse.Namespace) -> tuple[str, str]:
         raise PgolfError("pgolf eval: expected a run folder, a checkpoint inside one, or RECIPE --checkpoint FILE")
     if given.endswith(".toml"):
         return given, args.checkpoint
-    if not (path := Path(given)).is_dir() and args.recipe and args.checkpoint:
+    if not (path := Path(given)).exists():
+        raise PgolfError(f"pgolf eval {given}: no such run folder or checkpoint")
+    if not path.is_dir() and args.recipe and args.checkpoint:
         raise PgolfError(f"pgolf eval {given} --checkpoint {args.checkpoint}: two checkpoints; give one")
     run = path if path.is_dir() else path.parent
     checkpoint = (args.checkpoint or str(path / "final_model.ptz")) if path.is_dir() else given
@@ -86,7 +88,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pgolf eval RUN_DIR/final_model.pt (or --checkpoint FILE alone) takes the recipe next to the checkpoint;
     pgolf eval RECIPE --checkpoint FILE scores with that recipe instead (add --smoke if the run had it).
     --set, --enable and --disable apply on top of either recipe. (This docstring is the command's --help.)"""
-    from pgolf_core.api import evaluate
+    from pgolf_core.run import evaluate
 
     args.recipe, checkpoint = eval_inputs(args)
     evaluate(_load(args), checkpoint=checkpoint, plugin_dirs=tuple(args.plugins_dir))

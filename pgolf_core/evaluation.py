@@ -8,7 +8,7 @@ token before that token has been scored (the challenge's rule for test-time trai
 
 Byte accounting follows `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
 The tables are any object with `base_bytes`, `has_leading_space` and `is_boundary` tensors
-(`pgolf_core.data.bpb.ByteTables`); the bytes are computed here so this module needs nothing else.
+(`pgolf_core.data.tokens.ByteTables`); the bytes are computed here so this module needs nothing else.
 """
 
 from __future__ import annotations

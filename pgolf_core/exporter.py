@@ -17,6 +17,9 @@ therefore read back by any recipe that enables that plugin (`pgolf eval` with th
 
 from __future__ import annotations
 
+import io
+import os
+import tempfile
 import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
@@ -27,7 +30,7 @@ import pluggy
 import torch
 from torch import Tensor
 
-from pgolf_core.artifact import deserialize, serialize, write_atomic
+from pgolf_core import quant
 from pgolf_core.types import (
     Codec,
     Correction,
@@ -39,7 +42,51 @@ from pgolf_core.types import (
     RecipeError,
     Roles,
     TensorPlan,
+    WriteFault,
+    is_control,
 )
+
+# ---------------------------------------------------------------- artifact bytes: serialization and atomic writes
+
+
+def serialize(obj: Any) -> bytes:
+    """`torch.save` into memory: the bytes the compressor sees, as in every record."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def deserialize(raw: bytes) -> Any:
+    """`torch.load` with `weights_only=True`: an artifact holds only tensors, dicts and strings,
+    so nothing in a downloaded file gets to run code."""
+    return torch.load(io.BytesIO(raw), map_location="cpu", weights_only=True)
+
+
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write to a temporary file in the same directory, fsync, then `os.replace`: a crash leaves
+    either the old file or the complete new one, never a partial artifact."""
+    tmp = None
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.chmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a run's files from other users
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise WriteFault(path, exc) from exc
+        raise
+
+
+# ---------------------------------------------------------------- the export stack: format, corrections, codecs
 
 FORMAT_KEY = "__quant_format__"
 CORRECTIONS_KEY = "__corrections__"
@@ -99,18 +146,12 @@ class ExportStack:
     corrections: list[Correction]
     codecs: dict[str, Codec]
 
-    def quantize(
-        self,
-        weights: Mapping[str, Tensor],
-        plan: ExportPlan,
-        roles: Roles,
-        dtypes: Mapping[str, torch.dtype],
-        report: Callable[[str, Any], None],
-    ) -> dict[str, Any]:
-        """The object to save: the format's, plus each correction's payload under `__corrections__`."""
-        obj = self.format.quantize(weights, plan, roles, report)
+    def quantize(self, weights: Mapping[str, Tensor], plan: ExportPlan, ctx: ExportContext) -> dict[str, Any]:
+        """The object to save: the format's, plus each correction's payload under `__corrections__`. Corrections
+        see the weights dequantized in `weights`' own dtypes (the live model's)."""
+        obj = self.format.quantize(weights, plan, ctx.roles, ctx.report)
         if self.corrections:
-            deq = self.format.dequantize(obj, dtypes)
+            deq = self.format.dequantize(obj, {name: t.dtype for name, t in weights.items()})
             obj[CORRECTIONS_KEY] = {}
             for correction in self.corrections:
                 payload = obj[CORRECTIONS_KEY][correction.tag] = correction.encode(weights, deq, plan)
@@ -147,9 +188,9 @@ class ExportStack:
 def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     """The run's format, readers, corrections and codecs; the recipe's codec checked now, before
     anything is trained."""
-    impls = pm.hook.pgolf_export_format.get_hookimpls()  # registration order: the defaults first
-    # The formats that answered (pluggy types an answer as object; ExportStack holds them as ExportFormat).
-    readers: list[Any] = [f for impl in reversed(impls) if (f := impl.function(recipe=recipe)) is not None]
+    readers: list[Any] = [pm.hook.pgolf_export_format(recipe=recipe)]  # the exclusive hook's one answer
+    if not isinstance(readers[0], Int8Format):  # the defaults' int8 reads too: an int8 artifact reads under any recipe
+        readers.append(pm.get_plugin("defaults").pgolf_export_format(recipe=recipe))
     corrections: list[Correction] = pm.hook.pgolf_export_corrections(recipe=recipe)  # pluggy drops the Nones
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
@@ -177,12 +218,10 @@ def write_artifact(
     path: Path,
     write: bool = True,
 ) -> Written:
-    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically.
-    Corrections see the weights dequantized in `weights`' own dtypes (the live model's)."""
+    """Plan, quantize, correct, serialize, compress and (on the writing rank) write atomically."""
     plan: ExportPlan = {name: TensorPlan() for name in weights}
     pm.hook.pgolf_export_plan(plan=plan, weights=weights, ctx=ctx)
-    dtypes = {name: t.dtype for name, t in weights.items()}
-    raw = serialize(stack.quantize(weights, plan, ctx.roles, dtypes, ctx.report))
+    raw = serialize(stack.quantize(weights, plan, ctx))
     e = ctx.recipe.export
     blob = stack.codecs[e.compressor].encode(raw, e.level)
     if write:
@@ -194,3 +233,92 @@ def write_artifact(
 def read_artifact(stack: ExportStack, path: Path, dtypes: Mapping[str, torch.dtype], codec: str) -> dict[str, Tensor]:
     """The weights of an artifact, as the run's round trip and `pgolf eval` both read them."""
     return stack.dequantize(deserialize(stack.decode(path.read_bytes(), codec)), dtypes)
+
+
+# ---------------------------------------------------------------- the baseline's int8 format (the default)
+# `quantize_int8` produces exactly the object of the baseline's `quantize_state_dict_int8` (same keys, dtypes and
+# values), so an official `final_model.int8.ptz` loads through `dequantize_int8` and a pgolf artifact loads
+# through the baseline's dequantizer.
+
+INT8_FORMAT = "int8_clean_per_row_v1"
+# The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
+# works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
+DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
+
+
+def quantize_int8(
+    state_dict: Mapping[str, Tensor],
+    *,
+    keep_float_max_numel: int = 65_536,
+    clip_quantile: float = DEFAULT_CLIP_QUANTILE,
+    roles: Roles,
+) -> dict[str, Any]:
+    """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
+
+    Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
+    elements pass through (as commented below); the rest are quantized per row (2-D) or per tensor.
+    """
+    obj: dict[str, Any] = {FORMAT_KEY: INT8_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {}}
+    qmeta: dict[str, dict[str, Any]] = {}  # optional keys, added after these only when non-empty, like the baseline
+    orig_dtypes: dict[str, str] = {}
+    for name, tensor in state_dict.items():
+        t = tensor.detach().to("cpu").contiguous()
+        if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
+            # small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
+            # their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)
+            if t.is_floating_point() and is_control(name, roles):
+                t = t.float().contiguous()
+            elif t.dtype in (torch.float32, torch.bfloat16):
+                orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
+                t = t.to(torch.float16).contiguous()
+            obj["passthrough"][name] = t
+            continue
+        if t.ndim == 2:
+            q, s = quant.clipped_rows(t.float(), clip_quantile, 127)
+            qmeta[name] = {"scheme": "per_row", "axis": 0}
+        else:
+            q, s = quant.clipped_tensor(t.float(), clip_quantile, 127)
+        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, str(t.dtype).removeprefix("torch.")
+    if qmeta:
+        obj["qmeta"] = qmeta
+    if orig_dtypes:
+        obj["passthrough_orig_dtypes"] = orig_dtypes
+    return obj
+
+
+def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
+    """Weights back from an int8 object (pgolf's or an official artifact's): `q * scale` per row
+    (broadcast over trailing dims) or per tensor, cast to the recorded dtype."""
+    if obj.get(FORMAT_KEY) != INT8_FORMAT:
+        raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get(FORMAT_KEY)!r})")
+    orig_dtypes = obj.get("passthrough_orig_dtypes", {})
+    out = {
+        n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
+    }
+    for name, t in obj["passthrough"].items():
+        t = t.detach().to("cpu").contiguous()
+        out[name] = t.to(getattr(torch, orig_dtypes[name])).contiguous() if name in orig_dtypes else t
+    return out
+
+
+class Int8Format:
+    """The default export format: the baseline's int8 per-row object (`[export]` keep_float_max_numel
+    and clip_quantile)."""
+
+    label = "int8"
+    tags: tuple[str, ...] = (INT8_FORMAT,)
+    needs_plan = ""
+
+    def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
+        self.settings: dict[str, Any] = {"keep_float_max_numel": keep_float_max_numel, "clip_quantile": clip_quantile}
+
+    def quantize(
+        self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
+    ) -> dict[str, Any]:
+        planned = [name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None]
+        if planned:  # e.g. gptq_lite with int6_export ablated: say so instead of dropping it silently
+            report("int8/export_plan_ignored", len(planned))
+        return quantize_int8(weights, roles=roles, **self.settings)
+
+    def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
+        return dequantize_int8(obj)

@@ -3,7 +3,7 @@
 
 A run calls the hooks at these points (nothing of a plugin's runs inside a model's `forward`):
 
-    # setup                                         (pgolf_core.setup)
+    # setup                                         (pgolf_core.run)
     plugins = load(recipe)                          # a pgolf_* method not in this catalog: load error
     export = (pgolf_export_format(recipe), pgolf_export_corrections(recipe), pgolf_codecs())
     model = GPT(slots = pgolf_embed, pgolf_value_extras, pgolf_rotary, pgolf_attention_post, pgolf_mlp,
@@ -32,7 +32,7 @@ Build hooks return *modules* that the core puts into named slots before the opti
 before `torch.compile(fullgraph=True)`; anything that changes during training is a tensor buffer
 updated in place from a train hook. Collecting hooks return one answer per plugin in
 `(plugin.order, name)` order. Exclusive hooks (`EXCLUSIVE_HOOKS`) are answered by at most one
-enabled plugin; their defaults are the built-in plugin `pgolf_core.defaults`, which pluggy calls last.
+enabled plugin; their defaults are the built-in plugin `pgolf_core.registry.Defaults`, which pluggy calls last.
 
 Settings (not a hook): a plugin's `Config` fields declare their valid values in their types, and
 its `check(config, recipe)` classmethod the rest; both run once when the recipe loads, before
@@ -51,7 +51,7 @@ attention post-processing (attention output gates).
 
 Parameter roles (build phase, not a hook): a module says what its parameters are with
 `pgolf_core.declare_role(module, "weight", ...)` (optimizer group, control tensor, own Adam, zero
-init); see `pgolf_core.roles`.
+init); see `pgolf_core.types`.
 """
 
 from __future__ import annotations

@@ -8,36 +8,72 @@ filled once, before optimizers and `torch.compile`; `forward` contains no hook c
 
 from __future__ import annotations
 
+import contextlib
+import importlib
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core.attention import flash_kernel
-from pgolf_core.roles import collect_roles, declare_role, is_control
-from pgolf_core.types import Model, Roles
+from pgolf_core.types import Model, ModelConfig, PgolfError, Roles, collect_roles, declare_role, is_control
+
+# ---------------------------------------------------------------- attention backend
+# `auto` = flash attention on CUDA when installed (and says so), PyTorch SDPA otherwise; an explicit `flash`
+# without the package is an error, never a fallback.
+
+# FlashAttention-3 (Hopper, used by the #374/#414 records) first, then FlashAttention-2.
+_FLASH_MODULES = ("flash_attn_interface", "flash_attn")
+
+
+def _find_flash() -> Any | None:
+    for name in _FLASH_MODULES:
+        with contextlib.suppress(ImportError):  # not installed (or not importable): try the next one
+            return importlib.import_module(name)
+    return None
+
+
+def flash_kernel() -> Callable[..., Any]:
+    """The installed `flash_attn_func` (layout [B, T, H, D], GQA native), found once when the model
+    is built: an import inside `forward` would break the compiled graph."""
+    module = _find_flash()
+    if module is None:
+        raise PgolfError("flash attention was requested but neither flash_attn_interface nor flash_attn is installed")
+    return module.flash_attn_func
+
+
+def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:
+    """Return (backend, reason) for the recipe's `model.attention` on this device."""
+    flash = _find_flash() if device_type == "cuda" else None
+    if requested == "flash":
+        if device_type != "cuda":
+            raise PgolfError('[model] attention = "flash" needs a CUDA device; use "auto" or "sdpa"')
+        if flash is None:
+            raise PgolfError(
+                '[model] attention = "flash" but flash attention is not installed '
+                '(pip install \'pgolf[gpu]\'); use "auto" or "sdpa" to run with PyTorch SDPA'
+            )
+        return "flash", f"flash ({flash.__name__}) as requested"
+    if requested == "sdpa":
+        return "sdpa", "PyTorch SDPA as requested"
+    if flash is not None:
+        return "flash", f"auto: CUDA and {flash.__name__} installed -> flash attention"
+    why = "no CUDA device" if device_type != "cuda" else "flash attention not installed"
+    return "sdpa", f"auto: {why} -> PyTorch SDPA"
+
+
+# ---------------------------------------------------------------- the model
 
 
 @dataclass
-class ModelSpec:
-    """Everything needed to build the model; handed to plugins' build hooks."""
+class ModelSpec(ModelConfig):
+    """The `[model]` settings as the build needs them, handed to plugins' build hooks: a `ModelConfig` with its
+    choices resolved (the MLP width, the attention backend) and the training sequence length (rotary scaling)."""
 
-    vocab_size: int = 1024
-    num_layers: int = 9
-    model_dim: int = 512
-    num_heads: int = 8
-    num_kv_heads: int = 4
-    mlp_hidden: int = 1024
-    tie_embeddings: bool = True
-    tied_embed_init_std: float = 0.005
-    logit_softcap: float = 30.0
-    rope_base: float = 10000.0
-    qk_gain_init: float = 1.5
-    attention: str = "sdpa"  # sdpa | flash (resolved; never "auto" here)
+    mlp_hidden: int = 1024  # resolved: never 0 (mlp_mult x model_dim) here
+    attention: Literal["auto", "sdpa", "flash"] = "sdpa"  # resolved: sdpa | flash, never "auto" here
     train_seq_len: int = 1024
     # The answer of the exclusive `pgolf_linear` hook (set by the build); None: CastedLinear.
     linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)
@@ -73,7 +109,7 @@ class CastedLinear(nn.Linear):
 FAKE_QUANT_SWITCH = "fake_quant_on"
 
 
-@contextmanager
+@contextlib.contextmanager
 def fake_quant_off(model: nn.Module, off: bool = True) -> Iterator[int]:
     """Every fake-quantization switch of `model` at 0 inside the block (when `off`), put back after;
     yields how many there are. Test-time training adapts the real weights this way (PR #297's fix)."""

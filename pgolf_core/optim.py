@@ -2,7 +2,7 @@
 
 Muon (Newton–Schulz orthogonalized momentum) for the block matrices, Adam/AdamW for the token
 embedding and the small control tensors, a wallclock-aware linear warmdown and a Muon momentum
-warm-up. Parameter groups come from the parameter roles (`pgolf_core.roles`): the declared group
+warm-up. Parameter groups come from the parameter roles (`pgolf_core.types`): the declared group
 or own Adam, else the baseline's name rule.
 """
 
@@ -16,8 +16,7 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
-from pgolf_core.roles import NO_ROLE, group_of
-from pgolf_core.types import Roles, TrainConfig
+from pgolf_core.types import NO_ROLE, Roles, TrainConfig, group_of
 
 
 def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch.dtype = torch.bfloat16) -> Tensor:

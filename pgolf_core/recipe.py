@@ -128,11 +128,10 @@ def read_recipe(
                     raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
                 recipe.plugins[name] = PluginEntry(enabled=enabled, config=config)
             for name in recipe.enabled_plugins:
-                where, config = f"{source}: [plugins.{name}]", recipe.plugins[name].config
                 try:
-                    classes[name].check(config, recipe)
+                    classes[name].check(recipe.plugins[name].config, recipe)
                 except PgolfError as exc:
-                    raise RecipeError(f"{where} {exc}") from None
+                    raise RecipeError(f"{source}: [plugins.{name}] {exc}") from None
         return recipe
     except RecipeError as exc:
         raise RecipeError(_blame_override(str(exc), overrides)) from None

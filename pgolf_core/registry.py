@@ -26,10 +26,47 @@ import pluggy
 from torch import nn
 
 from pgolf_core import hookspecs
-from pgolf_core.defaults import Defaults
-from pgolf_core.exporter import ExportStack, export_stack
+from pgolf_core.exporter import BUILTIN_CODECS, ExportStack, Int8Format, export_stack
+from pgolf_core.hookspecs import hookimpl
+from pgolf_core.model import MLP, CastedLinear, ModelSpec, Rotary
 from pgolf_core.recipe import read_recipe
-from pgolf_core.types import PgolfError, Plugin, Recipe, RecipeError, did_you_mean
+from pgolf_core.types import Codec, ExportFormat, PgolfError, Plugin, Recipe, RecipeError, did_you_mean
+
+# ---------------------------------------------------------------- the catalog's defaults
+# One built-in plugin registered before every other, so that pluggy calls it last: an exclusive hook's default
+# answers only when no enabled plugin did. Why a plugin and not `if answer is None` branches in the core: the
+# defaults are then listed, ordered and documented like every other answer, and a reader finds all of them here.
+
+
+class Defaults(Plugin):
+    """The naive baseline's parts: full RoPE, relu² MLP, CastedLinear, int8 export, zlib and zstd."""
+
+    name = "defaults"
+    version = "builtin"
+    order = 10_000
+
+    @hookimpl
+    def pgolf_rotary(self, spec: ModelSpec, layer: int) -> nn.Module:
+        return Rotary(spec.head_dim, base=spec.rope_base)
+
+    @hookimpl
+    def pgolf_mlp(self, spec: ModelSpec, layer: int) -> nn.Module:
+        return MLP(spec)
+
+    @hookimpl
+    def pgolf_linear(self, spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module:
+        return CastedLinear(in_features, out_features)
+
+    @hookimpl
+    def pgolf_export_format(self, recipe: Recipe) -> ExportFormat:
+        return Int8Format(recipe.export.keep_float_max_numel, recipe.export.clip_quantile)
+
+    @hookimpl
+    def pgolf_codecs(self) -> list[Codec]:
+        return list(BUILTIN_CODECS)
+
+
+# ---------------------------------------------------------------- discovery, recipes with their plugins, the manager
 
 
 @dataclass
@@ -170,10 +207,6 @@ def version_order(plugin: Any) -> dict[str, Any]:
     return {"version": str(plugin.version), "order": int(plugin.order)}
 
 
-def plugin_order(plugin: Any) -> tuple[int, str]:
-    return (int(plugin.order), plugin.name)
-
-
 class Manager(pluggy.PluginManager):
     """pluggy's manager, except that of a plugin with several forms it registers only the hooks of the
     configured one (`Plugin.forms`): the other form's hooks do not exist for this run."""
@@ -210,7 +243,7 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
     plugins = [cls(recipe.plugins[name].config) for name, cls in classes.items()]
     # pluggy calls the most recently registered implementation first: register in reverse.
-    for plugin in sorted(plugins, key=plugin_order, reverse=True):
+    for plugin in sorted(plugins, key=lambda p: (int(p.order), p.name), reverse=True):
         try:
             pm.register(plugin, name=plugin.name)
         except pluggy.PluginValidationError as exc:  # a known hook with arguments the catalog lacks
@@ -243,7 +276,7 @@ def check_hook_names(cls: type, source: PluginSource) -> None:
 
 def ordered_plugins(pm: pluggy.PluginManager) -> list[Any]:
     """The recipe's plugins in hook-call order (the built-in defaults, always last, left out)."""
-    return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=plugin_order)
+    return sorted((p for p in pm.get_plugins() if not isinstance(p, Defaults)), key=lambda p: (int(p.order), p.name))
 
 
 def hooks_of(c: Any) -> list[str]:

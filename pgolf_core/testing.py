@@ -106,8 +106,8 @@ class PluginContract:
 
     def model(self, tmp_path: Path) -> Model:
         """The tiny model with the plugin (and partners), in training mode, uncompiled."""
-        from pgolf_core.build import build_model
         from pgolf_core.registry import create_manager
+        from pgolf_core.run import build_model
 
         recipe = self.recipe(tmp_path)
         model = build_model(recipe, create_manager(recipe, tuple(self.plugin_dirs)))

@@ -7,7 +7,8 @@ exported by `pgolf_core`; a plugin typed with them passes `mypy --strict`.
     errors     PgolfError (the one exception type for a user's mistake: exit 2, no traceback)
     settings   Range, Recipe and its sections ([run] [model] [train] [eval] [export] [data])
     run        Env (where a rank runs), TrainState (train hooks), ValChunk (eval hooks), Model, Optimizers
-    export     TensorPlan, ExportPlan, ExportContext, ExportFormat, Correction, Codec, ParamRole, Roles
+    roles      ParamRole, Roles, declare_role, declare_all, role_of, collect_roles, is_control
+    export     TensorPlan, ExportPlan, ExportContext, ExportFormat, Correction, Codec
     plugins    Plugin (the contract: every optional attribute with its default), Order (when it runs)
 """
 
@@ -17,6 +18,7 @@ import dataclasses
 import difflib
 import enum
 import hashlib
+import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,33 +76,27 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
 class Range:
     """The valid values of a number setting, declared in its type: `Annotated[int, Range(0)]`.
 
-    `low`/`high` bound it (None: unbounded); `open` names the bounds excluded ("low", "high", "both").
+    `low`/`high` bound it (unbounded by default); `open` names the bounds excluded ("low", "high", "both").
     One checker (`pgolf_core.recipe.check_settings`) reads it for the core's sections and every
     plugin's `Config`, once, when the recipe loads; its message names the file, table, key and range.
     """
 
-    low: float | None = None
-    high: float | None = None
+    low: float = -math.inf
+    high: float = math.inf
     open: str = ""
 
     def admits(self, value: float) -> bool:
-        lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
-        above = self.low is None or (value > self.low if lo_open else value >= self.low)
-        return above and (self.high is None or (value < self.high if hi_open else value <= self.high))
+        above = value > self.low if self.open in ("low", "both") else value >= self.low
+        return above and (value < self.high if self.open in ("high", "both") else value <= self.high)
 
     def text(self) -> str:
-        lo, hi = (int(x) if x is not None and float(x).is_integer() else x for x in (self.low, self.high))
-        if self.high is None:
+        lo, hi = (int(x) if math.isfinite(x) and float(x).is_integer() else x for x in (self.low, self.high))
+        if self.high == math.inf:
             return f"expected {'>' if self.open == 'low' else '>='} {lo}"
-        if self.low is None:
+        if self.low == -math.inf:
             return f"expected {'<' if self.open == 'high' else '<='} {hi}"
         brackets = "(" if self.open in ("low", "both") else "[", ")" if self.open in ("high", "both") else "]"
         return f"expected a value in {brackets[0]}{lo}, {hi}{brackets[1]}"
-
-
-Positive = Range(0, open="low")
-NonNegative = Range(0)
-Fraction = Range(0, 1)
 
 
 @dataclass
@@ -114,17 +110,17 @@ class RunConfig:
 
 @dataclass
 class ModelConfig:
-    vocab_size: Annotated[int, Positive] = 1024
-    num_layers: Annotated[int, Positive] = 9
-    model_dim: Annotated[int, Positive] = 512
-    num_heads: Annotated[int, Positive] = 8
-    num_kv_heads: Annotated[int, Positive] = 4
-    mlp_mult: Annotated[float, Positive] = 2.0
-    mlp_hidden: Annotated[int, NonNegative] = 0  # > 0 overrides mlp_mult * model_dim (PR #63 uses 1344)
+    vocab_size: Annotated[int, Range(0, open="low")] = 1024
+    num_layers: Annotated[int, Range(0, open="low")] = 9
+    model_dim: Annotated[int, Range(0, open="low")] = 512
+    num_heads: Annotated[int, Range(0, open="low")] = 8
+    num_kv_heads: Annotated[int, Range(0, open="low")] = 4
+    mlp_mult: Annotated[float, Range(0, open="low")] = 2.0
+    mlp_hidden: Annotated[int, Range(0)] = 0  # > 0 overrides mlp_mult * model_dim (PR #63 uses 1344)
     tie_embeddings: bool = True
-    tied_embed_init_std: Annotated[float, NonNegative] = 0.005
-    logit_softcap: Annotated[float, Positive] = 30.0
-    rope_base: Annotated[float, Positive] = 10000.0
+    tied_embed_init_std: Annotated[float, Range(0)] = 0.005
+    logit_softcap: Annotated[float, Range(0, open="low")] = 30.0
+    rope_base: Annotated[float, Range(0, open="low")] = 10000.0
     qk_gain_init: float = 1.5
     attention: Literal["auto", "sdpa", "flash"] = "auto"
 
@@ -132,29 +128,29 @@ class ModelConfig:
 @dataclass
 class TrainConfig:
     iterations: int = 20000
-    warmup_steps: Annotated[int, NonNegative] = 20
-    train_batch_tokens: Annotated[int, Positive] = 524_288
-    train_seq_len: Annotated[int, Positive] = 1024
-    max_wallclock_seconds: Annotated[float, NonNegative] = 600.0
-    warmdown_iters: Annotated[int, NonNegative] = 1200
-    val_loss_every: Annotated[int, NonNegative] = 200
-    train_log_every: Annotated[int, NonNegative] = 50
-    grad_accum_steps: Annotated[int, NonNegative] = 0  # 0 = 8 // world_size, as in the records
-    grad_clip_norm: Annotated[float, NonNegative] = 0.0
-    tied_embed_lr: Annotated[float, NonNegative] = 0.05
-    embed_lr: Annotated[float, NonNegative] = 0.6
-    head_lr: Annotated[float, NonNegative] = 0.008
-    matrix_lr: Annotated[float, NonNegative] = 0.04
-    scalar_lr: Annotated[float, NonNegative] = 0.04
+    warmup_steps: Annotated[int, Range(0)] = 20
+    train_batch_tokens: Annotated[int, Range(0, open="low")] = 524_288
+    train_seq_len: Annotated[int, Range(0, open="low")] = 1024
+    max_wallclock_seconds: Annotated[float, Range(0)] = 600.0
+    warmdown_iters: Annotated[int, Range(0)] = 1200
+    val_loss_every: Annotated[int, Range(0)] = 200
+    train_log_every: Annotated[int, Range(0)] = 50
+    grad_accum_steps: Annotated[int, Range(0)] = 0  # 0 = 8 // world_size, as in the records
+    grad_clip_norm: Annotated[float, Range(0)] = 0.0
+    tied_embed_lr: Annotated[float, Range(0)] = 0.05
+    embed_lr: Annotated[float, Range(0)] = 0.6
+    head_lr: Annotated[float, Range(0)] = 0.008
+    matrix_lr: Annotated[float, Range(0)] = 0.04
+    scalar_lr: Annotated[float, Range(0)] = 0.04
     beta1: Annotated[float, Range(0, 1, open="high")] = 0.9
     beta2: Annotated[float, Range(0, 1, open="high")] = 0.95
-    adam_eps: Annotated[float, Positive] = 1e-8
-    adam_weight_decay: Annotated[float, NonNegative] = 0.0  # > 0 switches the token and scalar groups to AdamW
+    adam_eps: Annotated[float, Range(0, open="low")] = 1e-8
+    adam_weight_decay: Annotated[float, Range(0)] = 0.0  # > 0 switches the token and scalar groups to AdamW
     muon_momentum: Annotated[float, Range(0, 1, open="high")] = 0.95
     muon_momentum_warmup_start: Annotated[float, Range(0, 1, open="high")] = 0.85
-    muon_momentum_warmup_steps: Annotated[int, NonNegative] = 500
-    muon_backend_steps: Annotated[int, Positive] = 5
-    muon_weight_decay: Annotated[float, NonNegative] = 0.0
+    muon_momentum_warmup_steps: Annotated[int, Range(0)] = 500
+    muon_backend_steps: Annotated[int, Range(0, open="low")] = 5
+    muon_weight_decay: Annotated[float, Range(0)] = 0.0
     # The records orthogonalize in bfloat16 (fast on GPUs). CPUs without bf16 matmul units run it
     # 30-100x slower than float32, so `--smoke` switches to float32; full recipes keep the record's.
     muon_ns_dtype: Literal["bfloat16", "float32"] = "bfloat16"
@@ -165,27 +161,28 @@ class TrainConfig:
 
 @dataclass
 class EvalConfig:
-    seq_len: Annotated[int, NonNegative] = 0  # 0 = train_seq_len
-    batch_tokens: Annotated[int, Positive] = 524_288
-    sliding_stride: Annotated[int, NonNegative] = 0  # 0 = no sliding-window eval
-    sliding_batch_seqs: Annotated[int, Positive] = 32
-    chunk_tokens: Annotated[int, Positive] = 32_768  # test-time training: windows scored per chunk before it adapts
+    seq_len: Annotated[int, Range(0)] = 0  # 0 = train_seq_len
+    batch_tokens: Annotated[int, Range(0, open="low")] = 524_288
+    sliding_stride: Annotated[int, Range(0)] = 0  # 0 = no sliding-window eval
+    sliding_batch_seqs: Annotated[int, Range(0, open="low")] = 32
+    # test-time training: the validation tokens scored per chunk before the model adapts on them
+    chunk_tokens: Annotated[int, Range(0, open="low")] = 32_768
     # Which windows the sliding eval keeps at the end of the stream (see evaluation.window_starts):
     # "rescore_tail": as the records' plain sliding eval (windows clipped at the end re-score the last positions);
     # "drop_short": windows shorter than the stride dropped, the first kept (PR #549's test-time-training eval);
     # "once": every position scored exactly once (tail-duplication quirk);
     # "full_windows": PR #63's own loop (full windows only, a gap after the first).
     sliding_tail: Literal["rescore_tail", "drop_short", "once", "full_windows"] = "rescore_tail"
-    max_tokens: Annotated[int, NonNegative] = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
+    max_tokens: Annotated[int, Range(0)] = 0  # 0 = the whole validation set; > 0 truncates it (smoke runs)
 
 
 @dataclass
 class ExportConfig:
     compressor: str = "zlib"  # zlib | zstd, or a codec an enabled plugin adds (brotli, lzma)
     level: int = 9
-    keep_float_max_numel: Annotated[int, NonNegative] = 65_536
+    keep_float_max_numel: Annotated[int, Range(0)] = 65_536
     clip_quantile: Annotated[float, Range(0, 1, open="low")] = 0.9999984
-    artifact_limit_bytes: Annotated[int, Positive] = 16_000_000
+    artifact_limit_bytes: Annotated[int, Range(0, open="low")] = 16_000_000
 
 
 @dataclass
@@ -312,7 +309,7 @@ class Env:
         return n * self.rank // self.world_size, n * (self.rank + 1) // self.world_size
 
     def autocast(self) -> torch.autocast:
-        """Autocast to `autocast_dtype`; a disabled context (nothing changes) when it is None."""
+        """Autocast to `autocast_dtype`; when it is None, a disabled autocast (which also turns off one around it)."""
         return torch.autocast(self.device.type, dtype=self.autocast_dtype, enabled=self.autocast_dtype is not None)
 
     def average(self, tensors: Sequence[Tensor | None]) -> None:
@@ -330,12 +327,8 @@ class Model(nn.Module):
 
     blocks: nn.ModuleList
     layer_phase: int
-
-    def set_layer_orders(self, orders: list[list[int]]) -> None:
-        raise NotImplementedError
-
-    def forward_logits(self, input_ids: Tensor) -> Tensor:
-        raise NotImplementedError
+    set_layer_orders: Callable[[list[list[int]]], None]
+    forward_logits: Callable[[Tensor], Tensor]
 
 
 class Optimizers(Protocol):
@@ -356,7 +349,6 @@ class TrainState:
     step: int = 0
     lr_scale: float = 1.0
     elapsed_ms: float = 0.0
-    out_dir: Path | None = None
     reports: dict[str, Any] = field(default_factory=dict)
     on_report: Callable[[str, Any, int], None] = field(default=lambda key, value, step: None, repr=False)
 
@@ -406,6 +398,80 @@ class ParamRole:
 
 
 Roles = Mapping[str, ParamRole]
+
+
+# ---------------------------------------------------------------- parameter roles
+# Parameter roles: what each parameter is, declared once where it is built, read everywhere.
+#
+# The optimizer (which group, which Adam), the GPU precision cast (what stays fp32), the init
+# (zero-init output projections) and every exporter (what passes through as fp32) read the same
+# table, collected once after the build by `collect_roles`. A module declares its own parameters:
+#
+#     declare_role(self, "scale", control=True)               # BigramHash's learned scale
+#     declare_role(self.proj, "weight", zero_init=True)       # an output projection
+#     declare_role(self, "gate", group="scalar", adam={"lr": 0.03, "betas_2": 0.95, "weight_decay": 0.0})
+#
+# Why one table: the records decided all of this with name substrings (their CONTROL_TENSOR_NAME_PATTERNS)
+# read in five places; a plugin author had to know them and add to them. A parameter without a
+# declared role gets the baseline's rule (`group_of`).
+
+GROUPS = ("token", "matrix", "scalar", "head")
+
+
+NO_ROLE = ParamRole()
+
+
+def declare_role(module: nn.Module, param: str, **role: Any) -> None:
+    """Declare the role of `module.<param>`; the table lives on the module under `param_roles`."""
+    made = ParamRole(**role)
+    if made.group is not None and made.group not in GROUPS:
+        raise PgolfError(f"declare_role({param!r}): group {made.group!r} is not one of {', '.join(GROUPS)}")
+    module.__dict__.setdefault("param_roles", {})[param] = made
+
+
+def role_of(module: nn.Module, param: str) -> ParamRole:
+    return module.__dict__.get("param_roles", {}).get(param, NO_ROLE)
+
+
+def collect_roles(model: nn.Module) -> dict[str, ParamRole]:
+    """Full parameter name (and state-dict key, where the model renames it) -> declared role."""
+    out: dict[str, ParamRole] = {}
+    for prefix, module in model.named_modules():
+        for param, role in module.__dict__.get("param_roles", {}).items():
+            out[f"{prefix}.{param}" if prefix else param] = role
+    state_key = getattr(model, "state_key", str)  # also under the state-dict key (exporters read those)
+    return {**out, **{state_key(name): role for name, role in out.items()}}
+
+
+def group_of(name: str, param: Tensor, roles: Roles) -> str:
+    """The optimizer group: the declared one, else the baseline's rule (token embedding, head,
+    control tensors and vectors in the blocks -> Adam groups, block matrices -> Muon)."""
+    role = roles.get(name, NO_ROLE)
+    if role.group:
+        return role.group
+    if name == "tok_emb.weight":
+        return "token"
+    if name.startswith("lm_head."):
+        return "head"
+    if role.control:
+        return "scalar"
+    if name.startswith("blocks."):
+        return "matrix" if param.ndim == 2 else "scalar"
+    raise PgolfError(
+        f"parameter {name!r} has no optimizer group: declare it where it is built, e.g. "
+        "`pgolf_core.declare_role(module, 'weight', group='matrix')` (token, matrix, scalar, head)"
+    )
+
+
+def is_control(name: str, roles: Roles) -> bool:
+    return roles.get(name, NO_ROLE).control
+
+
+def declare_all(module: nn.Module, **role: Any) -> None:
+    """Declare one role for every parameter of `module` and its children."""
+    for owner in module.modules():
+        for param, _ in owner.named_parameters(recurse=False):
+            declare_role(owner, param, **role)
 
 
 @dataclass

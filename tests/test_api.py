@@ -1,6 +1,6 @@
 """What the README promises around a run: exit code 1 for an artifact over the limit, `pgolf eval` of
-the int8 `.ptz` and `pgolf_core.api.evaluate` (standard and sliding) scoring exactly what the run's
-round trip scored, `pgolf_core.api.export_artifact` writing the run's artifact bytes, and `run.compile = "on"`.
+the int8 `.ptz` and `pgolf_core.run.evaluate` (standard and sliding) scoring exactly what the run's
+round trip scored, `pgolf_core.run.export_artifact` writing the run's artifact bytes, and `run.compile = "on"`.
 
 One tiny run (module fixture) with `grad_accum_steps=1`, so the run's eval batches and `evaluate`'s
 are the same rows and the scores must be equal, not close.
@@ -15,11 +15,9 @@ import pytest
 import torch
 
 from pgolf_core import build_model
-from pgolf_core.api import evaluate, export_artifact
 from pgolf_core.cli import main
 from pgolf_core.registry import load_recipe
-from pgolf_core.run import train
-from pgolf_core.setup import load_weights
+from pgolf_core.run import evaluate, export_artifact, load_weights, train
 from tests.tiny import tiny
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -100,7 +98,7 @@ def test_evaluate_scores_checkpoints_and_models_exactly_as_the_run(oversize):
 
 
 def test_export_writes_the_runs_artifact_from_its_weights(oversize, tmp_path):
-    """`pgolf_core.api.export_artifact` of the run's final weights: the same int8+zlib bytes as the run wrote."""
+    """`pgolf_core.run.export_artifact` of the run's final weights: the same int8+zlib bytes as the run wrote."""
     _, out, s = oversize
     recipe = load_recipe(BASELINE, TINY)
     model = build_model(recipe)
@@ -148,13 +146,11 @@ def test_the_public_entry_points_stay_functions_once_the_core_is_loaded():
     import inspect
 
     import pgolf_core
-    import pgolf_core.api
-    import pgolf_core.build
     import pgolf_core.recipe
     import pgolf_core.run  # noqa: F401 - imported to check that it shadows nothing
 
     for name in ("load_recipe", "build_model", "train", "evaluate", "export"):
         assert inspect.isfunction(getattr(pgolf_core, name)), name
-    assert pgolf_core.train is pgolf_core.run.train and pgolf_core.export is pgolf_core.api.export_artifact
+    assert pgolf_core.train is pgolf_core.run.train and pgolf_core.export is pgolf_core.run.export_artifact
     with pytest.raises(AttributeError, match="no attribute 'trian'"):
         pgolf_core.trian  # noqa: B018

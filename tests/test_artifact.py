@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core import artifact, int8
+from pgolf_core import exporter
 from pgolf_core.exporter import BUILTIN_CODECS, check_codec, codec_table
 from pgolf_core.types import PgolfError
 from tests.record_rules import BASELINE_CONTROL, pattern_roles
@@ -30,7 +30,7 @@ CODECS = codec_table(BUILTIN_CODECS)
 
 def quantize_int8(inputs: dict, **kwargs):
     """The int8 format with the baseline's control tensors (its name patterns) as roles."""
-    return int8.quantize_int8(inputs, roles=pattern_roles(inputs, BASELINE_CONTROL), **kwargs)
+    return exporter.quantize_int8(inputs, roles=pattern_roles(inputs, BASELINE_CONTROL), **kwargs)
 
 
 GOLDEN = Path(__file__).parent / "fixtures" / "int8_golden.pt"
@@ -122,7 +122,7 @@ def test_int8_matches_baseline_bit_exactly(golden: dict, case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_dequantize_matches_baseline(golden: dict, case: str) -> None:
     """The golden object is the baseline's own: pgolf reads an official artifact to the same bits."""
-    out = int8.dequantize_int8(golden[case]["obj"])
+    out = exporter.dequantize_int8(golden[case]["obj"])
     assert {k: fingerprint({k: v}) for k, v in out.items()} == golden[case]["dequantized"]
 
 
@@ -138,7 +138,7 @@ def test_round_trip_error_within_half_a_step() -> None:
     """|dequantized - clipped| <= s/2 per row, plus |q| times the fp16 storage error of the scale."""
     inputs = make_inputs("small")
     obj = quantize_int8(inputs, keep_float_max_numel=4096)
-    out = int8.dequantize_int8(obj)
+    out = exporter.dequantize_int8(obj)
     assert sorted(out) == sorted(inputs)  # quantized names first, then passthrough, as the baseline
     for name in obj["passthrough"]:
         w = inputs[name]
@@ -165,17 +165,17 @@ def test_round_trip_error_within_half_a_step() -> None:
 
 def test_dequantize_rejects_other_formats() -> None:
     with pytest.raises(PgolfError, match="int8_clean_per_row_v1"):
-        int8.dequantize_int8({"__quant_format__": "int6_in_int8_per_row_v1"})
+        exporter.dequantize_int8({"__quant_format__": "int6_in_int8_per_row_v1"})
 
 
 def test_serialize_round_trip_weights_only() -> None:
     obj = quantize_int8(make_inputs("small"), keep_float_max_numel=4096)
-    _assert_same(artifact.deserialize(artifact.serialize(obj)), obj, "obj")
+    _assert_same(exporter.deserialize(exporter.serialize(obj)), obj, "obj")
 
 
 @pytest.mark.parametrize("codec,level", [("zlib", 9), ("zstd", 22)])
 def test_compress_round_trip(codec: str, level: int) -> None:
-    raw = artifact.serialize(quantize_int8(make_inputs("small"), keep_float_max_numel=4096))
+    raw = exporter.serialize(quantize_int8(make_inputs("small"), keep_float_max_numel=4096))
     blob = CODECS[codec].encode(raw, level)
     assert len(blob) < len(raw)
     assert CODECS[codec].decode(blob) == raw and blob.startswith(CODECS[codec].magic)
@@ -203,8 +203,8 @@ def test_unknown_codec() -> None:
 
 def test_write_atomic_replaces_and_cleans_up(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "final_model.ptz"
-    artifact.write_atomic(path, b"old")
-    artifact.write_atomic(path, b"new contents")
+    exporter.write_atomic(path, b"old")
+    exporter.write_atomic(path, b"new contents")
     assert path.read_bytes() == b"new contents"
 
     def fail(src: str, dst: str) -> None:
@@ -212,6 +212,6 @@ def test_write_atomic_replaces_and_cleans_up(tmp_path: Path, monkeypatch: pytest
 
     monkeypatch.setattr("os.replace", fail)
     with pytest.raises(OSError, match="disk full"):
-        artifact.write_atomic(path, b"partial")
+        exporter.write_atomic(path, b"partial")
     assert path.read_bytes() == b"new contents"
     assert [p.name for p in tmp_path.iterdir()] == [path.name]  # no temporary file left behind

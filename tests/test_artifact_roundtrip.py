@@ -3,7 +3,7 @@ for int8, int6 and int6 + LQER, with each codec (zlib, zstd, brotli, lzma) and w
 plugin file.
 
 One tiny run per format (module fixture) with `exporter.read_artifact` wrapped by a spy: the run's round trip
-and `pgolf_core.api.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
+and `pgolf_core.run.evaluate` of its `final_model.ptz` must both call it and get the same weights, and the
 eval must score exactly the run's round trip (`eval.sliding_stride=0`: the round trip is the standard eval;
 `grad_accum_steps=4`: the eval splits its batches over accumulation steps as the run does). The codecs are
 checked without training again: the run's final weights are exported with each codec and read back by
@@ -15,21 +15,17 @@ from __future__ import annotations
 import json
 import textwrap
 import zlib
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
 
-from pgolf_core import exporter, registry
-from pgolf_core.api import evaluate, export_artifact, load_checkpoint
-from pgolf_core.artifact import deserialize
-from pgolf_core.build import build_model
+from pgolf_core import exporter
 from pgolf_core.cli import main
+from pgolf_core.exporter import deserialize
 from pgolf_core.registry import load_recipe, plugin_parts
-from pgolf_core.run import train
-from pgolf_core.setup import load_weights
+from pgolf_core.run import build_model, evaluate, export_artifact, load_checkpoint, load_weights, train
 from pgolf_core.types import PgolfError, dump_toml
 from tests.tiny import tiny
 
@@ -66,8 +62,7 @@ QUIET = {"log": lambda msg: None}
 def recipe_for(directory: Path, plugins: dict[str, dict], extra: list[str] = (), plugin_dirs: tuple = ()) -> Any:
     path = directory / "recipe.toml"
     path.write_text(dump_toml({"plugins": plugins}))
-    classes = partial(registry.plugin_classes, plugin_dirs=list(plugin_dirs))
-    return load_recipe(path, TINY + list(extra), plugin_classes=classes)
+    return load_recipe(path, TINY + list(extra), plugin_dirs=plugin_dirs)
 
 
 class ReadSpy:
@@ -168,7 +163,7 @@ ROT13ZLIB = '''
 import dataclasses
 import zlib
 
-from pgolf_core import Codec, hookimpl
+from pgolf_core import Codec, Plugin, hookimpl
 
 
 def decode(blob):
@@ -181,16 +176,13 @@ class Config:
     pass
 
 
-class Rot13Zlib:
+class Rot13Zlib(Plugin):
     """Adds codec rot13zlib."""
 
     name = "rot13zlib"
     version = "0.0.1"
     order = 990
     Config = Config
-
-    def __init__(self, config):
-        self.config = config
 
     @hookimpl
     def pgolf_codecs(self):

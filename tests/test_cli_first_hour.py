@@ -21,10 +21,10 @@ import pytest
 import torch
 
 from pgolf_core import build_model
-from pgolf_core.api import evaluate
 from pgolf_core.cli import main
+from pgolf_core.records import default_out
 from pgolf_core.registry import load_recipe
-from pgolf_core.rundir import default_out
+from pgolf_core.run import evaluate
 from pgolf_core.types import RecipeError
 
 if sys.version_info >= (3, 11):
@@ -239,3 +239,10 @@ def test_a_plugins_dir_that_does_not_exist_is_refused_before_anything_is_written
     assert main(argv) == 2
     assert f"--plugins-dir {missing}: not a directory" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_eval_of_a_path_that_does_not_exist_names_it(tmp_path, capsys):
+    """A typo in the run folder is named as such, not blamed on its parent folder (found in review)."""
+    missing = tmp_path / "runs" / "nonexistent-seed1337"
+    assert main(["eval", str(missing)]) == 2
+    assert f"pgolf eval {missing}: no such run folder or checkpoint" in capsys.readouterr().err

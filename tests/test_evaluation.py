@@ -32,7 +32,7 @@ def one_thread() -> Iterator[None]:
 
 @dataclass
 class Tables:
-    """Duck-typed stand-in for `pgolf_core.data.bpb.ByteTables`."""
+    """Duck-typed stand-in for `pgolf_core.data.tokens.ByteTables`."""
 
     base_bytes: torch.Tensor
     has_leading_space: torch.Tensor

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from pgolf_core import preflight, rundir
+from pgolf_core import records, run
 from pgolf_core.cli import main
-from pgolf_core.manifest import health_warnings
+from pgolf_core.records import health_warnings
 from pgolf_core.registry import load_recipe
 from pgolf_core.types import Env
 
@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 PR414 = str(ROOT / "recipes" / "pr414.toml")
 BASELINE = str(ROOT / "recipes" / "baseline.toml")
 GIB = 2**30
-CPU = preflight.torch.device("cpu")
+CPU = run.torch.device("cpu")
 
 
 def test_smoke_runs_a_fixed_number_of_steps():
@@ -32,14 +32,14 @@ def test_smoke_runs_a_fixed_number_of_steps():
 def test_full_size_pr414_needs_more_memory_than_this_kind_of_machine():
     """One process of the full recipe trains micro-batches of 786,432 / 8 = 98,304 tokens: ~33 GiB on a CPU
     (the kernel killed such a run at 24 GB); its smoke form needs under 1 GiB (measured peaks: docs/benchmarks.md)."""
-    full, params = preflight.estimate(load_recipe(PR414), world=1, accum=8, device=CPU)
-    smoke, _ = preflight.estimate(load_recipe(PR414, smoke=True), world=1, accum=1, device=CPU)
+    full, params = run.estimate(load_recipe(PR414), world=1, accum=8, device=CPU)
+    smoke, _ = run.estimate(load_recipe(PR414, smoke=True), world=1, accum=1, device=CPU)
     assert 30 * GIB < full < 36 * GIB and smoke < GIB
     assert params == 1024 * 512 + 2 * 11 * 512 * (512 + 256 + 1536)  # the core's matrices (tied embedding)
 
 
 def _small_machine(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 24 * GIB // 4096))
+    monkeypatch.setattr(run.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 24 * GIB // 4096))
 
 
 def test_a_recipe_too_large_for_the_machine_is_refused_before_anything(monkeypatch, tmp_path, capsys):
@@ -62,27 +62,28 @@ def test_an_absurd_model_size_is_refused_with_the_setting_named(tmp_path, capsys
 
 def test_the_time_estimate_refuses_an_hour_of_warm_up_and_force_goes_on(monkeypatch):
     """pr414 on a CPU doing 100 GFLOP/s: 6 x 26.2M params x 786,432 tokens = ~21 min a step, 21 steps ~7.2 h."""
-    monkeypatch.setattr(preflight.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
+    monkeypatch.setattr(run.os, "sysconf", lambda name: {"SC_PAGE_SIZE": 4096}.get(name, 2**50 // 4096))
     recipe, cpu = load_recipe(PR414), Env(CPU)
-    with pytest.raises(preflight.PgolfError) as info:
-        preflight.check(recipe, cpu, False, print, cpu_flops=1e11)
-    step_min = 6 * preflight.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
+    with pytest.raises(run.PgolfError) as info:
+        run.preflight(recipe, cpu, False, print, cpu_flops=1e11)
+    step_min = 6 * run.estimate(recipe, 1, 8, CPU)[1] * 786_432 / 1e11 / 60
     assert f"takes about {step_min:,.1f} min on this CPU, so its 20 warm-up steps" in str(info.value)
     assert "--force" in str(info.value)
     lines: list[str] = []
-    preflight.check(recipe, cpu, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
+    run.preflight(recipe, cpu, True, lines.append, cpu_flops=1e11)  # forced: said, not refused
     assert len(lines) == 1 and lines[0].startswith("WARNING: --force: ")
-    preflight.check(load_recipe(PR414, smoke=True), cpu, False, lines.append, cpu_flops=1e11)
+    run.preflight(load_recipe(PR414, smoke=True), cpu, False, lines.append, cpu_flops=1e11)
     assert len(lines) == 1  # the smoke form passes silently
 
 
 def test_default_run_folders_encode_the_command_line():
     def out(**kw: object) -> str:
-        return rundir.default_out(load_recipe(PR414, **kw)).name  # type: ignore[arg-type]
+        return records.default_out(load_recipe(PR414, **kw)).name  # type: ignore[arg-type]
 
     assert out() == "pr414-seed1337"
     assert out(smoke=True) == "pr414-smoke-seed1337"
-    assert out(smoke=True, disable=["xsa"], enable=["swa"]) == "pr414-smoke-with-swa-no-xsa-seed1337"
+    # (swa with ema is refused at load: both choose the final weights)
+    assert out(smoke=True, disable=["xsa", "ema"], enable=["swa"]) == "pr414-smoke-with-swa-no-xsa-no-ema-seed1337"
     a, b = out(overrides=["train.iterations=150"]), out(overrides=["train.iterations=151"])
     assert a.startswith("pr414-set-") and a != b and out(overrides=["run.seed=7"]) == "pr414-seed7"
 
@@ -135,34 +136,34 @@ def test_an_interrupted_overwrite_puts_the_finished_run_back(sample_cache, tmp_p
     before = _finished_run(out)
 
     def interrupt(self: object, clock: object) -> None:
-        assert (out / rundir.SET_ASIDE / "summary.json").exists()  # set aside while the new run trains
+        assert (out / records.SET_ASIDE / "summary.json").exists()  # set aside while the new run trains
         raise KeyboardInterrupt
 
     monkeypatch.setattr(run_mod.Run, "fit", interrupt)
     assert main(["run", BASELINE, "--smoke", *TINY, "--overwrite", "--out", str(out)]) == 130
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
-    assert not (out / rundir.SET_ASIDE).exists()
+    assert not (out / records.SET_ASIDE).exists()
 
 
 def test_a_killed_overwrite_is_put_back_at_the_next_start(tmp_path, capsys):
     """A SIGKILL leaves the lock of a dead process, the new run's partial files and the old run set aside."""
     out = tmp_path / "run"
     before = _finished_run(out)
-    aside = out / rundir.SET_ASIDE
+    aside = out / records.SET_ASIDE
     aside.mkdir()
     for name in before:
         (out / name).replace(aside / name)
     (out / "train.log").write_text("half of the new run\n")
-    (out / rundir.LOCK).write_text("999999999 " + rundir.socket.gethostname())
+    (out / records.LOCK).write_text("999999999 " + records.socket.gethostname())
     assert main(["run", BASELINE, "--smoke", "--out", str(out)]) == 2
     assert "holds a finished run" in capsys.readouterr().err
-    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != rundir.LOCK} == before
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != records.LOCK} == before
 
 
 def test_the_progress_display_counts_every_step_against_iterations_and_shows_evaluation_batches():
     """The bar's total is the log's `iterations`, it moves every step (not only at log steps), and while
     the training clock is stopped the evaluation running now counts its batches."""
-    from pgolf_core.runlog import RunLog
+    from pgolf_core.records import RunLog
 
     log = RunLog(None, interactive=True)
     log.start_progress(300, 0.0)
@@ -185,11 +186,11 @@ def test_the_progress_display_counts_every_step_against_iterations_and_shows_eva
 def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     from pgolf_core import evaluation as ev
     from pgolf_core.registry import plugin_parts
-    from pgolf_core.setup import build, load_data
+    from pgolf_core.run import build, load_data
 
     recipe = load_recipe(BASELINE, ["eval.max_tokens=4096"], smoke=True)
     batches: list[int] = []
-    where = Env(preflight.torch.device("cpu"), on_batch=lambda: batches.append(1))
+    where = Env(run.torch.device("cpu"), on_batch=lambda: batches.append(1))
     data = load_data(recipe, where, lambda _: None, train=False)
     model, _ = build(recipe, plugin_parts(recipe), where, lambda _: None)
     ev.eval_standard(model, data.val_tokens, data.eval_seq, 16, data.tables, where)
@@ -198,3 +199,24 @@ def test_each_scored_batch_is_reported_to_the_placement(sample_cache):
     ev.eval_sliding(model, data.val_tokens, data.eval_seq, 64, 16, data.tables, where)
     windows = len(ev.window_starts(data.val_tokens.numel() - 1, data.eval_seq, 64))
     assert len(batches) == -(-rows // 16) - (-windows // 16)
+
+
+def test_an_overwrite_that_diverges_puts_the_finished_run_back_and_keeps_its_own_summary(
+    sample_cache, tmp_path, capsys, monkeypatch
+):
+    """A diverged run writes a summary too (status "diverged"): that must not count as the new finished run,
+    or the old run set aside would be dropped (found in review: --overwrite then a NaN loss lost both)."""
+    import pgolf_core.run as run_mod
+
+    out = tmp_path / "run"
+    before = _finished_run(out)
+
+    def diverge(self: run_mod.Run, clock: object) -> None:
+        self.stop_if_diverged(1, run_mod.torch.tensor(float("nan")), None)  # what the loop calls on a NaN loss
+
+    monkeypatch.setattr(run_mod.Run, "fit", diverge)
+    assert main(["run", BASELINE, "--smoke", *TINY, "--overwrite", "--out", str(out)]) == 1
+    assert "training loss became nan at step 1" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file() and p.name != "summary.failed.json"} == before
+    assert json.loads((out / "summary.failed.json").read_text())["status"] == "diverged"
+    assert not (out / records.SET_ASIDE).exists() and records.finished(out)

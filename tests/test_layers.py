@@ -17,18 +17,17 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 # Bottom to top. The same list, drawn, is in docs/architecture.md.
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
-    ("settings and parts", ["recipe", "roles", "quant", "attention", "artifact", "rundir", "evaluation"]),
-    ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.shards"]),
+    ("settings and parts", ["recipe", "quant", "evaluation"]),
+    ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.tokens"]),
     (
         "formats, data readers, preflight, catalog",
-        ["int8", "data.loader", "data.bpb", "data.build", "preflight", "hookspecs"],
+        ["data.build", "hookspecs"],
     ),  # fmt: skip
-    ("data sources, defaults", ["data.sample", "data.fineweb", "defaults"]),
+    ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),
-    ("build, run records", ["build", "runlog", "manifest"]),
-    ("setup", ["setup"]),
+    ("run records", ["records"]),
     ("the run", ["run"]),
-    ("API, kit, ablate", ["api", "testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
+    ("kit, ablate", ["testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
     ("front ends", ["ablate.report", "ablate.cli", "data.commands"]),
     ("CLI and the package", ["cli", "__init__"]),
 ]

@@ -331,7 +331,7 @@ def test_training_precision_leaves_only_embedding_tables_bf16_unless_fixed():
 
     from pgolf_core import build_model, load_recipe
     from pgolf_core.model import apply_training_precision
-    from pgolf_core.roles import collect_roles
+    from pgolf_core.types import collect_roles
 
     recipe = load_recipe(Path(__file__).resolve().parents[1] / "recipes" / "pr414.toml", smoke=True)
     tables = {"tok_emb.weight", "bigram.embed.weight", "ve_shared.embed.weight"}

@@ -19,11 +19,10 @@ from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
 from pgolf_core import optim
-from pgolf_core.build import build_model_with, model_spec
 from pgolf_core.optim import Muon, build_optimizers, lr_scale, muon_momentum, newton_schulz5
 from pgolf_core.registry import create_manager, load_recipe
-from pgolf_core.roles import collect_roles, declare_role
-from pgolf_core.types import PgolfError, TrainConfig
+from pgolf_core.run import build_model_with, model_spec
+from pgolf_core.types import PgolfError, TrainConfig, collect_roles, declare_role
 from tests.record_rules import control_patterns
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -11,9 +11,9 @@ import pytest
 import torch
 
 from pgolf_core import registry
-from pgolf_core.build import build_model, build_model_with, model_spec
 from pgolf_core.cli import main
 from pgolf_core.registry import load_recipe
+from pgolf_core.run import build_model, build_model_with, model_spec
 from pgolf_core.types import PgolfError, RecipeError
 
 ROOT = Path(__file__).resolve().parents[1]

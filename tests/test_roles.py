@@ -10,8 +10,7 @@ import torch
 from torch import nn
 
 from pgolf_core import build_model, declare_all, declare_role, load_recipe, role_of
-from pgolf_core.roles import collect_roles, group_of, is_control
-from pgolf_core.types import PgolfError
+from pgolf_core.types import PgolfError, collect_roles, group_of, is_control
 from tests.record_rules import control_patterns
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -304,7 +304,7 @@ def test_prescoring_adaptation_marks_the_run_non_compliant(sample_cache, tmp_pat
     log = (tmp_path / "pre" / "train.log").read_text()
     assert log.count("WARNING: eval not compliant: prescore_probe") == 2 and "eval NOT compliant: prescore" in log
     assert out["eval_seconds_8xh100"] is None  # CPU: no projection
-    from pgolf_core.manifest import print_summary
+    from pgolf_core.records import print_summary
 
     class Lines(list):
         log = list.append

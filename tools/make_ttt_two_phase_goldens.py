@@ -105,8 +105,9 @@ def ttt_statements(path: Path) -> ast.Module:
 @contextlib.contextmanager
 def cpu_shims() -> Iterator[None]:
     """CUDA-only calls of the TTT statements made CPU-safe (see the module docstring)."""
-    with mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None), mock.patch.object(
-        torch, "compile", lambda model, *a, **k: model
+    with (
+        mock.patch.object(torch.cuda, "synchronize", lambda *a, **k: None),
+        mock.patch.object(torch, "compile", lambda model, *a, **k: model),
     ):
         yield
 

@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from pgolf_core.data.shards import write_shard
+from pgolf_core.data.tokens import write_shard
 from pgolf_core.types import DataError
 
 Log = Callable[[str], None]

@@ -39,7 +39,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 def cmd_fineweb(args: argparse.Namespace) -> int:
     from pgolf_core.data.fineweb import download_fineweb
-    from pgolf_core.data.shards import shard_token_count
+    from pgolf_core.data.tokens import shard_token_count
 
     got = download_fineweb(args.variant, args.train_shards, args.out)
     train, val = (sum(shard_token_count(f) for f in files) for files in (got.train_files, got.val_files))

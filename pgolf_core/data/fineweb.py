@@ -24,7 +24,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pgolf_core.data.build import Log
-from pgolf_core.data.shards import shard_token_count
+from pgolf_core.data.tokens import shard_token_count
 from pgolf_core.types import DataError
 
 REPO_ID = "willdepueoai/parameter-golf"

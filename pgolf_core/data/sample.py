@@ -19,7 +19,7 @@ import sentencepiece as spm
 import zstandard
 
 from pgolf_core.data.build import TRAINER_SETTINGS, BuiltDataset, Log, export_dataset, sha256_file
-from pgolf_core.data.shards import HEADER_BYTES
+from pgolf_core.data.tokens import HEADER_BYTES
 from pgolf_core.types import DataError
 
 SAMPLE_TEXT = Path(__file__).with_name("sample_text.jsonl.zst")

@@ -18,7 +18,6 @@ import pytest
 
 from pgolf_core.cli import build_parser, main
 from pgolf_core.registry import load_recipe
-from pgolf_core.types import RecipeError
 
 ROOT = Path(__file__).resolve().parents[2]
 RECIPES = sorted((ROOT / "recipes").glob("*.toml"))
@@ -42,14 +41,15 @@ OVERWRITE = ["--overwrite"] if _run_takes_overwrite() else []
 
 @pytest.fixture(autouse=True)
 def never_train(monkeypatch):
-    """Every case must fail while the recipe loads: reaching training or eval is a test failure, so a
-    lost check shows up as such instead of as a minute-long smoke run."""
+    """Every case must fail while the recipe loads or the run sets itself up (the checks that need the world
+    size, `pgolf_core.recipe.grad_accum_steps`): reaching the training loop or the final scoring is a test
+    failure, so a lost check shows up as such instead of as a minute-long smoke run."""
 
     def reached(*args, **kwargs):
-        raise AssertionError("a bad input reached training/eval instead of failing at load")
+        raise AssertionError("a bad input reached training/eval instead of failing at load or setup")
 
-    for module, name in (("pgolf_core.run", "train"), ("pgolf_core.api", "evaluate")):
-        monkeypatch.setattr(importlib.import_module(module), name, reached)
+    monkeypatch.setattr(importlib.import_module("pgolf_core.run").Run, "fit", reached)
+    monkeypatch.setattr(importlib.import_module("pgolf_core.run"), "score", reached)
 
 
 def finished_run(directory: Path) -> dict[str, bytes]:
@@ -264,7 +264,7 @@ def test_plugins_order_names_a_bad_plugin_setting_in_the_file(tmp_path):
     recipe.write_text("[model]\nmodel_dim = 256\nnum_heads = 8\n\n[plugins.partial_rope]\ndims = 48\n")
     code, text = cli(["plugins", "--order", str(recipe)])
     assert code == 2 and "Traceback" not in text
-    assert f"{recipe}: [plugins.partial_rope] partial_rope: dims=48: expected an even number >= 4" in text
+    assert f"{recipe}: [plugins.partial_rope] dims=48: expected an even number >= 4" in text
     assert "<= head_dim 32" in text
 
 
@@ -278,19 +278,24 @@ def test_shipped_recipes_pass_validation(recipe, smoke, tmp_path):
     assert load_recipe(resolved).to_dict() == r.to_dict()
 
 
-def test_world_size_from_the_launcher_is_part_of_the_batch_check(monkeypatch):
-    """torchrun's WORLD_SIZE=3 with accumulation 1: 1024 tokens are not 3 whole 128-token rows each."""
-    overrides = ["train.train_seq_len=128", "train.train_batch_tokens=1024", "train.grad_accum_steps=1"]
-    assert load_recipe(None, overrides).train.train_batch_tokens == 1024
+@pytest.mark.parametrize(
+    "sets, message",
+    [  # torchrun's WORLD_SIZE=3 with accumulation 1: 1024 tokens are not 3 whole 128-token rows each
+        (["train.train_batch_tokens=1024", "train.grad_accum_steps=1"], "world_size x grad_accum_steps = 128 x 3 x 1"),
+        # `grad_accum_steps = 0` means 8 // world size (the records'): 3 processes have no such split
+        (
+            ["train.train_batch_tokens=3072", "train.grad_accum_steps=0"],
+            "[train] grad_accum_steps=0 needs a world size dividing 8, got 3",
+        ),
+    ],
+)
+def test_the_launchers_world_size_is_checked_before_the_run_folder_is_touched(sets, message, monkeypatch, tmp_path):
+    """The world size is the launcher's (torchrun's WORLD_SIZE), not the recipe's: the run's setup checks the
+    batch split against it (exit 2, one line), before the run folder is claimed."""
+    out = tmp_path / "done"
+    before = finished_run(out)
+    overrides = [x for s in ["train.train_seq_len=128", *sets] for x in ("--set", s)]
+    assert load_recipe(BASELINE, ["train.train_seq_len=128", *sets], smoke=True)  # a valid recipe: one process
     monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(RecipeError, match=r"train_seq_len x world_size x grad_accum_steps = 128 x 3 x 1 = 384"):
-        load_recipe(None, overrides)
-
-
-def test_default_accumulation_with_a_world_size_not_dividing_8_is_refused_at_load(monkeypatch):
-    """`grad_accum_steps = 0` means 8 // world size (the records'); 3 processes have no such split, which
-    the recipe check says (it used to pass the load and fail only when the run set itself up)."""
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    with pytest.raises(RecipeError, match=r"<defaults>: \[train\] grad_accum_steps=0 needs a world size dividing 8"):
-        load_recipe(None, ["train.train_seq_len=128", "train.train_batch_tokens=3072"])
-    assert load_recipe(None, ["train.train_seq_len=128", "train.train_batch_tokens=3072", "train.grad_accum_steps=8"])
+    code, text = cli(["run", BASELINE, *SMOKE, *overrides, "--out", str(out), *OVERWRITE])
+    assert_refused(code, text, [BASELINE, message], before, out)

@@ -19,10 +19,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core import artifact, rundir
+from pgolf_core import exporter, records
 from pgolf_core.cli import main
-from pgolf_core.data.shards import write_shard
-from pgolf_core.runlog import write_json_atomic
+from pgolf_core.data.tokens import write_shard
+from pgolf_core.records import write_json_atomic
 from pgolf_core.types import WriteFault
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -97,7 +97,7 @@ def test_lock_of_a_live_process_is_refused(tmp_path, capsys):
     out.mkdir()
     other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
     try:
-        (out / rundir.LOCK).write_text(f"{other.pid} {os.uname().nodename}\n")
+        (out / records.LOCK).write_text(f"{other.pid} {os.uname().nodename}\n")
         before = snapshot(out)
         code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     finally:
@@ -110,7 +110,7 @@ def test_lock_of_a_live_process_is_refused(tmp_path, capsys):
 def test_lock_from_another_host_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     out.mkdir()
-    (out / rundir.LOCK).write_text("4242 some-other-host\n")
+    (out / records.LOCK).write_text("4242 some-other-host\n")
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     assert code == 2 and "pid 4242 on some-other-host" in err
 
@@ -118,7 +118,7 @@ def test_lock_from_another_host_is_refused(tmp_path, capsys):
 def test_lock_wins_over_overwrite(tmp_path, capsys):
     out = tmp_path / "run"
     before = finished_run(out)
-    (out / rundir.LOCK).write_text("4242 some-other-host\n")
+    (out / records.LOCK).write_text("4242 some-other-host\n")
     before = snapshot(out)
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--overwrite", "--out", str(out))
     assert code == 2 and "in use by another run" in err and snapshot(out) == before
@@ -138,40 +138,40 @@ def test_claim_takes_over_a_stale_lock_and_removes_temp_files(tmp_path):
     out.mkdir()
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    (out / rundir.LOCK).write_text(f"{dead.pid} {os.uname().nodename}\n")
+    (out / records.LOCK).write_text(f"{dead.pid} {os.uname().nodename}\n")
     for name in (".final_model.pt.x1y2.tmp", ".summary.json.tmp", "train.log", "final_model.pt"):
         (out / name).write_bytes(b"stale")
     (out / "notes.txt").write_bytes(b"mine")
     lines: list[str] = []
-    claim = rundir.Claim()
+    claim = records.Claim()
     claim.take(out, overwrite=False, log=lines.append)
-    assert (out / rundir.LOCK).read_text().split() == [str(os.getpid()), os.uname().nodename]
-    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK, "notes.txt"]  # the user's own file stays
-    assert any(f"stale lock {out / rundir.LOCK} (pid {dead.pid} is gone)" in line for line in lines)
+    assert (out / records.LOCK).read_text().split() == [str(os.getpid()), os.uname().nodename]
+    assert sorted(p.name for p in out.iterdir()) == [records.LOCK, "notes.txt"]  # the user's own file stays
+    assert any(f"stale lock {out / records.LOCK} (pid {dead.pid} is gone)" in line for line in lines)
     assert sum("left by an interrupted run" in line for line in lines) == 2
     claim.release()
-    assert not (out / rundir.LOCK).exists()
+    assert not (out / records.LOCK).exists()
 
 
 def test_claim_replaces_a_finished_run_only_with_overwrite(tmp_path):
     out = tmp_path / "run"
     before = finished_run(out)
-    with pytest.raises(rundir.PgolfError, match="holds a finished run"):
-        rundir.Claim().take(out, overwrite=False, log=print)
+    with pytest.raises(records.PgolfError, match="holds a finished run"):
+        records.Claim().take(out, overwrite=False, log=print)
     assert snapshot(out) == before
-    claim = rundir.Claim()
+    claim = records.Claim()
     claim.take(out, overwrite=True, log=print)  # set aside until the new run writes its summary
-    assert sorted(p.name for p in out.iterdir()) == [rundir.LOCK, rundir.SET_ASIDE]
+    assert sorted(p.name for p in out.iterdir()) == [records.LOCK, records.SET_ASIDE]
     claim.release()  # ... which it did not (interrupted): the finished run is back, byte for byte
-    assert snapshot(out) == before and not (out / rundir.SET_ASIDE).exists()
+    assert snapshot(out) == before and not (out / records.SET_ASIDE).exists()
 
 
 def test_unfinished_run_dir_is_accepted_without_overwrite(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
     (out / "train.log").write_bytes(b"half a run")
-    rundir.check_free(out, overwrite=False)  # no summary.json: to be redone, no flag needed
-    claim = rundir.Claim()
+    records.check_free(out, overwrite=False)  # no summary.json: to be redone, no flag needed
+    claim = records.Claim()
     claim.take(out, overwrite=False, log=print)
     assert not (out / "train.log").exists()
     claim.release()
@@ -180,8 +180,8 @@ def test_unfinished_run_dir_is_accepted_without_overwrite(tmp_path):
 def test_unreadable_lock_counts_as_stale(tmp_path):
     out = tmp_path / "run"
     out.mkdir()
-    (out / rundir.LOCK).write_bytes(b"\xff garbage")
-    rundir.check_free(out, overwrite=False)
+    (out / records.LOCK).write_bytes(b"\xff garbage")
+    records.check_free(out, overwrite=False)
 
 
 # -- section 3: data ---------------------------------------------------------------------------------
@@ -267,13 +267,12 @@ def test_missing_data_dir(tmp_path, capsys):
 
 
 def smoke_state_dict(*overrides: str) -> dict[str, torch.Tensor]:
-    from pgolf_core.attention import resolve_backend
-    from pgolf_core.build import build_model_with, configure, model_spec
+    from pgolf_core.model import resolve_backend
     from pgolf_core.registry import create_manager, load_recipe
+    from pgolf_core.run import build_model_with, model_spec
 
     recipe = load_recipe(BASELINE, list(overrides), smoke=True)
     pm = create_manager(recipe)
-    configure(recipe, pm, log=lambda msg: None)
     backend, _ = resolve_backend(recipe.model.attention, "cpu")
     return build_model_with(model_spec(recipe, backend), pm, 0).state_dict()
 
@@ -364,14 +363,14 @@ def test_malformed_fineweb_manifest(tmp_path, capsys, monkeypatch, manifest, cul
 
 def test_write_fault_names_the_file_and_keeps_the_old_one(tmp_path, monkeypatch):
     path = tmp_path / "final_model.ptz"
-    artifact.write_atomic(path, b"old")
+    exporter.write_atomic(path, b"old")
 
     def full(fd: int) -> None:
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(WriteFault, match=f"could not write {path}: No space left on device"):
-        artifact.write_atomic(path, b"new")
+        exporter.write_atomic(path, b"new")
     assert path.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == [path.name]
 
 
@@ -408,11 +407,11 @@ def test_non_finite_loss_stops_the_run(tmp_path, capsys, monkeypatch, sample):
     summary = json.loads((out / "summary.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert summary["status"] == "diverged" and summary["steps"] == 2 and summary["last_finite_train_loss"] > 0
     assert "stopping: training loss became nan" in (out / "train.log").read_text()
-    assert not (out / rundir.LOCK).exists() and not (out / "final_model.pt").exists()
+    assert not (out / records.LOCK).exists() and not (out / "final_model.pt").exists()
 
 
 def test_disk_full_during_the_run(tmp_path, capsys, monkeypatch, sample):
-    import pgolf_core.runlog as runlog_mod
+    import pgolf_core.records as runlog_mod
 
     real = runlog_mod._append
 
@@ -426,7 +425,7 @@ def test_disk_full_during_the_run(tmp_path, capsys, monkeypatch, sample):
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     assert code == 1 and f"could not write {out / 'train.log'}: No space left on device" in err
     assert "model_params:" in (out / "train.log").read_text()  # what was written before is intact
-    assert not (out / "summary.json").exists() and not (out / rundir.LOCK).exists()
+    assert not (out / "summary.json").exists() and not (out / records.LOCK).exists()
 
 
 def test_ctrl_c_exits_130_without_a_summary(tmp_path, capsys, monkeypatch, sample):
@@ -435,11 +434,11 @@ def test_ctrl_c_exits_130_without_a_summary(tmp_path, capsys, monkeypatch, sampl
     def interrupt(self, *args):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(train_mod.RunLog, "start_progress", interrupt)
+    monkeypatch.setattr(train_mod.records.RunLog, "start_progress", interrupt)
     out = tmp_path / "run"
     code, err = run_cli(capsys, "run", BASELINE, *TINY, "--out", str(out))
     assert code == 130 and "pgolf: interrupted" in err
-    assert not (out / "summary.json").exists() and not (out / rundir.LOCK).exists()
+    assert not (out / "summary.json").exists() and not (out / records.LOCK).exists()
 
 
 def test_a_recipe_edited_in_code_with_an_unknown_codec_is_refused_before_training(sample_cache, tmp_path):

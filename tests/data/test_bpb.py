@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core.data.bpb import build_byte_tables, load_tokenizer, token_bytes, tokenizer_sha256
+from pgolf_core.data.tokens import build_byte_tables, load_tokenizer, tokenizer_sha256
+from pgolf_core.evaluation import token_bytes
 from pgolf_core.types import DataError
 
 BOS, UNK = 1, 3

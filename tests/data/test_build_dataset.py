@@ -12,7 +12,7 @@ import torch
 
 from pgolf_core.data.build import build_dataset, read_documents, training_sentences
 from pgolf_core.data.sample import sample_documents
-from pgolf_core.data.shards import read_shard, shard_files
+from pgolf_core.data.tokens import read_shard, shard_files
 from pgolf_core.types import DataError
 
 

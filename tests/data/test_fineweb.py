@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from pgolf_core.data.fineweb import dataset_name, download_fineweb
-from pgolf_core.data.shards import write_shard
+from pgolf_core.data.tokens import write_shard
 from pgolf_core.types import DataError
 
 MANIFEST = {  # the shape of the published datasets/manifest.json (paths relative to the export root)

@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core.data.loader import DistributedTokenLoader, TokenStream, load_validation_tokens
-from pgolf_core.data.shards import write_shard
+from pgolf_core.data.tokens import DistributedTokenLoader, TokenStream, load_validation_tokens, write_shard
 from pgolf_core.types import DataError, PgolfError
 
 

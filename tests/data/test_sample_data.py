@@ -11,10 +11,15 @@ import sentencepiece as spm
 import torch
 
 from pgolf_core.data import sample as sample_mod
-from pgolf_core.data.bpb import build_byte_tables, token_bytes, tokenizer_sha256
-from pgolf_core.data.loader import load_validation_tokens
 from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, sample_documents
-from pgolf_core.data.shards import read_shard, shard_files
+from pgolf_core.data.tokens import (
+    build_byte_tables,
+    load_validation_tokens,
+    read_shard,
+    shard_files,
+    tokenizer_sha256,
+)
+from pgolf_core.evaluation import token_bytes
 from pgolf_core.types import DataError
 
 OFFICIAL_SETTINGS = {  # the official tokenizer's settings, byte_fallback as in the shipped model

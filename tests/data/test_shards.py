@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from pgolf_core.data.shards import read_shard, shard_files, shard_token_count, write_shard
+from pgolf_core.data.tokens import read_shard, shard_files, shard_token_count, write_shard
 from pgolf_core.types import DataError
 
 

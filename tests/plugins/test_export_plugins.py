@@ -22,9 +22,16 @@ import torch
 from pgolf_plugins import gptq_lite, int6_export
 
 from pgolf_core import PgolfError, TensorPlan
-from pgolf_core.artifact import deserialize, serialize
-from pgolf_core.exporter import BUILTIN_CODECS, ExportContext, ExportStack, codec_table
-from pgolf_core.int8 import Int8Format, quantize_int8
+from pgolf_core.exporter import (
+    BUILTIN_CODECS,
+    ExportContext,
+    ExportStack,
+    Int8Format,
+    codec_table,
+    deserialize,
+    quantize_int8,
+    serialize,
+)
 from pgolf_core.registry import load_recipe
 from pgolf_core.types import RecipeError
 from tests.record_rules import pattern_roles

@@ -384,9 +384,8 @@ def test_lzma_round_trip_and_errors():
 def test_lqer_and_codecs_round_trip_through_an_artifact(codec_name):
     """Writer and reader of pgolf_core.exporter: the payload is saved under `__corrections__`, read
     back with `weights_only=True` and applied again, so the reader sees the writer's weights."""
-    from pgolf_core.artifact import deserialize, serialize
-    from pgolf_core.exporter import ExportStack, TensorPlan
-    from pgolf_core.int8 import Int8Format
+    from pgolf_core import ExportContext, Recipe
+    from pgolf_core.exporter import ExportStack, Int8Format, TensorPlan, deserialize, serialize
 
     if codec_name == "brotli":
         pytest.importorskip("brotli")
@@ -395,7 +394,8 @@ def test_lqer_and_codecs_round_trip_through_an_artifact(codec_name):
     dtypes = {k: v.dtype for k, v in weights.items()}
     fmt = Int8Format(65_536, 0.9999984)
     stack = ExportStack(fmt, [fmt], [lqer.LqerCorrection(lqer.Config())], {codec.name: codec})
-    obj = stack.quantize(weights, {k: TensorPlan() for k in weights}, {}, dtypes, lambda key, value: None)
+    ctx = ExportContext(Recipe(), {}, lambda key, value: None)
+    obj = stack.quantize(weights, {k: TensorPlan() for k in weights}, ctx)
     payload = obj["__corrections__"]["lqer"]
     assert len(payload) == 3
     plain = fmt.dequantize(obj, dtypes)

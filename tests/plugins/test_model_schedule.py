@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from pgolf_core.build import build_model
 from pgolf_core.registry import load_recipe
+from pgolf_core.run import build_model
 from pgolf_core.testing import PluginContract, assert_matches_golden
 from pgolf_core.types import dump_toml
 

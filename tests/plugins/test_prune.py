@@ -14,9 +14,9 @@ import torch
 from pgolf_plugins import prune
 
 from pgolf_core import TensorPlan, build_model
-from pgolf_core.api import export_artifact, load_checkpoint
 from pgolf_core.exporter import ExportContext
 from pgolf_core.registry import load_recipe, plugin_parts
+from pgolf_core.run import export_artifact, load_checkpoint
 from pgolf_core.types import RecipeError
 from tests.tiny import tiny
 

@@ -21,8 +21,8 @@ import torch
 from pgolf_plugins import int6_export, qat
 
 from pgolf_core import load_recipe
-from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager
+from pgolf_core.run import build_model
 
 from .golden import FIXTURES, assert_matches_golden, randomize
 

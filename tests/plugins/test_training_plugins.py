@@ -15,8 +15,8 @@ import torch.nn.functional as F
 from pgolf_plugins import ema, qat, swa
 
 from pgolf_core import CastedLinear
-from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager, load_recipe
+from pgolf_core.run import build_model
 from pgolf_core.types import RecipeError, dump_toml
 
 from .golden import FIXTURES, randomize

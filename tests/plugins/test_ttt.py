@@ -26,9 +26,8 @@ from pgolf_plugins import ttt_score_first, ttt_sgd
 
 from pgolf_core import FAKE_QUANT_SWITCH, Env, ValChunk, load_recipe
 from pgolf_core import evaluation as ev
-from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager
-from pgolf_core.run import train
+from pgolf_core.run import build_model, train
 
 from ..tiny import tiny
 from .golden import FIXTURES

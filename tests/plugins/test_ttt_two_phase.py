@@ -21,9 +21,8 @@ from pgolf_plugins import qat
 from pgolf_plugins.ttt_two_phase import Config, TTTTwoPhase, cosine_lr, phase1_names, phase2_names
 
 from pgolf_core import FAKE_QUANT_SWITCH, Env, ValChunk, load_recipe
-from pgolf_core.build import build_model
 from pgolf_core.registry import create_manager
-from pgolf_core.run import train
+from pgolf_core.run import build_model, train
 from pgolf_core.testing import assert_matches_golden
 from pgolf_core.types import RecipeError
 
