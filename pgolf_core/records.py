@@ -342,7 +342,7 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
         "roundtrip_val_loss": roundtrip.val_loss, "roundtrip_val_bpb": roundtrip.val_bpb,
         "sliding_val_loss": sliding.val_loss if sliding else None,
         "sliding_val_bpb": sliding.val_bpb if sliding else None, "score_val_bpb": score, "unigram_val_bpb": unigram,
-        "zeroed_tensors": run.zeroed, "warnings": health_warnings(score, unigram, run.zeroed, run.step_times),
+        "zeroed_tensors": run.zeroed, "warnings": health_warnings(score, unigram, run.zeroed, run.step_times[1:]),
         "artifact_bytes": total_bytes, "model_bytes": written.model_bytes, "code_bytes": code_bytes,
         "artifact_limit_bytes": recipe.export.artifact_limit_bytes,
         "over_limit": total_bytes > recipe.export.artifact_limit_bytes, "artifact_format": written.label,
@@ -378,8 +378,8 @@ def health_warnings(score: float, unigram: float, zeroed: list[str], step_ms: li
         out.append(f"score {score:.4f} bpb is worse than the unigram reference {unigram:.4f}: too few steps to learn")
     if zeroed:
         out.append(f"{len(zeroed)} tensors exported as all zeros (the scored model lacks them): train more steps")
-    median = sorted(step_ms)[len(step_ms) // 2] if step_ms else 0.0
-    if slow := [t for t in step_ms if t > 10 * median]:
+    median = sorted(step_ms)[len(step_ms) // 2] if step_ms else 0.0  # the first step (lazy init) left out
+    if len(step_ms) >= 20 and (slow := [t for t in step_ms if t > 10 * median]):  # a median of enough steps
         out.append(
             f"{len(slow)} steps took over 10x the median step ({max(slow):.0f} vs {median:.0f} ms): the machine was "
             "busy, so times (and a result capped by wallclock) are not comparable"
