@@ -28,7 +28,7 @@ back to lzma). Level: `[export] level` (0..11; the records use 11).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 from pgolf_core import Codec, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
@@ -104,7 +104,8 @@ class Config:
 class Brotli(Plugin):
     """Byte shuffle + brotli-11 (PR #1089 / #1204)."""
 
-    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config  # the base's __init__ stores it
     name = "brotli"
     version = "0.1.0"
     order = Order.CODEC
@@ -124,5 +125,3 @@ class Brotli(Plugin):
     @hookimpl
     def pgolf_codecs(self) -> list[Codec]:
         return [make_codec(self.config.stride, self.config.header_bytes)]
-
-    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

@@ -41,7 +41,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeAlias
 
 import torch
 from torch import Tensor
@@ -358,7 +358,8 @@ def dequantize(obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype] | None 
 class Int6Export(Plugin):
     """Mixed int6/int8 (PR #297/#374/#414) or all-int6 (PR #63/#194) export."""
 
-    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config  # the base's __init__ stores it
     name = "int6_export"
     version = "0.1.0"
     order = Order.EXPORT_FORMAT
@@ -378,8 +379,6 @@ class Int6Export(Plugin):
     @hookimpl
     def pgolf_export_format(self, recipe: Recipe) -> ExportFormat:
         return Int6Format(self.config, recipe.export.keep_float_max_numel, recipe.export.clip_quantile)
-
-    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute
 
 
 class Int6Format:

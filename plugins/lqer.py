@@ -39,7 +39,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeAlias
 
 import torch
 from torch import Tensor
@@ -174,7 +174,8 @@ class LqerCorrection:
 class Lqer(Plugin):
     """Rank-k quantization-error correction of the top-k matrices (PR #1797 / #1851)."""
 
-    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config  # the base's __init__ stores it
     name = "lqer"
     version = "0.1.0"
     order = Order.EXPORT_CORRECTION  # after the format (int6_export 950), before the codecs (990)
@@ -193,5 +194,3 @@ class Lqer(Plugin):
     @hookimpl
     def pgolf_export_corrections(self, recipe: Recipe) -> Correction:
         return LqerCorrection(self.config)
-
-    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

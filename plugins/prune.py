@@ -26,7 +26,7 @@ tensor is pruned when it has more entries than this).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, TypeAlias
 
 import torch
 from torch import Tensor
@@ -67,7 +67,8 @@ def prune(w: Tensor, fraction: float) -> tuple[Tensor, int, Tensor]:
 class Prune(Plugin):
     """Zero the `fraction` smallest-|w| entries of each large 2-D tensor before export (PR #415)."""
 
-    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config  # the base's __init__ stores it
     name = "prune"
     version = "0.1.0"
     order = Order.EXPORT_EDIT  # before the plans that read the weights (gptq_lite, sdclip: 900) and the format
@@ -92,5 +93,3 @@ class Prune(Plugin):
                     weights[name], n, _ = prune(weights[name], self.config.fraction)
                     zeroed += n
         ctx.report("prune/zeroed", zeroed)
-
-    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

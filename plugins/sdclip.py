@@ -28,7 +28,7 @@ exporter's own rule).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Annotated, Literal
+from typing import Annotated, Literal, TypeAlias
 
 from torch import Tensor
 
@@ -67,7 +67,8 @@ def row_clip(w: Tensor, k: float) -> Tensor:
 class SDClip(Plugin):
     """Per-row clip k · std(row) in the export plan (PR #1394)."""
 
-    config: Config  # (before the class attribute `Config` below, this annotation names the dataclass)
+    Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
+    config: Config  # the base's __init__ stores it
     name = "sdclip"
     version = "0.1.0"
     order = Order.EXPORT_PLAN  # after plugins that change weights before export (e.g. pruning)
@@ -117,5 +118,3 @@ class SDClip(Plugin):
             entry.row_clip = row_clip(w.detach().cpu(), self.k_for(name)).contiguous()
             counts["embed" if "tok_emb" in name else "matrix"] += 1
         ctx.report("sdclip/tensors", {k: v for k, v in counts.items() if v})
-
-    Config = Config  # last: a signature above that names `Config` means the dataclass, not this attribute

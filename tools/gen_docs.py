@@ -7,7 +7,9 @@ from __future__ import annotations
 import dataclasses
 import importlib
 import inspect
+import re
 import sys
+import textwrap
 import typing
 from pathlib import Path
 
@@ -27,9 +29,40 @@ def hooks_markdown() -> str:
             fn = getattr(hookspecs, name)
             exclusive = " (exclusive)" if name in hookspecs.EXCLUSIVE_HOOKS else ""
             signature = str(inspect.signature(fn)).replace("'", "")  # annotations are strings (PEP 563)
-            lines += [f"## `{name}{signature}`{exclusive}", "", inspect.getdoc(fn) or "", ""]
+            lines += [f"## `{name}{signature}`{exclusive}", "", docstring_markdown(inspect.getdoc(fn) or ""), ""]
     lines += [(ROOT / "tools" / "hook_coverage.md").read_text(encoding="utf-8")]
     return "\n".join(lines).rstrip() + "\n"
+
+
+def docstring_markdown(doc: str) -> str:
+    """A hook's docstring as Markdown: its prose as written; its `Args:` section (lines indented under
+    it) as a list, one item per `name: meaning` (continuation lines indented further); its `Example:`
+    section as a fenced Python block. Without this, Markdown would run the indented arguments into one
+    paragraph with the "Args:" line above them."""
+    out: list[str] = []
+    lines = doc.splitlines()
+    i = 0
+    while i < len(lines):
+        title = lines[i]
+        i += 1
+        if title not in ("Args:", "Example:"):
+            out.append(title)
+            continue
+        first = i
+        while i < len(lines) and (not lines[i].strip() or lines[i].startswith(" ")):
+            i += 1
+        body = textwrap.dedent("\n".join(lines[first:i])).strip("\n")
+        out += [f"**{title[:-1]}**", ""]
+        if title == "Example:":
+            out += ["```python", body, "```"]
+        else:
+            entries = re.split(r"\n(?=\S)", body)  # an entry starts at the section's indent
+            for entry in entries:
+                text = " ".join(part.strip() for part in entry.splitlines())
+                named = re.match(r"(\w+): (.*)", text)
+                out.append(f"- `{named[1]}`: {named[2]}" if named else text)
+        out.append("")
+    return "\n".join(out).strip()
 
 
 def plugins_markdown() -> str:
