@@ -12,13 +12,13 @@ Public API (stable names; plugins import these from `pgolf_core` only):
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from pgolf_core import quant
 from pgolf_core.exporter import FORMAT_KEY
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
+from pgolf_core.registry import load_recipe
+from pgolf_core.run import build_model, evaluate, train
+from pgolf_core.run import export_artifact as export
 from pgolf_core.types import (
     PGOLF_VERSION,
     Codec,
@@ -47,21 +47,6 @@ from pgolf_core.types import (
 )
 
 __version__ = PGOLF_VERSION
-
-
-# The entry points load on first use (PEP 562): a plugin's `from pgolf_core import hookimpl` must not
-# import the training loop, which imports the registry, which imports the plugins.
-# Name -> the module that defines it (`export` is that module's `export_artifact`).
-_ENTRY_POINTS = {"load_recipe": "registry", "build_model": "run", "train": "run", "evaluate": "run", "export": "run"}
-
-
-def __getattr__(name: str) -> Any:
-    """`load_recipe`, `build_model`, `train`, `evaluate` and `export` (= `run.export_artifact`), the
-    functions themselves with their own signatures and docstrings."""
-    if name not in _ENTRY_POINTS:
-        raise AttributeError(f"module 'pgolf_core' has no attribute {name!r}")
-    module = importlib.import_module(f"pgolf_core.{_ENTRY_POINTS[name]}")
-    return getattr(module, "export_artifact" if name == "export" else name)
 
 
 __all__ = [

@@ -100,10 +100,10 @@ def cmd_plugins(args: argparse.Namespace) -> int:
 
     if args.recipe:
         pm = registry.create_manager(recipe := _load(args), args.plugins_dir)
-        rows = [  # "order": 0 only fixes the key order (name, order, version, hooks); version_order sets it
-            {"name": p.name, "order": 0, **registry.version_order(p), "hooks": registry.hooks_of(p)}
-            for p in registry.ordered_plugins(pm)
-        ]
+        # the hooks each plugin registered (a plugin with two forms registers those of its configured form);
+        # "order": 0 only fixes the key order (name, order, version, hooks): version_order sets it
+        hooks = {p: sorted(h.name for h in pm.get_hookcallers(p) or []) for p in registry.ordered_plugins(pm)}
+        rows = [{"name": p.name, "order": 0, **registry.version_order(p), "hooks": hs} for p, hs in hooks.items()]
     else:
         rows = registry.describe(args.plugins_dir)
     if args.json:

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 import torch.distributed as dist
@@ -29,8 +29,7 @@ from pgolf_core.types import Env, PgolfError, ValChunk
 TAILS = ("rescore_tail", "drop_short", "once", "full_windows")
 
 
-@dataclass
-class EvalResult:
+class EvalResult(NamedTuple):
     """Final metrics of one evaluation; `tokens` and `bytes` are the (all-reduced) counts behind them."""
 
     val_loss: float

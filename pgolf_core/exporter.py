@@ -24,7 +24,7 @@ import zlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 import torch
@@ -190,7 +190,7 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     anything is trained."""
     readers: list[Any] = [pm.hook.pgolf_export_format(recipe=recipe)]  # the exclusive hook's one answer
     if not isinstance(readers[0], Int8Format):  # the defaults' int8 reads too: an int8 artifact reads under any recipe
-        readers.append(pm.get_plugin("defaults").pgolf_export_format(recipe=recipe))
+        readers.append(Int8Format(recipe.export.keep_float_max_numel, recipe.export.clip_quantile))
     corrections: list[Correction] = pm.hook.pgolf_export_corrections(recipe=recipe)  # pluggy drops the Nones
     codecs = codec_table(c for answer in pm.hook.pgolf_codecs() for c in answer)
     check_codec(codecs, recipe.export.compressor, recipe.export.level, recipe.source)  # a Recipe edited in code too
@@ -202,8 +202,7 @@ def export_stack(pm: pluggy.PluginManager, recipe: Recipe) -> ExportStack:
     return ExportStack(readers[0], readers, corrections, codecs)
 
 
-@dataclass
-class Written:
+class Written(NamedTuple):
     label: str  # "int6_zstd": format and codec
     path: Path
     model_bytes: int

@@ -12,7 +12,7 @@ import contextlib
 import importlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -227,8 +227,7 @@ class Block(nn.Module):
         return h + self.mlp_scale.to(dtype=x.dtype)[None, None, :] * self.mlp(self._norm(x if self.parallel else h))
 
 
-@dataclass
-class ModelParts:
+class ModelParts(NamedTuple):
     """The build-time slot fillers. The defaults build the naive baseline; the registry replaces
     them with the answers of the enabled plugins' build hooks."""
 

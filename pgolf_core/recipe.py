@@ -24,6 +24,7 @@ from pgolf_core.types import (
     CORE_SECTIONS,
     ModelConfig,
     PgolfError,
+    Plugin,
     PluginEntry,
     Range,
     Recipe,
@@ -54,7 +55,7 @@ def read_recipe(
     path: str | Path | None,
     overrides: typing.Sequence[str] = (),
     *,
-    plugin_classes: typing.Callable[[list[str], str], dict[str, type]],
+    plugin_classes: typing.Callable[[list[str], str], dict[str, type[Plugin]]],
     enable: typing.Sequence[str] = (),
     disable: typing.Sequence[str] = (),
     smoke: bool = False,
@@ -149,14 +150,17 @@ def check_settings(config: Any, where: str) -> None:
     type: floats finite, strings free of NUL characters, numbers inside their `Annotated` `Range`."""
     hints = typing.get_type_hints(type(config), include_extras=True)
     for f in fields(config):
-        value = getattr(config, f.name)
+        value, hint = getattr(config, f.name), hints[f.name]  # `Annotated[int, Range(0)] | None` bounds its int too
+        bounds = [
+            m for h in (hint, *typing.get_args(hint)) for m in getattr(h, "__metadata__", ()) if isinstance(m, Range)
+        ]
         for item in value if isinstance(value, list) else [value]:
             if isinstance(item, float) and not math.isfinite(item):
                 raise RecipeError(f"{where} {f.name}={value!r}: expected a finite number")
             if isinstance(item, str) and "\x00" in item:
                 raise RecipeError(f"{where} {f.name}={value!r}: NUL characters are not allowed")
-            for bound in getattr(hints[f.name], "__metadata__", ()):
-                if isinstance(bound, Range) and not bound.admits(item):
+            for bound in bounds:
+                if item is not None and not bound.admits(item):
                     raise RecipeError(f"{where} {f.name}={item!r}: {bound.text()}")
 
 

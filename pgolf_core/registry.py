@@ -18,9 +18,8 @@ import inspect
 import sys
 import traceback
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pluggy
 from torch import nn
@@ -69,8 +68,7 @@ class Defaults(Plugin):
 # ---------------------------------------------------------------- discovery, recipes with their plugins, the manager
 
 
-@dataclass
-class PluginSource:
+class PluginSource(NamedTuple):
     """Where a plugin comes from: an entry point of a distribution, or a local file."""
 
     name: str
@@ -111,7 +109,7 @@ def _load_file(file: Path) -> Any:
     return getattr(module, "PLUGIN", None)  # (none: load_class says what PLUGIN must be)
 
 
-def load_class(source: PluginSource) -> type:
+def load_class(source: PluginSource) -> type[Plugin]:
     """Import one plugin class; a failure is a clear error naming the plugin, where it comes from
     (distribution or file), the line that failed and the fix."""
     try:
@@ -153,7 +151,7 @@ def check_plugin_class(cls: Any, source: PluginSource) -> None:
     )
 
 
-def check_config_fields(cls: type, source: PluginSource) -> None:
+def check_config_fields(cls: type[Plugin], source: PluginSource) -> None:
     """A `Config` value without a type annotation is a plain class attribute, not a dataclass field:
     the setting would silently not exist (its TOML key an "unknown key")."""
     config = cls.Config
@@ -170,7 +168,9 @@ def check_config_fields(cls: type, source: PluginSource) -> None:
         )
 
 
-def plugin_classes(names: Sequence[str], source: str, plugin_dirs: Sequence[str | Path] = ()) -> dict[str, type]:
+def plugin_classes(
+    names: Sequence[str], source: str, plugin_dirs: Sequence[str | Path] = ()
+) -> dict[str, type[Plugin]]:
     """Load the classes of the plugins a recipe names; unknown names are recipe errors (the first one named)."""
     available = discover(plugin_dirs)
     for name in [name for name in names if name not in available][:1]:
@@ -216,8 +216,7 @@ class Manager(pluggy.PluginManager):
         return None if form is not None and name not in form else super().parse_hookimpl_opts(plugin, name)
 
 
-@dataclass
-class Plugins:
+class Plugins(NamedTuple):
     """A run's plugin manager, its plugins in hook order, and the export parts they make up."""
 
     pm: pluggy.PluginManager
@@ -242,6 +241,11 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     available = discover(plugin_dirs)
     classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
     plugins = [cls(recipe.plugins[name].config) for name, cls in classes.items()]
+    for p in plugins:  # a form naming a hook its class lacks would register nothing, silently
+        if unknown := sorted(set(p.forms(p.config) or ()) - set(hooks_of(p))):
+            raise PgolfError(
+                f"plugin {p.name!r} (from {available[p.name].origin}): forms() names {unknown}, not its hooks"
+            )
     # pluggy calls the most recently registered implementation first: register in reverse.
     for plugin in sorted(plugins, key=lambda p: (int(p.order), p.name), reverse=True):
         try:

@@ -22,7 +22,7 @@ import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pluggy
@@ -188,8 +188,7 @@ def eval_rows(recipe: Recipe, env: Env) -> int:
     return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
 
 
-@dataclasses.dataclass
-class Data:
+class Data(NamedTuple):
     """The shards, the tokenizer, the validation tokens and the BPB byte tables."""
 
     train_files: list[Path]
@@ -281,7 +280,9 @@ def train(
     claim, run = records.Claim(), None
     try:
         run = Run(recipe, out_dir, overwrite, plugin_dirs, interactive, force)
-        run.claim(claim)
+        if run.env.rank == 0:  # every check passed: now the directory is locked, cleared and written
+            claim.take(run.out, overwrite, run.log.log)
+            run.log.attach(run.out)
         run.fit(clock)
         return run.finish()
     finally:
@@ -297,7 +298,7 @@ class Run:
         self, recipe: Recipe, out_dir: Any, overwrite: bool, plugin_dirs: tuple, interactive: Any, force: bool = False
     ) -> None:
         self.t_start = time.perf_counter()
-        self.recipe, self.overwrite, cfg = recipe, overwrite, recipe.train
+        self.recipe, cfg = recipe, recipe.train
         env = setup_env(recipe.run.device)
         self.log = log = records.RunLog(None, env.rank, interactive)
         self.env = env = dataclasses.replace(env, on_batch=log.eval_batch)  # evaluations move the progress display
@@ -320,7 +321,7 @@ class Run:
             if env.distributed
             else compiled
         )
-        optimizers = build_optimizers(self.base, cfg, roles, env.device.type)
+        self.optimizers = optimizers = build_optimizers(self.base, cfg, roles, env.device.type)
         if optimizers.muon is not None and use_compile:
             optimizers.muon.orthogonalize = torch.compile(optimizers.muon.orthogonalize)  # keeps muon_ns_dtype
         self.accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
@@ -345,12 +346,6 @@ class Run:
         self.log.log(f"{key}:{value}")
         self.log.metric(event="plugin", step=step, key=key, value=value)
 
-    def claim(self, claim: records.Claim) -> None:
-        """Every check passed: now the directory is locked, cleared and written."""
-        if self.env.rank == 0:
-            claim.take(self.out, self.overwrite, self.log.log)
-            self.log.attach(self.out)
-
     def evaluate(self, model: torch.nn.Module) -> evaluation.EvalResult:
         d = self.data
         self.log.eval_phase("validation")
@@ -358,7 +353,7 @@ class Run:
 
     def train_step(self, loader: DistributedTokenLoader) -> torch.Tensor:
         """One optimizer step over `accum` micro-batches; DDP syncs gradients on the last one only."""
-        cfg, opt = self.recipe.train, self.state.optimizers
+        cfg, opt = self.recipe.train, self.optimizers
         opt.zero_grad()
         loss_sum = torch.zeros((), device=self.env.device)
         for micro in range(self.accum):
@@ -380,7 +375,7 @@ class Run:
 
     def warm_up(self) -> None:
         """Untimed steps (compilation, autotuning), then weights, optimizer and loader restored."""
-        cfg, opt = self.recipe.train, self.state.optimizers
+        cfg, opt = self.recipe.train, self.optimizers
         initial_model = {k: v.detach().cpu().clone() for k, v in self.base.state_dict().items()}
         initial_opt = [copy.deepcopy(o.state_dict()) for o in opt.all]
         self.model.train()
@@ -435,8 +430,8 @@ class Run:
             state.step, state.elapsed_ms = step, training_ms + 1000.0 * (clock() - t0)
             state.lr_scale = lr_scale(step, state.elapsed_ms, cfg)
             hook.pgolf_step_start(state=state)
-            state.optimizers.set_lr_scale(state.lr_scale)
-            state.optimizers.set_muon_momentum(muon_momentum(step, cfg))
+            self.optimizers.set_lr_scale(state.lr_scale)
+            self.optimizers.set_muon_momentum(muon_momentum(step, cfg))
             train_loss = self.train_step(loader)
             step += 1
             self.stop_if_diverged(step, train_loss, last_loss)

@@ -116,9 +116,9 @@ class PluginContract:
     def check_compiles(self, tmp_path: Path) -> None:
         """`torch._dynamo.explain` traces forward and loss as one graph with no break; a failure
         lists each break's reason and the plugin's source line it happened at."""
-        model = self.model(tmp_path)
-        spec = model.spec
-        x = torch.randint(0, spec.vocab_size, (2, spec.train_seq_len), generator=torch.Generator().manual_seed(0))
+        model, recipe = self.model(tmp_path), self.recipe(tmp_path)
+        size = (2, recipe.train.train_seq_len)
+        x = torch.randint(0, recipe.model.vocab_size, size, generator=torch.Generator().manual_seed(0))
         torch._dynamo.reset()
         explanation = torch._dynamo.explain(model)(x, x)
         if explanation.graph_break_count == 0 and explanation.graph_count == 1:
@@ -157,8 +157,8 @@ class PluginContract:
                 state.step, state.elapsed_ms = step, float(step)
                 state.lr_scale = lr_scale(step, state.elapsed_ms, cfg)
                 hook.pgolf_step_start(state=state)
-                state.optimizers.set_lr_scale(state.lr_scale)
-                state.optimizers.set_muon_momentum(muon_momentum(step, cfg))
+                run.optimizers.set_lr_scale(state.lr_scale)
+                run.optimizers.set_muon_momentum(muon_momentum(step, cfg))
                 try:
                     run.train_step(loader)
                 except Exception as exc:  # dynamo's RecompileError (or any error of the compiled step)

@@ -83,7 +83,7 @@ class Range:
 
     low: float = -math.inf
     high: float = math.inf
-    open: str = ""
+    open: Literal["", "low", "high", "both"] = ""
 
     def admits(self, value: float) -> bool:
         above = value > self.low if self.open in ("low", "both") else value >= self.low
@@ -91,12 +91,12 @@ class Range:
 
     def text(self) -> str:
         lo, hi = (int(x) if math.isfinite(x) and float(x).is_integer() else x for x in (self.low, self.high))
+        lo_open, hi_open = self.open in ("low", "both"), self.open in ("high", "both")
         if self.high == math.inf:
-            return f"expected {'>' if self.open == 'low' else '>='} {lo}"
+            return f"expected {'>' if lo_open else '>='} {lo}"
         if self.low == -math.inf:
-            return f"expected {'<' if self.open == 'high' else '<='} {hi}"
-        brackets = "(" if self.open in ("low", "both") else "[", ")" if self.open in ("high", "both") else "]"
-        return f"expected a value in {brackets[0]}{lo}, {hi}{brackets[1]}"
+            return f"expected {'<' if hi_open else '<='} {hi}"
+        return f"expected a value in {'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
 
 
 @dataclass
@@ -630,4 +630,3 @@ class Plugin:
     @classmethod
     def forms(cls, config: Any) -> tuple[str, ...] | None:
         """The hooks of the configured form (None: every hook the class implements)."""
-        return None

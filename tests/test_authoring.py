@@ -340,7 +340,7 @@ def test_the_tutorial_prints_the_error_the_pasted_module_gives():
     with pytest.raises(PgolfError) as info:
         registry.load_class(source)
     assert f"  pgolf: error: {info.value}\n" in TUTORIAL.read_text(encoding="utf-8")
-    source.load = lambda: namespace["OutGatePlugin"]  # what the scaffold's entry point names: a plugin
+    source = source._replace(load=lambda: namespace["OutGatePlugin"])  # what the scaffold's entry point names: a plugin
     assert registry.load_class(source) is namespace["OutGatePlugin"]
 
 

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 
-from pgolf_core.recipe import SMOKE_OVERRIDES, read_recipe
+from pgolf_core.recipe import SMOKE_OVERRIDES, check_settings, read_recipe
 from pgolf_core.registry import load_recipe
-from pgolf_core.types import PgolfError, Plugin, RecipeError, dump_toml
+from pgolf_core.types import PgolfError, Plugin, Range, RecipeError, dump_toml
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,3 +192,21 @@ def test_range_messages_name_key_value_and_range(override, message):
     with pytest.raises(RecipeError, match=message):
         load_recipe(None, [override])
     assert load_recipe(None, ["run.seed=4294967295", "train.beta2=0.0", "export.clip_quantile=1.0"])
+
+
+@dataclasses.dataclass
+class Optional_:
+    n: Annotated[int, Range(0)] | None = None
+
+
+def test_a_range_reads_both_open_ends_and_an_optional_setting():
+    """Found in review: `open="both"` with no upper bound printed ">= 0" while refusing 0, and a range inside
+    `Optional[...]` was not read at all, so -5 passed."""
+    assert Range(0, open="both").text() == "expected > 0" and not Range(0, open="both").admits(0)
+    assert Range(high=0, open="high").text() == "expected < 0"
+    assert Range(0, 1, open="both").text() == "expected a value in (0, 1)"
+
+    check_settings(Optional_(None), "where")
+    check_settings(Optional_(3), "where")
+    with pytest.raises(RecipeError, match=r"where n=-5: expected >= 0"):
+        check_settings(Optional_(-5), "where")

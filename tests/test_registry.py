@@ -457,3 +457,30 @@ def test_a_plugins_dir_file_named_like_an_installed_plugin_is_refused(tmp_path, 
     (folder / "shadowed.py").write_text(MISSPELLED.format(name="shadowed", body=HOOK))
     with pytest.raises(PgolfError, match=r"shadowed.py would shadow the plugin 'shadowed' from pgolf-shadowed; "):
         registry.discover([folder])
+
+
+def test_a_form_naming_a_hook_the_plugin_lacks_is_a_load_error(tmp_path):
+    """`forms()` picks which hooks register; a misspelled name would register none of the form's hooks and the
+    plugin would do nothing without a word (found in review)."""
+    forms = """
+    @classmethod
+    def forms(cls, config):
+        return ("pgolf_attention_post", "pgolf_eval_adpat")
+"""
+    make_plugin(tmp_path, "alpha", extra=forms)
+    with pytest.raises(
+        PgolfError, match=r"plugin 'alpha' \(from .*alpha.py\): forms\(\) names \['pgolf_eval_adpat'\], not its"
+    ):
+        recipe_with(tmp_path, tmp_path, "[plugins.alpha]\n")
+
+
+def test_a_form_registers_only_its_hooks(tmp_path):
+    forms = """
+    @classmethod
+    def forms(cls, config):
+        return ("pgolf_rotary",)
+"""
+    make_plugin(tmp_path, "alpha", extra=ROTARY + forms)
+    r = recipe_with(tmp_path, tmp_path, "[plugins.alpha]\n")
+    pm = registry.create_manager(r, [tmp_path])
+    assert sorted(h.name for h in pm.get_hookcallers(pm.get_plugin("alpha"))) == ["pgolf_rotary"]
