@@ -289,6 +289,7 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
             adapt=lambda chunk: plugin.pgolf_eval_adapt(model=model, chunk=chunk), chunk_tokens=s["chunk_tokens"],
         )  # fmt: skip
         torch.save({"sgd": sgd, "score_first": model.state_dict(), "val_loss": result.val_loss}, f"{out}/{rank}.pt")
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it (a SIGABRT under load)
     finally:
         dist.destroy_process_group()
 

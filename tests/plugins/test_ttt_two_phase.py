@@ -218,6 +218,7 @@ def _two_ranks(rank: int, port: int, golden: dict, out: str) -> None:
         TTTTwoPhase(config).pgolf_eval_prescore(model, chunk)
         if rank == 0:
             torch.save({n: p.detach() for n, p in model.named_parameters()}, out)
+        dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
 
