@@ -39,6 +39,7 @@ gains -0.0006 bpb over rowmax (PR #414). Dequantized weights come back in the li
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeAlias
@@ -78,6 +79,9 @@ class Config:
     row_rule: RowRule = "auto"  # int6 grid without a plan clip (see above)
     fp16_keep: list[str] = field(default_factory=list)  # name substrings kept fp16 (#63/#194: tok_emb)
     control_fp32: bool = False  # mixed only; true: the fix, control tensors stay fp32 even when small
+
+
+# ---------------------------------------------------------------- the grids: float32 tensor -> (integers, scales)
 
 
 def int6_rowmax(t32: Tensor) -> tuple[Tensor, Tensor]:
@@ -128,58 +132,90 @@ def row_clipped(t32: Tensor, clip: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
     return torch.nan_to_num(q, nan=0.0).to(torch.int8), scale
 
 
-def _row_clip(name: str, t: Tensor, entry: TensorPlan, qmax: int, stats: dict[str, int]) -> tuple[Tensor, Tensor]:
-    """A tensor quantized with the plan's row clip (checked), or the plan's own q/scale if it has them."""
-    clip = entry.row_clip
-    assert clip is not None
-    if entry.clip_percentile is not None:
-        raise PgolfError(
-            f"int6_export: the export plan sets both row_clip and clip_percentile for {name}; "
-            "enable one of sdclip and gptq_lite"
-        )
-    if t.ndim != 2 or tuple(clip.shape) != (t.shape[0],) or not clip.is_floating_point():
-        raise PgolfError(
-            f"int6_export: the export plan's row_clip for {name} has shape {tuple(clip.shape)}; expected one "
-            f"float per row of the 2-D tensor {tuple(t.shape)}"
-        )
-    stats["row_clip"] += 1
-    if entry.q is not None and entry.scale is not None:
-        return _checked(name, t, entry.q, entry.scale)
-    return row_clipped(t.float(), clip.detach().cpu(), qmax)
+# ---------------------------------------------------------------- which grid each tensor gets
 
 
-def _checked(name: str, t: Tensor, q: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+@dataclass
+class Grids:
+    """Each tensor's grid: the export plan's (its row clip, else its percentile), else `rule`. It counts what it
+    used and which tensors it quantized, so that a plan entry no tensor used is an error, never dropped silently."""
+
+    plan: ExportPlan
+    rule: str
+    clip_quantile: float
+    stats: Counter[str] = field(default_factory=Counter)
+    int6_names: set[str] = field(default_factory=set)
+    quantized: set[str] = field(default_factory=set)
+
+    def int6(self, name: str, t: Tensor) -> tuple[Tensor, Tensor]:
+        entry = self.plan.get(name, NO_PLAN)
+        self.int6_names.add(name)
+        self.quantized.add(name)
+        if entry.row_clip is not None:
+            return self.row_clip(name, t, entry, INT6_MAX)
+        if entry.clip_percentile is not None:
+            self.stats["int6_planned"] += 1
+            if entry.q is None or entry.scale is None:
+                return int6_percentile(t.float(), entry.clip_percentile)
+            return checked(name, t, entry.q, entry.scale)
+        if self.rule == "plan":
+            raise PgolfError(
+                f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; enable a plugin '
+                "that plans clip percentiles for it (or choose another row_rule)"
+            )
+        if self.rule == "rowmax_eps":
+            return int6_rowmax_eps(t.float())
+        return int6_rowmax(t.float()) if self.rule == "rowmax" else int6_quantile(t.float(), self.clip_quantile)
+
+    def int8(self, name: str, t: Tensor) -> tuple[Tensor, Tensor]:
+        """The mixed scheme's int8 rows: the plan's row clip, else the baseline's quantile clip."""
+        entry = self.plan.get(name, NO_PLAN)
+        self.quantized.add(name)
+        if entry.row_clip is not None:
+            return self.row_clip(name, t, entry, 127)
+        if t.ndim == 2:
+            return quant.clipped_rows(t.float(), self.clip_quantile, 127)
+        return quant.clipped_tensor(t.float(), self.clip_quantile, 127)
+
+    def row_clip(self, name: str, t: Tensor, entry: TensorPlan, qmax: int) -> tuple[Tensor, Tensor]:
+        clip = entry.row_clip
+        assert clip is not None
+        if entry.clip_percentile is not None:
+            raise PgolfError(f"int6_export: the export plan sets both row_clip and clip_percentile for {name}")
+        if t.ndim != 2 or tuple(clip.shape) != (t.shape[0],) or not clip.is_floating_point():
+            raise PgolfError(
+                f"int6_export: the export plan's row_clip for {name} has shape {tuple(clip.shape)}; expected one "
+                f"float per row of the 2-D tensor {tuple(t.shape)}"
+            )
+        self.stats["row_clip"] += 1
+        if entry.q is not None and entry.scale is not None:
+            return checked(name, t, entry.q, entry.scale)
+        return row_clipped(t.float(), clip.detach().cpu(), qmax)
+
+    def check_all_used(self) -> None:
+        for what, names, done in (
+            ("clip percentiles", {k for k, v in self.plan.items() if v.clip_percentile is not None}, self.int6_names),
+            ("row clips", {k for k, v in self.plan.items() if v.row_clip is not None}, self.quantized),
+        ):
+            if stray := sorted(names - done):
+                raise PgolfError(
+                    f"int6_export: the export plan sets {what} for tensors that are not "
+                    f"{'exported as int6' if done is self.int6_names else 'quantized'} "
+                    f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); the planning plugin's categories "
+                    "must match what int6_export quantizes (scheme, int6_categories, fp16_keep, "
+                    "[export] keep_float_max_numel)"
+                )
+
+
+def checked(name: str, t: Tensor, q: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+    """The plan's own integers and scales, if they fit the tensor."""
     rows_ok = s.shape == ((q.shape[0],) if t.ndim == 2 else ())
     if q.shape != t.shape or q.dtype != torch.int8 or s.dtype != torch.float16 or not rows_ok:
         raise PgolfError(f"int6_export: the export plan's q/scale for {name} do not fit the tensor {tuple(t.shape)}")
     return q, s
 
 
-def _planned(name: str, t: Tensor, entry: TensorPlan) -> tuple[Tensor, Tensor]:
-    """The plan's integers and scales (checked), or the percentile grid computed here."""
-    q, s = entry.q, entry.scale
-    if q is None or s is None:
-        return int6_percentile(t.float(), float(entry.clip_percentile or 1.0))
-    return _checked(name, t, q, s)
-
-
-def _int6(
-    name: str, t: Tensor, entry: TensorPlan, rule: str, clip_quantile: float, stats: dict[str, int]
-) -> tuple[Tensor, Tensor]:
-    """One tensor's int6 integers and scales: the plan's clip if any, else `rule`."""
-    if entry.row_clip is not None:
-        return _row_clip(name, t, entry, INT6_MAX, stats)
-    if entry.clip_percentile is not None:
-        stats["int6_planned"] += 1
-        return _planned(name, t, entry)
-    if rule == "plan":
-        raise PgolfError(
-            f'int6_export: row_rule = "plan" but the export plan has no clip for {name}; '
-            "enable gptq_lite (or choose another row_rule)"
-        )
-    if rule == "rowmax_eps":
-        return int6_rowmax_eps(t.float())
-    return int6_rowmax(t.float()) if rule == "rowmax" else int6_quantile(t.float(), clip_quantile)
+# ---------------------------------------------------------------- the two schemes
 
 
 def quantize(
@@ -192,50 +228,20 @@ def quantize(
     plan: ExportPlan | None = None,
 ) -> tuple[dict[str, Any], dict[str, int]]:
     """The export object of `config.scheme` and counts per treatment (see the module docstring)."""
-    plan = plan or {}
     rule = config.row_rule if config.row_rule != "auto" else ("rowmax" if config.scheme == "mixed" else "quantile")
-    planned = {k for k, v in plan.items() if v.clip_percentile is not None}
-    clipped = {k for k, v in plan.items() if v.row_clip is not None}
-    quantized: set[str]
-    if config.scheme == "mixed":
-        obj, stats, int6_names, quantized = _quantize_mixed(
-            weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan
-        )
-    else:
-        obj, stats, int6_names = _quantize_all(weights, config, rule, roles, keep_float_max_numel, clip_quantile, plan)
-        quantized = int6_names
-    stray = sorted(planned - int6_names)
-    if stray:
-        raise PgolfError(
-            f"int6_export: the export plan sets clip percentiles for tensors that are not exported as int6 "
-            f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); make gptq_lite.categories match "
-            f"int6_export.int6_categories (and fp16_keep)"
-        )
-    stray = sorted(clipped - quantized)
-    if stray:
-        raise PgolfError(
-            f"int6_export: the export plan sets row clips for tensors that are not quantized "
-            f"({', '.join(stray[:4])}{' ...' if len(stray) > 4 else ''}); make sdclip.categories match what "
-            f"int6_export quantizes (scheme, fp16_keep, [export] keep_float_max_numel)"
-        )
-    return obj, stats
+    grids = Grids(plan or {}, rule, clip_quantile)
+    scheme = quantize_mixed if config.scheme == "mixed" else quantize_all
+    obj = scheme(weights, config, roles, keep_float_max_numel, grids)
+    grids.check_all_used()
+    return obj, dict(sorted(grids.stats.items()))
 
 
-def _quantize_mixed(
-    weights: Mapping[str, Tensor],
-    config: Config,
-    rule: str,
-    roles: Roles,
-    keep_max: int,
-    clip_quantile: float,
-    plan: ExportPlan,
-) -> tuple[dict[str, Any], dict[str, int], set[str], set[str]]:
+def quantize_mixed(
+    weights: Mapping[str, Tensor], config: Config, roles: Roles, keep_max: int, grids: Grids
+) -> dict[str, Any]:
+    """PR #297/#374/#414's object, untagged as the records write it: `{"w": tensors, "m": treatments}`."""
     result: dict[str, Tensor] = {}
     meta: dict[str, Any] = {}
-    kinds = ("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "int8", "row_clip")
-    stats = dict.fromkeys(kinds, 0)
-    int6_names: set[str] = set()
-    int8_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().cpu().contiguous()
         control = t.is_floating_point() and is_control(name, roles)
@@ -247,68 +253,42 @@ def _quantize_mixed(
             result[name], meta[name] = t.float(), "passthrough_ctrl"
         elif any(p in name for p in config.fp16_keep):
             result[name], meta[name] = t.to(torch.float16), "passthrough_fp16"
-        elif quant.category(name) in config.int6_categories:
-            q, s = _int6(name, t, plan.get(name, NO_PLAN), rule, clip_quantile, stats)
-            result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int6"}
-            int6_names.add(name)
         else:
-            t32, entry = t.float(), plan.get(name, NO_PLAN)
-            if entry.row_clip is not None:
-                q, s = _row_clip(name, t, entry, 127, stats)
-            elif t.ndim == 2:
-                q, s = quant.clipped_rows(t32, clip_quantile, 127)
-            else:
-                q, s = quant.clipped_tensor(t32, clip_quantile, 127)
-            result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": "int8"}
-            int8_names.add(name)
-        kind = meta[name] if isinstance(meta[name], str) else meta[name]["type"]
-        stats[kind] += 1
-    # no format tag: the records' exact object
-    return {"w": result, "m": meta}, stats, int6_names, int6_names | int8_names
+            kind = "int6" if quant.category(name) in config.int6_categories else "int8"
+            q, s = grids.int6(name, t) if kind == "int6" else grids.int8(name, t)
+            result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": kind}
+        grids.stats[meta[name] if isinstance(meta[name], str) else meta[name]["type"]] += 1
+    return {"w": result, "m": meta}
 
 
-def _quantize_all(
-    weights: Mapping[str, Tensor],
-    config: Config,
-    rule: str,
-    roles: Roles,
-    keep_max: int,
-    clip_quantile: float,
-    plan: ExportPlan,
-) -> tuple[dict[str, Any], dict[str, int], set[str]]:
+def quantize_all(
+    weights: Mapping[str, Tensor], config: Config, roles: Roles, keep_max: int, grids: Grids
+) -> dict[str, Any]:
+    """PR #194's `int6_in_int8_per_row_v1` object: every float tensor above `keep_max` in int6."""
     quantized: dict[str, Tensor] = {}
     scales: dict[str, Tensor] = {}
     dtypes: dict[str, str] = {}
     passthrough: dict[str, Tensor] = {}
     orig_dtypes: dict[str, str] = {}
     qmeta: dict[str, dict[str, Any]] = {}
-    kinds = ("passthrough", "passthrough_ctrl", "passthrough_fp16", "int6", "int6_planned", "row_clip")
-    stats = dict.fromkeys(kinds, 0)
-    int6_names: set[str] = set()
     for name, tensor in weights.items():
         t = tensor.detach().to("cpu").contiguous()
-        if not t.is_floating_point():
-            passthrough[name] = t
-            stats["passthrough"] += 1
-            continue
         keep = any(p in name for p in config.fp16_keep)
-        if t.numel() <= keep_max or keep:
-            if is_control(name, roles):
-                passthrough[name] = t.float().contiguous()
-                stats["passthrough_ctrl"] += 1
-                continue
+        if not t.is_floating_point():
+            passthrough[name], kind = t, "passthrough"
+        elif (t.numel() <= keep_max or keep) and is_control(name, roles):
+            passthrough[name], kind = t.float().contiguous(), "passthrough_ctrl"
+        elif t.numel() <= keep_max or keep:
             if t.dtype in (torch.float32, torch.bfloat16):
                 orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
                 t = t.to(torch.float16).contiguous()
-            passthrough[name] = t
-            stats["passthrough_fp16" if keep and t.numel() > keep_max else "passthrough"] += 1
-            continue
-        q, s = _int6(name, t, plan.get(name, NO_PLAN), rule, clip_quantile, stats)
-        if s.ndim > 0:
-            qmeta[name] = {"scheme": "per_row", "axis": 0}
-        quantized[name], scales[name], dtypes[name] = q, s, str(t.dtype).removeprefix("torch.")
-        int6_names.add(name)
-        stats["int6"] += 1
+            passthrough[name], kind = t, "passthrough_fp16" if keep and t.numel() > keep_max else "passthrough"
+        else:
+            q, s = grids.int6(name, t)
+            if s.ndim > 0:
+                qmeta[name] = {"scheme": "per_row", "axis": 0}
+            quantized[name], scales[name], dtypes[name], kind = q, s, str(t.dtype).removeprefix("torch."), "int6"
+        grids.stats[kind] += 1
     obj: dict[str, Any] = {
         FORMAT_KEY: ALL_FORMAT,
         "quantized": quantized,
@@ -320,7 +300,10 @@ def _quantize_all(
         obj["qmeta"] = qmeta
     if orig_dtypes:
         obj["passthrough_orig_dtypes"] = orig_dtypes
-    return obj, stats, int6_names
+    return obj
+
+
+# ---------------------------------------------------------------- reading back and the plugin
 
 
 def dequantize(obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype] | None = None) -> dict[str, Tensor]:

@@ -323,7 +323,7 @@ RECORD_EQUIVALENT = {"model.py", "optim.py", "run.py", "evaluation.py", "exporte
 RECORD_EQUIVALENT_BUDGET = 1_460
 PR414_PLUGIN_FILES = ("bigram_hash", "smeargate", "xsa", "partial_rope", "ln_scale", "value_embed", "ortho_init", "ema",
                       "qat", "int6_export", "gptq_lite")  # fmt: skip
-PR414_PLUGINS_BUDGET = 950  # 975 before issue #20 (the same files at 2eeccb5, formatted)
+PR414_PLUGINS_BUDGET = 918  # 975 before issue #20 (the same files at 2eeccb5, formatted)
 
 
 def test_size_against_the_pr414_record():
