@@ -11,17 +11,13 @@ Groups: E → token group, P → Muon, scale → scalar group (name contains "bi
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import Tensor, nn
 
-from pgolf_core import CastedLinear, ModelSpec, Order, Plugin, Range, Tiny, declare_role, hookimpl
-
-MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
+from pgolf_core import ModelSpec, Order, Plugin, Range, Tiny, declare_role, hookimpl
 
 
 @dataclass
@@ -43,17 +39,16 @@ class BigramHashEmbedding(nn.Module):
     state_dict_prefix = "bigram"
     stage = "pre_norm"
 
-    def __init__(
-        self, buckets: int, dim: int, model_dim: int, scale_init: float, make_linear: MakeLinear = CastedLinear
-    ) -> None:
+    def __init__(self, spec: ModelSpec, c: Config) -> None:
         super().__init__()
-        self.buckets = buckets
-        self.embed = nn.Embedding(buckets, dim)
+        self.buckets = c.buckets
+        self.embed = nn.Embedding(c.buckets, c.dim)
         nn.init.zeros_(self.embed.weight)
-        self.proj = make_linear(dim, model_dim) if dim != model_dim else None
+        # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
+        self.proj = spec.linear("bigram.proj", c.dim, spec.model_dim) if c.dim != spec.model_dim else None
         if self.proj is not None:
             nn.init.zeros_(cast(Tensor, self.proj.weight))
-        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+        self.scale = nn.Parameter(torch.tensor(c.scale_init, dtype=torch.float32))
 
     def forward(self, x: Tensor, input_ids: Tensor) -> Tensor:
         h: Tensor = self.embed(bigram_buckets(input_ids, self.buckets))
@@ -74,11 +69,7 @@ class BigramHash(Plugin):
 
     @hookimpl
     def pgolf_embed(self, spec: ModelSpec) -> nn.Module:
-        c = self.config
-        # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
-        module = BigramHashEmbedding(
-            c.buckets, c.dim, spec.model_dim, c.scale_init, partial(spec.linear, "bigram.proj")
-        )
+        module = BigramHashEmbedding(spec, self.config)
         declare_role(module.embed, "weight", group="token")
         if module.proj is not None:
             declare_role(module.proj, "weight", group="matrix")

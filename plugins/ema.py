@@ -55,8 +55,7 @@ class EMA(Plugin):
             return
         live = state.model.state_dict(keep_vars=True)  # keep_vars: survives `param.data = ...`
         self.names, self.live = list(live), list(live.values())
-        with torch.no_grad():
-            self.shadow = [t.detach().float().clone() for t in self.live]
+        self.shadow = [t.detach().float().clone() for t in self.live]
 
     @hookimpl
     def pgolf_post_step(self, state: TrainState) -> None:

@@ -46,7 +46,6 @@ from torch import Tensor
 
 from pgolf_core import Correction, ExportPlan, Order, PgolfError, Plugin, Range, Recipe, Tiny, hookimpl
 
-TAG = "lqer"
 SCALE_FLOOR = 1e-10
 
 
@@ -65,12 +64,6 @@ class Config:
 def quant_error(w: Tensor, deq: Tensor) -> Tensor:
     """E = W − deq(W) in fp32, as the records compute it."""
     return w.detach().float() - deq.detach().float()
-
-
-def select(errors: dict[str, Tensor], top_k: int) -> list[str]:
-    """The `top_k` names with the largest Frobenius norm of their error (stable: ties keep order)."""
-    norms = {name: float(e.norm()) for name, e in errors.items()}
-    return [name for name, _ in sorted(norms.items(), key=lambda kv: -kv[1])[:top_k]]
 
 
 def factorize(e: Tensor, rank: int) -> tuple[Tensor, Tensor]:
@@ -129,14 +122,16 @@ def correct(deq: Tensor, entry: dict[str, Tensor]) -> Tensor:
 class LqerCorrection:
     """The `Correction` (tag "lqer") that `pgolf_export_corrections` contributes."""
 
-    tag = TAG
+    tag = "lqer"
 
     def __init__(self, config: Config) -> None:
         self.config = config
 
-    def candidates(self, weights: dict[str, Tensor], dequantized: dict[str, Tensor]) -> dict[str, Tensor]:
+    def encode(
+        self, weights: Mapping[str, Tensor], dequantized: Mapping[str, Tensor], plan: ExportPlan
+    ) -> dict[str, dict[str, Tensor]]:
         c = self.config
-        out: dict[str, Tensor] = {}
+        errors: dict[str, Tensor] = {}
         for name, w in weights.items():
             deq = dequantized.get(name)
             if deq is None or w.ndim != 2 or not w.is_floating_point() or w.numel() <= c.min_numel:
@@ -145,16 +140,10 @@ class LqerCorrection:
                 continue
             e = quant_error(w, deq)
             if torch.count_nonzero(e):
-                out[name] = e
-        return out
-
-    def encode(
-        self, weights: Mapping[str, Tensor], dequantized: Mapping[str, Tensor], plan: ExportPlan
-    ) -> dict[str, dict[str, Tensor]]:
-        c = self.config
-        errors = self.candidates(dict(weights), dict(dequantized))
+                errors[name] = e
         payload: dict[str, dict[str, Tensor]] = {}
-        for name in select(errors, c.top_k):
+        # The `top_k` errors with the largest Frobenius norm (a stable sort: ties keep the state-dict order).
+        for name in sorted(errors, key=lambda n: -float(errors[n].norm()))[: c.top_k]:
             a, b = factorize(errors[name], c.rank)
             if c.asym and b.numel() % c.group == 0:
                 payload[name] = pack_asym(a, b, c.group)

@@ -43,17 +43,7 @@ def overtone_spectrum(w: torch.Tensor) -> torch.Tensor:
     """`w` with its singular values replaced by S_1 / sqrt(k), k = 1.. (same singular vectors)."""
     u, s, vh = torch.linalg.svd(w, full_matrices=False)
     target = s[0] * (1.0 / torch.arange(1, s.shape[0] + 1, dtype=s.dtype)) ** 0.5
-    reshaped: torch.Tensor = (u * target[None, :]) @ vh
-    return reshaped
-
-
-def resid_mix_phase(layer: int, num_layers: int) -> torch.Tensor:
-    """φ_i = σ(3·(i/(L−1) − 0.5)) (a 0-d fp32 tensor), the weight of the residual stream in block i."""
-    return torch.sigmoid(torch.tensor(3.0 * (layer / max(num_layers - 1, 1) - 0.5)))
-
-
-def is_output_projection(name: str) -> bool:
-    return ".proj." in name or name.endswith(".proj")
+    return cast(torch.Tensor, (u * target[None, :]) @ vh)
 
 
 class OrthoInit(Plugin):
@@ -78,17 +68,17 @@ class OrthoInit(Plugin):
                 if not isinstance(module, nn.Linear):
                     continue
                 w = module.weight
-                zero = role_of(module, "weight").zero_init
-                if zero and not c.scale_zero_init_proj:
+                if role_of(module, "weight").zero_init and not c.scale_zero_init_proj:
                     nn.init.zeros_(w)
                     continue
                 if w.ndim == 2 and min(w.shape) >= c.min_dim:
                     nn.init.orthogonal_(w, gain=1.0)
-                    if c.scale_proj and is_output_projection(name):
+                    if c.scale_proj and (".proj." in name or name.endswith(".proj")):  # an output projection
                         w.mul_(gain)
             if c.phase_resid_mix:
                 for i, block in enumerate(model.blocks):
-                    phase = resid_mix_phase(i, spec.num_layers)
+                    # φ_i = σ(3·(i/(L−1) − 0.5)) (a 0-d fp32 tensor), the weight of the residual stream in block i
+                    phase = torch.sigmoid(torch.tensor(3.0 * (i / max(spec.num_layers - 1, 1) - 0.5)))
                     mix = cast(torch.Tensor, block.resid_mix)  # (`blocks` holds untyped `Module`s)
                     mix.data[0] = phase * torch.ones(mix.shape[1])
                     mix.data[1] = (1 - phase) * torch.ones(mix.shape[1])

@@ -29,11 +29,6 @@ class Config:
     ntk_ref_len: Annotated[int, Range(0)] = 1024  # the records' hard-coded value; 0 = train_seq_len
 
 
-def ntk_base(base: float, dims: int, seq_len: int, ref_len: int) -> float:
-    """`base·(T/ref)^(dims/(dims−2))` past the reference length, else `base`."""
-    return base * ((seq_len / ref_len) ** (dims / (dims - 2))) if seq_len > ref_len else base
-
-
 class PartialRotary(nn.Module):
     """`table_len`: the training length. When it takes the NTK branch (longer than `ref_len`, as in
     #414) its cos/sin are fp32 whatever the model's dtype, so they are computed once here, as the
@@ -60,9 +55,8 @@ class PartialRotary(nn.Module):
     def frequencies(self, seq_len: int, device: torch.device) -> Tensor:
         if seq_len <= self.ref_len:
             return self.inv_freq.to(device)
-        rd = self.dims
-        base = ntk_base(self.base, rd, seq_len, self.ref_len)
-        return 1.0 / (base ** (torch.arange(0, rd, 2, dtype=torch.float32, device=device) / rd))
+        base: float = self.base * ((seq_len / self.ref_len) ** (self.dims / (self.dims - 2)))  # NTK scaling
+        return 1.0 / (base ** (torch.arange(0, self.dims, 2, dtype=torch.float32, device=device) / self.dims))
 
     def rotate(self, x: Tensor, cos: Tensor, sin: Tensor) -> Tensor:
         rot, rest = x[..., : self.dims], x[..., self.dims :]

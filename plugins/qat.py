@@ -55,7 +55,6 @@ PR #63 (whole run), PR #194 (whole run), PR #414 (late, LR scale < 0.15). Report
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeAlias
 
@@ -108,11 +107,10 @@ class LateConfig(Config):
 
 def resolve_rule(config: Config) -> QuantRule:
     """The grid a config trains on (the settings were checked when the recipe loaded)."""
-    rule = QuantRule(config.scale, config.qmin, config.qmax, config.precision, config.in_eval)
     if config.export_match:
-        precision: Precision = "fp32_quant" if rule.precision == "activation" else rule.precision
-        rule = dataclasses.replace(rule, scale="scale_floor", qmin=-31, qmax=31, precision=precision, fp16_scale=True)
-    return rule
+        precision: Precision = "fp32_quant" if config.precision == "activation" else config.precision
+        return QuantRule("scale_floor", -31, 31, precision, config.in_eval, fp16_scale=True)
+    return QuantRule(config.scale, config.qmin, config.qmax, config.precision, config.in_eval)
 
 
 def fake_quantize(w: Tensor, rule: QuantRule) -> Tensor:
@@ -182,20 +180,18 @@ class QAT(Plugin):
     order = Order.TRAIN_SWITCH
     Config: TypeAlias = Config
     config: Config
+    on_at_build = True  # the layers are built with the switch on (unless `in_eval`: on at the first step)
 
     def __init__(self, config: Config) -> None:
         super().__init__(config)
         self.rule = resolve_rule(config)
         self.active = False
 
-    def _on_at_build(self) -> bool:
-        return not self.rule.in_eval
-
     @hookimpl
     def pgolf_linear(self, spec: ModelSpec, role: str, in_features: int, out_features: int) -> nn.Module | None:
         if self.config.scope == "blocks" and role not in BLOCK_ROLES:
             return None
-        return FakeQuantLinear(in_features, out_features, self.rule, on=self._on_at_build())
+        return FakeQuantLinear(in_features, out_features, self.rule, on=self.on_at_build and not self.rule.in_eval)
 
     @hookimpl
     def pgolf_step_start(self, state: TrainState) -> None:
@@ -213,16 +209,12 @@ class LateQAT(QAT):
     """Fake int6 quantization (STE) switched on at the first step whose LR scale < threshold."""
 
     name = "late_qat"
-    version = "0.1.0"
-    order = Order.TRAIN_SWITCH
     Config: TypeAlias = LateConfig
     config: LateConfig
+    on_at_build = False
     # The tiny run (6 steps, a warmdown over the last 4) has LR scales 1, 0.75, 0.5, 0.25 in its last steps:
     # 0.6 switches QAT on at step 4; the default 0.15 is never reached.
     TINY = Tiny(settings={"threshold": 0.6})
-
-    def _on_at_build(self) -> bool:
-        return False
 
     def _due(self, state: TrainState) -> bool:
         c = self.config

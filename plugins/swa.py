@@ -23,7 +23,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Annotated, Literal, TypeAlias
 
-import torch
 from torch import Tensor
 
 from pgolf_core import Order, Plugin, Range, Tiny, TrainState, hookimpl
@@ -64,13 +63,12 @@ class SWA(Plugin):
         index = state.step if c.check == "after" else state.step - 1  # state.step is already incremented
         if not (state.lr_scale < c.threshold and index % c.every == 0):
             return
-        with torch.no_grad():
-            if self.total is None:
-                self.total = {k: t.detach().cpu().clone() for k, t in state.model.state_dict().items()}
-                state.report("swa/start_step", index)
-            else:
-                for k, t in state.model.state_dict().items():
-                    self.total[k] += t.detach().cpu()
+        if self.total is None:  # (detached copies: no autograd involved)
+            self.total = {k: t.detach().cpu().clone() for k, t in state.model.state_dict().items()}
+            state.report("swa/start_step", index)
+        else:
+            for k, t in state.model.state_dict().items():
+                self.total[k] += t.detach().cpu()
         self.count += 1
 
     @hookimpl

@@ -125,13 +125,6 @@ class TTTTwoPhase(Plugin):
 
     @hookimpl
     def pgolf_eval_prescore(self, model: Model, chunk: ValChunk) -> None:
-        self.adapt(model, chunk)
-
-    @hookimpl
-    def pgolf_eval_adapt(self, model: Model, chunk: ValChunk) -> None:
-        self.adapt(model, chunk)
-
-    def adapt(self, model: Model, chunk: ValChunk) -> None:
         """Both phases on `chunk.tokens`; the model's `requires_grad` flags are restored afterwards."""
         c = self.config
         # The row length: the setting, else the eval's sequence length, else (a chunk made outside a run,
@@ -167,6 +160,8 @@ class TTTTwoPhase(Plugin):
                 for n, p in model.named_parameters():
                     p.requires_grad_(flags[n])
 
+    pgolf_eval_adapt = pgolf_eval_prescore  # the score-first form: the same adaptation on each scored chunk
+
 
 def sync(device: torch.device) -> None:
     if device.type == "cuda":
@@ -187,11 +182,9 @@ def run_phase(
     """One phase (see the module docstring); returns the mean loss of its first and last epoch."""
     where, tokens = chunk.where, chunk.tokens
     chosen = set(names)
-    params: list[Tensor] = []
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
-        if n in chosen:
-            params.append(p)
+    params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     rows = (tokens.numel() - 1) // seq_len
     per_step = batch_rows * where.world_size
     usable = (rows // per_step) * per_step or rows

@@ -11,17 +11,13 @@ State-dict keys match the records: `ve_shared.{embed,proj}.weight`, `ve_shared.s
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import partial
 from typing import Annotated, TypeAlias, cast
 
 import torch
 from torch import Tensor, nn
 
 from pgolf_core import ModelSpec, Order, PgolfError, Plugin, Range, Recipe, Tiny, declare_all, declare_role, hookimpl
-
-MakeLinear = Callable[[int, int], nn.Module]  # (in_features, out_features) -> linear layer
 
 
 @dataclass
@@ -34,16 +30,15 @@ class Config:
 
 
 class SharedValueTable(nn.Module):
-    def __init__(
-        self, vocab: int, dim: int, kv_dim: int, init_std: float, scale_init: float, make_linear: MakeLinear
-    ) -> None:
+    def __init__(self, spec: ModelSpec, c: Config) -> None:
         super().__init__()
-        self.embed = nn.Embedding(vocab, dim)
-        nn.init.normal_(self.embed.weight, std=init_std)
-        self.proj = make_linear(dim, kv_dim) if dim != kv_dim else None
+        self.embed = nn.Embedding(spec.vocab_size, c.dim)
+        nn.init.normal_(self.embed.weight, std=c.init_std)
+        # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
+        self.proj = spec.linear("ve_shared.proj", c.dim, spec.kv_dim) if c.dim != spec.kv_dim else None
         if self.proj is not None:
             nn.init.zeros_(cast(Tensor, self.proj.weight))
-        self.scale = nn.Parameter(torch.tensor(scale_init, dtype=torch.float32))
+        self.scale = nn.Parameter(torch.tensor(c.scale_init, dtype=torch.float32))
 
     def forward(self, input_ids: Tensor) -> Tensor:
         h: Tensor = self.embed(input_ids)
@@ -59,9 +54,7 @@ class ValueEmbeddings(nn.Module):
     def __init__(self, spec: ModelSpec, c: Config) -> None:
         super().__init__()
         self.layers = tuple(c.layers)
-        # spec.linear: the model's linear slot, so a QAT plugin's layer class reaches this projection too.
-        make_linear = partial(spec.linear, "ve_shared.proj")
-        self.ve_shared = SharedValueTable(spec.vocab_size, c.dim, spec.kv_dim, c.init_std, c.scale_init, make_linear)
+        self.ve_shared = SharedValueTable(spec, c)
         self.ve_layer_scales = nn.ParameterList(
             [nn.Parameter(torch.full((1,), c.layer_scale_init, dtype=torch.float32)) for _ in self.layers]
         )
