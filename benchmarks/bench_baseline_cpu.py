@@ -27,6 +27,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import reference_baseline as ref  # noqa: E402
 from pgolf_core.model import GPT, ModelSpec  # noqa: E402
+from pgolf_core.registry import create_manager  # noqa: E402
+from pgolf_core.run import build_model_with  # noqa: E402
+from pgolf_core.types import Recipe  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Baseline GPT, CPU forward + backward (fp32, eager)"
@@ -47,8 +50,7 @@ BATCH, SEQ = 4, 256
 
 
 def build(seed: int = 0) -> tuple[GPT, dict[str, torch.Tensor]]:
-    torch.manual_seed(seed)
-    model = GPT(SPEC)
+    model = build_model_with(SPEC, create_manager(Recipe()), seed)  # the baseline's parts (the defaults plugin)
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():  # non-zero projections and off-default controls, as after some training
         for p in model.parameters():

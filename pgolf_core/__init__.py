@@ -7,13 +7,21 @@ Public API (stable names; plugins import these from `pgolf_core` only):
   `ValChunk`, `ExportContext`, `ExportPlan`, `TensorPlan`, `ExportFormat`, `Correction`, `Codec`, `FORMAT_KEY`;
 - parts to build with: `CastedLinear`, the parameter roles `declare_role`, `declare_all`, `role_of`,
   `ParamRole`, `Roles`, `is_control`, the fake-quantization switch `FAKE_QUANT_SWITCH` and `fake_quant_off`,
-  and the shared row quantizers `quant`.
+  and the row quantizers every export format shares (`weight_category`, `clipped_rows`, `clipped_tensor`,
+  `scaled_rows`, `max_tensor`, `dequantize_rows`).
 """
 
 from __future__ import annotations
 
-from pgolf_core import quant
-from pgolf_core.exporter import FORMAT_KEY
+from pgolf_core.exporter import (
+    FORMAT_KEY,
+    clipped_rows,
+    clipped_tensor,
+    dequantize_rows,
+    max_tensor,
+    scaled_rows,
+    weight_category,
+)
 from pgolf_core.hookspecs import hookimpl
 from pgolf_core.model import FAKE_QUANT_SWITCH, CastedLinear, ModelSpec, fake_quant_off
 from pgolf_core.registry import load_recipe
@@ -54,6 +62,7 @@ __all__ = [
     "PgolfError",
     "Recipe", "ModelSpec", "Model", "TrainState", "Optimizers", "Env", "ValChunk", "ExportContext", "ExportPlan",
     "TensorPlan", "ExportFormat", "Correction", "Codec", "FORMAT_KEY", "CastedLinear", "ParamRole", "Roles",
-    "declare_role", "declare_all", "is_control", "role_of", "quant", "FAKE_QUANT_SWITCH", "fake_quant_off",
+    "declare_role", "declare_all", "is_control", "role_of", "FAKE_QUANT_SWITCH", "fake_quant_off",
+    "weight_category", "clipped_rows", "clipped_tensor", "scaled_rows", "max_tensor", "dequantize_rows",
     "__version__",
 ]  # fmt: skip

@@ -16,7 +16,6 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import torch
@@ -39,9 +38,9 @@ class EvalResult(NamedTuple):
     seconds: float
 
 
-@dataclass
-class EvalSums:
-    """Float64 running sums (0-d tensors on the eval device) so ranks can be all-reduced and added."""
+class EvalSums(NamedTuple):
+    """Float64 running sums so ranks can be all-reduced and added: 0-d tensors on the eval device, which `add` and
+    `all_reduce` change in place."""
 
     nll_sum: Tensor
     token_count: Tensor
@@ -52,14 +51,13 @@ class EvalSums:
         return cls(*(torch.zeros((), device=device, dtype=torch.float64) for _ in range(3)))
 
     def add(self, batch: EvalSums) -> None:
-        self.nll_sum += batch.nll_sum
-        self.token_count += batch.token_count
-        self.byte_count += batch.byte_count
+        for mine, theirs in zip(self, batch, strict=True):
+            mine += theirs
 
     def all_reduce(self) -> EvalSums:
         """Sum over ranks in place when a process group exists; a no-op in a single process."""
         if dist.is_available() and dist.is_initialized():
-            for value in (self.nll_sum, self.token_count, self.byte_count):
+            for value in self:
                 dist.all_reduce(value, op=dist.ReduceOp.SUM)
         return self
 

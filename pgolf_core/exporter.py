@@ -17,6 +17,7 @@ therefore read back by any recipe that enables that plugin (`pgolf eval` with th
 
 from __future__ import annotations
 
+import inspect
 import io
 import os
 import tempfile
@@ -30,7 +31,6 @@ import pluggy
 import torch
 from torch import Tensor
 
-from pgolf_core import quant
 from pgolf_core.types import (
     Codec,
     Correction,
@@ -234,6 +234,67 @@ def read_artifact(stack: ExportStack, path: Path, dtypes: Mapping[str, torch.dty
     return stack.dequantize(deserialize(stack.decode(path.read_bytes(), codec)), dtypes)
 
 
+# ---------------------------------------------------------------- the row quantizers every format and plan shares
+# Row quantizers shared by every export format (int8, int6) and plan (GPTQ-lite, SDClip).
+#
+# One integer grid `[-qmin, qmax]` per row (2-D tensors) or per tensor. The variants differ only in
+# how the clip is chosen and in which dtype the scale is applied, and each record's exact bits depend
+# on that, so each variant is one function here, parametrised by its maximum integer:
+#
+# - `clipped_rows` / `clipped_tensor` (baseline int8, int6 of PR #63/#194): clip to a quantile of
+#   |w|, round with the fp32 scale max(c/qmax, 1/qmax), store the scale fp16 (rows) or fp32 (tensor);
+# - `scaled_rows` / `max_tensor` (int6 of PR #374/#414/#415): the scale is rounded to fp16 first,
+#   then q = clamp(round(w / s), -qmin, qmax) with no clipping of w.
+
+
+def weight_category(name: str) -> str:
+    """The records' `_classify_param`: embed, mlp, attn or other (checked in that order)."""
+    if "tok_emb" in name or "lm_head" in name:
+        return "embed"
+    if ".mlp." in name:
+        return "mlp"
+    if ".attn." in name or (".proj." in name and ".mlp." not in name):
+        return "attn"
+    return "other"
+
+
+def clipped_rows(t32: Tensor, quantile: float, qmax: int) -> tuple[Tensor, Tensor]:
+    """Rows clipped to their `quantile` of |w|; fp32 scale for rounding, fp16 scale stored."""
+    clip = torch.quantile(t32.abs(), quantile, dim=1)[:, None]
+    scale = (clip / qmax).clamp_min(1.0 / qmax)
+    q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-qmax, qmax).to(torch.int8)
+    return q.contiguous(), scale.squeeze(1).to(torch.float16).contiguous()
+
+
+def clipped_tensor(t32: Tensor, quantile: float, qmax: int) -> tuple[Tensor, Tensor]:
+    """One fp32 scale. The clip is a Python float and `clip / qmax` is divided in float64 before
+    the fp32 cast: that is what makes the scale bit-identical to the records'."""
+    clip = float(torch.quantile(t32.abs().flatten(), quantile).item())
+    scale = torch.tensor(clip / qmax if clip > 0 else 1.0, dtype=torch.float32)
+    q = torch.round(torch.clamp(t32, -clip, clip) / scale).clamp(-qmax, qmax).to(torch.int8)
+    return q.contiguous(), scale
+
+
+def scaled_rows(t32: Tensor, clip: Tensor, qmax: int, qmin: int) -> tuple[Tensor, Tensor]:
+    """s = fp16(max(clip_r/qmax, 1/qmax)), q = clamp(round(w / s), -qmin, qmax)."""
+    scale = (clip / qmax).clamp_min(1.0 / qmax).to(torch.float16)
+    q = torch.clamp(torch.round(t32 / scale.float()[:, None]), -qmin, qmax).to(torch.int8)
+    return q, scale
+
+
+def max_tensor(t32: Tensor, qmax: int, qmin: int) -> tuple[Tensor, Tensor]:
+    """One fp16 scale max|w|/qmax (1.0 for an all-zero tensor)."""
+    amax = t32.abs().max().item()
+    scale = torch.tensor(amax / qmax if amax > 0 else 1.0, dtype=torch.float16)
+    return torch.clamp(torch.round(t32 / scale.float()), -qmin, qmax).to(torch.int8), scale
+
+
+def dequantize_rows(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """q * scale, per row (broadcast over trailing dims) or per tensor, cast to `dtype`."""
+    s = scale.float()
+    return (q.float() * (s.view(-1, *[1] * (q.ndim - 1)) if s.ndim else s)).to(dtype).contiguous()
+
+
 # ---------------------------------------------------------------- the baseline's int8 format (the default)
 # `quantize_int8` produces exactly the object of the baseline's `quantize_state_dict_int8` (same keys, dtypes and
 # values), so an official `final_model.int8.ptz` loads through `dequantize_int8` and a pgolf artifact loads
@@ -273,10 +334,10 @@ def quantize_int8(
             obj["passthrough"][name] = t
             continue
         if t.ndim == 2:
-            q, s = quant.clipped_rows(t.float(), clip_quantile, 127)
+            q, s = clipped_rows(t.float(), clip_quantile, 127)
             qmeta[name] = {"scheme": "per_row", "axis": 0}
         else:
-            q, s = quant.clipped_tensor(t.float(), clip_quantile, 127)
+            q, s = clipped_tensor(t.float(), clip_quantile, 127)
         obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, str(t.dtype).removeprefix("torch.")
     if qmeta:
         obj["qmeta"] = qmeta
@@ -292,7 +353,7 @@ def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
         raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get(FORMAT_KEY)!r})")
     orig_dtypes = obj.get("passthrough_orig_dtypes", {})
     out = {
-        n: quant.dequantize(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
+        n: dequantize_rows(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
     }
     for name, t in obj["passthrough"].items():
         t = t.detach().to("cpu").contiguous()
@@ -321,3 +382,23 @@ class Int8Format:
 
     def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
         return dequantize_int8(obj)
+
+
+# ---------------------------------------------------------------- code bytes: the other part of the artifact
+
+CORE_DIR = Path(__file__).resolve().parent
+# Tools that are not part of a training run's code path (data preparation, the CLI front end, the kit).
+NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/",
+               "testing.py", "authoring.py")  # fmt: skip
+
+
+def code_size(plugins: list[Any]) -> tuple[int, int]:
+    """(bytes, files) of the source a submission would need: the core's training path plus the enabled plugins.
+
+    The challenge counts the bytes of one `train_gpt.py`; pgolf counts the bytes of the core modules used by a
+    run and of each enabled plugin's module (data-preparation tools and the CLI front end and `pgolf ablate`,
+    which drives runs from outside, are excluded), an upper bound on what an exported single script needs.
+    """
+    core = [p for p in sorted(CORE_DIR.rglob("*.py")) if not p.relative_to(CORE_DIR).as_posix().startswith(NOT_COUNTED)]
+    files = core + sorted({Path(inspect.getfile(type(p))).resolve() for p in plugins} - set(core))
+    return sum(len(f.read_bytes()) for f in files), len(files)

@@ -24,44 +24,34 @@ from pgolf_core.types import Model, ModelConfig, PgolfError, Roles, collect_role
 # `auto` = flash attention on CUDA when installed (and says so), PyTorch SDPA otherwise; an explicit `flash`
 # without the package is an error, never a fallback.
 
-# FlashAttention-3 (Hopper, used by the #374/#414 records) first, then FlashAttention-2.
-_FLASH_MODULES = ("flash_attn_interface", "flash_attn")
 
-
-def _find_flash() -> Any | None:
-    for name in _FLASH_MODULES:
+def _find_flash(required: bool = False) -> Any:
+    """The installed flash attention module: FlashAttention-3 (Hopper, used by the #374/#414 records) first, then
+    FlashAttention-2. None when neither is, or, when `required` (`attention = "flash"`), an error."""
+    for name in ("flash_attn_interface", "flash_attn"):
         with contextlib.suppress(ImportError):  # not installed (or not importable): try the next one
             return importlib.import_module(name)
+    if required:
+        raise PgolfError(
+            'flash attention was requested ([model] attention = "flash") but neither flash_attn_interface nor '
+            'flash_attn is installed (pip install \'pgolf[gpu]\'); use "auto" or "sdpa" to run with PyTorch SDPA'
+        )
     return None
-
-
-def flash_kernel() -> Callable[..., Any]:
-    """The installed `flash_attn_func` (layout [B, T, H, D], GQA native), found once when the model
-    is built: an import inside `forward` would break the compiled graph."""
-    module = _find_flash()
-    if module is None:
-        raise PgolfError("flash attention was requested but neither flash_attn_interface nor flash_attn is installed")
-    return module.flash_attn_func
 
 
 def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:
     """Return (backend, reason) for the recipe's `model.attention` on this device."""
-    flash = _find_flash() if device_type == "cuda" else None
-    if requested == "flash":
-        if device_type != "cuda":
-            raise PgolfError('[model] attention = "flash" needs a CUDA device; use "auto" or "sdpa"')
-        if flash is None:
-            raise PgolfError(
-                '[model] attention = "flash" but flash attention is not installed '
-                '(pip install \'pgolf[gpu]\'); use "auto" or "sdpa" to run with PyTorch SDPA'
-            )
-        return "flash", f"flash ({flash.__name__}) as requested"
+    if requested == "flash" and device_type != "cuda":
+        raise PgolfError('[model] attention = "flash" needs a CUDA device; use "auto" or "sdpa"')
     if requested == "sdpa":
         return "sdpa", "PyTorch SDPA as requested"
-    if flash is not None:
-        return "flash", f"auto: CUDA and {flash.__name__} installed -> flash attention"
-    why = "no CUDA device" if device_type != "cuda" else "flash attention not installed"
-    return "sdpa", f"auto: {why} -> PyTorch SDPA"
+    flash = _find_flash(required=requested == "flash") if device_type == "cuda" else None
+    if flash is None:
+        why = "no CUDA device" if device_type != "cuda" else "flash attention not installed"
+        return "sdpa", f"auto: {why} -> PyTorch SDPA"
+    if requested == "flash":
+        return "flash", f"flash ({flash.__name__}) as requested"
+    return "flash", f"auto: CUDA and {flash.__name__} installed -> flash attention"
 
 
 # ---------------------------------------------------------------- the model
@@ -75,15 +65,17 @@ class ModelSpec(ModelConfig):
     mlp_hidden: int = 1024  # resolved: never 0 (mlp_mult x model_dim) here
     attention: Literal["auto", "sdpa", "flash"] = "sdpa"  # resolved: sdpa | flash, never "auto" here
     train_seq_len: int = 1024
-    # The answer of the exclusive `pgolf_linear` hook (set by the build); None: CastedLinear.
-    linear_factory: Callable[[str, int, int], nn.Module | None] | None = field(default=None, repr=False, compare=False)
+    # The exclusive `pgolf_linear` hook, put here by the build. A spec made outside a build (a plugin's unit test)
+    # has None, and gets what the defaults plugin answers: CastedLinear.
+    linear_factory: Callable[[str, int, int], nn.Module] | None = field(default=None, repr=False, compare=False)
 
     def linear(self, role: str, in_features: int, out_features: int) -> nn.Module:
         """The model's linear layers, the core's and plugins' projections alike (`bigram.proj`, ...),
         come from here, so a layer-replacing plugin (QAT) reaches them at construction time (a
         plugin's tiny gate, e.g. smeargate's scalar variant, may use a plain nn.Linear)."""
-        made = self.linear_factory(role, in_features, out_features) if self.linear_factory else None
-        return made if made is not None else CastedLinear(in_features, out_features)
+        if self.linear_factory is None:
+            return CastedLinear(in_features, out_features)
+        return self.linear_factory(role, in_features, out_features)
 
     @property
     def head_dim(self) -> int:
@@ -152,7 +144,8 @@ class CausalSelfAttention(nn.Module):
         super().__init__()
         d = spec.model_dim
         self.num_heads, self.num_kv_heads, self.head_dim = spec.num_heads, spec.num_kv_heads, spec.head_dim
-        self.flash = flash_kernel() if spec.attention == "flash" else None  # resolved here, never in forward
+        # `flash_attn_func` (layout [B, T, H, D], GQA native), found once here: an import in `forward` breaks the graph
+        self.flash = _find_flash(required=True).flash_attn_func if spec.attention == "flash" else None
         self.c_q = spec.linear("attn.c_q", d, d)
         self.c_k = spec.linear("attn.c_k", d, spec.kv_dim)
         self.c_v = spec.linear("attn.c_v", d, spec.kv_dim)
@@ -160,7 +153,7 @@ class CausalSelfAttention(nn.Module):
         declare_role(self.proj, "weight", zero_init=True)
         self.q_gain = nn.Parameter(torch.full((spec.num_heads,), spec.qk_gain_init, dtype=torch.float32))
         declare_role(self, "q_gain", control=True)
-        self.rotary = parts.rotary(layer) or Rotary(spec.head_dim, base=spec.rope_base)
+        self.rotary = parts.rotary(layer)
         self.post = nn.ModuleList(parts.attention_post(layer))
 
     def forward(self, x: Tensor, v_extra: Tensor | None = None) -> Tensor:
@@ -209,7 +202,7 @@ class Block(nn.Module):
         super().__init__()
         d = spec.model_dim
         self.attn = CausalSelfAttention(spec, parts, layer)
-        self.mlp = parts.mlp(layer) or MLP(spec)
+        self.mlp = parts.mlp(layer)
         self.attn_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.mlp_scale = nn.Parameter(torch.ones(d, dtype=torch.float32))
         self.resid_mix = nn.Parameter(torch.stack((torch.ones(d), torch.zeros(d))).float())
@@ -228,14 +221,14 @@ class Block(nn.Module):
 
 
 class ModelParts(NamedTuple):
-    """The build-time slot fillers. The defaults build the naive baseline; the registry replaces
-    them with the answers of the enabled plugins' build hooks."""
+    """The build-time slot fillers: the answers of the enabled plugins' build hooks, or of the defaults plugin
+    where none answers (`run.build_model_with` makes them). The model has no fallbacks of its own."""
 
-    embed: Callable[[], list[nn.Module]] = lambda: []
-    value_extras: Callable[[], list[nn.Module]] = lambda: []
-    rotary: Callable[[int], nn.Module | None] = lambda layer: None  # None: full RoPE
-    attention_post: Callable[[int], list[nn.Module]] = lambda layer: []
-    mlp: Callable[[int], nn.Module | None] = lambda layer: None  # None: relu²
+    embed: Callable[[], list[nn.Module]]
+    value_extras: Callable[[], list[nn.Module]]
+    rotary: Callable[[int], nn.Module]
+    attention_post: Callable[[int], list[nn.Module]]
+    mlp: Callable[[int], nn.Module]
 
 
 class GPT(Model):
@@ -247,9 +240,8 @@ class GPT(Model):
     warm-up compiles every phase, and a plugin switching phases mid-run never recompiles.
     """
 
-    def __init__(self, spec: ModelSpec, parts: ModelParts | None = None) -> None:
+    def __init__(self, spec: ModelSpec, parts: ModelParts) -> None:
         super().__init__()
-        parts = parts or ModelParts()
         self.spec = spec
         self.tok_emb = nn.Embedding(spec.vocab_size, spec.model_dim)
         self.set_layer_orders([])

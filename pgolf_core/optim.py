@@ -145,8 +145,7 @@ def lr_scale(step: int, elapsed_ms: float, cfg: TrainConfig) -> float:
         if cfg.iterations - cfg.warmdown_iters <= step < cfg.iterations:
             return (cfg.iterations - step) / cfg.warmdown_iters
         return 1.0
-    step_ms = elapsed_ms / max(step, 1)
-    warmdown_ms = cfg.warmdown_iters * step_ms
+    warmdown_ms = cfg.warmdown_iters * (elapsed_ms / max(step, 1))  # the average step time so far
     remaining_ms = max(1000.0 * cfg.max_wallclock_seconds - elapsed_ms, 0.0)
     return remaining_ms / max(warmdown_ms, 1e-9) if remaining_ms <= warmdown_ms else 1.0
 

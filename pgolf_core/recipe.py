@@ -111,28 +111,26 @@ def read_recipe(
             setattr(recipe, section, build_config(cls, table, f"{source}: [{section}]"))
         _check_core(recipe)
 
-        if plugin_tables:
-            classes = plugin_classes(sorted(plugin_tables), source)
-            for name in sorted(plugin_tables):
-                table = dict(_table(plugin_tables[name], f"plugins.{name}", source))
-                if smoke:
-                    # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
-                    # for a few hundred steps) beat the recipe; the user's --set beats both.
-                    for key, value in classes[name].SMOKE.items():
-                        if f"plugins.{name}.{key}" not in user_set:
-                            table[key] = value
-                if not isinstance(enabled := table.pop("enabled", True), bool):
-                    raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
-                config_cls = classes[name].Config
-                config = build_config(config_cls, table, f"{source}: [plugins.{name}]") if config_cls else None
-                if config_cls is None and table:
-                    raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
-                recipe.plugins[name] = PluginEntry(enabled=enabled, config=config)
-            for name in recipe.enabled_plugins:
-                try:
-                    classes[name].check(recipe.plugins[name].config, recipe)
-                except PgolfError as exc:
-                    raise RecipeError(f"{source}: [plugins.{name}] {exc}") from None
+        classes = plugin_classes(sorted(plugin_tables), source)
+        for name, cls in classes.items():
+            table = dict(_table(plugin_tables[name], f"plugins.{name}", source))
+            if smoke:
+                # A plugin's own smoke settings (class attribute SMOKE, e.g. a shorter EMA horizon
+                # for a few hundred steps) beat the recipe; the user's --set beats both.
+                for key, value in cls.SMOKE.items():
+                    if f"plugins.{name}.{key}" not in user_set:
+                        table[key] = value
+            if not isinstance(enabled := table.pop("enabled", True), bool):
+                raise RecipeError(f"{source}: [plugins.{name}] enabled: expected bool, got {_type_name(enabled)}")
+            config = build_config(cls.Config, table, f"{source}: [plugins.{name}]") if cls.Config else None
+            if cls.Config is None and table:
+                raise RecipeError(f"{source}: [plugins.{name}] takes no settings, got {sorted(table)}")
+            recipe.plugins[name] = PluginEntry(enabled=enabled, config=config)
+        for name in recipe.enabled_plugins:
+            try:
+                classes[name].check(recipe.plugins[name].config, recipe)
+            except PgolfError as exc:
+                raise RecipeError(f"{source}: [plugins.{name}] {exc}") from None
         return recipe
     except RecipeError as exc:
         raise RecipeError(_blame_override(str(exc), overrides)) from None

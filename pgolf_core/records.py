@@ -10,7 +10,6 @@ Only rank 0 prints or writes.
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import os
@@ -22,18 +21,19 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from rich import progress as rp
 from rich.console import Console
 
-from pgolf_core.data.tokens import read_shard, tokenizer_sha256
-from pgolf_core.evaluation import token_bytes
-from pgolf_core.exporter import write_atomic
-from pgolf_core.registry import version_order
-from pgolf_core.types import PGOLF_VERSION, PgolfError, WriteFault
+from pgolf_core.data.tokens import Data, read_shard, tokenizer_sha256
+from pgolf_core.evaluation import EvalResult, token_bytes
+from pgolf_core.exporter import Written, write_atomic
+from pgolf_core.model import count_parameters
+from pgolf_core.registry import Plugins, noncompliance, version_order
+from pgolf_core.types import PGOLF_VERSION, PgolfError, Plugin, Recipe, TrainState, WriteFault
 
 # ---------------------------------------------------------------- the run folder
 # `check_free` only reads, so `train()` calls it before any setup; `Claim.take` runs after every check passed and
@@ -70,7 +70,7 @@ def _alive(pid: int, host: str) -> bool:
     return True
 
 
-def default_out(recipe: Any) -> Path:
+def default_out(recipe: Recipe) -> Path:
     """`<run.out_dir>/<run.name>[-<variant>...]-seed<seed>`: the command line's toggles are in the name."""
     return Path(recipe.run.out_dir) / "-".join([recipe.run.name, *recipe.variant, f"seed{recipe.run.seed}"])
 
@@ -283,22 +283,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
 # ---------------------------------------------------------------- the summary and its manifest
 
 CORE_DIR = Path(__file__).resolve().parent
-# Tools that are not part of a training run's code path (data preparation, the CLI front end, the kit).
-NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "ablate/",
-               "testing.py", "authoring.py")  # fmt: skip
-
-
-def code_files(plugins: list[Any]) -> list[Path]:
-    """The source files a submission would need: the core's training path plus enabled plugins.
-
-    The challenge counts the bytes of one `train_gpt.py`; pgolf counts the UTF-8 bytes of the
-    core modules used by a run and of each enabled plugin's module (data-preparation tools and
-    the CLI front end and `pgolf ablate`, which drives runs from outside, are excluded), an upper
-    bound on what an exported single script needs.
-    """
-    core = [p for p in sorted(CORE_DIR.rglob("*.py")) if not p.relative_to(CORE_DIR).as_posix().startswith(NOT_COUNTED)]
-    extra = {Path(inspect.getfile(type(p))).resolve() for p in plugins}
-    return core + sorted(extra - set(core))
 
 
 def git_sha() -> str:
@@ -330,11 +314,29 @@ def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any) 
     return float(-logp[val[1:].numpy()].sum() / (math.log(2) * n_bytes))
 
 
-def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, code_bytes: int, seconds: dict) -> dict:
-    """The summary of a finished `train.Run` (schema in docs/summary.md); `seconds` holds the eval
-    and export times."""
-    recipe, env, data, steps, train_seconds = run.recipe, run.env, run.data, run.steps, run.train_seconds
-    total_bytes, score = written.model_bytes + code_bytes, (sliding or roundtrip).val_bpb
+class Finished(Protocol):
+    """What the summary reads off a finished run (`run.Run` once `finish` has scored and exported it), typed
+    here so that the records layer never reaches up to the run."""
+
+    state: TrainState  # the recipe, the environment, the model, the last step, the plugins' reports
+    data: Data
+    plugins: Plugins
+    step_times: list[float]
+    zeroed: list[str]
+    last_val: EvalResult
+    roundtrip: EvalResult
+    sliding: EvalResult | None
+    written: Written
+    code_bytes: int
+    seconds: dict[str, float]  # "train", "eval", "export", "total"
+
+
+def summarize(run: Finished) -> dict[str, Any]:
+    """The summary of a finished run (schema in docs/summary.md)."""
+    recipe, env, data, steps, seconds = run.state.recipe, run.state.env, run.data, run.state.step, run.seconds
+    pre, roundtrip, sliding, written = run.last_val, run.roundtrip, run.sliding, run.written
+    total_bytes, score = written.model_bytes + run.code_bytes, (sliding or roundtrip).val_bpb
+    noncompliant = noncompliance(run.plugins.pm)
     unigram = unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables)
     return {
         "schema": "pgolf.summary/1", "status": "finished", "name": recipe.run.name, "seed": recipe.run.seed,
@@ -343,15 +345,16 @@ def summarize(run: Any, pre: Any, roundtrip: Any, sliding: Any, written: Any, co
         "sliding_val_loss": sliding.val_loss if sliding else None,
         "sliding_val_bpb": sliding.val_bpb if sliding else None, "score_val_bpb": score, "unigram_val_bpb": unigram,
         "zeroed_tensors": run.zeroed, "warnings": health_warnings(score, unigram, run.zeroed, run.step_times[1:]),
-        "artifact_bytes": total_bytes, "model_bytes": written.model_bytes, "code_bytes": code_bytes,
+        "artifact_bytes": total_bytes, "model_bytes": written.model_bytes, "code_bytes": run.code_bytes,
         "artifact_limit_bytes": recipe.export.artifact_limit_bytes,
         "over_limit": total_bytes > recipe.export.artifact_limit_bytes, "artifact_format": written.label,
-        "model_params": run.n_params, "steps": steps, "step_ms": 1000.0 * train_seconds / max(steps, 1),
-        "train_seconds": train_seconds, "eval_seconds": seconds["eval"], "export_seconds": seconds["export"],
+        "model_params": count_parameters(run.state.model), "steps": steps,
+        "step_ms": 1000.0 * seconds["train"] / max(steps, 1), "train_seconds": seconds["train"],
+        "eval_seconds": seconds["eval"], "export_seconds": seconds["export"],
         "roundtrip_eval_seconds": roundtrip.seconds, "sliding_eval_seconds": sliding.seconds if sliding else None,
-        "eval_compliant": not run.noncompliance, "eval_noncompliance": run.noncompliance or None,
+        "eval_compliant": not noncompliant, "eval_noncompliance": noncompliant or None,
         "eval_seconds_8xh100": seconds["eval"] * env.world_size / 8 if env.is_cuda else None,  # as if these were H100s
-        "total_seconds": time.perf_counter() - run.t_start,
+        "total_seconds": seconds["total"],
         "plugins": [{"name": p.name, **version_order(p)} for p in run.plugins.ordered],
         "plugin_reports": run.state.reports,
         "manifest": {
@@ -387,7 +390,7 @@ def health_warnings(score: float, unigram: float, zeroed: list[str], step_ms: li
     return out
 
 
-def resolved_recipe_text(recipe: Any, plugins: list[Any], summary: dict[str, Any]) -> str:
+def resolved_recipe_text(recipe: Recipe, plugins: list[Plugin], summary: dict[str, Any]) -> str:
     header = [
         f"# Resolved recipe of {recipe.source} (defaults filled in, overrides applied).",
         f"# git_sha: {summary['manifest']['git_sha']}",

@@ -40,9 +40,7 @@ from pgolf_core.types import Codec, ExportFormat, PgolfError, Plugin, Recipe, Re
 class Defaults(Plugin):
     """The naive baseline's parts: full RoPE, relu² MLP, CastedLinear, int8 export, zlib and zstd."""
 
-    name = "defaults"
-    version = "builtin"
-    order = 10_000
+    name = "defaults"  # (no version or order: it is registered first, by hand, and never listed)
 
     @hookimpl
     def pgolf_rotary(self, spec: ModelSpec, layer: int) -> nn.Module:
@@ -241,17 +239,16 @@ def create_manager(recipe: Any, plugin_dirs: Sequence[str | Path] = ()) -> plugg
     available = discover(plugin_dirs)
     classes = plugin_classes(recipe.enabled_plugins, recipe.source, plugin_dirs)  # load_class checked their hooks
     plugins = [cls(recipe.plugins[name].config) for name, cls in classes.items()]
-    for p in plugins:  # a form naming a hook its class lacks would register nothing, silently
-        if unknown := sorted(set(p.forms(p.config) or ()) - set(hooks_of(p))):
-            raise PgolfError(
-                f"plugin {p.name!r} (from {available[p.name].origin}): forms() names {unknown}, not its hooks"
-            )
     # pluggy calls the most recently registered implementation first: register in reverse.
     for plugin in sorted(plugins, key=lambda p: (int(p.order), p.name), reverse=True):
+        origin = available[plugin.name].origin
+        # a form naming a hook its class lacks would register nothing, silently
+        if unknown := sorted(set(plugin.forms(plugin.config) or ()) - set(hooks_of(plugin))):
+            raise PgolfError(f"plugin {plugin.name!r} (from {origin}): forms() names {unknown}, not its hooks")
         try:
             pm.register(plugin, name=plugin.name)
         except pluggy.PluginValidationError as exc:  # a known hook with arguments the catalog lacks
-            raise PgolfError(f"plugin {plugin.name!r} (from {available[plugin.name].origin}): {exc}") from None
+            raise PgolfError(f"plugin {plugin.name!r} (from {origin}): {exc}") from None
     pm.check_pending()  # (load_class's check_hook_names has already named any method pluggy would reject here)
     for hook_name in hookspecs.EXCLUSIVE_HOOKS:
         names = sorted({i.plugin_name for i in getattr(pm.hook, hook_name).get_hookimpls()} - {Defaults.name})
@@ -313,3 +310,9 @@ def _field_default(f: dataclasses.Field) -> Any:
     """A setting's default: its value, what its factory makes, or None for a required setting."""
     default = f.default_factory() if callable(f.default_factory) else f.default
     return None if default is dataclasses.MISSING else default
+
+
+def noncompliance(pm: pluggy.PluginManager) -> str:
+    """Why a run's score breaks the challenge's eval rule ("" when it does not)."""
+    names = ", ".join(impl.plugin_name for impl in pm.hook.pgolf_eval_prescore.get_hookimpls())
+    return f"{names} adapt(s) on validation tokens before scoring them (pgolf_eval_prescore)" if names else ""

@@ -22,7 +22,7 @@ import time
 import timeit
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import pluggy
@@ -32,6 +32,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgolf_core import evaluation, exporter, records
 from pgolf_core.data.tokens import (
+    Data,
     DistributedTokenLoader,
     build_byte_tables,
     check_shards,
@@ -42,7 +43,7 @@ from pgolf_core.data.tokens import (
 from pgolf_core.model import GPT, ModelParts, ModelSpec, apply_training_precision, count_parameters, resolve_backend
 from pgolf_core.optim import build_optimizers, lr_scale, muon_momentum
 from pgolf_core.recipe import grad_accum_steps
-from pgolf_core.registry import Plugins, create_manager, plugin_parts
+from pgolf_core.registry import Plugins, create_manager, noncompliance, plugin_parts
 from pgolf_core.types import (
     Env,
     ExportContext,
@@ -134,7 +135,8 @@ def model_spec(recipe: Recipe, attention: str = "sdpa") -> ModelSpec:
 def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GPT:
     """Seeded CPU fp32 construction, then `pgolf_model_built` (init schemes). Collecting hooks'
     answers come without the Nones (pluggy drops them)."""
-    spec.linear_factory = lambda role, i, o: pm.hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)
+    linear = lambda role, i, o: pm.hook.pgolf_linear(spec=spec, role=role, in_features=i, out_features=o)  # noqa: E731
+    spec = dataclasses.replace(spec, linear_factory=linear)  # the caller's spec is left as it was
     parts = ModelParts(
         embed=lambda: pm.hook.pgolf_embed(spec=spec),
         value_extras=lambda: pm.hook.pgolf_value_extras(spec=spec),
@@ -186,16 +188,6 @@ def eval_rows(recipe: Recipe, env: Env) -> int:
     accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
     per_rank = recipe.eval.batch_tokens // (env.world_size * accum)
     return max(per_rank // (recipe.eval.seq_len or recipe.train.train_seq_len), 1)
-
-
-class Data(NamedTuple):
-    """The shards, the tokenizer, the validation tokens and the BPB byte tables."""
-
-    train_files: list[Path]
-    tokenizer_path: Path
-    val_tokens: torch.Tensor
-    tables: Any
-    eval_seq: int
 
 
 def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
@@ -325,8 +317,7 @@ class Run:
         if optimizers.muon is not None and use_compile:
             optimizers.muon.orthogonalize = torch.compile(optimizers.muon.orthogonalize)  # keeps muon_ns_dtype
         self.accum = grad_accum_steps(recipe.train, env.world_size, recipe.source)
-        self.n_params = count_parameters(self.base)
-        log.log(f"model_params:{self.n_params}")
+        log.log(f"model_params:{count_parameters(self.base)}")
         log.log(f"world_size:{env.world_size} grad_accum_steps:{self.accum} device:{env.device} compile:{use_compile}")
         log.log(f"plugins:{','.join(p.name for p in self.plugins.ordered) or '-'}")
         log.log(
@@ -337,9 +328,8 @@ class Run:
         log.log(f"seed:{recipe.run.seed}")
         self.state = TrainState(recipe, self.base, optimizers, env, roles, on_report=self.on_report)
         self.val_rows = eval_rows(recipe, env)
-        self.noncompliance = noncompliance(self.plugins.pm)
-        if self.noncompliance:
-            log.log(f"WARNING: eval not compliant: {self.noncompliance}")
+        if noncompliant := noncompliance(self.plugins.pm):
+            log.log(f"WARNING: eval not compliant: {noncompliant}")
 
     def on_report(self, key: str, value: Any, step: int) -> None:
         """A plugin's `report(key, value)`: a log line and a metric."""
@@ -450,7 +440,7 @@ class Run:
                 f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
                 f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB"
             )
-        self.steps, self.train_seconds = step, training_ms / 1000.0
+        self.train_seconds = training_ms / 1000.0
         hook.pgolf_fit_end(state=state)
 
     def any_rank(self, flag: bool | torch.Tensor, collective: bool = True) -> bool:
@@ -501,21 +491,22 @@ class Run:
             self.last_val = self.evaluate(self.model)
             log.log(f"final_weights val_loss:{self.last_val.val_loss:.4f} val_bpb:{self.last_val.val_bpb:.4f}")
         t_export = time.perf_counter()
-        written, code_bytes = self.export()
+        self.written, self.code_bytes = self.export()
         export_seconds = time.perf_counter() - t_export
         env.barrier()
         live = self.base.state_dict()
         trained, dtypes = [k for k, v in live.items() if v.any()], {k: v.dtype for k, v in live.items()}
-        weights = exporter.read_artifact(self.plugins.export, written.path, dtypes, recipe.export.compressor)
+        weights = exporter.read_artifact(self.plugins.export, self.written.path, dtypes, recipe.export.compressor)
         # A tensor the export rounded to all zeros (a barely trained projection under a scale floor) is missing
         # from the scored model: say so, since a comparison of such runs cannot see what acts through it.
         self.zeroed = sorted(k for k in trained if not weights[k].any())
         if self.zeroed:
             log.log(f"WARNING: export: {len(self.zeroed)} tensors quantized to all zeros: {', '.join(self.zeroed)}")
         load_weights(self.base, weights)
-        roundtrip, sliding = self.final_evals(written.label)
-        seconds = {"eval": time.perf_counter() - t_eval, "export": export_seconds}
-        summary = records.summarize(self, self.last_val, roundtrip, sliding, written, code_bytes, seconds)
+        self.roundtrip, self.sliding = self.final_evals(self.written.label)
+        self.seconds = {"train": self.train_seconds, "eval": time.perf_counter() - t_eval, "export": export_seconds}
+        self.seconds["total"] = time.perf_counter() - self.t_start
+        summary = records.summarize(self)
         if env.rank == 0:
             resolved = records.resolved_recipe_text(recipe, self.plugins.ordered, summary)
             exporter.write_atomic(self.out / "recipe.resolved.toml", resolved.encode("utf-8"))
@@ -527,33 +518,16 @@ class Run:
 
     def export(self) -> tuple[exporter.Written, int]:
         """`final_model.pt` (raw weights), then the artifact `final_model.ptz`; sizes logged."""
-        recipe, log, state = self.recipe, self.log, self.state
         weights = {k: v.detach().to("cpu").contiguous() for k, v in self.base.state_dict().items()}
         if self.env.rank == 0:
             exporter.write_atomic(self.out / "final_model.pt", exporter.serialize(weights))
-        ctx = exporter.ExportContext(recipe, state.roles, state.report)
-        path, rank0 = self.out / "final_model.ptz", self.env.rank == 0
-        written = exporter.write_artifact(self.plugins.export, self.plugins.pm, weights, ctx, path, rank0)
-        files = records.code_files(self.plugins.ordered)
-        code_bytes = sum(len(f.read_text(encoding="utf-8").encode("utf-8")) for f in files)
-        fmt, total = written.label.replace("_", "+", 1), written.model_bytes + code_bytes
-        log.log(f"Serialized model {fmt}: {written.model_bytes} bytes (raw_torch:{written.raw_bytes})")
-        log.log(f"Code size: {code_bytes} bytes ({len(files)} files: core + enabled plugins)")
-        log.log(f"Total submission size {fmt}: {total} bytes")
-        if total > recipe.export.artifact_limit_bytes:
-            log.log(f"WARNING: artifact {total} bytes is over the {recipe.export.artifact_limit_bytes:,}-byte limit")
-        return written, code_bytes
+        ctx = ExportContext(self.recipe, self.state.roles, self.state.report)
+        return write_export(self.plugins, weights, ctx, self.out, self.log.log, self.env.rank == 0)
 
     def final_evals(self, label: str) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
         models = (self.model, self.base)
         return score(self.recipe, self.plugins.pm, self.data, models, self.env, self.val_rows, self.log.log,
                      self.state.report, label)  # fmt: skip
-
-
-def noncompliance(pm: Any) -> str:
-    """Why a run's score breaks the challenge's eval rule ("" when it does not)."""
-    names = ", ".join(impl.plugin_name for impl in pm.hook.pgolf_eval_prescore.get_hookimpls())
-    return f"{names} adapt(s) on validation tokens before scoring them (pgolf_eval_prescore)" if names else ""
 
 
 def score(
@@ -680,19 +654,33 @@ def evaluate(
     return out
 
 
+def write_export(
+    plugins: Plugins, weights: dict[str, torch.Tensor], ctx: ExportContext, out: Path, log: Any, rank0: bool = True
+) -> tuple[exporter.Written, int]:
+    """`out/final_model.ptz` as the recipe's plugins say, its sizes and the code's logged as the records log them;
+    (what was written, the code bytes)."""
+    written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, out / "final_model.ptz", rank0)
+    code_bytes, files = exporter.code_size(plugins.ordered)
+    fmt, total = written.label.replace("_", "+", 1), written.model_bytes + code_bytes
+    log(f"Serialized model {fmt}: {written.model_bytes} bytes (raw_torch:{written.raw_bytes})")
+    log(f"Code size: {code_bytes} bytes ({files} files: core + enabled plugins)")
+    log(f"Total submission size {fmt}: {total} bytes")
+    if total > (limit := ctx.recipe.export.artifact_limit_bytes):
+        log(f"WARNING: artifact {total} bytes is over the {limit:,}-byte limit")
+    return written, code_bytes
+
+
 def export_artifact(
     recipe: Recipe, model: torch.nn.Module, out_dir: str | Path, log: Any = print, plugin_dirs: tuple = ()
 ) -> dict[str, Any]:
     """Quantize and compress `model`'s weights as the recipe's plugins say (`plugin_dirs`: local plugin
-    files, as for `evaluate`); returns byte counts."""
+    files, as for `evaluate`), logging the sizes as a run does; returns byte counts."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    plugins = plugin_parts(recipe, plugin_dirs)
-    reports: dict[str, Any] = {}
-    ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
+    plugins, reports = plugin_parts(recipe, plugin_dirs), dict[str, Any]()
     weights = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    written = exporter.write_artifact(plugins.export, plugins.pm, weights, ctx, out / "final_model.ptz")
-    code_bytes = sum(len(f.read_bytes()) for f in records.code_files(plugins.ordered))
+    ctx = ExportContext(recipe, collect_roles(model), reports.__setitem__)
+    written, code_bytes = write_export(plugins, weights, ctx, out, log)
     return {
         "path": str(written.path),
         "model_bytes": written.model_bytes,

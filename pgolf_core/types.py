@@ -193,16 +193,6 @@ class DataConfig:
     val_pattern: str = "fineweb_val_*.bin"
 
 
-CORE_SECTIONS: dict[str, type] = {
-    "run": RunConfig,
-    "model": ModelConfig,
-    "train": TrainConfig,
-    "eval": EvalConfig,
-    "export": ExportConfig,
-    "data": DataConfig,
-}
-
-
 @dataclass
 class PluginEntry:
     """One `[plugins.<name>]` table: whether it is enabled and its validated config object."""
@@ -244,6 +234,10 @@ class Recipe:
 
     def sha256(self) -> str:
         return hashlib.sha256(self.to_toml().encode("utf-8")).hexdigest()
+
+
+# The core's sections by table name, in `Recipe`'s order: its fields that hold a settings dataclass.
+CORE_SECTIONS: dict[str, type] = {name: type(v) for name, v in vars(Recipe()).items() if dataclasses.is_dataclass(v)}
 
 
 def dump_toml(data: dict[str, Any]) -> str:

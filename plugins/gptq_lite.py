@@ -41,11 +41,12 @@ from pgolf_core import (
     Tiny,
     hookimpl,
     is_control,
-    quant,
+    max_tensor,
+    weight_category,
 )
 
 INT6_MAX = 31
-Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
+Category = Literal["embed", "mlp", "attn", "other"]  # weight_category's names
 
 
 @dataclass
@@ -108,7 +109,7 @@ def search_matrix(w: Tensor, percentiles: list[float]) -> tuple[float, Tensor, T
 
 def search_tensor(w: Tensor) -> tuple[Tensor, Tensor]:
     """Other ranks (the record's fallback): one fp16 scale max|w|/31 (1.0 for all zeros), +-31."""
-    return quant.max_tensor(w.float(), INT6_MAX, INT6_MAX)
+    return max_tensor(w.float(), INT6_MAX, INT6_MAX)
 
 
 class GptqLite(Plugin):
@@ -140,7 +141,7 @@ class GptqLite(Plugin):
             and t.numel() > keep_float_max_numel
             and t.ndim >= 1
             and not is_control(name, roles)
-            and quant.category(name) in self.config.categories
+            and weight_category(name) in self.config.categories
         )
 
     @hookimpl

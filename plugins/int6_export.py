@@ -58,9 +58,14 @@ from pgolf_core import (
     Roles,
     TensorPlan,
     Tiny,
+    clipped_rows,
+    clipped_tensor,
+    dequantize_rows,
     hookimpl,
     is_control,
-    quant,
+    max_tensor,
+    scaled_rows,
+    weight_category,
 )
 
 INT6_MAX = 31
@@ -68,7 +73,7 @@ MIXED_PASSTHROUGH = ("passthrough", "passthrough_ctrl", "passthrough_fp16")
 ALL_FORMAT = "int6_in_int8_per_row_v1"
 ALL_FORMATS = (ALL_FORMAT, "int8_clean_per_row_v1")  # PR #194's tag, PR #63's tag
 NO_PLAN = TensorPlan()
-Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
+Category = Literal["embed", "mlp", "attn", "other"]  # weight_category's names
 RowRule = Literal["auto", "rowmax", "rowmax_eps", "quantile", "plan"]
 
 
@@ -88,8 +93,8 @@ def int6_rowmax(t32: Tensor) -> tuple[Tensor, Tensor]:
     """Variant C (PR #374/#415): s = fp16(max(rowmax/31, 1/31)), q = clamp(round(w/s), −32, 31);
     other ranks: one fp16 scale max|w|/31 (1.0 for an all-zero tensor)."""
     if t32.ndim == 2:
-        return quant.scaled_rows(t32, t32.abs().amax(dim=1), INT6_MAX, INT6_MAX + 1)
-    return quant.max_tensor(t32, INT6_MAX, INT6_MAX + 1)
+        return scaled_rows(t32, t32.abs().amax(dim=1), INT6_MAX, INT6_MAX + 1)
+    return max_tensor(t32, INT6_MAX, INT6_MAX + 1)
 
 
 def int6_rowmax_eps(t32: Tensor) -> tuple[Tensor, Tensor]:
@@ -111,16 +116,16 @@ def int6_percentile(t32: Tensor, percentile: float) -> tuple[Tensor, Tensor]:
     if t32.ndim == 2:
         a = t32.abs()
         clip = a.amax(dim=1) if percentile >= 1.0 else torch.quantile(a, percentile, dim=1)
-        return quant.scaled_rows(t32, clip, INT6_MAX, INT6_MAX)
-    return quant.max_tensor(t32, INT6_MAX, INT6_MAX)
+        return scaled_rows(t32, clip, INT6_MAX, INT6_MAX)
+    return max_tensor(t32, INT6_MAX, INT6_MAX)
 
 
 def int6_quantile(t32: Tensor, clip_quantile: float) -> tuple[Tensor, Tensor]:
     """Variant A (PR #63/#194): rows clipped to their `clip_quantile` of |w|, rounded with the fp32
     scale max(c/31, 1/31), scales stored fp16; other ranks: one fp32 scale c/31 (1.0 if c = 0)."""
     if t32.ndim == 2:
-        return quant.clipped_rows(t32, clip_quantile, INT6_MAX)
-    return quant.clipped_tensor(t32, clip_quantile, INT6_MAX)
+        return clipped_rows(t32, clip_quantile, INT6_MAX)
+    return clipped_tensor(t32, clip_quantile, INT6_MAX)
 
 
 def row_clipped(t32: Tensor, clip: Tensor, qmax: int) -> tuple[Tensor, Tensor]:
@@ -174,8 +179,8 @@ class Grids:
         if entry.row_clip is not None:
             return self.row_clip(name, t, entry, 127)
         if t.ndim == 2:
-            return quant.clipped_rows(t.float(), self.clip_quantile, 127)
-        return quant.clipped_tensor(t.float(), self.clip_quantile, 127)
+            return clipped_rows(t.float(), self.clip_quantile, 127)
+        return clipped_tensor(t.float(), self.clip_quantile, 127)
 
     def row_clip(self, name: str, t: Tensor, entry: TensorPlan, qmax: int) -> tuple[Tensor, Tensor]:
         clip = entry.row_clip
@@ -254,7 +259,7 @@ def quantize_mixed(
         elif any(p in name for p in config.fp16_keep):
             result[name], meta[name] = t.to(torch.float16), "passthrough_fp16"
         else:
-            kind = "int6" if quant.category(name) in config.int6_categories else "int8"
+            kind = "int6" if weight_category(name) in config.int6_categories else "int8"
             q, s = grids.int6(name, t) if kind == "int6" else grids.int8(name, t)
             result[name + ".q"], result[name + ".scale"], meta[name] = q, s, {"type": kind}
         grids.stats[meta[name] if isinstance(meta[name], str) else meta[name]["type"]] += 1
@@ -319,7 +324,7 @@ def dequantize(obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype] | None 
                 t = w[name]
                 out[name] = t.to(want) if want is not None and t.is_floating_point() else t
             elif isinstance(info, dict) and info.get("type") in ("int6", "int8"):
-                out[name] = quant.dequantize(w[name + ".q"], w[name + ".scale"], want or torch.float32)
+                out[name] = dequantize_rows(w[name + ".q"], w[name + ".scale"], want or torch.float32)
             else:
                 raise PgolfError(f"int6_export: unknown entry {info!r} for {name} in a mixed int6 object")
         return out
@@ -328,7 +333,7 @@ def dequantize(obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype] | None 
     orig = obj.get("passthrough_orig_dtypes", {})
     for name, q in obj["quantized"].items():
         dtype = dtypes[name] if dtypes and name in dtypes else getattr(torch, obj["dtypes"][name])
-        out[name] = quant.dequantize(q, obj["scales"][name], dtype)
+        out[name] = dequantize_rows(q, obj["scales"][name], dtype)
     for name, t in obj["passthrough"].items():
         t = t.detach().to("cpu").contiguous()
         if dtypes and name in dtypes and t.is_floating_point():

@@ -45,10 +45,10 @@ from pgolf_core import (
     Tiny,
     hookimpl,
     is_control,
-    quant,
+    weight_category,
 )
 
-Category = Literal["embed", "mlp", "attn", "other"]  # quant.category's names
+Category = Literal["embed", "mlp", "attn", "other"]  # weight_category's names
 Width = Annotated[float, Range(0, open="low")]  # a clip width in standard deviations, > 0
 
 
@@ -99,7 +99,7 @@ class SDClip(Plugin):
             and t.ndim == 2
             and t.numel() > keep_float_max_numel
             and not is_control(name, roles)
-            and quant.category(name) in self.config.categories
+            and weight_category(name) in self.config.categories
         )
 
     def k_for(self, name: str) -> float:

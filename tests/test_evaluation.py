@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from pgolf_core import evaluation as ev
 from pgolf_core.model import GPT, ModelSpec
 from pgolf_core.types import Env, PgolfError, ValChunk
+from tests.tiny import baseline_gpt
 
 V, T = 64, 16
 CPU = torch.device("cpu")
@@ -57,8 +58,7 @@ def model() -> GPT:
     spec = ModelSpec(
         vocab_size=V, num_layers=2, model_dim=32, num_heads=4, num_kv_heads=2, mlp_hidden=64, train_seq_len=T
     )
-    torch.manual_seed(0)
-    m = GPT(spec)
+    m = baseline_gpt(spec, seed=0)
     g = torch.Generator().manual_seed(1)
     with torch.no_grad():
         for name, p in m.named_parameters():
@@ -166,7 +166,7 @@ def test_adaptation_sees_only_scored_tokens_in_order(model: GPT, tables: Tables)
     targets 0..(K-1)*chunk in order, each once. It trains on every chunk (lr 0.5, a large step), and
     the next chunk is scored by the adapted model: the total differs from the frozen model's."""
     val, stride, chunk_tokens = stream(6 * T + 1 + 5), 4, 2 * T
-    adapted = GPT(model.spec)
+    adapted = baseline_gpt(model.spec)
     adapted.load_state_dict(model.state_dict())
     spy, opt = Spy(adapted), torch.optim.SGD(adapted.parameters(), lr=0.5)
 

@@ -17,7 +17,7 @@ CORE = Path(__file__).resolve().parents[1] / "pgolf_core"
 # Bottom to top. The same list, drawn, is in docs/architecture.md.
 LAYERS: list[tuple[str, list[str]]] = [
     ("public types, empty package markers", ["types", "ablate", "data"]),
-    ("settings and parts", ["recipe", "quant", "evaluation"]),
+    ("settings and parts", ["recipe", "evaluation"]),
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.tokens"]),
     (
         "formats, data readers, preflight, catalog",
@@ -39,7 +39,7 @@ def module_name(path: Path) -> str:
 
 
 def imports_of(path: Path, modules: set[str]) -> set[str]:
-    """The core modules `path` imports, anywhere in the file (`from pgolf_core import quant` imports `quant`)."""
+    """The core modules `path` imports, anywhere in the file (`from pgolf_core import records` imports `records`)."""
     found: set[str] = set()
     for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         names: list[str] = []

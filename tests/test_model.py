@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from benchmarks import reference_baseline as ref
 from pgolf_core.model import GPT, ModelSpec, count_parameters
 from pgolf_core.types import PgolfError
+from tests.tiny import baseline_gpt
 
 SMALL = {"vocab_size": 64, "model_dim": 32, "num_heads": 4, "num_kv_heads": 2, "mlp_hidden": 64}
 B, T = 2, 16
@@ -44,7 +45,7 @@ def tokens(vocab: int, seed: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def random_model(**overrides) -> GPT:
-    model = GPT(small_spec(**overrides))
+    model = baseline_gpt(small_spec(**overrides))
     randomize(model)
     return model
 
@@ -99,9 +100,9 @@ def test_logits_loss_and_grads_equal_reference(case, fused):
 
 def test_skip_connections_are_lifo_and_odd_depth_leaves_last_block_without_skip():
     """3 layers: 1 encoder, 2 decoders, 1 skip weight; 4 layers: 2 skips consumed in reverse order."""
-    assert GPT(small_spec()).skip_weights.shape == (1, 32)
-    assert GPT(small_spec(num_layers=4)).skip_weights.shape == (2, 32)
-    assert GPT(small_spec(num_layers=5)).skip_weights.shape == (2, 32)
+    assert baseline_gpt(small_spec()).skip_weights.shape == (1, 32)
+    assert baseline_gpt(small_spec(num_layers=4)).skip_weights.shape == (2, 32)
+    assert baseline_gpt(small_spec(num_layers=5)).skip_weights.shape == (2, 32)
     # Swapping the two skip rows of an even model changes the output (the order is observable) ...
     model = random_model(num_layers=4)
     x, _ = tokens(64)
@@ -146,7 +147,7 @@ BLOCK_KEYS = {
 
 
 def test_full_baseline_parameter_count_and_record_key_names():
-    model = GPT(ModelSpec())
+    model = baseline_gpt(ModelSpec())
     assert count_parameters(model) == 17_059_912
     sd = model.state_dict()
     # Order matters too: export quantizes and serializes in state_dict order, so artifact bytes depend on it.
@@ -176,7 +177,7 @@ def test_full_baseline_parameter_count_and_record_key_names():
 
 
 def test_untied_head_adds_lm_head_weight_last():
-    sd = GPT(ModelSpec(tie_embeddings=False)).state_dict()
+    sd = baseline_gpt(ModelSpec(tie_embeddings=False)).state_dict()
     assert list(sd)[-1] == "lm_head.weight" and sd["lm_head.weight"].shape == (1024, 512)
     assert len(sd) == 93 and sum(v.numel() for v in sd.values()) == 17_059_912 + 1024 * 512
 
@@ -185,8 +186,7 @@ def test_untied_head_adds_lm_head_weight_last():
 
 
 def test_init_values_and_identity_blocks():
-    torch.manual_seed(0)
-    model = GPT(ModelSpec())
+    model = baseline_gpt(ModelSpec(), seed=0)
     w = model.tok_emb.weight
     assert w.dtype == torch.float32
     assert abs(w.std().item() - 0.005) < 5e-5 and abs(w.mean().item()) < 5e-5
@@ -209,10 +209,8 @@ def test_init_values_and_identity_blocks():
 
 
 def test_init_is_deterministic_and_equals_the_record_under_seed_1337():
-    torch.manual_seed(1337)
-    a = GPT(ModelSpec()).state_dict()
-    torch.manual_seed(1337)
-    b = GPT(ModelSpec()).state_dict()
+    a = baseline_gpt(ModelSpec(), seed=1337).state_dict()
+    b = baseline_gpt(ModelSpec(), seed=1337).state_dict()
     assert list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
     # pgolf draws from the RNG in the record's order, so seed 1337 gives the record's initial weights. These are
     # the record GPT's values (openai/parameter-golf train_gpt.py, CPU, torch 2.13) after torch.manual_seed(1337).
@@ -255,7 +253,7 @@ def _explain_and_compile(model: GPT, seq_len: int) -> None:
 
 @pytest.mark.slow  # ~5 s; the small-model and flash-backend trace tests below stay in the default run
 def test_full_baseline_traces_without_graph_breaks():
-    model = GPT(ModelSpec())
+    model = baseline_gpt(ModelSpec())
     randomize(model)
     _explain_and_compile(model, seq_len=64)
 
@@ -276,8 +274,8 @@ def test_flash_backend_is_resolved_at_build_and_traces_without_graph_breaks(monk
     """The kernel is found once when the model is built: an import in `forward` broke the graph."""
     monkeypatch.setitem(sys.modules, "flash_attn", types.SimpleNamespace(flash_attn_func=sdpa_in_flash_layout))
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)  # None in sys.modules: ImportError
-    flash = GPT(small_spec(attention="flash"))
-    sdpa = GPT(small_spec(attention="sdpa"))
+    flash = baseline_gpt(small_spec(attention="flash"))
+    sdpa = baseline_gpt(small_spec(attention="sdpa"))
     randomize(sdpa)
     flash.load_state_dict(sdpa.state_dict())
     assert flash.blocks[0].attn.flash is sdpa_in_flash_layout
@@ -291,7 +289,7 @@ def test_flash_backend_without_the_package_is_an_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "flash_attn", None)
     monkeypatch.setitem(sys.modules, "flash_attn_interface", None)
     with pytest.raises(PgolfError, match="flash attention was requested"):
-        GPT(small_spec(attention="flash"))
+        baseline_gpt(small_spec(attention="flash"))
 
 
 # 5. Checkpoints ------------------------------------------------------------------------------------------------
@@ -299,12 +297,12 @@ def test_flash_backend_without_the_package_is_an_error(monkeypatch):
 
 @pytest.mark.parametrize("spec", [ModelSpec(), small_spec(tie_embeddings=False)], ids=["baseline", "small-untied"])
 def test_state_dict_round_trips_through_torch_save_strictly(spec):
-    model = GPT(spec)
+    model = baseline_gpt(spec)
     randomize(model, seed=3)
     buf = io.BytesIO()
     torch.save(model.state_dict(), buf)
     buf.seek(0)
-    fresh = GPT(spec)
+    fresh = baseline_gpt(spec)
     result = fresh.load_state_dict(torch.load(buf, weights_only=True), strict=True)
     assert not result.missing_keys and not result.unexpected_keys
     saved, loaded = model.state_dict(), fresh.state_dict()
@@ -315,10 +313,10 @@ def test_state_dict_round_trips_through_torch_save_strictly(spec):
 
 
 def test_strict_load_rejects_a_foreign_key():
-    sd = GPT(small_spec()).state_dict()
+    sd = baseline_gpt(small_spec()).state_dict()
     sd["blocks.0.attn.rotary.inv_freq"] = torch.ones(4)  # a key the record never saves
     with pytest.raises(RuntimeError, match="Unexpected key"):
-        GPT(small_spec()).load_state_dict(sd, strict=True)
+        baseline_gpt(small_spec()).load_state_dict(sd, strict=True)
 
 
 # 6. GPU precision policy ----------------------------------------------------------------------------------------

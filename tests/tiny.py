@@ -4,7 +4,10 @@ no wallclock cap, no periodic validation. `tiny(**changes)` gives it as `--set` 
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pgolf_core.model import GPT, ModelSpec
 
 BASE: dict[str, Any] = {
     "model.model_dim": 32, "model.num_heads": 4, "model.num_kv_heads": 2, "model.num_layers": 2,
@@ -17,3 +20,13 @@ BASE: dict[str, Any] = {
 def tiny(**changes: Any) -> list[str]:
     settings = {**BASE, **{key.replace("__", "."): value for key, value in changes.items()}}
     return [f"{key}={value}" for key, value in settings.items()]
+
+
+def baseline_gpt(spec: ModelSpec, seed: int = 0) -> GPT:
+    """The naive baseline's model of `spec`, built as a run builds it (parts from the defaults plugin alone), after
+    `torch.manual_seed(seed)`."""
+    from pgolf_core.registry import create_manager
+    from pgolf_core.run import build_model_with
+    from pgolf_core.types import Recipe
+
+    return build_model_with(spec, create_manager(Recipe()), seed)

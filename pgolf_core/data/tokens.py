@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import numpy as np
 import sentencepiece as spm
@@ -40,12 +40,11 @@ def shard_token_count(path: str | Path) -> int:
         raise DataError(f"cannot read shard {path}: {exc.strerror or exc}") from exc
     if len(raw) != HEADER_BYTES:
         raise DataError(f"shard {path} is truncated: expected a {HEADER_BYTES}-byte header, file has {size} bytes")
-    header = np.frombuffer(raw, dtype="<i4")
-    if int(header[0]) != MAGIC:
-        raise DataError(f"shard {path} has magic {int(header[0])}, expected {MAGIC} (not a token shard?)")
-    if int(header[1]) != VERSION:
-        raise DataError(f"shard {path} has version {int(header[1])}, expected {VERSION}")
-    n_tokens = int(header[2])
+    magic, version, n_tokens = map(int, np.frombuffer(raw, dtype="<i4", count=3))
+    if magic != MAGIC:
+        raise DataError(f"shard {path} has magic {magic}, expected {MAGIC} (not a token shard?)")
+    if version != VERSION:
+        raise DataError(f"shard {path} has version {version}, expected {VERSION}")
     expected = HEADER_BYTES + 2 * n_tokens
     if n_tokens < 0 or size != expected:
         raise DataError(
@@ -196,8 +195,7 @@ def load_validation_tokens(files: Sequence[str | Path], seq_len: int, max_tokens
 SPACE = "\u2581"
 
 
-@dataclass(frozen=True)
-class ByteTables:
+class ByteTables(NamedTuple):
     """Per-id tables: `base_bytes` (int16), `has_leading_space` (bool), `is_boundary` (bool)."""
 
     base_bytes: torch.Tensor
@@ -205,7 +203,7 @@ class ByteTables:
     is_boundary: torch.Tensor
 
     def to(self, device: torch.device | str) -> ByteTables:
-        return ByteTables(*(t.to(device) for t in (self.base_bytes, self.has_leading_space, self.is_boundary)))
+        return ByteTables(*(t.to(device) for t in self))
 
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.SentencePieceProcessor:
@@ -240,3 +238,13 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
         lead[i] = piece.startswith(SPACE)
         base[i] = 1 if sp.is_byte(i) else len(piece.removeprefix(SPACE).encode())
     return ByteTables(torch.from_numpy(base), torch.from_numpy(lead), torch.from_numpy(boundary))
+
+
+class Data(NamedTuple):
+    """The shards, the tokenizer, the validation tokens and the BPB byte tables."""
+
+    train_files: list[Path]
+    tokenizer_path: Path
+    val_tokens: torch.Tensor
+    tables: Any
+    eval_seq: int
