@@ -16,16 +16,16 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, get_args, get_type_hints
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from pgolf_core.types import Env, PgolfError, ValChunk
+from pgolf_core.types import Env, EvalConfig, PgolfError, ValChunk
 
-TAILS = ("rescore_tail", "drop_short", "once", "full_windows")
+TAILS: tuple[str, ...] = get_args(get_type_hints(EvalConfig)["sliding_tail"])  # the choices `[eval]` declares
 
 
 class EvalResult(NamedTuple):
@@ -78,28 +78,28 @@ def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
 
 
 def standard_batches(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Env
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, env: Env
 ) -> Iterator[EvalSums]:
     """Score this rank's non-overlapping rows, `batch_seqs` rows per forward.
 
     The model returns the batch's mean loss, re-weighted here by the batch's token count (the
     baseline's `eval_val`).
     """
-    rows_x, rows_y = ValChunk(val_tokens, 0, 1, where).rows(seq_len)  # the stream as one chunk: this rank's rows
+    rows_x, rows_y = ValChunk(val_tokens, 0, 1, env).rows(seq_len)  # the stream as one chunk: this rank's rows
     for x, y in zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), strict=True):
-        x, y = x.to(where.device, torch.int64), y.to(where.device, torch.int64)
-        with torch.inference_mode(), where.autocast():
+        x, y = x.to(env.device, torch.int64), y.to(env.device, torch.int64)
+        with torch.inference_mode(), env.autocast():
             loss = model(x, y).detach()
         with torch.inference_mode():
-            count = torch.tensor(float(y.numel()), dtype=torch.float64, device=where.device)
+            count = torch.tensor(float(y.numel()), dtype=torch.float64, device=env.device)
             nll_sum = loss.to(torch.float64) * count
             nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
-        where.on_batch()
+        env.on_batch()
         yield EvalSums(nll_sum, count, nbytes)
 
 
 def eval_standard(
-    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, where: Env
+    model: nn.Module, val_tokens: Tensor, seq_len: int, batch_seqs: int, tables: Any, env: Env
 ) -> EvalResult:
     """The baseline's `eval_val`: every target of the truncated stream scored once, context 0..T-1.
 
@@ -107,8 +107,8 @@ def eval_standard(
     `torch.distributed` is initialized. The model is put in eval mode and left in train mode.
     """
     start = time.perf_counter()
-    batches = standard_batches(model, val_tokens, seq_len, batch_seqs, tables, where)
-    return score_batches(model, batches, where.device).all_reduce().result(time.perf_counter() - start)
+    batches = standard_batches(model, val_tokens, seq_len, batch_seqs, tables, env)
+    return score_batches(model, batches, env.device).all_reduce().result(time.perf_counter() - start)
 
 
 def score_batches(model: nn.Module, batches: Iterator[EvalSums], device: torch.device) -> EvalSums:
@@ -176,7 +176,7 @@ def sliding_batches(
     stride: int,
     batch_seqs: int,
     tables: Any,
-    where: Env,
+    env: Env,
     tail: str = "rescore_tail",
     starts: list[int] | None = None,
 ) -> Iterator[EvalSums]:
@@ -187,8 +187,8 @@ def sliding_batches(
     """
     total = val_tokens.numel() - 1
     starts = window_starts(total, seq_len, stride, tail) if starts is None else starts
-    mine = starts[slice(*where.share(len(starts)))]
-    positions = torch.arange(seq_len, device=where.device)
+    mine = starts[slice(*env.share(len(starts)))]
+    positions = torch.arange(seq_len, device=env.device)
     for i in range(0, len(mine), batch_seqs):
         group = mine[i : i + batch_seqs]
         # Zero-padded [batch_seqs, T] rows built where the tokens live, moved in one copy: a short last
@@ -198,19 +198,19 @@ def sliding_batches(
             end = min(ws + seq_len, total)
             window = val_tokens[ws : end + 1].to(torch.int64)
             x[row, : end - ws], y[row, : end - ws] = window[:-1], window[1:]
-        x, y = x.to(where.device), y.to(where.device)
+        x, y = x.to(env.device), y.to(env.device)
         # Padding rows (a short last batch) score nothing: span (0, 0).
         spans = [scored_span(ws, total, seq_len, stride, tail) for ws in group] + [(0, 0)] * (batch_seqs - len(group))
-        lo, hi = torch.tensor(spans, dtype=torch.int64, device=where.device).unbind(1)
+        lo, hi = torch.tensor(spans, dtype=torch.int64, device=env.device).unbind(1)
         mask = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])
-        with torch.inference_mode(), where.autocast():
+        with torch.inference_mode(), env.autocast():
             logits = model.forward_logits(x)  # type: ignore[operator]  # nn.Module attributes type as Tensor
         with torch.inference_mode():
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
             # torch.where, not boolean indexing: no host sync per batch on a GPU.
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
             nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
-        where.on_batch()
+        env.on_batch()
         yield EvalSums(nll_sum, mask.sum().to(torch.float64), nbytes)
 
 
@@ -221,7 +221,7 @@ def eval_sliding(
     stride: int,
     batch_seqs: int,
     tables: Any,
-    where: Env,
+    env: Env,
     tail: str = "rescore_tail",
     adapt: Callable[[ValChunk], None] | None = None,
     chunk_tokens: int = 32_768,
@@ -260,11 +260,11 @@ def eval_sliding(
         for ws in starts:
             first = ws + scored_span(ws, total, seq_len, stride, tail)[0]
             groups[min(first // chunk_tokens, len(groups) - 1)].append(ws)
-    sums = EvalSums.zeros(where.device)
+    sums = EvalSums.zeros(env.device)
     for k, group in enumerate(groups):
-        batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, where, tail, group)
-        sums.add(score_batches(model, batches, where.device))
+        batches = sliding_batches(model, val_tokens, seq_len, stride, batch_seqs, tables, env, tail, group)
+        sums.add(score_batches(model, batches, env.device))
         if adapt is not None and k < len(groups) - 1:
             tokens = val_tokens[k * chunk_tokens : min((k + 1) * chunk_tokens, total) + 1]
-            adapt(ValChunk(tokens.to(where.device, torch.int64, copy=True), k, len(groups), where, seq_len=seq_len))
+            adapt(ValChunk(tokens.to(env.device, torch.int64, copy=True), k, len(groups), env, seq_len=seq_len))
     return sums.all_reduce().result(time.perf_counter() - start)

@@ -492,7 +492,7 @@ def pgolf_eval_adapt(model: Model, chunk: ValChunk) -> None:
 
     `chunk.tokens` [n + 1] are the chunk's inputs and targets (int64, eval device), every target
     scored before the hook runs; `chunk.rows(seq_len)` is this rank's share of its full rows;
-    `chunk.where.average(grads)` averages gradients over ranks; `chunk.index`/`chunk.count` place it
+    `chunk.env.average(grads)` averages gradients over ranks; `chunk.index`/`chunk.count` place it
     (0 starts a fresh optimizer); `chunk.report(key, value)` logs. `model` is the uncompiled model
     holding the round-tripped weights, in train mode, outside `inference_mode`. The chunk size is
     `[eval] chunk_tokens`; without a sliding stride the windows are the rows (stride = seq_len).
@@ -502,7 +502,7 @@ def pgolf_eval_adapt(model: Model, chunk: ValChunk) -> None:
         model: the `Model` that scores the next chunk: change its parameters in place (that is the
             adaptation) and restore any `requires_grad` flags it changes; `model(x, y)` is the mean
             loss, `fake_quant_off(model)` trains the real weights of a QAT model.
-        chunk: the `ValChunk` just scored, as above; `chunk.where` is this rank's `Env` (device,
+        chunk: the `ValChunk` just scored, as above; `chunk.env` is this rank's `Env` (device,
             rank, world size, `autocast()`), `chunk.seq_len` the eval's sequence length, `chunk.scored`
             True. Read-only.
 
@@ -512,11 +512,11 @@ def pgolf_eval_adapt(model: Model, chunk: ValChunk) -> None:
             if chunk.index == 0:  # score-first TTT, shortened to one SGD step per scored chunk
                 self.optimizer = torch.optim.SGD(model.parameters(), lr=self.config.lr, momentum=0.9)
             x, y = chunk.rows(chunk.seq_len)
-            with fake_quant_off(model), chunk.where.autocast():
+            with fake_quant_off(model), chunk.env.autocast():
                 loss = model(x, y)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            chunk.where.average([p.grad for p in model.parameters()])
+            chunk.env.average([p.grad for p in model.parameters()])
             self.optimizer.step()
     """
 
@@ -533,7 +533,7 @@ def pgolf_eval_prescore(model: Model, chunk: ValChunk) -> None:
         model: as for `pgolf_eval_adapt`: the uncompiled model with the round-tripped weights, adapted
             in place; the sliding-window eval then scores what it leaves.
         chunk: a `ValChunk` holding every validation token (`index` 0, `count` 1, `scored` False), on
-            the eval device; `chunk.rows(seq_len)`, `chunk.where` and `chunk.report` as for
+            the eval device; `chunk.rows(seq_len)`, `chunk.env` and `chunk.report` as for
             `pgolf_eval_adapt`.
 
     Example:

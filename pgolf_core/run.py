@@ -535,7 +535,7 @@ def score(
     pm: Any,
     data: Data,
     models: tuple,
-    where: Env,
+    env: Env,
     rows: int,
     log: Any,
     report: Callable[[str, Any], None],
@@ -546,14 +546,14 @@ def score(
     adaptation first, then chunk by chunk, each chunk scored before `pgolf_eval_adapt` trains on it.
     `models`: (the model that scores the round trip, e.g. compiled; the uncompiled one the hooks adapt)."""
     e, d, (scorer, base) = recipe.eval, data, models
-    rt = evaluation.eval_standard(scorer, d.val_tokens, d.eval_seq, rows, d.tables, where)
+    rt = evaluation.eval_standard(scorer, d.val_tokens, d.eval_seq, rows, d.tables, env)
     log_score(log, f"final_{label}_roundtrip", rt)
     adapters = [impl.plugin_name for impl in pm.hook.pgolf_eval_adapt.get_hookimpls()]
     if e.sliding_stride <= 0 and not adapters and not noncompliance(pm):
         return rt, None
     if noncompliance(pm):
-        t0, tokens = time.perf_counter(), d.val_tokens.to(device=where.device, dtype=torch.int64)
-        pm.hook.pgolf_eval_prescore(model=base, chunk=ValChunk(tokens, 0, 1, where, False, report, d.eval_seq))
+        t0, tokens = time.perf_counter(), d.val_tokens.to(device=env.device, dtype=torch.int64)
+        pm.hook.pgolf_eval_prescore(model=base, chunk=ValChunk(tokens, 0, 1, env, False, report, d.eval_seq))
         report("eval/prescore_seconds", time.perf_counter() - t0)
     adapt = None
     if adapters:
@@ -564,7 +564,7 @@ def score(
             pm.hook.pgolf_eval_adapt(model=base, chunk=chunk)
 
     stride = e.sliding_stride or d.eval_seq
-    args = (d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables, where, e.sliding_tail, adapt)
+    args = (d.val_tokens, d.eval_seq, stride, e.sliding_batch_seqs, d.tables, env, e.sliding_tail, adapt)
     sl = evaluation.eval_sliding(base, *args, e.chunk_tokens)
     log_score(log, f"final_{label}_sliding_window", sl, f"stride:{stride} ")
     if noncompliance(pm):

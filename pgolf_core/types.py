@@ -356,13 +356,13 @@ class ValChunk:
     """Validation tokens handed to an eval hook: inputs `tokens[:-1]`, targets `tokens[1:]` (int64, on
     the eval device). For `pgolf_eval_adapt` every target was scored before the chunk was made
     (`scored`); `pgolf_eval_prescore` gets the whole unscored stream (`scored=False`). Chunk `index` of
-    `count`; `where` says this rank's device and share; `seq_len` is the eval's sequence length;
+    `count`; `env` says where this rank runs (device, share); `seq_len` is the eval's sequence length;
     `report(key, value)` logs."""
 
     tokens: Tensor
     index: int
     count: int
-    where: Env
+    env: Env
     scored: bool = True
     report: Callable[[str, Any], None] = field(default=lambda key, value: None, repr=False)
     seq_len: int = 0
@@ -370,7 +370,7 @@ class ValChunk:
     def rows(self, seq_len: int) -> tuple[Tensor, Tensor]:
         """This rank's contiguous share of the chunk's full rows `(x, y)` [rows, seq_len] (as the records
         split a chunk for training; a partial last row is dropped)."""
-        first, last = self.where.share((self.tokens.numel() - 1) // seq_len)
+        first, last = self.env.share((self.tokens.numel() - 1) // seq_len)
         local = self.tokens[first * seq_len : last * seq_len + 1]
         return local[:-1].reshape(-1, seq_len), local[1:].reshape(-1, seq_len)
 
@@ -562,8 +562,9 @@ class Order(enum.IntEnum):
     AVERAGE = 80  # weight averages that choose the final weights (EMA, SWA)
     EVAL = 90  # eval-time adaptation (test-time training)
     DEFAULT = 100  # a plugin that does not say
+    INIT = 700  # init schemes on the built model, after every plugin's layers exist (OrthoInit)
     EXPORT_EDIT = 800  # export: edits weights before the plans read them (pruning)
-    EXPORT_PLAN = 900  # export plans on the final weights (GPTQ-lite, SDClip); init after every build (OrthoInit)
+    EXPORT_PLAN = 900  # export plans on the final weights (GPTQ-lite, SDClip)
     EXPORT_FORMAT = 950  # the export format
     EXPORT_CORRECTION = 960  # corrections stacked after the format (LQER)
     CODEC = 990  # byte codecs

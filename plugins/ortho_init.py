@@ -11,7 +11,7 @@ PR #297's "Overtone" init adds two settings (both off by default, on in `recipes
 init, then `S_k = S_1 / √k`, a power-law decay like a string's overtones), before the orthogonal
 pass as the record does; `phase_resid_mix = true` sets block i's `resid_mix` to (φ_i, 1 − φ_i) with
 φ_i = σ(3·(i/(L−1) − 0.5)), so early blocks lean on the embedding x0 and late ones on the residual.
-Runs late (order 900) so that it sees every plugin's layers, as the records' `_init_weights` does.
+Runs late (order 700, `Order.INIT`) so that it sees every plugin's layers, as the records' `_init_weights` does.
 Why: orthogonal matrices keep every singular value at 1, so early Muon steps (which orthogonalize
 updates) start from well-conditioned weights; PR #194's README says SmearGate needs it.
 Sources: the 2026-03-20 SmearGate_BigramHash record, PR #194, #297, #374, #414. Reported Δbpb: not isolated
@@ -51,7 +51,7 @@ class OrthoInit(Plugin):
 
     name = "ortho_init"
     version = "0.1.0"
-    order = Order.EXPORT_PLAN  # late: after every build, so that it sees every plugin's layers
+    order = Order.INIT  # after every build hook, so that it sees every plugin's layers
     Config: TypeAlias = Config  # an alias, so that `Config` in this class's annotations names the dataclass
     config: Config
     TINY = Tiny(settings={"min_dim": 8})

@@ -4,7 +4,7 @@ What: the evaluator scores the validation windows chunk by chunk (`[eval] chunk_
 records) and hands each scored chunk but the last to `pgolf_eval_adapt`. On chunk k of K this plugin
 trains the model for `epochs` (3) passes over the chunk's full rows (this rank's contiguous share,
 `chunk.rows(seq_len)`), `batch_rows` (32) rows per step: loss = the model's mean cross-entropy under the
-eval autocast, gradients averaged over ranks (`chunk.where.average`; every rank takes as many steps as
+eval autocast, gradients averaged over ranks (`chunk.env.average`; every rank takes as many steps as
 the largest share needs, a rank past its rows adding zero gradients), clipped to a global norm of
 `grad_clip` (1.0) over the trained parameters, then one SGD step (momentum 0.9) at
 `lr_k = lr * 0.5 * (1 + cos(pi * k / max(K - 1, 1)))` (lr 0.002: cosine decay across chunks, set
@@ -133,7 +133,7 @@ class TTTScoreFirst(Plugin):
         x_all, y_all = chunk.rows(seq_len)
         # Every rank steps as often as the largest share needs, so that the gradient all-reduces pair up
         # (shares differ by a row; a rank past its rows adds zero gradients through a zero-weighted row).
-        largest = -(-((chunk.tokens.numel() - 1) // seq_len) // chunk.where.world_size)
+        largest = -(-((chunk.tokens.numel() - 1) // seq_len) // chunk.env.world_size)
         spare = chunk.tokens[: seq_len + 1]
         model.train()
         with fake_quant_off(model, c.qat_off):
@@ -141,10 +141,10 @@ class TTTScoreFirst(Plugin):
                 for first in range(0, largest, c.batch_rows):
                     x, y = x_all[first : first + c.batch_rows], y_all[first : first + c.batch_rows]
                     self.optimizer.zero_grad(set_to_none=True)
-                    with chunk.where.autocast():
+                    with chunk.env.autocast():
                         loss = model(x, y) if x.size(0) else model(spare[None, :-1], spare[None, 1:]) * 0.0
                     loss.backward()
-                    chunk.where.average([p.grad for p in self.params])
+                    chunk.env.average([p.grad for p in self.params])
                     if c.grad_clip > 0.0:
                         torch.nn.utils.clip_grad_norm_(self.params, c.grad_clip)
                     self.optimizer.step()

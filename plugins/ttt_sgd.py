@@ -5,7 +5,7 @@ What: `epochs` (1) passes in file order over the full rows of `seq_len` tokens (
 shorter last batch), on ALL parameters: mean cross-entropy under the eval autocast (bf16 on the GPU,
 off on the CPU), backward, plain `torch.optim.SGD(lr=3e-4, momentum=0.95)` step; no schedule, no
 clipping, no gradient all-reduce. As in the record, every rank processes every batch (the rows are not
-split), and after the pass the parameters are averaged over ranks (`chunk.where.average`; the ranks
+split), and after the pass the parameters are averaged over ranks (`chunk.env.average`; the ranks
 computed the same update, so this only evens out nondeterminism). `qat_off` (default true, the record's
 `_ste_qat = False` on every CastedLinear before its TTT) turns every fake-quantization switch (the
 qat/late_qat plugins' layers, through the core's `pgolf_core.fake_quant_off`: no plugin imports another)
@@ -97,13 +97,13 @@ class TTTSGD(Plugin):
             for _ in range(c.epochs):
                 for first in range(0, rows, c.batch_rows):
                     optimizer.zero_grad(set_to_none=True)
-                    with chunk.where.autocast():
+                    with chunk.env.autocast():
                         loss = model(x_all[first : first + c.batch_rows], y_all[first : first + c.batch_rows])
                     loss.backward()
                     optimizer.step()
                     steps += 1
         optimizer.zero_grad(set_to_none=True)
-        chunk.where.average([p.data for p in model.parameters()])  # the record: all_reduce(p.data, AVG)
+        chunk.env.average([p.data for p in model.parameters()])  # the record: all_reduce(p.data, AVG)
         return steps
 
     def _new_optimizer(self, model: Model) -> torch.optim.SGD:

@@ -40,7 +40,7 @@ the mean loss of each phase's first and last epoch, and the parameter counts.
 Why: phase 1 re-fits the cheap per-channel gains to the int6 round-tripped weights, phase 2 adapts the
 last blocks and the embedding to the validation text. Source: PR #415 (2026-03-22_TwoPhase_TTT_NormRepair):
 val_bpb 1.1216 after its TTT, 1.1421 before, on tokens it had trained on first. The gradient average is
-`chunk.where.average` (all-reduce AVG) where the record sums and divides by the world size.
+`chunk.env.average` (all-reduce AVG) where the record sums and divides by the world size.
 tests/fixtures/ttt_two_phase_golden.pt holds the record's own TTT on small shapes
 (tools/make_ttt_two_phase_goldens.py).
 """
@@ -144,10 +144,10 @@ class TTTTwoPhase(Plugin):
         with fake_quant_off(model, c.qat_off):
             try:
                 for k, (names, epochs, make, lr) in enumerate(phases, start=1):
-                    sync(chunk.where.device)
+                    sync(chunk.env.device)
                     t0 = time.perf_counter()
                     first, last = run_phase(model, chunk, seq_len, c.batch_rows, names, epochs, lr, make, c.compile)
-                    sync(chunk.where.device)
+                    sync(chunk.env.device)
                     self.seconds[k - 1] += time.perf_counter() - t0
                     chunk.report(f"{self.name}/phase{k}_seconds", round(self.seconds[k - 1], 3))
                     if chunk.index == 0:
@@ -180,37 +180,37 @@ def run_phase(
     compile_mode: str,
 ) -> tuple[float, float]:
     """One phase (see the module docstring); returns the mean loss of its first and last epoch."""
-    where, tokens = chunk.where, chunk.tokens
+    env, tokens = chunk.env, chunk.tokens
     chosen = set(names)
     for n, p in model.named_parameters():
         p.requires_grad_(n in chosen)
     params: list[Tensor] = [p for p in model.parameters() if p.requires_grad]
     rows = (tokens.numel() - 1) // seq_len
-    per_step = batch_rows * where.world_size
+    per_step = batch_rows * env.world_size
     usable = (rows // per_step) * per_step or rows
     if epochs == 0 or not params or usable == 0:  # nothing to train (a chunk shorter than one row)
         return float("nan"), float("nan")
     xs = tokens[: usable * seq_len].reshape(usable, seq_len)
     ys = tokens[1 : usable * seq_len + 1].reshape(usable, seq_len)
-    on = compile_mode == "on" or (compile_mode == "auto" and where.device.type == "cuda")
+    on = compile_mode == "on" or (compile_mode == "auto" and env.device.type == "cuda")
     forward = torch.compile(model, dynamic=False, fullgraph=True) if on else model
     opt = make(params, lr)
     model.train()
-    distributed = where.world_size > 1 and dist.is_available() and dist.is_initialized()
+    distributed = env.world_size > 1 and dist.is_available() and dist.is_initialized()
     losses = []
     for epoch in range(epochs):
         for group in opt.param_groups:
             group["lr"] = cosine_lr(lr, epoch, epochs)
-        perm = torch.randperm(usable, device=where.device)  # the device's default generator, as the record
+        perm = torch.randperm(usable, device=env.device)  # the device's default generator, as the record
         if distributed:
             dist.broadcast(perm, src=0)
-        total = torch.zeros((), device=where.device, dtype=torch.float64)
+        total = torch.zeros((), device=env.device, dtype=torch.float64)
         count = 0
         for start in range(0, usable, per_step):
-            mine = perm[start + where.rank * batch_rows : start + (where.rank + 1) * batch_rows]
+            mine = perm[start + env.rank * batch_rows : start + (env.rank + 1) * batch_rows]
             opt.zero_grad(set_to_none=True)
             if mine.numel():
-                with where.autocast():
+                with env.autocast():
                     loss = forward(xs[mine], ys[mine])
                 loss.backward()
                 total += loss.detach().to(torch.float64) * mine.numel()
@@ -219,7 +219,7 @@ def run_phase(
                 for param in params:
                     if param.grad is None:
                         param.grad = torch.zeros_like(param)
-                where.average([param.grad for param in params])
+                env.average([param.grad for param in params])
             opt.step()
         losses.append(total / max(count, 1))
     return float(losses[0].item()), float(losses[-1].item())
