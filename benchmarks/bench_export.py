@@ -41,7 +41,6 @@ from pgolf_core.exporter import (  # noqa: E402
     serialize,  # noqa: E402
 )
 from pgolf_core.registry import create_manager  # noqa: E402
-from pgolf_core.run import configure  # noqa: E402
 from pgolf_core.types import collect_roles  # noqa: E402
 
 DOC = ROOT / "docs" / "benchmarks.md"
@@ -124,7 +123,6 @@ def main() -> dict:
         path.write_text(RECIPE)
         recipe = load_recipe(path)
     pm = create_manager(recipe)
-    configure(recipe, pm, log=lambda msg: None)
     stack = export_stack(pm, recipe)
     model = build_model(recipe)
     weights = trained_like(model, args.seed)

@@ -237,7 +237,8 @@ def eval_sliding(
     end of the stream re-score the final positions (for 62,021,632 tokens, T=2048, s=64: 1,984
     extra scored tokens, 62,023,616 in all). tail="once" scores every target exactly once: a
     clipped window scores only positions no earlier window scored, and windows left with nothing
-    to score are skipped. tail="full_windows" is PR #63's own loop (see `window_starts`).
+    to score are skipped. tail="drop_short" drops the windows shorter than the stride, as PR #549's
+    test-time-training eval does. tail="full_windows" is PR #63's own loop (see `window_starts`).
 
     `adapt` (test-time training): the windows are scored chunk by chunk (each chunk's windows split
     across ranks), and after chunk k (but the last) `adapt` receives its tokens

@@ -554,12 +554,4 @@ def catalog() -> dict[str, Callable[..., Any]]:
     return {name: value for name, value in globals().items() if hasattr(value, "pgolf_phase")}
 
 
-def phases() -> dict[str, list[str]]:
-    """Phase -> its hooks, as the run calls them."""
-    grouped: dict[str, list[str]] = {}
-    for name, function in catalog().items():
-        grouped.setdefault(function.pgolf_phase, []).append(name)  # type: ignore[attr-defined]
-    return grouped
-
-
 EXCLUSIVE_HOOKS = tuple(name for name, function in catalog().items() if function.pgolf_spec["firstresult"])  # type: ignore[attr-defined]

@@ -36,7 +36,6 @@ def _find_flash(required: bool = False) -> Any:
             'flash attention was requested ([model] attention = "flash") but neither flash_attn_interface nor '
             'flash_attn is installed (pip install \'pgolf[gpu]\'); use "auto" or "sdpa" to run with PyTorch SDPA'
         )
-    return None
 
 
 def resolve_backend(requested: str, device_type: str) -> tuple[str, str]:

@@ -15,6 +15,7 @@ import hashlib
 import math
 import re
 import sys
+import types
 import typing
 from dataclasses import fields
 from pathlib import Path
@@ -235,7 +236,7 @@ def build_config(cls: type, table: dict[str, Any], where: str) -> Any:
 
 def _coerce(value: Any, hint: Any, where: str) -> Any:
     origin = typing.get_origin(hint)
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):  # Optional[X] and X | None
         args = [a for a in typing.get_args(hint) if a is not type(None)]
         return None if value is None else _coerce(value, args[0], where)
     if origin is list:

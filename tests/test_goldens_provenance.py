@@ -26,6 +26,7 @@ RECORDS = {  # fixture -> records it is made from, as tools/make_goldens.py stam
     "ttt_score_first_golden": {"pr297", "pr549"},
     "ttt_two_phase_golden": {"pr415"},
     "prune_golden": {"pr415"},
+    "caseops_golden": {"pr1855"},
 }
 GENERATORS = {
     "export_later_golden": "tools/make_export_goldens.py",
@@ -37,6 +38,7 @@ GENERATORS = {
     "ttt_score_first_golden": "tools/make_ttt_goldens.py",
     "ttt_two_phase_golden": "tools/make_ttt_two_phase_goldens.py",
     "prune_golden": "tools/make_prune_goldens.py",
+    "caseops_golden": "tools/make_caseops_goldens.py",
 }  # the others: tools/make_goldens.py
 
 

@@ -23,7 +23,10 @@ def hooks_markdown() -> str:
     section per phase with each hook's signature and documentation, then the leaderboard coverage."""
     lines = ["# Hook reference", "", "Generated from `pgolf_core/hookspecs.py` by `tools/gen_docs.py`.", ""]
     lines += [inspect.getdoc(hookspecs) or "", ""]
-    for phase, names in hookspecs.phases().items():
+    phases: dict[str, list[str]] = {}  # phase -> its hooks, in the catalog's order (a run's)
+    for name, spec in hookspecs.catalog().items():
+        phases.setdefault(spec.pgolf_phase, []).append(name)  # type: ignore[attr-defined]
+    for phase, names in phases.items():
         lines += [f"# Phase: {phase}", ""]
         for name in names:
             fn = getattr(hookspecs, name)
