@@ -230,15 +230,15 @@ def check_case(case: Case, args: argparse.Namespace) -> int:
         phase("fit (warm-up compiles)")
         run.fit(time.perf_counter)
         timed = run.step_times
-        row.update(steps=run.steps, first_step_ms=timed[0] if timed else None)
+        row.update(steps=run.state.step, first_step_ms=timed[0] if timed else None)
         row["step_ms_median"] = statistics.median(timed[1:]) if len(timed) > 1 else None
         row["graphs_after_warmup"] = observer.start
         row["recompiles_after_warmup"] = (
             None if observer.start is None or observer.end is None else observer.end - observer.start
         )
         row["recompile_reasons"] = recompiles.messages
-        if run.steps != recipe.train.iterations:
-            problems.append(f"trained {run.steps} of {recipe.train.iterations} steps")
+        if run.state.step != recipe.train.iterations:
+            problems.append(f"trained {run.state.step} of {recipe.train.iterations} steps")
         if row["recompiles_after_warmup"] or recompiles.messages:
             problems.append(f"recompiled after warm-up: {'; '.join(recompiles.messages) or 'see the log'}")
         if run.env.is_cuda:

@@ -6,9 +6,10 @@ Evaluation is a sequence of batches. A generator scores one batch at a time unde
 chunk to the adaptation hook only after every window of it was scored: the hook never receives a
 token before that token has been scored (the challenge's rule for test-time training).
 
-Byte accounting follows `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`.
-The tables are any object with `base_bytes`, `has_leading_space` and `is_boundary` tensors
-(`pgolf_core.data.tokens.ByteTables`); the bytes are computed here so this module needs nothing else.
+The bytes BPB divides by come from `tables.target_bytes(prev_ids, target_ids, positions)`: the tokenizer's byte tables
+(`pgolf_core.data.tokens.ByteTables`: `bytes(y | x) = base[y] + (leading_space[y] & ~boundary[x])`) or a per-token
+byte sidecar (`SidecarBytes`: the original text's bytes of the target at each position of the stream, CaseOps).
+Every evaluator passes both the ids and the positions, so each source reads what it needs.
 """
 
 from __future__ import annotations
@@ -68,12 +69,6 @@ class EvalSums(NamedTuple):
         return EvalResult(val_loss, val_loss / math.log(2.0) * (tokens / nbytes), tokens, nbytes, seconds)
 
 
-def token_bytes(prev_ids: Tensor, tgt_ids: Tensor, tables: Any) -> Tensor:
-    """Bytes of each target given its previous token (int16, same shape as the ids)."""
-    lead = tables.has_leading_space[tgt_ids] & ~tables.is_boundary[prev_ids]
-    return tables.base_bytes[tgt_ids].to(torch.int16) + lead.to(torch.int16)
-
-
 # ---------------------------------------------------------------- standard evaluation
 
 
@@ -86,14 +81,15 @@ def standard_batches(
     baseline's `eval_val`).
     """
     rows_x, rows_y = ValChunk(val_tokens, 0, 1, env).rows(seq_len)  # the stream as one chunk: this rank's rows
-    for x, y in zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), strict=True):
-        x, y = x.to(env.device, torch.int64), y.to(env.device, torch.int64)
+    _, rows_at = ValChunk(torch.arange(val_tokens.numel()), 0, 1, env).rows(seq_len)  # the targets' positions
+    for x, y, at in zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), rows_at.split(batch_seqs), strict=True):
+        x, y, at = x.to(env.device, torch.int64), y.to(env.device, torch.int64), at.to(env.device)
         with torch.inference_mode(), env.autocast():
             loss = model(x, y).detach()
         with torch.inference_mode():
             count = torch.tensor(float(y.numel()), dtype=torch.float64, device=env.device)
             nll_sum = loss.to(torch.float64) * count
-            nbytes = token_bytes(x, y, tables).to(torch.float64).sum()
+            nbytes = tables.target_bytes(x, y, at).to(torch.float64).sum()
         env.on_batch()
         yield EvalSums(nll_sum, count, nbytes)
 
@@ -199,9 +195,12 @@ def sliding_batches(
             window = val_tokens[ws : end + 1].to(torch.int64)
             x[row, : end - ws], y[row, : end - ws] = window[:-1], window[1:]
         x, y = x.to(env.device), y.to(env.device)
-        # Padding rows (a short last batch) score nothing: span (0, 0).
-        spans = [scored_span(ws, total, seq_len, stride, tail) for ws in group] + [(0, 0)] * (batch_seqs - len(group))
-        lo, hi = torch.tensor(spans, dtype=torch.int64, device=env.device).unbind(1)
+        # Padding rows (a short last batch) score nothing: span (0, 0). `at`: each target's position in the stream
+        # (what a byte sidecar is indexed by).
+        padding = [(0, 0, 0)] * (batch_seqs - len(group))
+        spans = [(*scored_span(ws, total, seq_len, stride, tail), ws) for ws in group] + padding
+        lo, hi, starts_t = torch.tensor(spans, dtype=torch.int64, device=env.device).unbind(1)
+        at = (starts_t[:, None] + positions + 1).clamp(max=total)
         mask = (positions[None, :] >= lo[:, None]) & (positions[None, :] < hi[:, None])
         with torch.inference_mode(), env.autocast():
             logits = model.forward_logits(x)  # type: ignore[operator]  # nn.Module attributes type as Tensor
@@ -209,7 +208,7 @@ def sliding_batches(
             nll = F.cross_entropy(logits.float().reshape(-1, logits.size(-1)), y.reshape(-1), reduction="none")
             # torch.where, not boolean indexing: no host sync per batch on a GPU.
             nll_sum = torch.where(mask, nll.reshape(y.shape).to(torch.float64), 0.0).sum()
-            nbytes = torch.where(mask, token_bytes(x, y, tables).to(torch.float64), 0.0).sum()
+            nbytes = torch.where(mask, tables.target_bytes(x, y, at).to(torch.float64), 0.0).sum()
         env.on_batch()
         yield EvalSums(nll_sum, mask.sum().to(torch.float64), nbytes)
 

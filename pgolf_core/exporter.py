@@ -296,69 +296,14 @@ def dequantize_rows(q: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
 
 
 # ---------------------------------------------------------------- the baseline's int8 format (the default)
-# `quantize_int8` produces exactly the object of the baseline's `quantize_state_dict_int8` (same keys, dtypes and
-# values), so an official `final_model.int8.ptz` loads through `dequantize_int8` and a pgolf artifact loads
+# `Int8Format.quantize` produces exactly the object of the baseline's `quantize_state_dict_int8` (same keys, dtypes
+# and values), so an official `final_model.int8.ptz` loads through `Int8Format.dequantize` and a pgolf artifact loads
 # through the baseline's dequantizer.
 
 INT8_FORMAT = "int8_clean_per_row_v1"
 # The baseline writes the clip quantile as 99.99984 / 100 (= 0.9999984000000001); torch.quantile
 # works in the tensor's dtype, where it equals 0.9999984, so either spelling gives the same bits.
 DEFAULT_CLIP_QUANTILE = 99.99984 / 100.0
-
-
-def quantize_int8(
-    state_dict: Mapping[str, Tensor],
-    *,
-    keep_float_max_numel: int = 65_536,
-    clip_quantile: float = DEFAULT_CLIP_QUANTILE,
-    roles: Roles,
-) -> dict[str, Any]:
-    """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
-
-    Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
-    elements pass through (as commented below); the rest are quantized per row (2-D) or per tensor.
-    """
-    obj: dict[str, Any] = {FORMAT_KEY: INT8_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {}}
-    qmeta: dict[str, dict[str, Any]] = {}  # optional keys, added after these only when non-empty, like the baseline
-    orig_dtypes: dict[str, str] = {}
-    for name, tensor in state_dict.items():
-        t = tensor.detach().to("cpu").contiguous()
-        if not t.is_floating_point() or t.numel() <= keep_float_max_numel:
-            # small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
-            # their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)
-            if t.is_floating_point() and is_control(name, roles):
-                t = t.float().contiguous()
-            elif t.dtype in (torch.float32, torch.bfloat16):
-                orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
-                t = t.to(torch.float16).contiguous()
-            obj["passthrough"][name] = t
-            continue
-        if t.ndim == 2:
-            q, s = clipped_rows(t.float(), clip_quantile, 127)
-            qmeta[name] = {"scheme": "per_row", "axis": 0}
-        else:
-            q, s = clipped_tensor(t.float(), clip_quantile, 127)
-        obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, str(t.dtype).removeprefix("torch.")
-    if qmeta:
-        obj["qmeta"] = qmeta
-    if orig_dtypes:
-        obj["passthrough_orig_dtypes"] = orig_dtypes
-    return obj
-
-
-def dequantize_int8(obj: Mapping[str, Any]) -> dict[str, Tensor]:
-    """Weights back from an int8 object (pgolf's or an official artifact's): `q * scale` per row
-    (broadcast over trailing dims) or per tensor, cast to the recorded dtype."""
-    if obj.get(FORMAT_KEY) != INT8_FORMAT:
-        raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get(FORMAT_KEY)!r})")
-    orig_dtypes = obj.get("passthrough_orig_dtypes", {})
-    out = {
-        n: dequantize_rows(q, obj["scales"][n], getattr(torch, obj["dtypes"][n])) for n, q in obj["quantized"].items()
-    }
-    for name, t in obj["passthrough"].items():
-        t = t.detach().to("cpu").contiguous()
-        out[name] = t.to(getattr(torch, orig_dtypes[name])).contiguous() if name in orig_dtypes else t
-    return out
 
 
 class Int8Format:
@@ -370,18 +315,61 @@ class Int8Format:
     needs_plan = ""
 
     def __init__(self, keep_float_max_numel: int = 65_536, clip_quantile: float = DEFAULT_CLIP_QUANTILE) -> None:
-        self.settings: dict[str, Any] = {"keep_float_max_numel": keep_float_max_numel, "clip_quantile": clip_quantile}
+        self.keep_float_max_numel = keep_float_max_numel
+        self.clip_quantile = clip_quantile
 
     def quantize(
         self, weights: Mapping[str, Tensor], plan: ExportPlan, roles: Roles, report: Callable[[str, Any], None]
     ) -> dict[str, Any]:
+        """The baseline's int8 export object (its size stats, which the baseline only logs, are not computed).
+
+        Non-float tensors pass through unchanged; float tensors with at most `keep_float_max_numel`
+        elements pass through (as commented below); the rest are quantized per row (2-D) or per tensor.
+        """
         planned = [name for name, entry in plan.items() if entry.clip_percentile is not None or entry.q is not None]
         if planned:  # e.g. gptq_lite with int6_export ablated: say so instead of dropping it silently
             report("int8/export_plan_ignored", len(planned))
-        return quantize_int8(weights, roles=roles, **self.settings)
+        obj: dict[str, Any] = {FORMAT_KEY: INT8_FORMAT, "quantized": {}, "scales": {}, "dtypes": {}, "passthrough": {}}
+        qmeta: dict[str, dict[str, Any]] = {}  # optional keys, added after these only when non-empty, like the baseline
+        orig_dtypes: dict[str, str] = {}
+        for name, tensor in weights.items():
+            t = tensor.detach().to("cpu").contiguous()
+            if not t.is_floating_point() or t.numel() <= self.keep_float_max_numel:
+                # small float tensors pass through: control tensors as fp32; fp32/bf16 others as fp16 with
+                # their dtype recorded so loading restores it (fp16 and other float dtypes stay as they are)
+                if t.is_floating_point() and is_control(name, roles):
+                    t = t.float().contiguous()
+                elif t.dtype in (torch.float32, torch.bfloat16):
+                    orig_dtypes[name] = str(t.dtype).removeprefix("torch.")
+                    t = t.to(torch.float16).contiguous()
+                obj["passthrough"][name] = t
+                continue
+            if t.ndim == 2:
+                q, s = clipped_rows(t.float(), self.clip_quantile, 127)
+                qmeta[name] = {"scheme": "per_row", "axis": 0}
+            else:
+                q, s = clipped_tensor(t.float(), self.clip_quantile, 127)
+            obj["quantized"][name], obj["scales"][name], obj["dtypes"][name] = q, s, str(t.dtype).removeprefix("torch.")
+        if qmeta:
+            obj["qmeta"] = qmeta
+        if orig_dtypes:
+            obj["passthrough_orig_dtypes"] = orig_dtypes
+        return obj
 
     def dequantize(self, obj: Mapping[str, Any], dtypes: Mapping[str, torch.dtype]) -> dict[str, Tensor]:
-        return dequantize_int8(obj)
+        """Weights back from an int8 object (pgolf's or an official artifact's): `q * scale` per row
+        (broadcast over trailing dims) or per tensor, cast to the recorded dtype (`dtypes` is not read)."""
+        if obj.get(FORMAT_KEY) != INT8_FORMAT:
+            raise PgolfError(f"not an {INT8_FORMAT} object (format tag {obj.get(FORMAT_KEY)!r})")
+        orig_dtypes = obj.get("passthrough_orig_dtypes", {})
+        out = {
+            n: dequantize_rows(q, obj["scales"][n], getattr(torch, obj["dtypes"][n]))
+            for n, q in obj["quantized"].items()
+        }
+        for name, t in obj["passthrough"].items():
+            t = t.detach().to("cpu").contiguous()
+            out[name] = t.to(getattr(torch, orig_dtypes[name])).contiguous() if name in orig_dtypes else t
+        return out
 
 
 # ---------------------------------------------------------------- code bytes: the other part of the artifact

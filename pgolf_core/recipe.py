@@ -183,8 +183,8 @@ def _check_core(recipe: Recipe) -> None:
         )
     if (stride := e.sliding_stride) > (eval_seq := e.seq_len or t.train_seq_len):
         raise RecipeError(f"{where}: [eval] sliding_stride={stride}: expected <= the eval sequence length {eval_seq}")
-    for key in ("train_pattern", "val_pattern"):
-        if not (pattern := getattr(recipe.data, key)) or Path(pattern).is_absolute():
+    for key in ("train_pattern", "val_pattern", "val_bytes_pattern"):
+        if not (pattern := getattr(recipe.data, key)) and key != "val_bytes_pattern" or Path(pattern).is_absolute():
             raise RecipeError(
                 f"{where}: [data] {key}={pattern!r}: expected a non-empty file pattern relative to data.path "
                 f"(e.g. 'fineweb_train_*.bin')"

@@ -29,8 +29,8 @@ from rich import progress as rp
 from rich.console import Console
 
 from pgolf_core.data.tokens import Data, read_shard, tokenizer_sha256
-from pgolf_core.evaluation import EvalResult, token_bytes
-from pgolf_core.exporter import Written, write_atomic
+from pgolf_core.evaluation import EvalResult
+from pgolf_core.exporter import CORE_DIR, Written, write_atomic
 from pgolf_core.model import count_parameters
 from pgolf_core.registry import Plugins, noncompliance, version_order
 from pgolf_core.types import PGOLF_VERSION, PgolfError, Plugin, Recipe, TrainState, WriteFault
@@ -193,10 +193,8 @@ def diverged(name: str, seed: int, step: int, loss: float, last: float | None) -
 class RunLog:
     def __init__(self, out_dir: Path | None, rank: int = 0, interactive: bool | None = None) -> None:
         self.enabled = rank == 0
-        self.log_path = out_dir / "train.log" if out_dir and self.enabled else None
-        self.metrics_path = out_dir / "metrics.jsonl" if out_dir and self.enabled else None
+        self.out = out_dir if self.enabled else None  # the run folder (train.log, metrics.jsonl) once it is claimed
         self.progress: rp.Progress | None = None
-        self._task: Any = None
         self._interactive = (sys.stdout.isatty() if interactive is None else interactive) and self.enabled
         self._pending: list[str] = []  # lines logged before the run directory was claimed
 
@@ -207,8 +205,8 @@ class RunLog:
             self.progress.console.print(msg, markup=False)
         else:
             print(msg, flush=True)
-        if self.log_path is not None:
-            _append(self.log_path, msg + "\n")
+        if self.out is not None:
+            _append(self.out / "train.log", msg + "\n")
         else:
             self._pending.append(msg)
 
@@ -217,14 +215,14 @@ class RunLog:
         passed), beginning with the lines logged while the run was being set up."""
         if not self.enabled:
             return
-        self.log_path, self.metrics_path = out_dir / "train.log", out_dir / "metrics.jsonl"
-        _append(self.log_path, "".join(m + "\n" for m in self._pending))
+        self.out = out_dir
+        _append(out_dir / "train.log", "".join(m + "\n" for m in self._pending))
         self._pending.clear()
 
     def metric(self, **fields: Any) -> None:
-        if self.metrics_path is not None:
+        if self.out is not None:
             fields.setdefault("time", round(time.time(), 3))
-            _append(self.metrics_path, json.dumps(strict_json(fields)[0]) + "\n")
+            _append(self.out / "metrics.jsonl", json.dumps(strict_json(fields)[0]) + "\n")
 
     # Progress display on a terminal (plain log lines otherwise): the training steps against `iterations`, the
     # number the log prints, and below them the batches of the evaluation running now (the training clock stops).
@@ -282,8 +280,6 @@ def write_json_atomic(path: Path, data: Any) -> None:
 
 # ---------------------------------------------------------------- the summary and its manifest
 
-CORE_DIR = Path(__file__).resolve().parent
-
 
 def git_sha() -> str:
     try:
@@ -296,10 +292,10 @@ def git_sha() -> str:
 UNIGRAM_TRAIN_TOKENS = 20_000_000  # the unigram reference counts this many train tokens at most
 
 
-def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any) -> float:
+def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any, vocab: int) -> float:
     """BPB of a unigram model (add-one smoothed counts from the first `UNIGRAM_TRAIN_TOKENS` train tokens)
-    on the val targets: the floor any trained model must clear."""
-    vocab = int(tables.base_bytes.numel())
+    on the val targets: the floor any trained model must clear. Its bytes are the run's (`tables`: the byte tables
+    or the sidecar), so the two scores divide by the same number."""
     counts = np.ones(vocab, dtype=np.float64)
     seen = 0
     for f in train_files:
@@ -310,7 +306,9 @@ def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any) 
             break
     logp = np.log(counts / counts.sum())
     val = val_tokens.to(torch.int64)
-    n_bytes = token_bytes(val[:-1], val[1:], tables.to("cpu")).sum().item()  # an exact integer sum
+    n_bytes = (
+        tables.to("cpu").target_bytes(val[:-1], val[1:], torch.arange(1, len(val))).sum().item()
+    )  # an exact integer sum
     return float(-logp[val[1:].numpy()].sum() / (math.log(2) * n_bytes))
 
 
@@ -337,7 +335,7 @@ def summarize(run: Finished) -> dict[str, Any]:
     pre, roundtrip, sliding, written = run.last_val, run.roundtrip, run.sliding, run.written
     total_bytes, score = written.model_bytes + run.code_bytes, (sliding or roundtrip).val_bpb
     noncompliant = noncompliance(run.plugins.pm)
-    unigram = unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables)
+    unigram = unigram_bpb(data.train_files, data.val_tokens.cpu(), data.tables, recipe.model.vocab_size)
     return {
         "schema": "pgolf.summary/1", "status": "finished", "name": recipe.run.name, "seed": recipe.run.seed,
         "val_loss": pre.val_loss, "val_bpb": pre.val_bpb,

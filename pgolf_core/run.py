@@ -36,6 +36,7 @@ from pgolf_core.data.tokens import (
     DistributedTokenLoader,
     build_byte_tables,
     check_shards,
+    load_byte_sidecar,
     load_tokenizer,
     load_validation_tokens,
     shard_files,
@@ -152,8 +153,7 @@ def build_model_with(spec: ModelSpec, pm: pluggy.PluginManager, seed: int) -> GP
 
 def build_model(recipe: Recipe, pm: pluggy.PluginManager | None = None) -> GPT:
     """The recipe's model on CPU in fp32 with its plugins applied; deterministic for `run.seed`."""
-    pm = pm or create_manager(recipe)
-    return build_model_with(model_spec(recipe), pm, recipe.run.seed)
+    return build_model_with(model_spec(recipe), pm or create_manager(recipe), recipe.run.seed)
 
 
 # ---------------------------------------------------------------- where the run executes, its data, its model
@@ -224,8 +224,11 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
         check_shards(files, recipe.model.vocab_size)
     seq = recipe.eval.seq_len or recipe.train.train_seq_len
     val = load_validation_tokens(val_files, max(recipe.train.train_seq_len, seq), recipe.eval.max_tokens)
-    tables = build_byte_tables(sp, recipe.model.vocab_size).to(env.device)
-    return Data(train_files, tokenizer, val, tables, seq)
+    if cfg.val_bytes_pattern:  # BPB's bytes: the original text's, from the sidecars (CaseOps)
+        tables: Any = load_byte_sidecar(shard_files(root, cfg.val_bytes_pattern, True), val_files, val, sp.bos_id())
+    else:
+        tables = build_byte_tables(sp, recipe.model.vocab_size, f"tokenizer {tokenizer}")
+    return Data(train_files, tokenizer, val, tables.to(env.device), seq)
 
 
 def build(recipe: Recipe, plugins: Plugins, env: Env, log: Any) -> tuple[GPT, Roles]:
@@ -307,12 +310,9 @@ class Run:
         log.log(f"val_loader:shards pattern={recipe.data.val_pattern} tokens:{data.val_tokens.numel() - 1}")
         self.base, roles = build(recipe, self.plugins, env, log.log)
         use_compile = recipe.run.compile == "on" or (recipe.run.compile == "auto" and env.is_cuda)
-        compiled: Any = torch.compile(self.base, dynamic=False, fullgraph=True) if use_compile else self.base
-        self.model: torch.nn.Module = (
-            DDP(compiled, device_ids=[env.device.index] if env.is_cuda else None, broadcast_buffers=False)
-            if env.distributed
-            else compiled
-        )
+        model: Any = torch.compile(self.base, dynamic=False, fullgraph=True) if use_compile else self.base
+        ids = [env.device.index] if env.is_cuda else None
+        self.model: torch.nn.Module = DDP(model, device_ids=ids, broadcast_buffers=False) if env.distributed else model
         self.optimizers = optimizers = build_optimizers(self.base, cfg, roles, env.device.type)
         if optimizers.muon is not None and use_compile:
             optimizers.muon.orthogonalize = torch.compile(optimizers.muon.orthogonalize)  # keeps muon_ns_dtype
@@ -379,7 +379,6 @@ class Run:
         self.base.load_state_dict(initial_model, strict=True)
         for o, state in zip(opt.all, initial_opt, strict=True):
             o.load_state_dict(state)
-        opt.zero_grad()
 
     def fit(self, clock: Callable[[], float]) -> None:
         """The loop: periodic validation (the timer pauses), hooks around each step, a warmdown that
@@ -410,11 +409,9 @@ class Run:
                 )
                 env.sync()
                 t0 = clock()
+            if last_step and step < cfg.iterations:  # only the wallclock cap stops a run before its last step
+                log.log(f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}")
             if last_step:
-                if stop_after is not None and step < cfg.iterations:
-                    log.log(
-                        f"stopping_early: wallclock_cap train_time:{training_ms:.0f}ms step:{step}/{cfg.iterations}"
-                    )
                 break
             # One step: schedules from elapsed time, then the step hooks around the optimizer step.
             state.step, state.elapsed_ms = step, training_ms + 1000.0 * (clock() - t0)
@@ -431,26 +428,33 @@ class Run:
             self.step_times.append(training_ms + 1000.0 * (clock() - t0) - state.elapsed_ms)
             approx_ms = state.elapsed_ms + self.step_times[-1]
             if cfg.train_log_every > 0 and (step <= 10 or step % cfg.train_log_every == 0 or stop_after is not None):
-                self.log_train_loss(step, train_loss, approx_ms)
+                if env.distributed:  # the loss of the global batch, not rank 0's share (gloo has no AVG)
+                    dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
+                    train_loss /= env.world_size
+                loss = train_loss.item()
+                log.log(
+                    f"step:{step}/{cfg.iterations} train_loss:{loss:.4f} "
+                    f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms"
+                )
+                log.metric(event="train", step=step, train_loss=loss, train_time_ms=approx_ms, lr_scale=state.lr_scale)
+                log.update_progress(step, loss, cfg.train_batch_tokens * step / max(approx_ms / 1e3, 1e-9), approx_ms)
             log.update_progress(step)
-            if stop_after is None and self.any_rank(cap_ms is not None and approx_ms >= cap_ms, cap_ms is not None):
+            if stop_after is None and cap_ms is not None and self.any_rank(approx_ms >= cap_ms):
                 stop_after = step
         if env.is_cuda:
             log.log(
                 f"peak memory allocated: {torch.cuda.max_memory_allocated() // 2**20} MiB "
                 f"reserved: {torch.cuda.max_memory_reserved() // 2**20} MiB"
             )
-        self.train_seconds = training_ms / 1000.0
+        self.seconds = {"train": training_ms / 1000.0}
         hook.pgolf_fit_end(state=state)
 
-    def any_rank(self, flag: bool | torch.Tensor, collective: bool = True) -> bool:
-        """True on every rank when it is true on one (a collective only when all ranks ask); one
-        host sync, after the all-reduce."""
-        if isinstance(flag, bool) and not (self.env.distributed and collective):
-            return flag
+    def any_rank(self, flag: bool | torch.Tensor) -> bool:
+        """True on every rank when it is true on one (every rank must ask); one host sync, after the all-reduce."""
+        if not self.env.distributed:
+            return bool(flag)
         t = torch.as_tensor(flag, device=self.env.device).to(torch.int32)
-        if self.env.distributed and collective:
-            dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
         return bool(t.item())
 
     def stop_if_diverged(self, step: int, loss: torch.Tensor, last: Any) -> None:
@@ -465,21 +469,6 @@ class Run:
             records.write_json_atomic(self.out / "summary.json", summary)
         raise RunFault(f"{msg} (its summary is in {self.out})")
 
-    def log_train_loss(self, step: int, train_loss: torch.Tensor, approx_ms: float) -> None:
-        cfg = self.recipe.train
-        if self.env.distributed:  # the loss of the global batch, not rank 0's share (gloo has no AVG)
-            dist.all_reduce(train_loss, op=dist.ReduceOp.SUM)
-            train_loss /= self.env.world_size
-        loss = train_loss.item()
-        self.log.log(
-            f"step:{step}/{cfg.iterations} train_loss:{loss:.4f} "
-            f"train_time:{approx_ms:.0f}ms step_avg:{approx_ms / step:.2f}ms"
-        )
-        self.log.metric(
-            event="train", step=step, train_loss=loss, train_time_ms=approx_ms, lr_scale=self.state.lr_scale
-        )
-        self.log.update_progress(step, loss, cfg.train_batch_tokens * step / max(approx_ms / 1e3, 1e-9), approx_ms)
-
     def finish(self) -> dict[str, Any]:
         """Final weights, export and read back through `pgolf eval`'s reader, evals, summary."""
         recipe, env, log, state, pm = self.recipe, self.env, self.log, self.state, self.plugins.pm
@@ -490,9 +479,13 @@ class Run:
             load_weights(self.base, final)
             self.last_val = self.evaluate(self.model)
             log.log(f"final_weights val_loss:{self.last_val.val_loss:.4f} val_bpb:{self.last_val.val_bpb:.4f}")
-        t_export = time.perf_counter()
-        self.written, self.code_bytes = self.export()
-        export_seconds = time.perf_counter() - t_export
+        t_export = time.perf_counter()  # `final_model.pt` (raw weights), then the artifact `final_model.ptz`
+        weights = {k: v.detach().to("cpu").contiguous() for k, v in self.base.state_dict().items()}
+        if env.rank == 0:
+            exporter.write_atomic(self.out / "final_model.pt", exporter.serialize(weights))
+        ctx = ExportContext(recipe, state.roles, state.report)
+        self.written, self.code_bytes = write_export(self.plugins, weights, ctx, self.out, log.log, env.rank == 0)
+        self.seconds["export"] = time.perf_counter() - t_export
         env.barrier()
         live = self.base.state_dict()
         trained, dtypes = [k for k, v in live.items() if v.any()], {k: v.dtype for k, v in live.items()}
@@ -503,9 +496,9 @@ class Run:
         if self.zeroed:
             log.log(f"WARNING: export: {len(self.zeroed)} tensors quantized to all zeros: {', '.join(self.zeroed)}")
         load_weights(self.base, weights)
-        self.roundtrip, self.sliding = self.final_evals(self.written.label)
-        self.seconds = {"train": self.train_seconds, "eval": time.perf_counter() - t_eval, "export": export_seconds}
-        self.seconds["total"] = time.perf_counter() - self.t_start
+        models, rows, label = (self.model, self.base), self.val_rows, self.written.label
+        self.roundtrip, self.sliding = score(recipe, pm, self.data, models, env, rows, log.log, state.report, label)
+        self.seconds.update(eval=time.perf_counter() - t_eval, total=time.perf_counter() - self.t_start)
         summary = records.summarize(self)
         if env.rank == 0:
             resolved = records.resolved_recipe_text(recipe, self.plugins.ordered, summary)
@@ -515,19 +508,6 @@ class Run:
         if env.distributed:
             dist.destroy_process_group()
         return summary
-
-    def export(self) -> tuple[exporter.Written, int]:
-        """`final_model.pt` (raw weights), then the artifact `final_model.ptz`; sizes logged."""
-        weights = {k: v.detach().to("cpu").contiguous() for k, v in self.base.state_dict().items()}
-        if self.env.rank == 0:
-            exporter.write_atomic(self.out / "final_model.pt", exporter.serialize(weights))
-        ctx = ExportContext(self.recipe, self.state.roles, self.state.report)
-        return write_export(self.plugins, weights, ctx, self.out, self.log.log, self.env.rank == 0)
-
-    def final_evals(self, label: str) -> tuple[evaluation.EvalResult, evaluation.EvalResult | None]:
-        models = (self.model, self.base)
-        return score(self.recipe, self.plugins.pm, self.data, models, self.env, self.val_rows, self.log.log,
-                     self.state.report, label)  # fmt: skip
 
 
 def score(

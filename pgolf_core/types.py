@@ -55,12 +55,10 @@ class WriteFault(OSError):
     """Writing one of the run's files failed (disk full, I/O error); the file is named."""
 
     def __init__(self, path: str | Path, exc: OSError):
-        self.message = f"could not write {path}: {exc.strerror or exc}"
-        super().__init__(exc.errno, self.message)
-        self.filename = str(path)
+        super().__init__(exc.errno, f"could not write {path}: {exc.strerror or exc}", str(path))
 
-    def __str__(self) -> str:
-        return self.message
+    def __str__(self) -> str:  # the message alone, not OSError's "[Errno 28] ...: 'path'"
+        return str(self.strerror)
 
 
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
@@ -191,6 +189,7 @@ class DataConfig:
     tokenizer: str = ""  # SentencePiece .model; empty = the sample tokenizer / <path>/tokenizer.model
     train_pattern: str = "fineweb_train_*.bin"
     val_pattern: str = "fineweb_val_*.bin"
+    val_bytes_pattern: str = ""  # per-token byte sidecars ("fineweb_val_bytes_*.bin", CaseOps); "": the byte tables
 
 
 @dataclass

@@ -19,7 +19,7 @@ Two forms, decided by which eval hook the instance implements:
   marks the run non-compliant (`summary.json` `"eval_compliant": false`). The record then restored the
   weights it had before its TTT (for its LoRA TTT, off by default). Restoring is moot in pgolf's flow:
   the round trip is scored before the pre-scoring hook and the sliding window is the last thing scored
-  (`Run.final_evals`); the artifact and `final_model.pt` were written before. So nothing is restored.
+  (`run.score`); the artifact and `final_model.pt` were written before. So nothing is restored.
 - `score_first = true` (compliant): `pgolf_eval_adapt` makes the same update on each already-scored
   chunk (`[eval] chunk_tokens`), one SGD optimizer (its momentum) kept from chunk to chunk, a new one
   when `chunk.index == 0`; parameters averaged over ranks after each chunk.

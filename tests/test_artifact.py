@@ -29,8 +29,9 @@ CODECS = codec_table(BUILTIN_CODECS)
 
 
 def quantize_int8(inputs: dict, **kwargs):
-    """The int8 format with the baseline's control tensors (its name patterns) as roles."""
-    return exporter.quantize_int8(inputs, roles=pattern_roles(inputs, BASELINE_CONTROL), **kwargs)
+    """The int8 format (no export plan) with the baseline's control tensors (its name patterns) as roles."""
+    roles = pattern_roles(inputs, BASELINE_CONTROL)
+    return exporter.Int8Format(**kwargs).quantize(inputs, {}, roles, lambda key, value: None)
 
 
 GOLDEN = Path(__file__).parent / "fixtures" / "int8_golden.pt"
@@ -122,7 +123,7 @@ def test_int8_matches_baseline_bit_exactly(golden: dict, case: str) -> None:
 @pytest.mark.parametrize("case", list(CASES))
 def test_dequantize_matches_baseline(golden: dict, case: str) -> None:
     """The golden object is the baseline's own: pgolf reads an official artifact to the same bits."""
-    out = exporter.dequantize_int8(golden[case]["obj"])
+    out = exporter.Int8Format().dequantize(golden[case]["obj"], {})
     assert {k: fingerprint({k: v}) for k, v in out.items()} == golden[case]["dequantized"]
 
 
@@ -138,7 +139,7 @@ def test_round_trip_error_within_half_a_step() -> None:
     """|dequantized - clipped| <= s/2 per row, plus |q| times the fp16 storage error of the scale."""
     inputs = make_inputs("small")
     obj = quantize_int8(inputs, keep_float_max_numel=4096)
-    out = exporter.dequantize_int8(obj)
+    out = exporter.Int8Format().dequantize(obj, {})
     assert sorted(out) == sorted(inputs)  # quantized names first, then passthrough, as the baseline
     for name in obj["passthrough"]:
         w = inputs[name]
@@ -165,7 +166,7 @@ def test_round_trip_error_within_half_a_step() -> None:
 
 def test_dequantize_rejects_other_formats() -> None:
     with pytest.raises(PgolfError, match="int8_clean_per_row_v1"):
-        exporter.dequantize_int8({"__quant_format__": "int6_in_int8_per_row_v1"})
+        exporter.Int8Format().dequantize({"__quant_format__": "int6_in_int8_per_row_v1"}, {})
 
 
 def test_serialize_round_trip_weights_only() -> None:

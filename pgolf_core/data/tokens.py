@@ -12,6 +12,7 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
+from pgolf_core.data.caseops import RESERVED as CASEOPS_MARKERS
 from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError, PgolfError
 
@@ -94,14 +95,17 @@ def write_shard(path: str | Path, tokens: torch.Tensor | np.ndarray | Sequence[i
     return path
 
 
-def shard_files(directory: str | Path, pattern: str) -> list[Path]:
-    """Sorted shards matching `pattern` in `directory` (the order the baseline streams them in)."""
+def shard_files(directory: str | Path, pattern: str, sidecars: bool = False) -> list[Path]:
+    """Sorted shards matching `pattern` in `directory` (the order the baseline streams them in): token shards, or
+    with `sidecars` the per-token byte sidecars (`fineweb_val_bytes_*`, below), never the one for the other."""
     directory = Path(directory).expanduser()
     if not directory.is_dir():
         raise DataError(f"data directory {directory} does not exist")
-    files = sorted(p for p in directory.glob(pattern) if p.is_file())
-    if not files:
-        raise DataError(f"no files match {pattern!r} in {directory}")
+    matches = sorted(p for p in directory.glob(pattern) if p.is_file())
+    if not (files := [p for p in matches if ("_bytes_" in p.name) == sidecars]):
+        kind = "token shards" if sidecars else "per-token byte sidecars, not tokens ([data] val_bytes_pattern)"
+        why = f"; {matches[0].name} ... are {kind}" if matches else ""
+        raise DataError(f"no files match {pattern!r} in {directory}{why}")
     return files
 
 
@@ -205,6 +209,42 @@ class ByteTables(NamedTuple):
     def to(self, device: torch.device | str) -> ByteTables:
         return ByteTables(*(t.to(device) for t in self))
 
+    def target_bytes(self, prev_ids: torch.Tensor, tgt_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Bytes of each target given the token before it (int16, the ids' shape); `positions` is not needed."""
+        lead = self.has_leading_space[tgt_ids] & ~self.is_boundary[prev_ids]
+        return self.base_bytes[tgt_ids].to(torch.int16) + lead.to(torch.int16)
+
+
+# A per-token byte sidecar (the CaseOps records): shards of the token format beside the validation shards, named
+# `fineweb_val_bytes_*`, one value per validation token: the UTF-8 bytes of the original text that token stands
+# for (0 for BOS and for a marker alone). The byte tables would count the transformed pieces (a CaseOps marker is
+# 3 bytes of no text), so a recipe on such data names its sidecars ([data] val_bytes_pattern) and BPB divides by
+# their sum. A shard named so ("_bytes_") is never read as tokens (`shard_files`).
+
+
+class SidecarBytes(NamedTuple):
+    """The validation stream's bytes, one per token (int32), by position in the stream."""
+
+    values: torch.Tensor
+
+    def to(self, device: torch.device | str) -> SidecarBytes:
+        return SidecarBytes(self.values.to(device))
+
+    def target_bytes(self, prev_ids: torch.Tensor, tgt_ids: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Bytes of the targets at `positions` of the validation stream (the ids are not needed)."""
+        return self.values[positions]
+
+
+def load_byte_sidecar(files: list[Path], token_files: list[Path], tokens: torch.Tensor, bos_id: int) -> SidecarBytes:
+    """The sidecar of the validation `tokens` (read from `token_files`, perhaps cut short), refused unless it pairs
+    with them token for token: as many values as the shards hold tokens, and 0 bytes at every BOS."""
+    values, n = torch.cat([read_shard(f) for f in files]).to(torch.int32), sum(map(shard_token_count, token_files))
+    if values.numel() != n:
+        raise DataError(f"byte sidecars {files[0].name} ... hold {values.numel()} values for {n} validation tokens")
+    if len(bad := ((tokens == bos_id) & (values[: tokens.numel()] != 0)).nonzero().flatten()):
+        raise DataError(f"byte sidecars {files[0].name} ...: validation token {int(bad[0])} is BOS but counts bytes")
+    return SidecarBytes(values[: tokens.numel()])
+
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.SentencePieceProcessor:
     """The tokenizer, refused when its vocabulary is not `vocab_size` (the score would be of other text)."""
@@ -224,8 +264,13 @@ def tokenizer_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTables:
-    """Tables of size max(tokenizer vocab, model vocab); ids the tokenizer lacks are boundaries of 0 bytes."""
+def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int, name: str = "the tokenizer") -> ByteTables:
+    """Tables of size max(tokenizer vocab, model vocab); ids the tokenizer lacks are boundaries of 0 bytes. A CaseOps
+    tokenizer (its markers are pieces) is refused: its text is not the text the score is about."""
+    if any(sp.piece_to_id(c) != sp.unk_id() for c in CASEOPS_MARKERS):
+        raise DataError(
+            f"{name} is a CaseOps tokenizer (its byte tables count the markers): set [data] val_bytes_pattern"
+        )
     n = max(int(sp.vocab_size()), vocab_size)
     base = np.zeros(n, dtype=np.int16)
     lead = np.zeros(n, dtype=np.bool_)
@@ -241,7 +286,8 @@ def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTa
 
 
 class Data(NamedTuple):
-    """The shards, the tokenizer, the validation tokens and the BPB byte tables."""
+    """The shards, the tokenizer, the validation tokens and where BPB's bytes come from (`ByteTables` or
+    `SidecarBytes`: each has `target_bytes(prev_ids, tgt_ids, positions)`)."""
 
     train_files: list[Path]
     tokenizer_path: Path

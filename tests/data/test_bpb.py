@@ -14,7 +14,6 @@ import pytest
 import torch
 
 from pgolf_core.data.tokens import build_byte_tables, load_tokenizer, tokenizer_sha256
-from pgolf_core.evaluation import token_bytes
 from pgolf_core.types import DataError
 
 BOS, UNK = 1, 3
@@ -49,7 +48,7 @@ def test_document_bytes_after_bos(official, text: str, expected: int, why: str) 
     sp, tables = official
     ids = sp.encode(text)
     prev, tgt = torch.tensor([BOS, *ids[:-1]]), torch.tensor(ids)
-    assert int(token_bytes(prev, tgt, tables).sum()) == expected, why
+    assert int(tables.target_bytes(prev, tgt, None).sum()) == expected, why
     if UNK not in ids:
         assert expected == normalized_bytes(text)
 
@@ -58,7 +57,7 @@ def test_stream_of_documents(official) -> None:
     """Two documents in one stream, as in the shards: each starts after its own BOS."""
     sp, tables = official
     stream = torch.tensor([BOS, *sp.encode("hello world"), BOS, *sp.encode("good day to you")])
-    assert int(token_bytes(stream[:-1], stream[1:], tables).sum()) == 11 + 15
+    assert int(tables.target_bytes(stream[:-1], stream[1:], None).sum()) == 11 + 15
 
 
 def test_leading_space_counts_except_after_a_boundary(official) -> None:
@@ -67,7 +66,7 @@ def test_leading_space_counts_except_after_a_boundary(official) -> None:
     assert (the, lone_space) == (11, 940)
     prev = torch.tensor([a, BOS, UNK, 0, a, BOS])
     tgt = torch.tensor([the, the, the, the, lone_space, lone_space])
-    got = token_bytes(prev, tgt, tables)
+    got = tables.target_bytes(prev, tgt, None)
     assert got.dtype == torch.int16 and got.tolist() == [4, 3, 3, 3, 1, 0]
 
 

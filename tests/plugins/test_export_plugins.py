@@ -29,7 +29,6 @@ from pgolf_core.exporter import (
     Int8Format,
     codec_table,
     deserialize,
-    quantize_int8,
     serialize,
 )
 from pgolf_core.registry import load_recipe
@@ -425,7 +424,7 @@ def test_zstd_equals_the_records_compressor():
 
 def test_each_plugin_changes_the_artifact():
     weights = make_weights([s for s in SPECS_414 if s[0] != "blocks.1.resid_mix"], 7)  # no fp32 giant
-    core_obj = quantize_int8(weights, roles=pattern_roles(weights, PR414_CONTROL))
+    core_obj = Int8Format().quantize(weights, {}, pattern_roles(weights, PR414_CONTROL), lambda k, v: None)
     core = ZLIB.encode(serialize(core_obj), 9)
     *_, rowmax_obj, _ = run_export(weights, PR414_CONTROL, gptq=False)
     *_, gptq_obj, _ = run_export(weights, PR414_CONTROL, gptq=True)
