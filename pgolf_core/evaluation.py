@@ -81,9 +81,10 @@ def standard_batches(
     baseline's `eval_val`).
     """
     rows_x, rows_y = ValChunk(val_tokens, 0, 1, env).rows(seq_len)  # the stream as one chunk: this rank's rows
-    _, rows_at = ValChunk(torch.arange(val_tokens.numel()), 0, 1, env).rows(seq_len)  # the targets' positions
-    for x, y, at in zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), rows_at.split(batch_seqs), strict=True):
-        x, y, at = x.to(env.device, torch.int64), y.to(env.device, torch.int64), at.to(env.device)
+    first, _ = env.share((val_tokens.numel() - 1) // seq_len)  # this rank's first row
+    for i, (x, y) in enumerate(zip(rows_x.split(batch_seqs), rows_y.split(batch_seqs), strict=True)):
+        x, y = x.to(env.device, torch.int64), y.to(env.device, torch.int64)
+        at = torch.arange(y.numel(), device=env.device).view_as(y) + (first + i * batch_seqs) * seq_len + 1  # positions
         with torch.inference_mode(), env.autocast():
             loss = model(x, y).detach()
         with torch.inference_mode():

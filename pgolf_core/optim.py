@@ -25,8 +25,7 @@ def newton_schulz5(grad: Tensor, steps: int = 5, eps: float = 1e-7, dtype: torch
     x = grad.to(dtype)
     x = x / (x.norm() + eps)
     tall = grad.size(0) > grad.size(1)
-    if tall:
-        x = x.T
+    x = x.T if tall else x
     for _ in range(steps):
         gram = x @ x.T
         x = a * x + (b * gram + c * gram @ gram) @ x

@@ -306,9 +306,8 @@ def unigram_bpb(train_files: list[Path], val_tokens: torch.Tensor, tables: Any, 
             break
     logp = np.log(counts / counts.sum())
     val = val_tokens.to(torch.int64)
-    n_bytes = (
-        tables.to("cpu").target_bytes(val[:-1], val[1:], torch.arange(1, len(val))).sum().item()
-    )  # an exact integer sum
+    # an exact integer sum
+    n_bytes = tables.to("cpu").target_bytes(val[:-1], val[1:], torch.arange(1, len(val))).sum().item()
     return float(-logp[val[1:].numpy()].sum() / (math.log(2) * n_bytes))
 
 

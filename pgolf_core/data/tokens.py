@@ -243,7 +243,7 @@ def load_byte_sidecar(files: list[Path], token_files: list[Path], tokens: torch.
         raise DataError(f"byte sidecars {files[0].name} ... hold {values.numel()} values for {n} validation tokens")
     if len(bad := ((tokens == bos_id) & (values[: tokens.numel()] != 0)).nonzero().flatten()):
         raise DataError(f"byte sidecars {files[0].name} ...: validation token {int(bad[0])} is BOS but counts bytes")
-    return SidecarBytes(values[: tokens.numel()])
+    return SidecarBytes(values[: tokens.numel()].clone())  # not a view: the rest of the sidecar is freed
 
 
 def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.SentencePieceProcessor:

@@ -18,7 +18,6 @@ import re
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import torch
@@ -26,6 +25,7 @@ from pgolf_plugins import ttt_score_first, ttt_sgd
 
 from pgolf_core import FAKE_QUANT_SWITCH, Env, ValChunk, load_recipe
 from pgolf_core import evaluation as ev
+from pgolf_core.data.tokens import ByteTables
 from pgolf_core.registry import create_manager
 from pgolf_core.run import build_model, train
 
@@ -64,10 +64,9 @@ def small_model(g: dict) -> torch.nn.Module:
     return model.train()
 
 
-def tables(g: dict) -> SimpleNamespace:
+def tables(g: dict) -> ByteTables:
     t = g["tables"]
-    return SimpleNamespace(base_bytes=t["base_bytes"], has_leading_space=t["has_leading_space"],
-                           is_boundary=t["is_boundary"])  # fmt: skip
+    return ByteTables(t["base_bytes"], t["has_leading_space"], t["is_boundary"])
 
 
 def update_error(model: torch.nn.Module, g: dict) -> float:

@@ -245,14 +245,12 @@ def test_score_first_adapts_on_each_scored_chunk_and_carries_the_model_on(golden
     """The chunked sliding eval hands each scored chunk to `pgolf_eval_adapt`: the model that scores
     chunk k+1 is the one adapted on chunks 0..k (replaying the same chunks on a fresh model gives the
     same weights bit for bit), and the adapted model scores better than the frozen one."""
-    from types import SimpleNamespace
-
+    from pgolf_core.data.tokens import ByteTables
     from pgolf_core.evaluation import eval_sliding
 
     vocab = int(golden["model_env"]["VOCAB_SIZE"])
-    tables = SimpleNamespace(base_bytes=torch.ones(vocab, dtype=torch.int16),
-                             has_leading_space=torch.zeros(vocab, dtype=torch.bool),
-                             is_boundary=torch.zeros(vocab, dtype=torch.bool))  # fmt: skip
+    tables = ByteTables(torch.ones(vocab, dtype=torch.int16), torch.zeros(vocab, dtype=torch.bool),
+                        torch.zeros(vocab, dtype=torch.bool))  # fmt: skip
     tokens, config = golden["stream"].long(), Config(score_first=True, seq_len=64, batch_rows=4, phase1_epochs=2,
                                                        phase2_epochs=1)  # fmt: skip
     model, plugin, chunks = small_model(golden), TTTTwoPhase(config), []
