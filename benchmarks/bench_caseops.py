@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import importlib.util
 import os
 import platform
 import statistics
@@ -25,6 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core.data import caseops  # noqa: E402
 from pgolf_core.data.sample import sample_documents  # noqa: E402
 
@@ -41,16 +41,6 @@ COLUMNS = ["date", "cpu", "python", "repeats", "load avg", "pgolf encode", "reco
            "record decode", "encode ratio", "decode ratio"]  # fmt: skip
 
 
-def load(path: Path):
-    if not path.is_file():
-        raise SystemExit(f"{path}: no such file (pass a CaseOps record folder's lossless_caps.py)")
-    spec = importlib.util.spec_from_file_location("record_lossless_caps", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def seconds(fn, items: list[str]) -> float:
     start = time.perf_counter()
     for item in items:
@@ -64,7 +54,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--write", action="store_true", help="append the result to docs/benchmarks.md")
     args = ap.parse_args(argv)
-    record = load(args.lossless_caps)
+    record = load_record(args.lossless_caps, "encode_lossless_caps_v2")
     docs = sample_documents()
     mb = sum(len(d.encode("utf-8")) for d in docs) / 1e6
     encoded = [caseops.encode(d) for d in docs]

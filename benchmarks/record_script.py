@@ -33,7 +33,7 @@ def load_record(path: Path, required: str) -> types.ModuleType:
     """Import `path` as a module; exit with a clear message if it lacks attribute `required`."""
     path = Path(path)
     if not path.is_file():
-        raise SystemExit(f"{path}: no such file (pass the path of a record's train_gpt.py)")
+        raise SystemExit(f"{path}: no such file (pass the path of the record's file, e.g. its train_gpt.py)")
     if "flash_attn_interface" not in sys.modules and importlib.util.find_spec("flash_attn_interface") is None:
         stub = types.ModuleType("flash_attn_interface")
         stub.flash_attn_func = _sdpa_flash_attn_func  # type: ignore[attr-defined]
@@ -43,7 +43,7 @@ def load_record(path: Path, required: str) -> types.ModuleType:
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     if not hasattr(module, required):
-        raise SystemExit(f"{path}: no {required} (not a PR #414-style record script)")
+        raise SystemExit(f"{path}: no {required} (not the record file this needs)")
     return module
 
 

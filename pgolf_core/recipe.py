@@ -186,8 +186,8 @@ def _check_core(recipe: Recipe) -> None:
     for key in ("train_pattern", "val_pattern", "val_bytes_pattern"):
         if not (pattern := getattr(recipe.data, key)) and key != "val_bytes_pattern" or Path(pattern).is_absolute():
             raise RecipeError(
-                f"{where}: [data] {key}={pattern!r}: expected a non-empty file pattern relative to data.path "
-                f"(e.g. 'fineweb_train_*.bin')"
+                f"{where}: [data] {key}={pattern!r}: expected a file pattern relative to data.path "
+                f"(e.g. 'fineweb_train_*.bin'; only val_bytes_pattern may be empty)"
             )
 
 

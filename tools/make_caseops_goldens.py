@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import importlib.util
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -31,6 +30,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.record_script import load_record  # noqa: E402
 from pgolf_core.data.sample import sample_documents  # noqa: E402
 from tests.data import test_caseops as cases  # noqa: E402
 from tools.make_goldens import stamp  # noqa: E402
@@ -38,14 +38,6 @@ from tools.make_goldens import stamp  # noqa: E402
 FIXTURE = ROOT / "tests" / "fixtures" / "caseops_golden.pt"
 RECORDS = {"pr1855": ("#1855", "2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611")}
 TRANSFORM = "lossless_caps_caseops_v1"
-
-
-def load(path: Path) -> ModuleType:
-    spec = importlib.util.spec_from_file_location("record_lossless_caps", path)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def make(rec: ModuleType) -> dict[str, Any]:
@@ -73,7 +65,7 @@ def main() -> int:
     parser.add_argument("--commit", default="", help="the openai/parameter-golf commit it was read at")
     parser.add_argument("--check", action="store_true", help="compare with the committed fixture, write nothing")
     args = parser.parse_args()
-    data = make(load(args.lossless_caps))
+    data = make(load_record(args.lossless_caps, "encode_lossless_caps_v2"))
     if args.check:
         old = torch.load(FIXTURE, weights_only=True)
         old.pop("provenance", None)

@@ -128,6 +128,11 @@ CORE_CASES = [
     ("artifact_limit_zero", ["--set", "export.artifact_limit_bytes=0"], ["[export] artifact_limit_bytes=0"]),
     ("train_pattern_empty", ["--set", 'data.train_pattern=""'], ["[data] train_pattern=''"]),
     ("train_pattern_absolute", ["--set", 'data.train_pattern="/tmp/x_*.bin"'], ["[data] train_pattern='/tmp/x_*.bin'"]),
+    (
+        "val_bytes_pattern_absolute",
+        ["--set", 'data.val_bytes_pattern="/tmp/b_*.bin"'],
+        ["[data] val_bytes_pattern='/tmp/b_*.bin'", "relative to data.path"],
+    ),
     ("val_pattern_empty", ["--set", 'data.val_pattern=""'], ["[data] val_pattern=''"]),
     ("data_path_nul", ["--set", "data.path=/tmp/a\x00b"], ["[data] path=", "NUL"]),
 ]
