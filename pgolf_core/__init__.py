@@ -8,11 +8,13 @@ Public API (stable names; plugins import these from `pgolf_core` only):
 - parts to build with: `CastedLinear`, the parameter roles `declare_role`, `declare_all`, `role_of`,
   `ParamRole`, `Roles`, `is_control`, the fake-quantization switch `FAKE_QUANT_SWITCH` and `fake_quant_off`,
   and the row quantizers every export format shares (`weight_category`, `clipped_rows`, `clipped_tensor`,
-  `scaled_rows`, `max_tensor`, `dequantize_rows`).
+  `scaled_rows`, `max_tensor`, `dequantize_rows`), and where documents start in a token stream
+  (`document_starts`).
 """
 
 from __future__ import annotations
 
+from pgolf_core.data.tokens import document_starts
 from pgolf_core.exporter import (
     FORMAT_KEY,
     clipped_rows,
@@ -64,5 +66,5 @@ __all__ = [
     "TensorPlan", "ExportFormat", "Correction", "Codec", "FORMAT_KEY", "CastedLinear", "ParamRole", "Roles",
     "declare_role", "declare_all", "is_control", "role_of", "FAKE_QUANT_SWITCH", "fake_quant_off",
     "weight_category", "clipped_rows", "clipped_tensor", "scaled_rows", "max_tensor", "dequantize_rows",
-    "__version__",
+    "document_starts", "__version__",
 ]  # fmt: skip

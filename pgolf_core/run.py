@@ -31,11 +31,13 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 
 from pgolf_core import evaluation, exporter, records
+from pgolf_core.data import check
 from pgolf_core.data.tokens import (
     Data,
     DistributedTokenLoader,
     build_byte_tables,
     check_shards,
+    is_caseops,
     load_byte_sidecar,
     load_tokenizer,
     load_validation_tokens,
@@ -224,10 +226,13 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
         check_shards(files, recipe.model.vocab_size)
     seq = recipe.eval.seq_len or recipe.train.train_seq_len
     val = load_validation_tokens(val_files, max(recipe.train.train_seq_len, seq), recipe.eval.max_tokens)
-    if cfg.val_bytes_pattern:  # BPB's bytes: the original text's, from the sidecars (CaseOps)
-        tables: Any = load_byte_sidecar(shard_files(root, cfg.val_bytes_pattern, True), val_files, val, sp.bos_id())
+    sidecars = shard_files(root, cfg.val_bytes_pattern, True) if cfg.val_bytes_pattern else []
+    used = {**dict.fromkeys(train_files + val_files, "tokens"), **dict.fromkeys(sidecars, "bytes")}
+    check.guard(root, used, tokenizer if is_caseops(sp) else None, log)
+    if sidecars:  # BPB's bytes: the original text's, from the sidecars (CaseOps)
+        tables: Any = load_byte_sidecar(sidecars, val_files, val, sp.bos_id())
     else:
-        tables = build_byte_tables(sp, recipe.model.vocab_size, f"tokenizer {tokenizer}")
+        tables = build_byte_tables(sp, recipe.model.vocab_size)
     return Data(train_files, tokenizer, val, tables.to(env.device), seq)
 
 

@@ -21,7 +21,7 @@ LAYERS: list[tuple[str, list[str]]] = [
     ("model, optimizers, data, export stack", ["model", "optim", "exporter", "data.tokens", "data.caseops"]),
     (
         "data building, catalog",
-        ["data.build", "hookspecs"],
+        ["data.check", "data.build", "hookspecs"],
     ),  # fmt: skip
     ("data sources", ["data.sample", "data.fineweb"]),
     ("plugin system", ["registry"]),

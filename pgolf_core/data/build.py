@@ -1,5 +1,6 @@
 """Turn your own text into challenge-format data: a SentencePiece BPE tokenizer trained with the
-official sp1024 settings at any vocab size, and `fineweb_{val,train}_NNNNNN.bin` shards.
+official sp1024 settings at any vocab size (or one you give), `fineweb_{val,train}_NNNNNN.bin` shards
+and a manifest; optionally through the CaseOps transform, with the validation byte sidecar.
 
 Input files:
 * `.txt`: documents are separated by blank lines (a line holding only whitespace). Paragraph-sized
@@ -9,14 +10,19 @@ Input files:
   layout). Blank lines are ignored.
 Documents that are empty after stripping whitespace are dropped.
 
-Layout, as the official export: each document becomes `[BOS=1] + ids` (no EOS); the first
-`floor(n_docs * val_fraction)` documents (at least one) are the validation split, the rest train;
-each split is one stream cut into shards of `shard_tokens`. Two deliberate differences from the
-official exporter, for a small local corpus: the tokenizer is trained on the training documents
-only (so validation text is truly unseen), and long documents are fed to the trainer in chunks of
-at most 4,000 bytes, because SentencePiece silently skips any training sentence over 4,192 bytes.
-The whole dataset is built in a temporary directory and renamed into place, so an interrupted
-build never leaves a directory that looks complete. Text is held in memory while building.
+Layout, as the official export: each document becomes `[BOS=1] + ids` (no EOS); the first `val_docs`
+documents (the final records: 50,000) are the validation split, the rest train; each split is one
+stream cut into shards of `shard_tokens`. The split cannot leak: training starts after the last
+validation document and leaves out any exact copy of one (fingerprints of their tokens), and the
+manifest records both sides' document ranges and fingerprints, which `pgolf run` and `pgolf data check`
+read. With CaseOps (`caseops.py`) every document is transformed before tokenizing, and each validation
+shard gets a `fineweb_val_bytes_NNNNNN.bin` sidecar: per token, the UTF-8 bytes of the original text it
+stands for (what BPB divides by). Two deliberate differences from the official exporter, for a small
+local corpus: a trained tokenizer sees the training documents only (so validation text is truly
+unseen), and long documents are fed to the trainer in chunks of at most 4,000 bytes, because
+SentencePiece silently skips any training sentence over 4,192 bytes. The whole dataset is built in a
+temporary directory and renamed into place, so an interrupted build never leaves a directory that
+looks complete. Text is held in memory while building.
 """
 
 from __future__ import annotations
@@ -35,7 +41,9 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from pgolf_core.data.tokens import write_shard
+from pgolf_core.data import caseops as caseops_text
+from pgolf_core.data.check import fingerprint, side_fingerprint
+from pgolf_core.data.tokens import load_tokenizer, write_shard
 from pgolf_core.types import DataError
 
 Log = Callable[[str], None]
@@ -116,8 +124,9 @@ def training_sentences(docs: Iterable[str], limit: int = TRAIN_CHUNK_BYTES) -> I
         yield from filter(None, ("".join(chunk).strip() for chunk in chunks))
 
 
-def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
-    """A serialized SentencePiece model trained on `docs` with the official settings."""
+def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False) -> bytes:
+    """A serialized SentencePiece model trained on `docs` with the official settings; with `caseops`, the four
+    CaseOps markers are its first pieces after the controls (user-defined symbols: never split or merged)."""
     if not 4 < vocab_size <= 2**16:
         raise DataError(f"vocab_size must be in 5..65536 (shards store uint16 ids), got {vocab_size}")
     model = io.BytesIO()
@@ -127,6 +136,7 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
             model_writer=model,
             vocab_size=vocab_size,
             minloglevel=2,
+            user_defined_symbols=list(caseops_text.RESERVED if caseops else ()),
             **TRAINER_SETTINGS,
         )
     except RuntimeError as exc:
@@ -135,34 +145,54 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int) -> bytes:
 
 
 def write_split(
-    out_dir: Path, split: str, docs: Sequence[str], sp: spm.SentencePieceProcessor, shard_tokens: int
-) -> tuple[dict[str, dict], int]:
-    """Encode one split's documents into consecutive shards (a document may straddle two).
+    out_dir: Path, split: str, docs: Sequence[str], sp: spm.SentencePieceProcessor, shard_tokens: int, **how: Any
+) -> tuple[dict[str, dict], list[bytes]]:
+    """Encode one split's documents into consecutive shards (a document may straddle two); with `sidecar=True`, the
+    per-token byte sidecar beside them (the original text's UTF-8 bytes of each token's surface, 0 for BOS). A
+    document whose fingerprint is in `skip` (a copy of a validation document) is left out.
 
     Encodes in batches and fills one shard buffer at a time, so memory stays at one shard.
-    Returns ({file name: {"tokens", "sha256"}}, total tokens).
+    Returns ({file name: {"tokens", "sha256", "kind", "split"}}, each written document's fingerprint).
     """
     files: dict[str, dict] = {}
-    buf = np.empty(shard_tokens, dtype=np.uint16)
-    fill = 0
+    kinds = ("tokens", "bytes") if how.get("sidecar") else ("tokens",)
+    buf, fill, written = np.empty((len(kinds), shard_tokens), dtype=np.uint16), 0, []
 
     def flush() -> None:
-        path = write_shard(out_dir / f"fineweb_{split}_{len(files):06d}.bin", buf[:fill])
-        files[path.name] = {"tokens": fill, "sha256": sha256_file(path)}
+        index = sum(f["kind"] == "tokens" for f in files.values())
+        for row, kind in zip(buf, kinds, strict=True):
+            path = write_shard(out_dir / f"fineweb_{split}_{'bytes_' * (kind == 'bytes')}{index:06d}.bin", row[:fill])
+            files[path.name] = {"tokens": fill, "sha256": sha256_file(path), "kind": kind, "split": split}
 
     for start in range(0, len(docs), 256):
-        for ids in sp.encode(list(docs[start : start + 256])):
-            toks = np.asarray([BOS_ID, *ids], dtype=np.uint16)
-            while toks.size:
-                k = min(shard_tokens - fill, toks.size)
-                buf[fill : fill + k], toks = toks[:k], toks[k:]
+        for doc in encode(sp, docs[start : start + 256], bool(how.get("sidecar"))):
+            if (digest := fingerprint(doc[0])) in how.get("skip", ()):
+                continue
+            written.append(digest)
+            rows = np.asarray([[first, *ids] for first, ids in zip((BOS_ID, 0), doc, strict=False)], dtype=np.uint16)
+            while rows.shape[1]:
+                k = min(shard_tokens - fill, rows.shape[1])
+                buf[:, fill : fill + k], rows = rows[:, :k], rows[:, k:]
                 fill += k
                 if fill == shard_tokens:
                     flush()
                     fill = 0
     if fill:
         flush()
-    return files, sum(f["tokens"] for f in files.values())
+    return files, written
+
+
+def encode(sp: spm.SentencePieceProcessor, docs: Sequence[str], sidecar: bool) -> list[tuple[list[int], ...]]:
+    """Each document's token ids and, with `sidecar`, the original bytes of each token: the pieces' surfaces (the
+    input text each piece covers, before normalization) decoded by CaseOps (`original_bytes`); needs protobuf."""
+    if not sidecar:
+        return [(ids,) for ids in sp.encode(list(docs))]
+    try:
+        protos = sp.encode(list(docs), out_type="proto")
+    except ImportError as exc:  # sentencepiece >= 0.2.1 needs protobuf for the pieces' surfaces
+        raise DataError(f"the CaseOps byte sidecar needs protobuf: pip install 'pgolf[data]' ({exc})") from exc
+    pieces = [list(proto.pieces) for proto in protos]
+    return [([q.id for q in p], caseops_text.original_bytes(q.surface for q in p)) for p in pieces]
 
 
 def sha256_file(path: Path) -> str:
@@ -171,49 +201,67 @@ def sha256_file(path: Path) -> str:
 
 def export_dataset(
     docs: Sequence[str],
-    vocab_size: int,
+    tokenizer: int | bytes,
     out_dir: Path,
     *,
-    val_fraction: float,
+    val_docs: int,
     shard_tokens: int,
     source: dict[str, Any],
     log: Log,
+    caseops: bool = False,
 ) -> BuiltDataset:
-    """Tokenizer + shards + manifest for `docs` into `out_dir` (created atomically; must not exist)."""
-    if not 0 < val_fraction < 1:
-        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    """Tokenizer (trained to `tokenizer` pieces, or a serialized model) + shards + manifest for `docs` into
+    `out_dir` (created atomically; must not exist). The split is by document and disjoint by construction: the
+    first `val_docs` documents are validation, training starts after them and leaves out exact copies of a
+    validation document; the manifest records each side's document range and fingerprint (`check.fingerprint`)."""
+    if not 0 < val_docs < len(docs):
+        raise DataError(
+            f"need at least 2 non-empty documents and 1 to n-1 of them for validation (one of each side): got "
+            f"{val_docs} validation of {len(docs)} documents"
+        )
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
-    n_val = max(1, int(len(docs) * val_fraction + 1e-9))  # int() is floor() here: the product is positive
-    if len(docs) - n_val < 1:
-        raise DataError(f"need at least 2 non-empty documents (one validation, one training), got {len(docs)}")
+    if caseops:
+        docs = [caseops_text.encode(doc) for doc in docs]
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
-    log(f"data: training a {vocab_size}-token BPE tokenizer on {len(docs) - n_val} documents")
-    model = train_tokenizer(docs[n_val:], vocab_size)
+    if isinstance(tokenizer, int):
+        log(f"data: training a {tokenizer}-token BPE tokenizer on {len(docs) - val_docs} documents")
+    model = train_tokenizer(docs[val_docs:], tokenizer, caseops) if isinstance(tokenizer, int) else tokenizer
     sp = spm.SentencePieceProcessor(model_proto=model)
-    if sp.vocab_size() != vocab_size:
-        log(f"data: the text supports only {sp.vocab_size()} tokens, not {vocab_size} (hard_vocab_limit=false)")
+    if caseops != any(sp.piece_to_id(c) != sp.unk_id() for c in caseops_text.RESERVED):
+        raise DataError(
+            "--caseops needs a CaseOps tokenizer (the four markers as pieces); this one has none"
+            if caseops
+            else "this tokenizer is a CaseOps tokenizer (the markers are pieces): add --caseops"
+        )
+    if isinstance(tokenizer, int) and sp.vocab_size() != tokenizer:
+        log(f"data: the text supports only {sp.vocab_size()} tokens, not {tokenizer} (hard_vocab_limit=false)")
     with tempfile.TemporaryDirectory(
         prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent, ignore_cleanup_errors=True
     ) as name:  # removed on the way out, unless published (renamed into place) by then
         tmp = Path(name)
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared data directory private
         (tmp / "tokenizer.model").write_bytes(model)
-        log(f"data: writing shards ({n_val} validation, {len(docs) - n_val} training documents)")
-        val_files, n_val_tokens = write_split(tmp, "val", docs[:n_val], sp, shard_tokens)
-        train_files, n_train_tokens = write_split(tmp, "train", docs[n_val:], sp, shard_tokens)
-        counts = dict(
-            docs_total=len(docs), docs_val=n_val, docs_train=len(docs) - n_val, tokens_val=n_val_tokens,
-            tokens_train=n_train_tokens, files_val=len(val_files), files_train=len(train_files),
-        )  # fmt: skip
+        log(f"data: writing shards ({val_docs} validation, {len(docs) - val_docs} training documents)")
+        val_files, val_digests = write_split(tmp, "val", docs[:val_docs], sp, shard_tokens, sidecar=caseops)
+        train_files, train_digests = write_split(tmp, "train", docs[val_docs:], sp, shard_tokens, skip=set(val_digests))
+        if dropped := len(docs) - val_docs - len(train_digests):
+            log(f"data: left {dropped} training documents out: copies of validation documents")
+        counts = dict(docs_total=len(docs), docs_val=val_docs, docs_train=len(train_digests))
+        for side, files in (("val", val_files), ("train", train_files)):
+            shards = [f for f in files.values() if f["kind"] == "tokens"]
+            counts |= {f"tokens_{side}": sum(f["tokens"] for f in shards), f"files_{side}": len(shards)}
         # Everything that identifies the data, and nothing machine-specific (no paths, no times).
         manifest = {
-            "schema": "pgolf.dataset/1", "source": source,
+            "schema": "pgolf.dataset/2", "source": source, "caseops": caseops,
             "tokenizer": {"file": "tokenizer.model", "sha256": hashlib.sha256(model).hexdigest(),
                           "vocab_size": sp.vocab_size(), "sentencepiece": spm.__version__,
-                          "trainer": TRAINER_SETTINGS},
-            "bos_id": 1, "append_eos": False, "val_fraction": val_fraction, "shard_tokens": shard_tokens,
-            "stats": counts, "files": {**val_files, **train_files},
+                          "trainer": TRAINER_SETTINGS if isinstance(tokenizer, int) else None},
+            "bos_id": 1, "append_eos": False, "shard_tokens": shard_tokens, "stats": counts,
+            "split": {"val": {"docs": [0, val_docs], "sha256": side_fingerprint(val_digests)},
+                      "train": {"docs": [val_docs, len(docs)], "sha256": side_fingerprint(train_digests)},
+                      "copies_left_out": dropped, "shared_docs": 0},
+            "files": {**val_files, **train_files},
         }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
         # Publish: one atomic rename, which replaces only an empty directory. A concurrent builder that already
@@ -228,21 +276,29 @@ def export_dataset(
 
 def build_dataset(
     text_files: Sequence[str | Path],
-    vocab_size: int,
+    tokenizer: int | str | Path,
     out_dir: str | Path,
     val_fraction: float = 0.1,
     log: Log = print,
     shard_tokens: int = SHARD_TOKENS,
+    val_docs: int | None = None,
+    caseops: bool = False,
 ) -> BuiltDataset:
-    """Build a dataset from `.txt`/`.jsonl` files into `out_dir` (which must be absent or empty)."""
+    """Build a dataset from `.txt`/`.jsonl` files into `out_dir` (which must be absent or empty), with a tokenizer
+    trained to `tokenizer` pieces or read from that `.model` file; validation is the first `val_docs` documents,
+    else the leading `val_fraction` of them (at least one)."""
     out_dir = Path(out_dir).expanduser().resolve()
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise DataError(f"output directory {out_dir} already exists and is not empty; choose a new one")
+    if not 0 < val_fraction < 1:
+        raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    model = tokenizer if isinstance(tokenizer, int) else load_tokenizer(tokenizer).serialized_model_proto()
     docs = [doc for f in text_files for doc in read_documents(f)]
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
+    n_val = val_docs if val_docs is not None else max(1, int(len(docs) * val_fraction + 1e-9))  # int() is floor() here
     built = export_dataset(
-        docs, vocab_size, out_dir, val_fraction=val_fraction, shard_tokens=shard_tokens, source=source, log=log
+        docs, model, out_dir, val_docs=n_val, shard_tokens=shard_tokens, source=source, log=log, caseops=caseops
     )
     log(f"data: wrote {built.path}")
     return built

@@ -1,8 +1,10 @@
 """`pgolf data ...`: prepare the embedded sample, your own text, or the official FineWeb shards.
 
     pgolf data sample [--cache DIR]
-    pgolf data build --text FILE [FILE ...] --vocab-size N --out DIR [--val-fraction F]
-    pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR]
+    pgolf data build --text FILE [FILE ...] (--vocab-size N | --tokenizer MODEL) --out DIR
+                     [--val-docs N | --val-fraction F] [--caseops]
+    pgolf data check PATH [--tokenizer MODEL]
+    pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR] [--repo-id ID] [--remote-root DIR]
 
 Each prints where the data is and how many tokens it holds; point a recipe's `data.path` (and
 `data.tokenizer`) at the printed paths. Modules are imported in the handlers so `pgolf --help`
@@ -14,6 +16,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 from typing import Any
+
+from pgolf_core.types import DataError
 
 
 def _summary(path: Path, tokenizer: Path, train_tokens: int, val_tokens: int) -> None:
@@ -31,9 +35,16 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from pgolf_core.data.build import build_dataset
 
-    built = build_dataset(args.text, args.vocab_size, args.out, val_fraction=args.val_fraction)
+    if (args.tokenizer is None) == (args.vocab_size is None):
+        raise DataError("pgolf data build: give --vocab-size N (train a tokenizer) or --tokenizer MODEL, one of them")
+    tokenizer = args.tokenizer or args.vocab_size
+    built = build_dataset(
+        args.text, tokenizer, args.out, args.val_fraction, val_docs=args.val_docs, caseops=args.caseops
+    )
     _summary(built.path, built.tokenizer, built.train_tokens, built.val_tokens)
-    print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}")
+    sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * args.caseops
+    print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}"
+          f"{sidecar}")  # fmt: skip
     return 0
 
 
@@ -41,11 +52,19 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
     from pgolf_core.data.fineweb import download_fineweb
     from pgolf_core.data.tokens import shard_token_count
 
-    got = download_fineweb(args.variant, args.train_shards, args.out)
+    got = download_fineweb(args.variant, args.train_shards, args.out, args.repo_id, args.remote_root)
     train, val = (sum(shard_token_count(f) for f in files) for files in (got.train_files, got.val_files))
     _summary(got.path, got.tokenizer, train, val)
-    print(f"files:     {got.downloaded} downloaded, {got.skipped} already present")
+    print(f"files:     {got.downloaded} downloaded, {got.skipped} already present; manifest.json written last")
+    sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * bool(got.val_bytes_files)
+    print(f"use:       --set data.path={got.path} --set data.tokenizer={got.tokenizer}{sidecar}")
     return 0
+
+
+def check_dir(args: argparse.Namespace) -> int:
+    from pgolf_core.data.check import cmd_check
+
+    return cmd_check(args)
 
 
 # Subcommand, help, handler, then each option as (flag, add_argument keywords).
@@ -53,27 +72,37 @@ COMMANDS = (
     ("sample", "build (once) the embedded sample dataset; no network needed", cmd_sample, (
         ("--cache", dict(metavar="DIR", help="cache directory (default $PGOLF_CACHE or ~/.cache/pgolf)")),
     )),
-    ("build", "tokenizer + shards from your own .txt / .jsonl files", cmd_build, (
+    ("build", "tokenizer + shards + manifest from your own .txt / .jsonl files", cmd_build, (
         ("--text", dict(nargs="+", required=True, metavar="FILE",
                         help='.txt (documents separated by blank lines) or .jsonl (one {"text": ...} per line)')),
-        ("--vocab-size", dict(type=int, required=True, metavar="N", help="tokenizer vocabulary, e.g. 1024")),
+        ("--vocab-size", dict(type=int, metavar="N", help="train a tokenizer of N pieces, e.g. 1024")),
+        ("--tokenizer", dict(metavar="MODEL", help="or use this SentencePiece .model")),
         ("--out", dict(required=True, metavar="DIR", help="new (or empty) output directory")),
+        ("--val-docs", dict(type=int, metavar="N", help="the first N documents are validation (the records: 50000)")),
         ("--val-fraction", dict(type=float, default=0.1, metavar="F",
-                                help="leading fraction of documents held out for validation (default 0.1)")),
+                                help="else this leading fraction of the documents (default 0.1)")),
+        ("--caseops", dict(action="store_true", help="CaseOps transform, with the validation byte sidecar")),
     )),
-    ("fineweb", "download the official FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
-        ("--variant", dict(default="sp1024", help="tokenizer family, e.g. sp1024 (default)")),
+    ("check", "audit a data directory: shards, sidecar, BOS, train/val overlap, bytes", check_dir, (
+        ("path", dict(metavar="PATH", help="the folder of the fineweb_*.bin shards")),
+        ("--tokenizer", dict(metavar="MODEL", help="SentencePiece .model (default: the one beside the shards)")),
+    )),
+    ("fineweb", "download published FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
+        ("--variant", dict(default="sp1024", help="sp1024 (default), byte260, sp4096, sp8192, "
+                           "sp8192_lossless_caps_caseops_v1_reserved, or sp<N>[_SUFFIX] with --repo-id")),
         ("--train-shards", dict(type=int, default=80, metavar="N",
                                 help="training shards of 100M tokens to fetch (default 80, as the official script)")),
         ("--out", dict(default="data", metavar="DIR", help="download root (default ./data)")),
+        ("--repo-id", dict(metavar="ID", help="another Hugging Face dataset of this layout (default: the variant's)")),
+        ("--remote-root", dict(default="datasets", metavar="DIR", help="its manifest.json folder (default: datasets)")),
     )),
 )  # fmt: skip
 
 
 def register(subparsers: Any) -> None:
-    """Add the `data` command (with `sample`, `build`, `fineweb`) to the main CLI's subparsers."""
+    """Add the `data` command (with `sample`, `build`, `check`, `fineweb`) to the main CLI's subparsers."""
     data = subparsers.add_parser("data", help="prepare data: the embedded sample, your own text, or FineWeb")
-    sub = data.add_subparsers(dest="data_command", required=True, metavar="{sample,build,fineweb}")
+    sub = data.add_subparsers(dest="data_command", required=True, metavar="{sample,build,check,fineweb}")
     for name, text, func, options in COMMANDS:
         p = sub.add_parser(name, help=text)
         for flag, kwargs in options:

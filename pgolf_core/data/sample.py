@@ -26,7 +26,7 @@ SAMPLE_TEXT = Path(__file__).with_name("sample_text.jsonl.zst")
 VOCAB_SIZE = 1024
 VAL_FRACTION = 0.1
 SHARD_TOKENS = 2**18  # several train shards, so the sample exercises shard crossing and wrap-around
-BUILD_VERSION = 2  # bump when the build procedure changes in a way the settings below do not capture
+BUILD_VERSION = 3  # bump when the build procedure changes in a way the settings below do not capture
 
 
 # The built sample: `path` holds `fineweb_{val,train}_*.bin`, `tokenizer.model`, `manifest.json`.
@@ -72,8 +72,7 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
     log(f"data: building the embedded sample dataset into {final} (once)")
     source = {"kind": "sample", "file": SAMPLE_TEXT.name, "sha256": sha256_file(SAMPLE_TEXT)}
     docs = sample_documents()
-    sample = export_dataset(
-        docs, VOCAB_SIZE, final, val_fraction=VAL_FRACTION, shard_tokens=SHARD_TOKENS, source=source, log=log
-    )
+    n_val = int(len(docs) * VAL_FRACTION)
+    sample = export_dataset(docs, VOCAB_SIZE, final, val_docs=n_val, shard_tokens=SHARD_TOKENS, source=source, log=log)
     log(f"data: sample ready: {sample.train_tokens:,} train / {sample.val_tokens:,} val tokens in {final}")
     return sample

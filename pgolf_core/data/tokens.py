@@ -109,6 +109,13 @@ def shard_files(directory: str | Path, pattern: str, sidecars: bool = False) -> 
     return files
 
 
+def document_starts(tokens: torch.Tensor, bos_id: int) -> torch.Tensor:
+    """True where a document starts: every document of the challenge's data begins with BOS (no EOS), so this one
+    mask is where loaders, techniques that must not cross documents and per-document scorers cut. A boolean mask of
+    `tokens`' shape, not positions, so it traces under `torch.compile(fullgraph=True)`; `.nonzero()` gives positions."""
+    return tokens == bos_id
+
+
 # ---------------------------------------------------------------- the token streams
 # The training token stream and the validation tokens, with the baseline's exact semantics.
 #
@@ -241,7 +248,7 @@ def load_byte_sidecar(files: list[Path], token_files: list[Path], tokens: torch.
     values, n = torch.cat([read_shard(f) for f in files]).to(torch.int32), sum(map(shard_token_count, token_files))
     if values.numel() != n:
         raise DataError(f"byte sidecars {files[0].name} ... hold {values.numel()} values for {n} validation tokens")
-    if len(bad := ((tokens == bos_id) & (values[: tokens.numel()] != 0)).nonzero().flatten()):
+    if len(bad := (document_starts(tokens, bos_id) & (values[: tokens.numel()] != 0)).nonzero().flatten()):
         raise DataError(f"byte sidecars {files[0].name} ...: validation token {int(bad[0])} is BOS but counts bytes")
     return SidecarBytes(values[: tokens.numel()].clone())  # not a view: the rest of the sidecar is freed
 
@@ -264,13 +271,13 @@ def tokenizer_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int, name: str = "the tokenizer") -> ByteTables:
-    """Tables of size max(tokenizer vocab, model vocab); ids the tokenizer lacks are boundaries of 0 bytes. A CaseOps
-    tokenizer (its markers are pieces) is refused: its text is not the text the score is about."""
-    if any(sp.piece_to_id(c) != sp.unk_id() for c in CASEOPS_MARKERS):
-        raise DataError(
-            f"{name} is a CaseOps tokenizer (its byte tables count the markers): set [data] val_bytes_pattern"
-        )
+def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
+    """A CaseOps tokenizer has the markers as pieces: its byte tables count 3 bytes of no text for each."""
+    return any(sp.piece_to_id(c) != sp.unk_id() for c in CASEOPS_MARKERS)
+
+
+def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTables:
+    """Tables of size max(tokenizer vocab, model vocab); ids the tokenizer lacks are boundaries of 0 bytes."""
     n = max(int(sp.vocab_size()), vocab_size)
     base = np.zeros(n, dtype=np.int16)
     lead = np.zeros(n, dtype=np.bool_)

@@ -76,6 +76,18 @@ def test_original_bytes_equal_the_record(golden):
         assert sum(want) == len(text.encode("utf-8"))
 
 
+def test_original_bytes_of_the_record_tokenizers_pieces(golden):
+    """The sidecar's values on the pieces the record's CaseOps tokenizer makes (byte-fallback pieces after a
+    character's first have an empty surface; a piece's surface keeps the spaces SentencePiece collapses): equal to
+    the record's own count, and summing to the original text's bytes."""
+    surfaces, want = golden["record_surfaces"], golden["record_surface_bytes"]
+    assert any("" in s for s in surfaces) and any(p.startswith("  ") for s in surfaces for p in s)
+    texts = [*CASES, *sample_documents()[:3]]
+    for text, pieces, counts in zip(texts, surfaces, want, strict=True):
+        assert caseops.original_bytes(pieces) == counts, text
+        assert sum(counts) == len(text.strip().encode("utf-8"))
+
+
 def test_the_sample_documents_encode_as_the_record_encodes_them(golden):
     """All 378 documents of the embedded sample (1.7 MB of text) by digest: the record's encoding of each."""
     docs = sample_documents()

@@ -61,4 +61,4 @@ def test_fineweb_command_user_errors(tmp_path: Path, monkeypatch: pytest.MonkeyP
 def test_data_needs_a_subcommand(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as exc:
         parse(["data"])
-    assert exc.value.code == 2 and "sample,build,fineweb" in capsys.readouterr().err
+    assert exc.value.code == 2 and "sample,build,check,fineweb" in capsys.readouterr().err

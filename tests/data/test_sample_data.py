@@ -52,7 +52,7 @@ def test_cached_sample_is_reused(sample_cache: Path, sample: SampleData) -> None
 def test_manifest_and_layout(sample: SampleData) -> None:
     m = sample.manifest
     docs = sample_documents()
-    assert m["schema"] == "pgolf.dataset/1" and m["bos_id"] == 1 and m["append_eos"] is False
+    assert m["schema"] == "pgolf.dataset/2" and m["bos_id"] == 1 and m["append_eos"] is False
     assert {k: v for k, v in m["tokenizer"]["trainer"].items() if k in OFFICIAL_SETTINGS} == OFFICIAL_SETTINGS
     assert m["tokenizer"]["sha256"] == tokenizer_sha256(sample.tokenizer) and m["tokenizer"]["vocab_size"] == 1024
     stats = m["stats"]

@@ -1,0 +1,205 @@
+"""Is this data what it claims to be? `pgolf data check PATH`, what a reviewer of a submission runs on its data, and
+the guard `pgolf run` applies before it trains on a directory.
+
+A document is identified by the fingerprint of its tokens (`fingerprint`: BLAKE2b-128 of the uint16 ids after its
+BOS), so a validation document that reappears in training is found whatever the shard layout; a side's fingerprint
+is the SHA-256 of its documents' fingerprints in order. `pgolf data build` records both sides' document ranges and
+fingerprints in `manifest.json`; the check recomputes them from the shards, and the run refuses a manifest whose
+sides overlap or that does not list the files it reads (a file added, renamed or swapped since the manifest).
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pgolf_core.data.tokens import (
+    build_byte_tables,
+    check_shards,
+    document_starts,
+    is_caseops,
+    load_byte_sidecar,
+    load_tokenizer,
+    read_shard,
+    shard_files,
+    shard_token_count,
+)
+from pgolf_core.types import DataError
+
+Log = Callable[[str], None]
+PATTERNS = {"val": "fineweb_val_*.bin", "train": "fineweb_train_*.bin", "bytes": "fineweb_val_bytes_*.bin"}
+
+
+def fingerprint(ids: Iterable[int] | np.ndarray) -> bytes:
+    """The fingerprint of one document: its token ids after BOS, as little-endian uint16."""
+    return hashlib.blake2b(np.asarray(ids, dtype="<u2").tobytes(), digest_size=16).digest()
+
+
+def side_fingerprint(digests: Sequence[bytes]) -> str:
+    return hashlib.sha256(b"".join(digests)).hexdigest()
+
+
+def documents(files: Sequence[Path], bos_id: int) -> tuple[list[bytes], list[int], int]:
+    """Fingerprints and token counts of the documents of the stream `files` (one shard in memory at a time; a
+    document may straddle shards), and how many tokens came before the first BOS (0 in good data)."""
+    digests: list[bytes] = []
+    lengths: list[int] = []
+    open_doc: list[np.ndarray] | None = None  # the tokens of the document being read, None before the first BOS
+
+    def close() -> None:
+        if open_doc is not None:
+            digests.append(fingerprint(ids := np.concatenate(open_doc)))
+            lengths.append(ids.size)
+
+    lead = 0
+    for path in files:
+        tokens = read_shard(path)
+        bounds = [*document_starts(tokens, bos_id).nonzero().flatten().tolist(), tokens.numel()]
+        head = tokens[: bounds[0]].numpy()
+        if open_doc is None:
+            lead += head.size
+        else:
+            open_doc.append(head)
+        for start, end in zip(bounds, bounds[1:], strict=False):
+            close()
+            open_doc = [tokens[start + 1 : end].numpy()]
+    close()
+    return digests, lengths, lead
+
+
+def read_manifest(root: Path) -> dict[str, Any] | None:
+    path = root / "manifest.json"
+    if not path.is_file():
+        return None
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise DataError(f"{path} is not valid JSON ({exc})") from exc
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
+        raise DataError(f"{path}: expected a JSON object with an object 'files' (name -> tokens, kind, sha256)")
+    return manifest
+
+
+def guard(root: Path, used: dict[Path, str], caseops_tokenizer: Path | None, log: Log) -> None:
+    """Before a run reads `used` ({file: "tokens" or "bytes"}) from `root`: refuse a CaseOps tokenizer without byte
+    sidecars and a manifest whose split overlaps or that does not list those files as they are; warn when no
+    manifest proves the split disjoint."""
+    if caseops_tokenizer and "bytes" not in used.values():
+        raise DataError(
+            f"tokenizer {caseops_tokenizer} is a CaseOps tokenizer (its byte tables count the markers): set "
+            "[data] val_bytes_pattern to its byte sidecars"
+        )
+    manifest = read_manifest(root) or {}
+    split = manifest.get("split") or {}
+    if not isinstance(split.get("val"), dict) or not isinstance(split.get("train"), dict):
+        log(f"warning: nothing proves the validation documents of {root} are not in training (no manifest with a "
+            f"fingerprinted split); run `pgolf data check {root}`")  # fmt: skip
+        return
+    val, train = split["val"].get("docs", [0, 0]), split["train"].get("docs", [0, 0])
+    if split.get("shared_docs") or max(val[0], train[0]) < min(val[1], train[1]):
+        raise DataError(
+            f"{root / 'manifest.json'}: the validation documents {val} and the training documents {train} overlap "
+            f"({split.get('shared_docs', 0)} shared): training on them would score on seen text; rebuild the data "
+            "with `pgolf data build` (disjoint by construction)"
+        )
+    listed = manifest.get("files", {})
+    for path, kind in used.items():
+        entry = listed.get(path.name) or {}
+        if entry.get("kind", "tokens") != kind or entry.get("tokens") != shard_token_count(path):
+            raise DataError(
+                f"{path} is not in {root / 'manifest.json'} as a {kind} file of {shard_token_count(path)} tokens "
+                f"(it lists {entry or 'nothing'} under that name): the manifest's split does not cover it"
+            )
+
+
+def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
+    """Check the data directory `root`; log a report and return the problems found (empty: all good)."""
+    problems: list[str] = []
+
+    def report(ok: bool, text: str) -> bool:
+        log(f"{'ok     ' if ok else 'PROBLEM'} {text}")
+        problems.extend([] if ok else [text])
+        return ok
+
+    manifest = read_manifest(root)
+    sides = {}
+    for side in ("val", "train"):
+        try:
+            sides[side] = shard_files(root, PATTERNS[side])
+        except DataError as exc:
+            report(False, str(exc))
+    try:
+        sidecars = shard_files(root, PATTERNS["bytes"], sidecars=True)
+    except DataError:
+        sidecars = []
+    if manifest is None:
+        report(False, f"no manifest.json in {root}: nothing records which files belong together or the split")
+    else:
+        listed = manifest["files"]
+        on_disk = {p.name for p in root.glob("*.bin")}
+        report(not (extra := sorted(on_disk - set(listed))), f"every shard is in manifest.json (not listed: {extra})")
+        for name, entry in sorted(listed.items()):
+            path = root / name
+            got = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
+            report(got == entry.get("sha256"), f"{name}: sha256 {got[:16]} (manifest: {str(entry.get('sha256'))[:16]})")
+    official = sorted((root.parent.parent / "tokenizers").glob("*.model"))  # the download layout: one tokenizer
+    names = [tokenizer] if tokenizer else [root / "tokenizer.model", *(official if len(official) == 1 else [])]
+    if not (found := [n for n in names if n.is_file()]):
+        report(False, "no tokenizer found (give --tokenizer MODEL): the vocabulary and the bytes are not checked")
+        return problems
+    sp = load_tokenizer(found[0])
+    bos, vocab = sp.bos_id(), int(sp.vocab_size())
+    log(f"tokenizer {found[0]} ({vocab} pieces, BOS {bos}{', CaseOps' if is_caseops(sp) else ''})")
+    for side, files in sides.items():
+        try:
+            report(True, f"{side}: {check_shards(files, vocab):,} tokens in {len(files)} shards, every id < {vocab}")
+        except DataError as exc:
+            report(False, str(exc))
+    fingerprints = {}
+    for side, files in sides.items():
+        digests, lengths, lead = documents(files, bos)
+        fingerprints[side] = digests
+        report(lead == 0, f"{side}: the stream starts with BOS ({lead} tokens before the first)")
+        empty = lengths.count(0)
+        stats = (
+            f"{len(lengths):,} documents, {np.mean(lengths or [0]):.1f} tokens on average, max {max(lengths or [0])}"
+        )
+        report(empty == 0, f"{side}: {stats}, {empty} empty")
+    if len(fingerprints) == 2:
+        shared = set(fingerprints["val"]) & set(fingerprints["train"])
+        report(not shared, f"train/val overlap: {len(shared)} validation documents also in training (fingerprints)")
+    split = (manifest or {}).get("split") or {}
+    for side, digests in fingerprints.items():
+        if isinstance(split.get(side), dict) and "sha256" in split[side]:
+            mine = side_fingerprint(digests)
+            report(mine == split[side]["sha256"], f"{side}: fingerprint {mine[:16]} equals the manifest's")
+    if "val" in sides:
+        val = torch.cat([read_shard(f) for f in sides["val"]]).to(torch.int64)
+        positions = torch.arange(1, val.numel())
+        if sidecars:
+            try:
+                side_bytes = load_byte_sidecar(sidecars, sides["val"], val, bos).target_bytes(val, val, positions)
+                report(True, f"byte sidecar: {int(side_bytes.sum()):,} bytes, one per validation token, 0 at BOS")
+            except DataError as exc:
+                report(False, str(exc))
+        table = build_byte_tables(sp, vocab).target_bytes(val[:-1], val[1:], positions)
+        log(f"        validation bytes by the tokenizer's table: {int(table.to(torch.int64).sum()):,}")
+        if is_caseops(sp) and not sidecars:
+            report(False, "a CaseOps tokenizer without a byte sidecar: its table counts the markers, not the text")
+    return problems
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    root = Path(args.path).expanduser()
+    if not root.is_dir():
+        raise DataError(f"{root} is not a directory (expected a folder of fineweb_*.bin shards)")
+    problems = audit(root, Path(args.tokenizer).expanduser() if args.tokenizer else None, print)
+    print(f"{len(problems)} problem(s) in {root}" if problems else f"{root}: no problems found")
+    return 1 if problems else 0

@@ -1,0 +1,197 @@
+"""A split that cannot leak, and the audit a reviewer runs (issue #21): `pgolf data build` makes validation the first
+documents and training the rest without copies of them, records both sides' fingerprints, `pgolf run` refuses a
+directory whose manifest says the sides overlap (or does not list the files it reads) and warns when nothing proves
+the split, and `pgolf data check` recomputes everything from the shards. The CaseOps build writes the validation
+byte sidecar whose sum is the original text's UTF-8 byte count, exactly.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+import torch
+
+from pgolf_core.cli import main
+from pgolf_core.data import caseops
+from pgolf_core.data.build import BuiltDataset, build_dataset
+from pgolf_core.data.check import audit, documents, side_fingerprint
+from pgolf_core.data.sample import ensure_sample_data, sample_documents
+from pgolf_core.data.tokens import build_byte_tables, document_starts, read_shard, shard_files, write_shard
+from pgolf_core.recipe import read_recipe
+from pgolf_core.registry import plugin_classes
+from pgolf_core.run import load_data
+from pgolf_core.types import DataError, Env
+
+CPU = Env(torch.device("cpu"))
+
+
+def quiet(msg: str) -> None:
+    pass
+
+
+def jsonl(path: Path, docs: list[str]) -> Path:
+    path.write_text("".join(json.dumps({"text": d}) + "\n" for d in docs), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[BuiltDataset, list[str]]:
+    """40 sample documents, the first 8 validation; training repeats validation documents 2 and 5 (left out)."""
+    root = tmp_path_factory.mktemp("split")
+    docs = [d.strip() for d in sample_documents()[:40]]
+    corpus = [*docs[:20], docs[2], *docs[20:], docs[5]]
+    return build_dataset([jsonl(root / "docs.jsonl", corpus)], 300, root / "ds", val_docs=8, log=quiet), corpus
+
+
+def test_the_split_is_disjoint_by_construction(built: tuple[BuiltDataset, list[str]]) -> None:
+    data, corpus = built
+    split, stats = data.manifest["split"], data.manifest["stats"]
+    assert split["val"]["docs"] == [0, 8] and split["train"]["docs"] == [8, 42]
+    assert split["copies_left_out"] == 2 and split["shared_docs"] == 0
+    assert (stats["docs_val"], stats["docs_train"]) == (8, 32)
+    sp = spm.SentencePieceProcessor(model_file=str(data.tokenizer))
+    val, _, _ = documents(shard_files(data.path, "fineweb_val_*.bin"), 1)
+    train, lengths, lead = documents(shard_files(data.path, "fineweb_train_*.bin"), 1)
+    assert lead == 0 and len(val) == 8 and len(train) == 32 and not set(val) & set(train)
+    assert lengths[0] == len(sp.encode(corpus[8]))  # training starts right after the validation documents
+    assert side_fingerprint(val) == split["val"]["sha256"] and side_fingerprint(train) == split["train"]["sha256"]
+    kinds = {name: (f["kind"], f["split"]) for name, f in data.manifest["files"].items()}
+    assert kinds["fineweb_val_000000.bin"] == ("tokens", "val") and kinds["fineweb_train_000000.bin"][1] == "train"
+
+
+def test_document_starts_is_the_bos_mask() -> None:
+    tokens = torch.tensor([1, 5, 6, 1, 1, 7, 2])
+    assert document_starts(tokens, 1).nonzero().flatten().tolist() == [0, 3, 4]
+    compiled = torch.compile(document_starts, fullgraph=True, dynamic=False)
+    assert torch.equal(compiled(tokens.view(1, -1), 1), document_starts(tokens.view(1, -1), 1))
+
+
+def test_the_sample_data_has_no_shared_document_and_passes_the_audit(sample_cache: Path) -> None:
+    sample = ensure_sample_data(log=quiet)
+    lines: list[str] = []
+    assert audit(sample.path, None, lines.append) == []
+    assert "ok      train/val overlap: 0 validation documents also in training (fingerprints)" in lines
+    assert sample.manifest["split"]["shared_docs"] == 0 and sample.manifest["split"]["copies_left_out"] == 0
+
+
+def copy_of(data: BuiltDataset, dest: Path) -> Path:
+    shutil.copytree(data.path, dest)
+    return dest
+
+
+def recipe_for(root: Path, *sets: str):
+    overrides = [f"data.path={root}", "model.vocab_size=300", "train.train_seq_len=64", *sets]
+    return read_recipe(None, overrides, plugin_classes=plugin_classes)
+
+
+def test_an_overlapping_directory_is_refused_by_run_and_flagged_by_check(built, tmp_path, capsys) -> None:
+    data, _ = built
+    # A leak made by hand: a training shard holding the first validation documents again, as the records' data
+    # script did with its default of 10,000 validation documents out of 50,000 scored.
+    root = copy_of(data, tmp_path / "leaky")
+    val = read_shard(root / "fineweb_val_000000.bin")
+    three = val[: int(document_starts(val, 1).nonzero()[3])]  # the first three validation documents
+    leak = write_shard(root / "fineweb_train_000009.bin", three)
+    with pytest.raises(DataError, match=r"fineweb_train_000009\.bin is not in .*manifest\.json"):
+        load_data(recipe_for(root), CPU, quiet)  # the manifest does not list it: its proof does not cover it
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["files"][leak.name] = {"tokens": len(three), "kind": "tokens", "split": "train"}
+    manifest["split"]["train"]["docs"] = [3, 42]  # an honest manifest of that leak
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"validation documents \[0, 8\] and the training documents \[3, 42\] overlap"):
+        load_data(recipe_for(root), CPU, quiet)
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM train/val overlap: 3 validation documents also in training (fingerprints)" in out
+    assert "problem(s) in" in out
+    assert "PROBLEM train: fingerprint" in out  # the shards are not the ones the manifest fingerprinted
+
+
+def test_without_a_manifest_the_run_warns(built, tmp_path) -> None:
+    data, _ = built
+    root = copy_of(data, tmp_path / "bare")
+    (root / "manifest.json").unlink()
+    logged: list[str] = []
+    load_data(recipe_for(root), CPU, logged.append)
+    assert any("warning: nothing proves the validation documents" in m and "pgolf data check" in m for m in logged)
+
+
+def test_a_sidecar_renamed_as_a_token_shard_is_refused_by_the_manifest(tmp_path: Path) -> None:
+    data = build_caseops(tmp_path)
+    (data.path / "fineweb_val_bytes_000000.bin").rename(data.path / "fineweb_val_000001.bin")
+    with pytest.raises(DataError, match=r"fineweb_val_000001\.bin is not in .*manifest\.json as a tokens file"):
+        load_data(recipe_for(data.path, "model.vocab_size=400"), CPU, quiet)
+
+
+def build_caseops(tmp_path: Path, **how) -> BuiltDataset:
+    docs = [d.strip() for d in sample_documents()[:30]]
+    text = jsonl(tmp_path / "docs.jsonl", docs)
+    return build_dataset([text], 400, tmp_path / "caseops", val_docs=6, log=quiet, caseops=True, **how)
+
+
+def test_caseops_build_writes_the_sidecar_of_the_original_bytes(tmp_path: Path) -> None:
+    data = build_caseops(tmp_path, shard_tokens=3000)
+    docs = [d.strip() for d in sample_documents()[:6]]
+    sidecars = shard_files(data.path, "fineweb_val_bytes_*.bin", sidecars=True)
+    tokens = shard_files(data.path, "fineweb_val_*.bin")
+    assert len(sidecars) == len(tokens) > 1 and data.manifest["caseops"]
+    values = torch.cat([read_shard(f) for f in sidecars]).to(torch.int64)
+    val = torch.cat([read_shard(f) for f in tokens]).to(torch.int64)
+    original = sum(len(d.encode("utf-8")) for d in docs)
+    assert int(values.sum()) == original  # the denominator is the original text's bytes, exactly
+    sp = spm.SentencePieceProcessor(model_file=str(data.tokenizer))
+    assert all(sp.piece_to_id(c) != sp.unk_id() for c in caseops.RESERVED)
+    cuts = [*document_starts(val, 1).nonzero().flatten().tolist(), val.numel()]
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        # The tokens' surfaces (the text each stands for, before SentencePiece's normalization) decode back to the
+        # original document exactly: the text whose bytes the sidecar counts.
+        pieces = sp.encode(caseops.encode(docs[i]), out_type="proto").pieces
+        assert [q.id for q in pieces] == val[a + 1 : b].tolist()
+        assert caseops.decode("".join(q.surface for q in pieces)) == docs[i]
+    # The run divides by that sum; the tokenizer's table would count another number.
+    recipe = recipe_for(data.path, "model.vocab_size=400", "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
+    loaded = load_data(recipe, CPU, quiet, train=False)
+    at = torch.arange(1, loaded.val_tokens.numel())
+    stream = loaded.val_tokens.to(torch.int64)
+    assert int(loaded.tables.target_bytes(stream[:-1], stream[1:], at).sum()) == int(values[1 : stream.numel()].sum())
+    table = build_byte_tables(sp, 400).target_bytes(val[:-1], val[1:], torch.arange(1, val.numel()))
+    assert int(table.to(torch.int64).sum()) > original * 1.005
+    lines: list[str] = []
+    assert audit(data.path, None, lines.append) == []
+    assert f"ok      byte sidecar: {original:,} bytes, one per validation token, 0 at BOS" in lines
+
+
+def test_check_flags_each_kind_of_problem(tmp_path: Path, capsys) -> None:
+    data = build_caseops(tmp_path)
+    root = data.path
+    (root / "fineweb_val_bytes_000000.bin").unlink()  # a CaseOps tokenizer without its sidecar
+    write_shard(root / "fineweb_train_000000.bin", [7, 1, 5, 999])  # no BOS first, an id over the vocabulary
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    for problem in (
+        "PROBLEM fineweb_val_bytes_000000.bin: sha256 missing",
+        "PROBLEM fineweb_train_000000.bin: sha256",
+        "holds token id 999, but [model] vocab_size = 400",
+        "PROBLEM train: the stream starts with BOS (1 tokens before the first)",
+        "PROBLEM a CaseOps tokenizer without a byte sidecar",
+    ):
+        assert problem in out, problem
+    assert main(["data", "check", str(tmp_path / "nowhere")]) == 2
+
+
+def test_build_command_with_a_given_tokenizer_and_caseops(tmp_path: Path, capsys) -> None:
+    first = build_caseops(tmp_path)
+    text = jsonl(tmp_path / "more.jsonl", [d.strip() for d in sample_documents()[30:50]])
+    args = ["data", "build", "--text", str(text), "--tokenizer", str(first.tokenizer), "--out", str(tmp_path / "b")]
+    assert main([*args, "--val-docs", "5", "--caseops"]) == 0
+    out = capsys.readouterr().out
+    assert "--set data.val_bytes_pattern=fineweb_val_bytes_*.bin" in out and "model.vocab_size=400" in out
+    assert (tmp_path / "b" / "tokenizer.model").read_bytes() == first.tokenizer.read_bytes()
+    assert main([*args[:-1], str(tmp_path / "c")]) == 2  # a CaseOps tokenizer without --caseops
+    assert "is a CaseOps tokenizer (the markers are pieces): add --caseops" in capsys.readouterr().err
+    assert main(["data", "build", "--text", str(text), "--out", str(tmp_path / "d")]) == 2
+    assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
