@@ -37,7 +37,6 @@ from pgolf_core.data.tokens import (
     DistributedTokenLoader,
     build_byte_tables,
     check_shards,
-    is_caseops,
     load_byte_sidecar,
     load_tokenizer,
     load_validation_tokens,
@@ -227,8 +226,7 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
     seq = recipe.eval.seq_len or recipe.train.train_seq_len
     val = load_validation_tokens(val_files, max(recipe.train.train_seq_len, seq), recipe.eval.max_tokens)
     sidecars = shard_files(root, cfg.val_bytes_pattern, True) if cfg.val_bytes_pattern else []
-    used = {**dict.fromkeys(train_files + val_files, "tokens"), **dict.fromkeys(sidecars, "bytes")}
-    check.guard(root, used, tokenizer if is_caseops(sp) else None, log)
+    check.guard(root, train_files + val_files, sidecars, tokenizer, log)
     if sidecars:  # BPB's bytes: the original text's, from the sidecars (CaseOps)
         tables: Any = load_byte_sidecar(sidecars, val_files, val, sp.bos_id())
     else:

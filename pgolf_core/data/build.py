@@ -42,7 +42,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pgolf_core.data import caseops as caseops_text
-from pgolf_core.data.check import fingerprint, side_fingerprint
+from pgolf_core.data.check import fingerprint, is_caseops, side_fingerprint
 from pgolf_core.data.tokens import load_tokenizer, write_shard
 from pgolf_core.types import DataError
 
@@ -228,7 +228,7 @@ def export_dataset(
         log(f"data: training a {tokenizer}-token BPE tokenizer on {len(docs) - val_docs} documents")
     model = train_tokenizer(docs[val_docs:], tokenizer, caseops) if isinstance(tokenizer, int) else tokenizer
     sp = spm.SentencePieceProcessor(model_proto=model)
-    if caseops != any(sp.piece_to_id(c) != sp.unk_id() for c in caseops_text.RESERVED):
+    if caseops != is_caseops(sp):
         raise DataError(
             "--caseops needs a CaseOps tokenizer (the four markers as pieces); this one has none"
             if caseops

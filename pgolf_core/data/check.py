@@ -18,13 +18,14 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import sentencepiece as spm
 import torch
 
+from pgolf_core.data import caseops
 from pgolf_core.data.tokens import (
     build_byte_tables,
     check_shards,
     document_starts,
-    is_caseops,
     load_byte_sidecar,
     load_tokenizer,
     read_shard,
@@ -87,13 +88,18 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
     return manifest
 
 
-def guard(root: Path, used: dict[Path, str], caseops_tokenizer: Path | None, log: Log) -> None:
-    """Before a run reads `used` ({file: "tokens" or "bytes"}) from `root`: refuse a CaseOps tokenizer without byte
-    sidecars and a manifest whose split overlaps or that does not list those files as they are; warn when no
+def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
+    """A CaseOps tokenizer has the markers as pieces: its byte tables count 3 bytes of no text for each."""
+    return any(sp.piece_to_id(c) != sp.unk_id() for c in caseops.RESERVED)
+
+
+def guard(root: Path, shards: list[Path], sidecars: list[Path], tokenizer: Path, log: Log) -> None:
+    """Before a run reads `shards` (tokens) and `sidecars` (bytes) from `root`: refuse a CaseOps tokenizer without
+    byte sidecars and a manifest whose split overlaps or that does not list those files as they are; warn when no
     manifest proves the split disjoint."""
-    if caseops_tokenizer and "bytes" not in used.values():
+    if not sidecars and is_caseops(load_tokenizer(tokenizer)):
         raise DataError(
-            f"tokenizer {caseops_tokenizer} is a CaseOps tokenizer (its byte tables count the markers): set "
+            f"tokenizer {tokenizer} is a CaseOps tokenizer (its byte tables count the markers): set "
             "[data] val_bytes_pattern to its byte sidecars"
         )
     manifest = read_manifest(root) or {}
@@ -110,7 +116,7 @@ def guard(root: Path, used: dict[Path, str], caseops_tokenizer: Path | None, log
             "with `pgolf data build` (disjoint by construction)"
         )
     listed = manifest.get("files", {})
-    for path, kind in used.items():
+    for path, kind in {**dict.fromkeys(shards, "tokens"), **dict.fromkeys(sidecars, "bytes")}.items():
         entry = listed.get(path.name) or {}
         if entry.get("kind", "tokens") != kind or entry.get("tokens") != shard_token_count(path):
             raise DataError(
@@ -203,3 +209,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     problems = audit(root, Path(args.tokenizer).expanduser() if args.tokenizer else None, print)
     print(f"{len(problems)} problem(s) in {root}" if problems else f"{root}: no problems found")
     return 1 if problems else 0
+
+
+# `pgolf data check`: help, handler, then each option as (flag, add_argument keywords); data/commands.py registers it.
+COMMAND = ("audit a data directory: shards, sidecar, BOS, train/val overlap, bytes", cmd_check, (
+    ("path", dict(metavar="PATH", help="the folder of the fineweb_*.bin shards")),
+    ("--tokenizer", dict(metavar="MODEL", help="SentencePiece .model (default: the one beside the shards)")),
+))  # fmt: skip

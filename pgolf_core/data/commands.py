@@ -17,6 +17,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from pgolf_core.data import check
 from pgolf_core.types import DataError
 
 
@@ -61,12 +62,6 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
     return 0
 
 
-def check_dir(args: argparse.Namespace) -> int:
-    from pgolf_core.data.check import cmd_check
-
-    return cmd_check(args)
-
-
 # Subcommand, help, handler, then each option as (flag, add_argument keywords).
 COMMANDS = (
     ("sample", "build (once) the embedded sample dataset; no network needed", cmd_sample, (
@@ -83,10 +78,7 @@ COMMANDS = (
                                 help="else this leading fraction of the documents (default 0.1)")),
         ("--caseops", dict(action="store_true", help="CaseOps transform, with the validation byte sidecar")),
     )),
-    ("check", "audit a data directory: shards, sidecar, BOS, train/val overlap, bytes", check_dir, (
-        ("path", dict(metavar="PATH", help="the folder of the fineweb_*.bin shards")),
-        ("--tokenizer", dict(metavar="MODEL", help="SentencePiece .model (default: the one beside the shards)")),
-    )),
+    ("check", *check.COMMAND),
     ("fineweb", "download published FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
         ("--variant", dict(default="sp1024", help="sp1024 (default), byte260, sp4096, sp8192, "
                            "sp8192_lossless_caps_caseops_v1_reserved, or sp<N>[_SUFFIX] with --repo-id")),

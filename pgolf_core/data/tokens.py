@@ -3,7 +3,6 @@ the byte tables of the bits-per-byte metric. Each section below says the rules i
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -12,7 +11,6 @@ import numpy as np
 import sentencepiece as spm
 import torch
 
-from pgolf_core.data.caseops import RESERVED as CASEOPS_MARKERS
 from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError, PgolfError
 
@@ -265,15 +263,6 @@ def load_tokenizer(path: str | Path, vocab_size: int | None = None) -> spm.Sente
     if vocab_size is not None and int(sp.vocab_size()) != vocab_size:
         raise DataError(f"[model] vocab_size = {vocab_size} but tokenizer {path} has {int(sp.vocab_size())} pieces")
     return sp
-
-
-def tokenizer_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
-    """A CaseOps tokenizer has the markers as pieces: its byte tables count 3 bytes of no text for each."""
-    return any(sp.piece_to_id(c) != sp.unk_id() for c in CASEOPS_MARKERS)
 
 
 def build_byte_tables(sp: spm.SentencePieceProcessor, vocab_size: int) -> ByteTables:

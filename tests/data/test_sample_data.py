@@ -11,13 +11,13 @@ import sentencepiece as spm
 import torch
 
 from pgolf_core.data import sample as sample_mod
+from pgolf_core.data.build import sha256_file
 from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, sample_documents
 from pgolf_core.data.tokens import (
     build_byte_tables,
     load_validation_tokens,
     read_shard,
     shard_files,
-    tokenizer_sha256,
 )
 from pgolf_core.types import DataError
 
@@ -54,7 +54,7 @@ def test_manifest_and_layout(sample: SampleData) -> None:
     docs = sample_documents()
     assert m["schema"] == "pgolf.dataset/2" and m["bos_id"] == 1 and m["append_eos"] is False
     assert {k: v for k, v in m["tokenizer"]["trainer"].items() if k in OFFICIAL_SETTINGS} == OFFICIAL_SETTINGS
-    assert m["tokenizer"]["sha256"] == tokenizer_sha256(sample.tokenizer) and m["tokenizer"]["vocab_size"] == 1024
+    assert m["tokenizer"]["sha256"] == sha256_file(sample.tokenizer) and m["tokenizer"]["vocab_size"] == 1024
     stats = m["stats"]
     assert stats["docs_total"] == len(docs) and stats["docs_val"] == len(docs) // 10
     val, train = shard_files(sample.path, "fineweb_val_*.bin"), shard_files(sample.path, "fineweb_train_*.bin")

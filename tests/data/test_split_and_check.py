@@ -121,10 +121,11 @@ def test_without_a_manifest_the_run_warns(built, tmp_path) -> None:
 
 
 def test_a_sidecar_renamed_as_a_token_shard_is_refused_by_the_manifest(tmp_path: Path) -> None:
-    data = build_caseops(tmp_path)
-    (data.path / "fineweb_val_bytes_000000.bin").rename(data.path / "fineweb_val_000001.bin")
-    with pytest.raises(DataError, match=r"fineweb_val_000001\.bin is not in .*manifest\.json as a tokens file"):
-        load_data(recipe_for(data.path, "model.vocab_size=400"), CPU, quiet)
+    data = build_caseops(tmp_path, shard_tokens=3000)
+    (data.path / "fineweb_val_bytes_000000.bin").rename(data.path / "fineweb_val_000009.bin")
+    recipe = recipe_for(data.path, "model.vocab_size=400", "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
+    with pytest.raises(DataError, match=r"fineweb_val_000009\.bin is not in .*manifest\.json as a tokens file"):
+        load_data(recipe, CPU, quiet)
 
 
 def build_caseops(tmp_path: Path, **how) -> BuiltDataset:
