@@ -33,9 +33,8 @@ def _load(args: argparse.Namespace) -> Any:
     from pgolf_core.registry import load_recipe
 
     overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
-    dirs = args.plugins_dir
     return load_recipe(
-        args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_dirs=dirs
+        args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_dirs=args.plugins_dir
     )
 
 
@@ -155,9 +154,8 @@ def build_parser() -> argparse.ArgumentParser:
     from pgolf_core.authoring import add_parser as add_new_plugin
     from pgolf_core.data.commands import register
 
-    register(sub)
-    add_new_plugin(sub)
-    add_ablate(sub)
+    for add in (register, add_new_plugin, add_ablate):
+        add(sub)
     return parser
 
 

@@ -5,9 +5,9 @@ The fixture holds what the records' `lossless_caps.py` (the same file in every C
 `lossless_caps_caseops_v1` transform) of each case, `decode_lossless_caps_v2` of each decoder case (None where it
 raises), `surface_piece_original_byte_counts` of each encoded case cut into pieces and of the pieces the record's
 tokenizer makes of the cases and of three sample documents (their surfaces; needs protobuf), and the sha256 of the
-encoding of every document of the embedded sample. pgolf's `pgolf_core.data.caseops` must match it. The record's module is
-read from the path the user gives (no record code is copied into this repository); it imports only the standard
-library.
+encoding of every document of the embedded sample. pgolf's `pgolf_core.data.caseops` must match it. The record's
+module is read from the path the user gives (no record code is copied into this repository); it imports only the
+standard library.
 
     F=PG/records/track_10min_16mb/2026-04-27_SP8192_LQER_SparseGate_BOSSmearFix_9HpStack_1.0611
     python tools/make_caseops_goldens.py --lossless-caps $F/lossless_caps.py \\

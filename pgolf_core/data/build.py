@@ -68,15 +68,7 @@ class BuiltDataset:
 
     path: Path
     tokenizer: Path
-    manifest: dict[str, Any] = field(repr=False)
-
-    @property
-    def train_tokens(self) -> int:
-        return int(self.manifest["stats"]["tokens_train"])
-
-    @property
-    def val_tokens(self) -> int:
-        return int(self.manifest["stats"]["tokens_val"])
+    manifest: dict[str, Any] = field(repr=False)  # its "stats" hold the token counts
 
 
 def read_documents(path: str | Path) -> list[str]:
@@ -91,7 +83,7 @@ def read_documents(path: str | Path) -> list[str]:
     if path.suffix == ".txt":
         docs = BLANK_LINES.split(text.replace("\r\n", "\n"))
     elif path.suffix == ".jsonl":
-        docs = [_jsonl_text(path, n, line) for n, line in enumerate(text.splitlines(), 1) if line.strip()]
+        docs = [_jsonl_text(path, n, line) for n, line in enumerate(text.split("\n"), 1) if line.strip()]
     else:
         raise DataError(f"text file {path}: expected a .txt or .jsonl file, got {path.suffix or 'no suffix'!r}")
     return [d.strip() for d in docs if d.strip()]
@@ -191,8 +183,7 @@ def encode(sp: spm.SentencePieceProcessor, docs: Sequence[str], sidecar: bool) -
         protos = sp.encode(list(docs), out_type="proto")
     except ImportError as exc:  # sentencepiece >= 0.2.1 needs protobuf for the pieces' surfaces
         raise DataError(f"the CaseOps byte sidecar needs protobuf: pip install 'pgolf[data]' ({exc})") from exc
-    pieces = [list(proto.pieces) for proto in protos]
-    return [([q.id for q in p], caseops_text.original_bytes(q.surface for q in p)) for p in pieces]
+    return [([q.id for q in p.pieces], caseops_text.original_bytes(q.surface for q in p.pieces)) for p in protos]
 
 
 def sha256_file(path: Path) -> str:
@@ -221,8 +212,7 @@ def export_dataset(
         )
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
-    if caseops:
-        docs = [caseops_text.encode(doc) for doc in docs]
+    docs = [caseops_text.encode(doc) for doc in docs] if caseops else docs
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
     if isinstance(tokenizer, int):
         log(f"data: training a {tokenizer}-token BPE tokenizer on {len(docs) - val_docs} documents")
@@ -300,5 +290,5 @@ def build_dataset(
     built = export_dataset(
         docs, model, out_dir, val_docs=n_val, shard_tokens=shard_tokens, source=source, log=log, caseops=caseops
     )
-    log(f"data: wrote {built.path}")
+    log(f"data: wrote {out_dir}")
     return built

@@ -108,7 +108,10 @@ def guard(root: Path, shards: list[Path], sidecars: list[Path], tokenizer: Path,
         log(f"warning: nothing proves the validation documents of {root} are not in training (no manifest with a "
             f"fingerprinted split); run `pgolf data check {root}`")  # fmt: skip
         return
-    val, train = split["val"].get("docs", [0, 0]), split["train"].get("docs", [0, 0])
+    val, train = split["val"].get("docs"), split["train"].get("docs")
+    if not all(isinstance(d, list) and len(d) == 2 and all(type(i) is int for i in d) for d in (val, train)):
+        raise DataError(f"{root / 'manifest.json'}: split.val.docs and split.train.docs must be document ranges "
+                        f"[first, end), got {val!r} and {train!r}")  # fmt: skip
     if split.get("shared_docs") or max(val[0], train[0]) < min(val[1], train[1]):
         raise DataError(
             f"{root / 'manifest.json'}: the validation documents {val} and the training documents {train} overlap "

@@ -14,22 +14,22 @@ stays fast.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 from typing import Any
 
 from pgolf_core.data import check
 from pgolf_core.types import DataError
 
 
-def _summary(path: Path, tokenizer: Path, train_tokens: int, val_tokens: int) -> None:
-    print(f"data:      {path}\ntokenizer: {tokenizer}\ntokens:    {train_tokens:,} train, {val_tokens:,} val")
+def _summary(data: Any, tokens_train: int, tokens_val: int, **_: int) -> None:
+    """Where `data` (a dataset with `.path` and `.tokenizer`) is and how many tokens it holds: a manifest's "stats"."""
+    print(f"data:      {data.path}\ntokenizer: {data.tokenizer}\ntokens:    {tokens_train:,} train, {tokens_val:,} val")
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
     from pgolf_core.data.sample import ensure_sample_data
 
     sample = ensure_sample_data(args.cache)
-    _summary(sample.path, sample.tokenizer, sample.train_tokens, sample.val_tokens)
+    _summary(sample, **sample.manifest["stats"])
     return 0
 
 
@@ -42,7 +42,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     built = build_dataset(
         args.text, tokenizer, args.out, args.val_fraction, val_docs=args.val_docs, caseops=args.caseops
     )
-    _summary(built.path, built.tokenizer, built.train_tokens, built.val_tokens)
+    _summary(built, **built.manifest["stats"])
     sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * args.caseops
     print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}"
           f"{sidecar}")  # fmt: skip
@@ -54,9 +54,8 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
     from pgolf_core.data.tokens import shard_token_count
 
     got = download_fineweb(args.variant, args.train_shards, args.out, args.repo_id, args.remote_root)
-    train, val = (sum(shard_token_count(f) for f in files) for files in (got.train_files, got.val_files))
-    _summary(got.path, got.tokenizer, train, val)
-    print(f"files:     {got.downloaded} downloaded, {got.skipped} already present; manifest.json written last")
+    _summary(got, *(sum(shard_token_count(f) for f in files) for files in (got.train_files, got.val_files)))
+    print(f"files:     {got.downloaded} downloaded, {got.skipped} already present")
     sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * bool(got.val_bytes_files)
     print(f"use:       --set data.path={got.path} --set data.tokenizer={got.tokenizer}{sidecar}")
     return 0

@@ -55,24 +55,21 @@ def sample_documents() -> list[str]:
     return [json.loads(line)["text"] for line in raw.decode("utf-8").splitlines()]
 
 
-def _load(path: Path) -> SampleData:
-    """A published cache entry, checked against its manifest (a user may have deleted files)."""
-    manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
-    for name, info in {**manifest["files"], "tokenizer.model": None}.items():
-        if not (path / name).is_file() or (info and (path / name).stat().st_size != HEADER_BYTES + 2 * info["tokens"]):
-            raise DataError(f"sample data cache {path} is incomplete ({name}); delete that directory to rebuild it")
-    return SampleData(path, path / "tokenizer.model", manifest)
-
-
 def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) -> SampleData:
-    """The sample dataset, built on first use (a few seconds) and cached under `cache_root()`."""
-    final = cache_root(cache_dir) / f"sample-{sample_key()}"
-    if (final / "manifest.json").is_file():
-        return _load(final)
-    log(f"data: building the embedded sample dataset into {final} (once)")
+    """The sample dataset, built on first use (a few seconds) and cached under `cache_root()`; a published cache
+    entry is checked against its manifest (a user may have deleted files)."""
+    path = cache_root(cache_dir) / f"sample-{sample_key()}"
+    if (path / "manifest.json").is_file():
+        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+        for name, info in {**manifest["files"], "tokenizer.model": None}.items():
+            if not (f := path / name).is_file() or (info and f.stat().st_size != HEADER_BYTES + 2 * info["tokens"]):
+                raise DataError(f"sample data cache {path} is incomplete ({name}); delete that directory to rebuild it")
+        return SampleData(path, path / "tokenizer.model", manifest)
+    log(f"data: building the embedded sample dataset into {path} (once)")
     source = {"kind": "sample", "file": SAMPLE_TEXT.name, "sha256": sha256_file(SAMPLE_TEXT)}
     docs = sample_documents()
     n_val = int(len(docs) * VAL_FRACTION)
-    sample = export_dataset(docs, VOCAB_SIZE, final, val_docs=n_val, shard_tokens=SHARD_TOKENS, source=source, log=log)
-    log(f"data: sample ready: {sample.train_tokens:,} train / {sample.val_tokens:,} val tokens in {final}")
+    sample = export_dataset(docs, VOCAB_SIZE, path, val_docs=n_val, shard_tokens=SHARD_TOKENS, source=source, log=log)
+    stats = sample.manifest["stats"]
+    log(f"data: sample ready: {stats['tokens_train']:,} train / {stats['tokens_val']:,} val tokens in {path}")
     return sample

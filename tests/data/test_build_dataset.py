@@ -30,6 +30,10 @@ def test_jsonl_documents_and_errors(tmp_path: Path) -> None:
     good = tmp_path / "docs.jsonl"
     good.write_text('{"text": "one"}\n\n{"text": "  two  ", "id": 7}\n{"text": "   "}\n', encoding="utf-8")
     assert read_documents(good) == ["one", "two"]
+    # json.dumps(ensure_ascii=False) leaves U+2028, U+0085 and \x0c unescaped: lines end at "\n" only.
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text(json.dumps({"text": "a\u2028b\x85c\x0cd"}, ensure_ascii=False) + "\r\n", encoding="utf-8")
+    assert read_documents(odd) == ["a\u2028b\x85c\x0cd"]
     cases = {
         '{"text": "ok"}\n{"text": "ok"}\n{"text": oops}\n': r"bad\.jsonl:3: invalid JSON",
         '{"text": "ok"}\n["a list"]\n': r'bad\.jsonl:2: expected a JSON object with a string field "text"',

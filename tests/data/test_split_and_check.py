@@ -196,3 +196,13 @@ def test_build_command_with_a_given_tokenizer_and_caseops(tmp_path: Path, capsys
     assert "is a CaseOps tokenizer (the markers are pieces): add --caseops" in capsys.readouterr().err
     assert main(["data", "build", "--text", str(text), "--out", str(tmp_path / "d")]) == 2
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
+
+
+def test_a_malformed_split_is_a_clear_error(built, tmp_path) -> None:
+    data, _ = built
+    root = copy_of(data, tmp_path / "odd")
+    manifest = json.loads((root / "manifest.json").read_text())
+    manifest["split"]["train"]["docs"] = "8-42"
+    (root / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(DataError, match=r"split\.val\.docs and split\.train\.docs must be document ranges"):
+        load_data(recipe_for(root), CPU, quiet)
