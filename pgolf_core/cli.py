@@ -6,32 +6,15 @@ import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Any
 
-import pgolf_core
-from pgolf_core.types import PgolfError, RunFault, WriteFault
+from pgolf_core import __version__, evaluate, load_recipe, records, registry, train
+from pgolf_core.types import PgolfError, Recipe, RunFault, WriteFault
 
 # Exit 2: bad input, or a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback.
 USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
 
 
-def _recipe_args(p: argparse.ArgumentParser, **recipe: Any) -> None:
-    p.add_argument("recipe", **(recipe or {"help": "TOML recipe, e.g. recipes/baseline.toml"}))
-    p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
-    for flag, dest, metavar, text in (
-        ("--set", "overrides", "KEY=VALUE",
-         "override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998"),
-        ("--enable", "enable", "PLUGIN", "turn a plugin on"),
-        ("--disable", "disable", "PLUGIN", "turn a plugin off"),
-        ("--plugins-dir", "plugins_dir", "DIR", "also load plugins from *.py files in DIR (each exporting PLUGIN)"),
-    ):  # fmt: skip
-        p.add_argument(flag, dest=dest, action="append", default=[], metavar=metavar, help=text)
-    p.add_argument("--seed", type=int, help="shortcut for --set run.seed=N")
-
-
-def _load(args: argparse.Namespace) -> Any:
-    from pgolf_core.registry import load_recipe
-
+def _load(args: argparse.Namespace) -> Recipe:
     overrides = list(args.overrides) + ([f"run.seed={args.seed}"] if args.seed is not None else [])
     return load_recipe(
         args.recipe, overrides, enable=args.enable, disable=args.disable, smoke=args.smoke, plugin_dirs=args.plugins_dir
@@ -39,15 +22,11 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from pgolf_core.run import train
-
     recipe = _load(args)
     # `--dry-run` (not a `pgolf recipe show` command): the very command line about to be run, its --out, --seed
     # and toggles included, shows what it would write as recipe.resolved.toml and where, with nothing trained or
     # written; a second command would repeat every recipe flag. The plugins load, so a conflict fails here too.
     if args.dry_run:
-        from pgolf_core import records, registry
-
         plugins = registry.ordered_plugins(registry.create_manager(recipe, args.plugins_dir))
         summary = {"manifest": {"git_sha": records.git_sha(), "recipe_sha256": recipe.sha256()}}
         print(f"# Dry run: nothing trained or written. Run folder: {args.out or records.default_out(recipe)}")
@@ -69,12 +48,11 @@ def eval_inputs(args: argparse.Namespace) -> tuple[str, str]:
         raise PgolfError(f"pgolf eval {given}: no such run folder or checkpoint")
     if not path.is_dir() and args.recipe and args.checkpoint:
         raise PgolfError(f"pgolf eval {given} --checkpoint {args.checkpoint}: two checkpoints; give one")
-    run = path if path.is_dir() else path.parent
     checkpoint = (args.checkpoint or str(path / "final_model.ptz")) if path.is_dir() else given
-    if not (resolved := run / "recipe.resolved.toml").is_file():
+    if not (resolved := (path if path.is_dir() else path.parent) / "recipe.resolved.toml").is_file():
         raise PgolfError(
-            f"{run}: not a run directory, no recipe.resolved.toml (every finished run writes one); score with the "
-            f"recipe it was trained with: pgolf eval RECIPE --checkpoint {checkpoint}"
+            f"{resolved.parent}: not a run directory, no recipe.resolved.toml (every finished run writes one); "
+            f"score with the recipe it was trained with: pgolf eval RECIPE --checkpoint {checkpoint}"
         )
     if args.smoke:
         raise PgolfError(f"--smoke: {resolved} already holds the run's settings, smoke ones included; drop --smoke")
@@ -87,38 +65,31 @@ def cmd_eval(args: argparse.Namespace) -> int:
     pgolf eval RUN_DIR/final_model.pt (or --checkpoint FILE alone) takes the recipe next to the checkpoint;
     pgolf eval RECIPE --checkpoint FILE scores with that recipe instead (add --smoke if the run had it).
     --set, --enable and --disable apply on top of either recipe. (This docstring is the command's --help.)"""
-    from pgolf_core.run import evaluate
-
     args.recipe, checkpoint = eval_inputs(args)
     evaluate(_load(args), checkpoint=checkpoint, plugin_dirs=tuple(args.plugins_dir))
     return 0
 
 
 def cmd_plugins(args: argparse.Namespace) -> int:
-    from pgolf_core import registry
-
     if args.recipe:
         pm = registry.create_manager(recipe := _load(args), args.plugins_dir)
         # the hooks each plugin registered (a plugin with two forms registers those of its configured form);
         # "order": 0 only fixes the key order (name, order, version, hooks): version_order sets it
         hooks = {p: sorted(h.name for h in pm.get_hookcallers(p) or []) for p in registry.ordered_plugins(pm)}
         rows = [{"name": p.name, "order": 0, **registry.version_order(p), "hooks": hs} for p, hs in hooks.items()]
+        empty = f"{recipe.source}: no plugins enabled (the core model and loop only)"
     else:
         rows = registry.describe(args.plugins_dir)
-    if args.json:
-        print(json.dumps(rows, indent=2, default=str))
-    elif args.recipe:
-        for i, row in enumerate(rows):
-            print(f"{i + 1:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
-        if not rows:
-            print(f"{recipe.source}: no plugins enabled (the core model and loop only)")
-    elif not rows:
-        print("no plugins installed (entry-point group 'pgolf.plugins')")
-    else:
-        for row in rows:
-            if "error" in row:
-                print(f"{row['name']}  BROKEN: {row['error']}")
-                continue
+        empty = "no plugins installed (entry-point group 'pgolf.plugins')"
+    if args.json or not rows:
+        print(json.dumps(rows, indent=2, default=str) if args.json else empty)
+        return 0
+    for i, row in enumerate(rows, 1):
+        if args.recipe:
+            print(f"{i:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
+        elif "error" in row:
+            print(f"{row['name']}  BROKEN: {row['error']}")
+        else:
             print(f"{row['name']} {row['version']}  (order {row['order']}, from {row['origin']})  {row['doc']}")
             print(f"    hooks:  {', '.join(row['hooks']) or '-'}")
             if row["config"]:
@@ -130,21 +101,32 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="pgolf", description="Parameter Golf as parts: core + plugins + recipes.")
     # The version every run's summary records (manifest "pgolf_version"); a test holds it equal to the installed
     # distribution's metadata, so the two cannot drift apart.
-    parser.add_argument("--version", action="version", version=f"pgolf {pgolf_core.__version__}")
+    parser.add_argument("--version", action="version", version=f"pgolf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("run", help="train, export and score a recipe")
-    _recipe_args(p)
-    p.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>[-<toggles>]-seed<seed>)")
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
+    run = sub.add_parser("run", help="train, export and score a recipe")
+    run.add_argument("recipe", help="TOML recipe, e.g. recipes/baseline.toml")
+    ev = sub.add_parser("eval", help="score a run's checkpoint (or any, with a recipe)", description=cmd_eval.__doc__)
+    target = "a run folder, a checkpoint, or a recipe"
+    ev.add_argument("recipe", nargs="?", metavar="RUN_DIR|CHECKPOINT|RECIPE", help=target)
+    sets = "override a value, e.g. --set train.matrix_lr=0.02 or plugins.ema.decay=0.998"
+    dirs = "also load plugins from *.py files in DIR (each exporting PLUGIN)"
+    # the recipe options `run` and `eval` share, in this order after their recipe argument
+    for p in (run, ev):
+        p.add_argument("--smoke", action="store_true", help="same plugins, tiny model and step counts (CPU, ~1 min)")
+        p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=sets)
+        p.add_argument("--enable", action="append", default=[], metavar="PLUGIN", help="turn a plugin on")
+        p.add_argument("--disable", action="append", default=[], metavar="PLUGIN", help="turn a plugin off")
+        p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR", help=dirs)
+        p.add_argument("--seed", type=int, help="shortcut for --set run.seed=N")
+    run.add_argument("--out", help="run directory (default: <run.out_dir>/<run.name>[-<toggles>]-seed<seed>)")
+    run.add_argument("--overwrite", action="store_true", help="replace a finished run in the run directory")
     force = "run even when the memory or time estimate says this machine cannot"
-    p.add_argument("--force", action="store_true", help=force)
-    p.add_argument("--dry-run", action="store_true", help="print the resolved recipe and run folder, then stop")
-    p.set_defaults(func=cmd_run)
-    p = sub.add_parser("eval", help="score a run's checkpoint (or any, with a recipe)", description=cmd_eval.__doc__)
-    _recipe_args(p, nargs="?", metavar="RUN_DIR|CHECKPOINT|RECIPE", help="a run folder, a checkpoint, or a recipe")
+    run.add_argument("--force", action="store_true", help=force)
+    run.add_argument("--dry-run", action="store_true", help="print the resolved recipe and run folder, then stop")
+    run.set_defaults(func=cmd_run)
     ckpt = "a torch.save state dict or a .ptz artifact (default with RUN_DIR: RUN_DIR/final_model.ptz)"
-    p.add_argument("--checkpoint", help=ckpt)
-    p.set_defaults(func=cmd_eval)
+    ev.add_argument("--checkpoint", help=ckpt)
+    ev.set_defaults(func=cmd_eval)
     p = sub.add_parser("plugins", help="list installed plugins (or a recipe's resolved hook order)")
     p.add_argument("--json", action="store_true")
     p.add_argument("--order", dest="recipe", metavar="RECIPE", help="print the resolved plugin order of RECIPE")

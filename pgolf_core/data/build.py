@@ -42,7 +42,7 @@ import numpy as np
 import sentencepiece as spm
 
 from pgolf_core.data import caseops as caseops_text
-from pgolf_core.data.check import fingerprint, is_caseops, side_fingerprint
+from pgolf_core.data.check import fingerprint, is_caseops, split_record
 from pgolf_core.data.tokens import load_tokenizer, write_shard
 from pgolf_core.types import DataError
 
@@ -116,12 +116,13 @@ def training_sentences(docs: Iterable[str], limit: int = TRAIN_CHUNK_BYTES) -> I
         yield from filter(None, ("".join(chunk).strip() for chunk in chunks))
 
 
-def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False) -> bytes:
+def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False, log: Log = print) -> bytes:
     """A serialized SentencePiece model trained on `docs` with the official settings; with `caseops`, the four
     CaseOps markers are its first pieces after the controls (user-defined symbols: never split or merged)."""
     if not 4 < vocab_size <= 2**16:
         raise DataError(f"vocab_size must be in 5..65536 (shards store uint16 ids), got {vocab_size}")
     model = io.BytesIO()
+    log(f"data: training a {vocab_size}-token BPE tokenizer on {len(docs)} documents")
     try:
         spm.SentencePieceTrainer.train(
             sentence_iterator=iter(training_sentences(docs)),
@@ -214,16 +215,11 @@ def export_dataset(
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     docs = [caseops_text.encode(doc) for doc in docs] if caseops else docs
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
-    if isinstance(tokenizer, int):
-        log(f"data: training a {tokenizer}-token BPE tokenizer on {len(docs) - val_docs} documents")
-    model = train_tokenizer(docs[val_docs:], tokenizer, caseops) if isinstance(tokenizer, int) else tokenizer
+    model = train_tokenizer(docs[val_docs:], tokenizer, caseops, log) if isinstance(tokenizer, int) else tokenizer
     sp = spm.SentencePieceProcessor(model_proto=model)
-    if caseops != is_caseops(sp):
-        raise DataError(
-            "--caseops needs a CaseOps tokenizer (the four markers as pieces); this one has none"
-            if caseops
-            else "this tokenizer is a CaseOps tokenizer (the markers are pieces): add --caseops"
-        )
+    if caseops != is_caseops(sp):  # the markers as pieces: a CaseOps tokenizer
+        lacks, fix = ("lacks", "drop") if caseops else ("has", "add")
+        raise DataError(f"the tokenizer {lacks} the CaseOps markers: {fix} --caseops")
     if isinstance(tokenizer, int) and sp.vocab_size() != tokenizer:
         log(f"data: the text supports only {sp.vocab_size()} tokens, not {tokenizer} (hard_vocab_limit=false)")
     with tempfile.TemporaryDirectory(
@@ -248,9 +244,7 @@ def export_dataset(
                           "vocab_size": sp.vocab_size(), "sentencepiece": spm.__version__,
                           "trainer": TRAINER_SETTINGS if isinstance(tokenizer, int) else None},
             "bos_id": 1, "append_eos": False, "shard_tokens": shard_tokens, "stats": counts,
-            "split": {"val": {"docs": [0, val_docs], "sha256": side_fingerprint(val_digests)},
-                      "train": {"docs": [val_docs, len(docs)], "sha256": side_fingerprint(train_digests)},
-                      "copies_left_out": dropped, "shared_docs": 0},
+            "split": split_record(val_digests, train_digests, len(docs)),
             "files": {**val_files, **train_files},
         }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

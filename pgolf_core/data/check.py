@@ -47,6 +47,28 @@ def side_fingerprint(digests: Sequence[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
+def verify(path: Path, sha256: str | None = None, shard: bool = False) -> str:
+    """`path`'s SHA-256, refused unless it is `sha256` (when given) and, for a `shard`, its header matches its size:
+    how a download is checked before it is trusted, and how the audit checks the files a manifest lists."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if sha256 and digest != sha256:
+        raise DataError(f"sha256 {digest}, expected {sha256}")
+    if shard:
+        shard_token_count(path)
+    return digest
+
+
+def split_record(val: Sequence[bytes], train: Sequence[bytes], n_docs: int) -> dict[str, Any]:
+    """The manifest's proof of a split made by construction (what `guard` reads): validation the first `len(val)`
+    of `n_docs` documents, training the rest less the copies of a validation document left out."""
+    return {
+        "val": {"docs": [0, len(val)], "sha256": side_fingerprint(val)},
+        "train": {"docs": [len(val), n_docs], "sha256": side_fingerprint(train)},
+        "copies_left_out": n_docs - len(val) - len(train),
+        "shared_docs": len(set(val) & set(train)),
+    }
+
+
 def documents(files: Sequence[Path], bos_id: int) -> tuple[list[bytes], list[int], int]:
     """Fingerprints and token counts of the documents of the stream `files` (one shard in memory at a time; a
     document may straddle shards), and how many tokens came before the first BOS (0 in good data)."""
@@ -155,9 +177,10 @@ def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
         on_disk = {p.name for p in root.glob("*.bin")}
         report(not (extra := sorted(on_disk - set(listed))), f"every shard is in manifest.json (not listed: {extra})")
         for name, entry in sorted(listed.items()):
-            path = root / name
-            got = hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else "missing"
-            report(got == entry.get("sha256"), f"{name}: sha256 {got[:16]} (manifest: {str(entry.get('sha256'))[:16]})")
+            try:
+                report(True, f"{name}: sha256 {verify(root / name, entry.get('sha256'), name.endswith('.bin'))[:16]}")
+            except (DataError, OSError) as exc:
+                report(False, f"{name}: {exc}")
     official = sorted((root.parent.parent / "tokenizers").glob("*.model"))  # the download layout: one tokenizer
     names = [tokenizer] if tokenizer else [root / "tokenizer.model", *(official if len(official) == 1 else [])]
     if not (found := [n for n in names if n.is_file()]):

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from pgolf_core.data.build import Log, sha256_file
+from pgolf_core.data.check import verify
 from pgolf_core.data.tokens import shard_token_count
 from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError
@@ -75,12 +76,9 @@ def _download(repo_id: str, remote: str, dest: Path, revision: str | None) -> tu
     except Exception as exc:  # network, auth, offline and size errors all end here
         raise DataError(f"could not download {remote} from {where} ({exc!r}); rerun to resume") from exc
     source = cached.resolve(strict=True)  # the snapshot entry is a link to the blob, named by its ETag
+    lfs = meta.etag if re.fullmatch("[0-9a-f]{64}", meta.etag or "") else None  # an LFS file's ETag: its sha256
     try:
-        digest = sha256_file(source)
-        if re.fullmatch("[0-9a-f]{64}", meta.etag or "") and digest != meta.etag:  # an LFS file: its sha256
-            raise DataError(f"sha256 {digest}, the hub's ETag {meta.etag}")
-        if dest.suffix == ".bin":
-            shard_token_count(source)
+        digest = verify(source, lfs, dest.suffix == ".bin")
     except DataError as exc:  # dropped from the cache too, or the hub client would hand it back next time
         for path in {cached, source}:
             path.unlink(missing_ok=True)

@@ -174,7 +174,7 @@ def test_check_flags_each_kind_of_problem(tmp_path: Path, capsys) -> None:
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
     for problem in (
-        "PROBLEM fineweb_val_bytes_000000.bin: sha256 missing",
+        "PROBLEM fineweb_val_bytes_000000.bin: [Errno 2] No such file or directory",
         "PROBLEM fineweb_train_000000.bin: sha256",
         "holds token id 999, but [model] vocab_size = 400",
         "PROBLEM train: the stream starts with BOS (1 tokens before the first)",
@@ -193,7 +193,7 @@ def test_build_command_with_a_given_tokenizer_and_caseops(tmp_path: Path, capsys
     assert "--set data.val_bytes_pattern=fineweb_val_bytes_*.bin" in out and "model.vocab_size=400" in out
     assert (tmp_path / "b" / "tokenizer.model").read_bytes() == first.tokenizer.read_bytes()
     assert main([*args[:-1], str(tmp_path / "c")]) == 2  # a CaseOps tokenizer without --caseops
-    assert "is a CaseOps tokenizer (the markers are pieces): add --caseops" in capsys.readouterr().err
+    assert "the tokenizer has the CaseOps markers: add --caseops" in capsys.readouterr().err
     assert main(["data", "build", "--text", str(text), "--out", str(tmp_path / "d")]) == 2
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
 
