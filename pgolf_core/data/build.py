@@ -33,7 +33,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,7 +41,6 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from pgolf_core.data import caseops as caseops_text
 from pgolf_core.data.check import fingerprint, is_caseops, split_record
 from pgolf_core.data.tokens import load_tokenizer, write_shard
 from pgolf_core.types import DataError
@@ -116,9 +115,8 @@ def training_sentences(docs: Iterable[str], limit: int = TRAIN_CHUNK_BYTES) -> I
         yield from filter(None, ("".join(chunk).strip() for chunk in chunks))
 
 
-def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False, log: Log = print) -> bytes:
-    """A serialized SentencePiece model trained on `docs` with the official settings; with `caseops`, the four
-    CaseOps markers are its first pieces after the controls (user-defined symbols: never split or merged)."""
+def train_tokenizer(docs: Sequence[str], vocab_size: int, log: Log = print) -> bytes:
+    """A serialized SentencePiece model trained on `docs` with the official settings."""
     if not 4 < vocab_size <= 2**16:
         raise DataError(f"vocab_size must be in 5..65536 (shards store uint16 ids), got {vocab_size}")
     model = io.BytesIO()
@@ -129,7 +127,6 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False,
             model_writer=model,
             vocab_size=vocab_size,
             minloglevel=2,
-            user_defined_symbols=list(caseops_text.RESERVED if caseops else ()),
             **TRAINER_SETTINGS,
         )
     except RuntimeError as exc:
@@ -138,34 +135,30 @@ def train_tokenizer(docs: Sequence[str], vocab_size: int, caseops: bool = False,
 
 
 def write_split(
-    out_dir: Path, split: str, docs: Sequence[str], sp: spm.SentencePieceProcessor, shard_tokens: int, **how: Any
+    out_dir: Path, split: str, docs: Sequence[str], sp: spm.SentencePieceProcessor, shard_tokens: int, skip: Container
 ) -> tuple[dict[str, dict], list[bytes]]:
-    """Encode one split's documents into consecutive shards (a document may straddle two); with `sidecar=True`, the
-    per-token byte sidecar beside them (the original text's UTF-8 bytes of each token's surface, 0 for BOS). A
-    document whose fingerprint is in `skip` (a copy of a validation document) is left out.
+    """Encode one split's documents into consecutive shards (a document may straddle two), leaving out a document
+    whose fingerprint is in `skip` (a copy of a validation document).
 
     Encodes in batches and fills one shard buffer at a time, so memory stays at one shard.
     Returns ({file name: {"tokens", "sha256", "kind", "split"}}, each written document's fingerprint).
     """
     files: dict[str, dict] = {}
-    kinds = ("tokens", "bytes") if how.get("sidecar") else ("tokens",)
-    buf, fill, written = np.empty((len(kinds), shard_tokens), dtype=np.uint16), 0, []
+    buf, fill, written = np.empty(shard_tokens, dtype=np.uint16), 0, []
 
     def flush() -> None:
-        index = sum(f["kind"] == "tokens" for f in files.values())
-        for row, kind in zip(buf, kinds, strict=True):
-            path = write_shard(out_dir / f"fineweb_{split}_{'bytes_' * (kind == 'bytes')}{index:06d}.bin", row[:fill])
-            files[path.name] = {"tokens": fill, "sha256": sha256_file(path), "kind": kind, "split": split}
+        path = write_shard(out_dir / f"fineweb_{split}_{len(files):06d}.bin", buf[:fill])
+        files[path.name] = {"tokens": fill, "sha256": sha256_file(path), "kind": "tokens", "split": split}
 
     for start in range(0, len(docs), 256):
-        for doc in encode(sp, docs[start : start + 256], bool(how.get("sidecar"))):
-            if (digest := fingerprint(doc[0])) in how.get("skip", ()):
+        for ids in sp.encode(list(docs[start : start + 256])):
+            if (digest := fingerprint(ids)) in skip:
                 continue
             written.append(digest)
-            rows = np.asarray([[first, *ids] for first, ids in zip((BOS_ID, 0), doc, strict=False)], dtype=np.uint16)
-            while rows.shape[1]:
-                k = min(shard_tokens - fill, rows.shape[1])
-                buf[:, fill : fill + k], rows = rows[:, :k], rows[:, k:]
+            toks = np.asarray([BOS_ID, *ids], dtype=np.uint16)
+            while toks.size:
+                k = min(shard_tokens - fill, toks.size)
+                buf[fill : fill + k], toks = toks[:k], toks[k:]
                 fill += k
                 if fill == shard_tokens:
                     flush()
@@ -173,18 +166,6 @@ def write_split(
     if fill:
         flush()
     return files, written
-
-
-def encode(sp: spm.SentencePieceProcessor, docs: Sequence[str], sidecar: bool) -> list[tuple[list[int], ...]]:
-    """Each document's token ids and, with `sidecar`, the original bytes of each token: the pieces' surfaces (the
-    input text each piece covers, before normalization) decoded by CaseOps (`original_bytes`); needs protobuf."""
-    if not sidecar:
-        return [(ids,) for ids in sp.encode(list(docs))]
-    try:
-        protos = sp.encode(list(docs), out_type="proto")
-    except ImportError as exc:  # sentencepiece >= 0.2.1 needs protobuf for the pieces' surfaces
-        raise DataError(f"the CaseOps byte sidecar needs protobuf: pip install 'pgolf[data]' ({exc})") from exc
-    return [([q.id for q in p.pieces], caseops_text.original_bytes(q.surface for q in p.pieces)) for p in protos]
 
 
 def sha256_file(path: Path) -> str:
@@ -200,7 +181,6 @@ def export_dataset(
     shard_tokens: int,
     source: dict[str, Any],
     log: Log,
-    caseops: bool = False,
 ) -> BuiltDataset:
     """Tokenizer (trained to `tokenizer` pieces, or a serialized model) + shards + manifest for `docs` into
     `out_dir` (created atomically; must not exist). The split is by document and disjoint by construction: the
@@ -213,13 +193,11 @@ def export_dataset(
         )
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
-    docs = [caseops_text.encode(doc) for doc in docs] if caseops else docs
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
-    model = train_tokenizer(docs[val_docs:], tokenizer, caseops, log) if isinstance(tokenizer, int) else tokenizer
+    model = train_tokenizer(docs[val_docs:], tokenizer, log) if isinstance(tokenizer, int) else tokenizer
     sp = spm.SentencePieceProcessor(model_proto=model)
-    if caseops != is_caseops(sp):  # the markers as pieces: a CaseOps tokenizer
-        lacks, fix = ("lacks", "drop") if caseops else ("has", "add")
-        raise DataError(f"the tokenizer {lacks} the CaseOps markers: {fix} --caseops")
+    if is_caseops(sp):  # its validation bytes need a sidecar this builder does not write yet
+        raise DataError("the tokenizer has the CaseOps markers: pgolf data build makes no CaseOps data yet")
     if isinstance(tokenizer, int) and sp.vocab_size() != tokenizer:
         log(f"data: the text supports only {sp.vocab_size()} tokens, not {tokenizer} (hard_vocab_limit=false)")
     with tempfile.TemporaryDirectory(
@@ -229,8 +207,10 @@ def export_dataset(
         os.chmod(tmp, 0o755)  # mkdtemp's 0700 would make a shared data directory private
         (tmp / "tokenizer.model").write_bytes(model)
         log(f"data: writing shards ({val_docs} validation, {len(docs) - val_docs} training documents)")
-        val_files, val_digests = write_split(tmp, "val", docs[:val_docs], sp, shard_tokens, sidecar=caseops)
-        train_files, train_digests = write_split(tmp, "train", docs[val_docs:], sp, shard_tokens, skip=set(val_digests))
+        val_files, val_digests = write_split(tmp, "val", docs[:val_docs], sp, shard_tokens, ())
+        train_files, train_digests = write_split(
+            tmp, "train", docs[val_docs:], sp, shard_tokens, frozenset(val_digests)
+        )
         if dropped := len(docs) - val_docs - len(train_digests):
             log(f"data: left {dropped} training documents out: copies of validation documents")
         counts = dict(docs_total=len(docs), docs_val=val_docs, docs_train=len(train_digests))
@@ -239,7 +219,7 @@ def export_dataset(
             counts |= {f"tokens_{side}": sum(f["tokens"] for f in shards), f"files_{side}": len(shards)}
         # Everything that identifies the data, and nothing machine-specific (no paths, no times).
         manifest = {
-            "schema": "pgolf.dataset/2", "source": source, "caseops": caseops,
+            "schema": "pgolf.dataset/2", "source": source,
             "tokenizer": {"file": "tokenizer.model", "sha256": hashlib.sha256(model).hexdigest(),
                           "vocab_size": sp.vocab_size(), "sentencepiece": spm.__version__,
                           "trainer": TRAINER_SETTINGS if isinstance(tokenizer, int) else None},
@@ -263,10 +243,9 @@ def build_dataset(
     tokenizer: int | str | Path,
     out_dir: str | Path,
     val_fraction: float = 0.1,
+    val_docs: int | None = None,
     log: Log = print,
     shard_tokens: int = SHARD_TOKENS,
-    val_docs: int | None = None,
-    caseops: bool = False,
 ) -> BuiltDataset:
     """Build a dataset from `.txt`/`.jsonl` files into `out_dir` (which must be absent or empty), with a tokenizer
     trained to `tokenizer` pieces or read from that `.model` file; validation is the first `val_docs` documents,
@@ -281,8 +260,6 @@ def build_dataset(
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
     n_val = val_docs if val_docs is not None else max(1, int(len(docs) * val_fraction + 1e-9))  # int() is floor() here
-    built = export_dataset(
-        docs, model, out_dir, val_docs=n_val, shard_tokens=shard_tokens, source=source, log=log, caseops=caseops
-    )
+    built = export_dataset(docs, model, out_dir, val_docs=n_val, shard_tokens=shard_tokens, source=source, log=log)
     log(f"data: wrote {out_dir}")
     return built

@@ -2,9 +2,9 @@
 
     pgolf data sample [--cache DIR]
     pgolf data build --text FILE [FILE ...] (--vocab-size N | --tokenizer MODEL) --out DIR
-                     [--val-docs N | --val-fraction F] [--caseops]
+                     [--val-docs N | --val-fraction F]
     pgolf data check PATH [--tokenizer MODEL]
-    pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR] [--repo-id ID] [--remote-root DIR]
+    pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR]
 
 Each prints where the data is and how many tokens it holds; point a recipe's `data.path` (and
 `data.tokenizer`) at the printed paths. Modules are imported in the handlers so `pgolf --help`
@@ -38,14 +38,11 @@ def cmd_build(args: argparse.Namespace) -> int:
 
     if (args.tokenizer is None) == (args.vocab_size is None):
         raise DataError("pgolf data build: give --vocab-size N (train a tokenizer) or --tokenizer MODEL, one of them")
-    tokenizer = args.tokenizer or args.vocab_size
     built = build_dataset(
-        args.text, tokenizer, args.out, args.val_fraction, val_docs=args.val_docs, caseops=args.caseops
+        args.text, args.tokenizer or args.vocab_size, args.out, args.val_fraction, val_docs=args.val_docs
     )
     _summary(built, **built.manifest["stats"])
-    sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * args.caseops
-    print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}"
-          f"{sidecar}")  # fmt: skip
+    print(f"use:       --set data.path={built.path} --set model.vocab_size={built.manifest['tokenizer']['vocab_size']}")
     return 0
 
 
@@ -53,11 +50,9 @@ def cmd_fineweb(args: argparse.Namespace) -> int:
     from pgolf_core.data.fineweb import download_fineweb
     from pgolf_core.data.tokens import shard_token_count
 
-    got = download_fineweb(args.variant, args.train_shards, args.out, args.repo_id, args.remote_root)
+    got = download_fineweb(args.variant, args.train_shards, args.out)
     _summary(got, *(sum(shard_token_count(f) for f in files) for files in (got.train_files, got.val_files)))
     print(f"files:     {got.downloaded} downloaded, {got.skipped} already present")
-    sidecar = " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * bool(got.val_bytes_files)
-    print(f"use:       --set data.path={got.path} --set data.tokenizer={got.tokenizer}{sidecar}")
     return 0
 
 
@@ -75,17 +70,13 @@ COMMANDS = (
         ("--val-docs", dict(type=int, metavar="N", help="the first N documents are validation (the records: 50000)")),
         ("--val-fraction", dict(type=float, default=0.1, metavar="F",
                                 help="else this leading fraction of the documents (default 0.1)")),
-        ("--caseops", dict(action="store_true", help="CaseOps transform, with the validation byte sidecar")),
     )),
     ("check", *check.COMMAND),
-    ("fineweb", "download published FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
-        ("--variant", dict(default="sp1024", help="sp1024 (default), byte260, sp4096, sp8192, "
-                           "sp8192_lossless_caps_caseops_v1_reserved, or sp<N>[_SUFFIX] with --repo-id")),
+    ("fineweb", "download the official FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
+        ("--variant", dict(default="sp1024", help="tokenizer family, e.g. sp1024 (default)")),
         ("--train-shards", dict(type=int, default=80, metavar="N",
                                 help="training shards of 100M tokens to fetch (default 80, as the official script)")),
         ("--out", dict(default="data", metavar="DIR", help="download root (default ./data)")),
-        ("--repo-id", dict(metavar="ID", help="another Hugging Face dataset of this layout (default: the variant's)")),
-        ("--remote-root", dict(default="datasets", metavar="DIR", help="its manifest.json folder (default: datasets)")),
     )),
 )  # fmt: skip
 

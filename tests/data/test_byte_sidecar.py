@@ -142,3 +142,18 @@ def test_a_sidecar_that_does_not_pair_with_the_tokens_is_refused(caseops_data, t
     write_shard(tmp_path / "fineweb_val_bytes_000001.bin", sidecar[len(val) // 2 :])
     with pytest.raises(DataError, match=r"fineweb_val_bytes_000000\.bin \.\.\.: validation token 0 is BOS but counts"):
         load_data(recipe, CPU, print, train=False)
+
+
+def test_the_audit_totals_the_sidecar_and_shows_the_tables_other_figure(caseops_data):
+    """`pgolf data check` on CaseOps data: the sidecar pairs with the tokens and sums to the original text's bytes;
+    the byte table's figure, printed beside it, is another (larger) number."""
+    from pgolf_core.data.check import audit
+
+    root, val_docs, _, sidecar = caseops_data
+    lines: list[str] = []
+    problems = audit(root, None, lines.append)
+    original = sum(len(d.encode("utf-8")) for d in val_docs)
+    assert f"ok      byte sidecar: {original:,} bytes, one per validation token, 0 at BOS" in lines
+    table = next(line for line in lines if "by the tokenizer's table" in line)
+    assert int(table.rsplit(" ", 1)[1].replace(",", "")) > original * 1.005
+    assert problems == [f"no manifest.json in {root}: nothing records which files belong together or the split"]

@@ -1,8 +1,7 @@
 """A split that cannot leak, and the audit a reviewer runs (issue #21): `pgolf data build` makes validation the first
 documents and training the rest without copies of them, records both sides' fingerprints, `pgolf run` refuses a
 directory whose manifest says the sides overlap (or does not list the files it reads) and warns when nothing proves
-the split, and `pgolf data check` recomputes everything from the shards. The CaseOps build writes the validation
-byte sidecar whose sum is the original text's UTF-8 byte count, exactly.
+the split, and `pgolf data check` recomputes everything from the shards.
 """
 
 from __future__ import annotations
@@ -16,15 +15,15 @@ import sentencepiece as spm
 import torch
 
 from pgolf_core.cli import main
-from pgolf_core.data import caseops
 from pgolf_core.data.build import BuiltDataset, build_dataset
 from pgolf_core.data.check import audit, documents, side_fingerprint
 from pgolf_core.data.sample import ensure_sample_data, sample_documents
-from pgolf_core.data.tokens import build_byte_tables, document_starts, read_shard, shard_files, write_shard
+from pgolf_core.data.tokens import document_starts, read_shard, shard_files, write_shard
 from pgolf_core.recipe import read_recipe
 from pgolf_core.registry import plugin_classes
 from pgolf_core.run import load_data
 from pgolf_core.types import DataError, Env
+from tests.data.test_byte_sidecar import caseops_tokenizer
 
 CPU = Env(torch.device("cpu"))
 
@@ -121,80 +120,64 @@ def test_without_a_manifest_the_run_warns(built, tmp_path) -> None:
 
 
 def test_a_sidecar_renamed_as_a_token_shard_is_refused_by_the_manifest(tmp_path: Path) -> None:
-    data = build_caseops(tmp_path, shard_tokens=3000)
+    docs = [d.strip() for d in sample_documents()[:30]]
+    data = build_dataset([jsonl(tmp_path / "d.jsonl", docs)], 300, tmp_path / "ds", val_docs=6, shard_tokens=3000)
+    manifest = json.loads((data.path / "manifest.json").read_text())
+    for k, shard in enumerate(shard_files(data.path, "fineweb_val_*.bin")):  # a sidecar beside each validation shard
+        tokens = read_shard(shard)
+        sidecar = write_shard(
+            data.path / f"fineweb_val_bytes_{k:06d}.bin", (~document_starts(tokens, 1)).to(torch.int32)
+        )
+        manifest["files"][sidecar.name] = {"tokens": tokens.numel(), "kind": "bytes", "split": "val"}
+    (data.path / "manifest.json").write_text(json.dumps(manifest))
+    recipe = recipe_for(data.path, "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
+    load_data(recipe, CPU, quiet)  # as listed: read
     (data.path / "fineweb_val_bytes_000000.bin").rename(data.path / "fineweb_val_000009.bin")
-    recipe = recipe_for(data.path, "model.vocab_size=400", "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
     with pytest.raises(DataError, match=r"fineweb_val_000009\.bin is not in .*manifest\.json as a tokens file"):
         load_data(recipe, CPU, quiet)
 
 
-def build_caseops(tmp_path: Path, **how) -> BuiltDataset:
-    docs = [d.strip() for d in sample_documents()[:30]]
-    text = jsonl(tmp_path / "docs.jsonl", docs)
-    return build_dataset([text], 400, tmp_path / "caseops", val_docs=6, log=quiet, caseops=True, **how)
-
-
-def test_caseops_build_writes_the_sidecar_of_the_original_bytes(tmp_path: Path) -> None:
-    data = build_caseops(tmp_path, shard_tokens=3000)
-    docs = [d.strip() for d in sample_documents()[:6]]
-    sidecars = shard_files(data.path, "fineweb_val_bytes_*.bin", sidecars=True)
-    tokens = shard_files(data.path, "fineweb_val_*.bin")
-    assert len(sidecars) == len(tokens) > 1 and data.manifest["caseops"]
-    values = torch.cat([read_shard(f) for f in sidecars]).to(torch.int64)
-    val = torch.cat([read_shard(f) for f in tokens]).to(torch.int64)
-    original = sum(len(d.encode("utf-8")) for d in docs)
-    assert int(values.sum()) == original  # the denominator is the original text's bytes, exactly
-    sp = spm.SentencePieceProcessor(model_file=str(data.tokenizer))
-    assert all(sp.piece_to_id(c) != sp.unk_id() for c in caseops.RESERVED)
-    cuts = [*document_starts(val, 1).nonzero().flatten().tolist(), val.numel()]
-    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
-        # The tokens' surfaces (the text each stands for, before SentencePiece's normalization) decode back to the
-        # original document exactly: the text whose bytes the sidecar counts.
-        pieces = sp.encode(caseops.encode(docs[i]), out_type="proto").pieces
-        assert [q.id for q in pieces] == val[a + 1 : b].tolist()
-        assert caseops.decode("".join(q.surface for q in pieces)) == docs[i]
-    # The run divides by that sum; the tokenizer's table would count another number.
-    recipe = recipe_for(data.path, "model.vocab_size=400", "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
-    loaded = load_data(recipe, CPU, quiet, train=False)
-    at = torch.arange(1, loaded.val_tokens.numel())
-    stream = loaded.val_tokens.to(torch.int64)
-    assert int(loaded.tables.target_bytes(stream[:-1], stream[1:], at).sum()) == int(values[1 : stream.numel()].sum())
-    table = build_byte_tables(sp, 400).target_bytes(val[:-1], val[1:], torch.arange(1, val.numel()))
-    assert int(table.to(torch.int64).sum()) > original * 1.005
-    lines: list[str] = []
-    assert audit(data.path, None, lines.append) == []
-    assert f"ok      byte sidecar: {original:,} bytes, one per validation token, 0 at BOS" in lines
-
-
-def test_check_flags_each_kind_of_problem(tmp_path: Path, capsys) -> None:
-    data = build_caseops(tmp_path)
-    root = data.path
-    (root / "fineweb_val_bytes_000000.bin").unlink()  # a CaseOps tokenizer without its sidecar
+def test_check_flags_each_kind_of_problem(built, tmp_path: Path, capsys) -> None:
+    data, _ = built
+    root = copy_of(data, tmp_path / "bad")
+    (root / "fineweb_val_000000.bin").unlink()  # a listed shard gone
     write_shard(root / "fineweb_train_000000.bin", [7, 1, 5, 999])  # no BOS first, an id over the vocabulary
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
     for problem in (
-        "PROBLEM fineweb_val_bytes_000000.bin: [Errno 2] No such file or directory",
+        "PROBLEM fineweb_val_000000.bin: [Errno 2] No such file or directory",
         "PROBLEM fineweb_train_000000.bin: sha256",
-        "holds token id 999, but [model] vocab_size = 400",
+        "holds token id 999, but [model] vocab_size = 300",
         "PROBLEM train: the stream starts with BOS (1 tokens before the first)",
-        "PROBLEM a CaseOps tokenizer without a byte sidecar",
     ):
         assert problem in out, problem
     assert main(["data", "check", str(tmp_path / "nowhere")]) == 2
 
 
-def test_build_command_with_a_given_tokenizer_and_caseops(tmp_path: Path, capsys) -> None:
-    first = build_caseops(tmp_path)
+def test_check_flags_a_caseops_tokenizer_without_a_sidecar(built, tmp_path: Path, capsys) -> None:
+    data, _ = built
+    model = tmp_path / "caseops.model"
+    model.write_bytes(caseops_tokenizer(sample_documents()[:12]).serialized_model_proto())
+    assert main(["data", "check", str(data.path), "--tokenizer", str(model)]) == 1
+    assert "PROBLEM a CaseOps tokenizer without a byte sidecar" in capsys.readouterr().out
+
+
+def test_build_command_with_a_given_tokenizer(built, tmp_path: Path, capsys) -> None:
+    data, _ = built
     text = jsonl(tmp_path / "more.jsonl", [d.strip() for d in sample_documents()[30:50]])
-    args = ["data", "build", "--text", str(text), "--tokenizer", str(first.tokenizer), "--out", str(tmp_path / "b")]
-    assert main([*args, "--val-docs", "5", "--caseops"]) == 0
-    out = capsys.readouterr().out
-    assert "--set data.val_bytes_pattern=fineweb_val_bytes_*.bin" in out and "model.vocab_size=400" in out
-    assert (tmp_path / "b" / "tokenizer.model").read_bytes() == first.tokenizer.read_bytes()
-    assert main([*args[:-1], str(tmp_path / "c")]) == 2  # a CaseOps tokenizer without --caseops
-    assert "the tokenizer has the CaseOps markers: add --caseops" in capsys.readouterr().err
-    assert main(["data", "build", "--text", str(text), "--out", str(tmp_path / "d")]) == 2
+    args = ["data", "build", "--text", str(text), "--out", str(tmp_path / "b"), "--val-docs", "5"]
+    assert main([*args, "--tokenizer", str(data.tokenizer)]) == 0
+    assert "model.vocab_size=300" in capsys.readouterr().out
+    assert (tmp_path / "b" / "tokenizer.model").read_bytes() == data.tokenizer.read_bytes()
+    assert json.loads((tmp_path / "b" / "manifest.json").read_text())["split"]["val"]["docs"] == [0, 5]
+    model = tmp_path / "caseops.model"
+    model.write_bytes(caseops_tokenizer(sample_documents()[:12]).serialized_model_proto())
+    args[5] = str(tmp_path / "c")
+    assert main([*args, "--tokenizer", str(model)]) == 2  # no CaseOps data from this builder (yet): said so
+    assert (
+        "the tokenizer has the CaseOps markers: pgolf data build makes no CaseOps data yet" in capsys.readouterr().err
+    )
+    assert main(args) == 2
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
 
 
