@@ -1,6 +1,6 @@
 """Turn your own text into challenge-format data: a SentencePiece BPE tokenizer trained with the
 official sp1024 settings at any vocab size (or one you give), `fineweb_{val,train}_NNNNNN.bin` shards
-and a manifest; optionally through the CaseOps transform, with the validation byte sidecar.
+and a manifest.
 
 Input files:
 * `.txt`: documents are separated by blank lines (a line holding only whitespace). Paragraph-sized
@@ -15,12 +15,11 @@ documents (the final records: 50,000) are the validation split, the rest train; 
 stream cut into shards of `shard_tokens`. The split cannot leak: training starts after the last
 validation document and leaves out any exact copy of one (fingerprints of their tokens), and the
 manifest records both sides' document ranges and fingerprints, which `pgolf run` and `pgolf data check`
-read. With CaseOps (`caseops.py`) every document is transformed before tokenizing, and each validation
-shard gets a `fineweb_val_bytes_NNNNNN.bin` sidecar: per token, the UTF-8 bytes of the original text it
-stands for (what BPB divides by). Two deliberate differences from the official exporter, for a small
-local corpus: a trained tokenizer sees the training documents only (so validation text is truly
-unseen), and long documents are fed to the trainer in chunks of at most 4,000 bytes, because
-SentencePiece silently skips any training sentence over 4,192 bytes. The whole dataset is built in a
+read. A given tokenizer (`--tokenizer`) must have BOS = 1, as the challenge's. Two deliberate
+differences from the official exporter, for a small local corpus: a trained tokenizer sees the
+training documents only, less copies of validation documents (so validation text is truly unseen),
+and long documents are fed to the trainer in chunks of at most 4,000 bytes, because SentencePiece
+silently skips any training sentence over 4,192 bytes. The whole dataset is built in a
 temporary directory and renamed into place, so an interrupted build never leaves a directory that
 looks complete. Text is held in memory while building.
 """
@@ -194,7 +193,9 @@ def export_dataset(
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
-    model = train_tokenizer(docs[val_docs:], tokenizer, log) if isinstance(tokenizer, int) else tokenizer
+    val_text = set(docs[:val_docs])  # a trained tokenizer sees no validation document, nor a copy of one
+    unseen = [doc for doc in docs[val_docs:] if doc not in val_text]
+    model = train_tokenizer(unseen, tokenizer, log) if isinstance(tokenizer, int) else tokenizer
     sp = spm.SentencePieceProcessor(model_proto=model)
     if is_caseops(sp):  # its validation bytes need a sidecar this builder does not write yet
         raise DataError("the tokenizer has the CaseOps markers: pgolf data build makes no CaseOps data yet")
@@ -255,7 +256,9 @@ def build_dataset(
         raise DataError(f"output directory {out_dir} already exists and is not empty; choose a new one")
     if not 0 < val_fraction < 1:
         raise DataError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
-    model = tokenizer if isinstance(tokenizer, int) else load_tokenizer(tokenizer).serialized_model_proto()
+    if not isinstance(tokenizer, int) and (sp := load_tokenizer(tokenizer)).bos_id() != BOS_ID:
+        raise DataError(f"tokenizer {tokenizer}: BOS is id {sp.bos_id()}; the challenge's shards need BOS = {BOS_ID}")
+    model = tokenizer if isinstance(tokenizer, int) else sp.serialized_model_proto()
     docs = [doc for f in text_files for doc in read_documents(f)]
     log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}

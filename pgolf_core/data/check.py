@@ -5,7 +5,7 @@ A document is identified by the fingerprint of its tokens (`fingerprint`: BLAKE2
 BOS), so a validation document that reappears in training is found whatever the shard layout; a side's fingerprint
 is the SHA-256 of its documents' fingerprints in order. `pgolf data build` records both sides' document ranges and
 fingerprints in `manifest.json`; the check recomputes them from the shards, and the run refuses a manifest whose
-sides overlap or that does not list the files it reads (a file added, renamed or swapped since the manifest).
+sides overlap or that does not list the files it reads (a file added or renamed since, or whose token count changed).
 """
 
 from __future__ import annotations
@@ -105,9 +105,19 @@ def read_manifest(root: Path) -> dict[str, Any] | None:
         manifest = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise DataError(f"{path} is not valid JSON ({exc})") from exc
-    if not isinstance(manifest, dict) or not isinstance(manifest.get("files", {}), dict):
-        raise DataError(f"{path}: expected a JSON object with an object 'files' (name -> tokens, kind, sha256)")
+    files = manifest.get("files", {}) if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(isinstance(entry, dict) for entry in files.values()):
+        raise DataError(f"{path}: expected a JSON object whose 'files' maps names to objects (tokens, kind, sha256)")
+    split = manifest.get("split") or {}
+    sides = [split.get(side) for side in ("val", "train")] if isinstance(split, dict) else [None]
+    if split and not all(isinstance(s, dict) and is_range(s.get("docs")) for s in sides):
+        raise DataError(f"{path}: expected 'split' with 'val' and 'train' objects whose 'docs' are document ranges "
+                        f"[first, end) with 0 <= first <= end, got {split!r:.160}")  # fmt: skip
     return manifest
+
+
+def is_range(docs: Any) -> bool:
+    return isinstance(docs, list) and len(docs) == 2 and all(type(i) is int for i in docs) and 0 <= docs[0] <= docs[1]
 
 
 def is_caseops(sp: spm.SentencePieceProcessor) -> bool:
@@ -125,15 +135,11 @@ def guard(root: Path, shards: list[Path], sidecars: list[Path], tokenizer: Path,
             "[data] val_bytes_pattern to its byte sidecars"
         )
     manifest = read_manifest(root) or {}
-    split = manifest.get("split") or {}
-    if not isinstance(split.get("val"), dict) or not isinstance(split.get("train"), dict):
+    if not (split := manifest.get("split")):
         log(f"warning: nothing proves the validation documents of {root} are not in training (no manifest with a "
             f"fingerprinted split); run `pgolf data check {root}`")  # fmt: skip
         return
-    val, train = split["val"].get("docs"), split["train"].get("docs")
-    if not all(isinstance(d, list) and len(d) == 2 and all(type(i) is int for i in d) for d in (val, train)):
-        raise DataError(f"{root / 'manifest.json'}: split.val.docs and split.train.docs must be document ranges "
-                        f"[first, end), got {val!r} and {train!r}")  # fmt: skip
+    val, train = split["val"]["docs"], split["train"]["docs"]
     if split.get("shared_docs") or max(val[0], train[0]) < min(val[1], train[1]):
         raise DataError(
             f"{root / 'manifest.json'}: the validation documents {val} and the training documents {train} overlap "
@@ -173,7 +179,7 @@ def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
     if manifest is None:
         report(False, f"no manifest.json in {root}: nothing records which files belong together or the split")
     else:
-        listed = manifest["files"]
+        listed = manifest.get("files", {})
         on_disk = {p.name for p in root.glob("*.bin")}
         report(not (extra := sorted(on_disk - set(listed))), f"every shard is in manifest.json (not listed: {extra})")
         for name, entry in sorted(listed.items()):
@@ -189,29 +195,28 @@ def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
     sp = load_tokenizer(found[0])
     bos, vocab = sp.bos_id(), int(sp.vocab_size())
     log(f"tokenizer {found[0]} ({vocab} pieces, BOS {bos}{', CaseOps' if is_caseops(sp) else ''})")
-    for side, files in sides.items():
+    for side, files in list(sides.items()):  # a side that fails here (ids, headers) is not read further
         try:
             report(True, f"{side}: {check_shards(files, vocab):,} tokens in {len(files)} shards, every id < {vocab}")
         except DataError as exc:
             report(False, str(exc))
+            del sides[side]
     fingerprints = {}
     for side, files in sides.items():
         digests, lengths, lead = documents(files, bos)
         fingerprints[side] = digests
         report(lead == 0, f"{side}: the stream starts with BOS ({lead} tokens before the first)")
-        empty = lengths.count(0)
-        stats = (
-            f"{len(lengths):,} documents, {np.mean(lengths or [0]):.1f} tokens on average, max {max(lengths or [0])}"
-        )
-        report(empty == 0, f"{side}: {stats}, {empty} empty")
+        mean, longest = np.mean(lengths or [0]), max(lengths or [0])
+        stats = f"{len(lengths):,} documents, {mean:.1f} tokens on average, max {longest}"
+        report(len(lengths) > 0 and 0 not in lengths, f"{side}: {stats}, {lengths.count(0)} empty")
     if len(fingerprints) == 2:
         shared = set(fingerprints["val"]) & set(fingerprints["train"])
         report(not shared, f"train/val overlap: {len(shared)} validation documents also in training (fingerprints)")
     split = (manifest or {}).get("split") or {}
     for side, digests in fingerprints.items():
         if isinstance(split.get(side), dict) and "sha256" in split[side]:
-            mine = side_fingerprint(digests)
-            report(mine == split[side]["sha256"], f"{side}: fingerprint {mine[:16]} equals the manifest's")
+            mine, listed_sha = side_fingerprint(digests), str(split[side]["sha256"])
+            report(mine == listed_sha, f"{side}: fingerprint {mine[:16]} (manifest: {listed_sha[:16]})")
     if "val" in sides:
         val = torch.cat([read_shard(f) for f in sides["val"]]).to(torch.int64)
         positions = torch.arange(1, val.numel())
@@ -232,7 +237,10 @@ def cmd_check(args: argparse.Namespace) -> int:
     root = Path(args.path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root} is not a directory (expected a folder of fineweb_*.bin shards)")
-    problems = audit(root, Path(args.tokenizer).expanduser() if args.tokenizer else None, print)
+    tokenizer = Path(args.tokenizer).expanduser() if args.tokenizer else None
+    if tokenizer is not None:
+        load_tokenizer(tokenizer)  # a tokenizer named but missing or broken: bad input (exit 2), not a finding
+    problems = audit(root, tokenizer, print)
     print(f"{len(problems)} problem(s) in {root}" if problems else f"{root}: no problems found")
     return 1 if problems else 0
 

@@ -7,8 +7,7 @@
     pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR]
 
 Each prints where the data is and how many tokens it holds; point a recipe's `data.path` (and
-`data.tokenizer`) at the printed paths. Modules are imported in the handlers so `pgolf --help`
-stays fast.
+`data.tokenizer`) at the printed paths. `pgolf data check` is the audit's (`check.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +35,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_build(args: argparse.Namespace) -> int:
     from pgolf_core.data.build import build_dataset
 
-    if (args.tokenizer is None) == (args.vocab_size is None):
+    if bool(args.tokenizer) == bool(args.vocab_size):
         raise DataError("pgolf data build: give --vocab-size N (train a tokenizer) or --tokenizer MODEL, one of them")
     built = build_dataset(
         args.text, args.tokenizer or args.vocab_size, args.out, args.val_fraction, val_docs=args.val_docs

@@ -6,7 +6,9 @@ the split, and `pgolf data check` recomputes everything from the shards.
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -141,13 +143,12 @@ def test_check_flags_each_kind_of_problem(built, tmp_path: Path, capsys) -> None
     data, _ = built
     root = copy_of(data, tmp_path / "bad")
     (root / "fineweb_val_000000.bin").unlink()  # a listed shard gone
-    write_shard(root / "fineweb_train_000000.bin", [7, 1, 5, 999])  # no BOS first, an id over the vocabulary
+    write_shard(root / "fineweb_train_000000.bin", [7, 1, 5, 6])  # not as listed, and no BOS first
     assert main(["data", "check", str(root)]) == 1
     out = capsys.readouterr().out
     for problem in (
         "PROBLEM fineweb_val_000000.bin: [Errno 2] No such file or directory",
         "PROBLEM fineweb_train_000000.bin: sha256",
-        "holds token id 999, but [model] vocab_size = 300",
         "PROBLEM train: the stream starts with BOS (1 tokens before the first)",
     ):
         assert problem in out, problem
@@ -181,11 +182,61 @@ def test_build_command_with_a_given_tokenizer(built, tmp_path: Path, capsys) -> 
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
 
 
-def test_a_malformed_split_is_a_clear_error(built, tmp_path) -> None:
+@pytest.mark.parametrize(
+    ("edit", "culprit"),
+    [
+        (lambda m: m["split"]["train"].update(docs="8-42"), "'docs' are document ranges [first, end)"),
+        (lambda m: m["split"]["train"].update(docs=[42, 8]), "with 0 <= first <= end"),
+        (lambda m: m.update(split=[1, 2]), "expected 'split' with 'val' and 'train' objects"),
+        (lambda m: m["files"].update({"fineweb_val_000000.bin": 7}), "whose 'files' maps names to objects"),
+    ],
+)
+def test_a_malformed_manifest_is_a_clear_error(built, tmp_path, capsys, edit, culprit) -> None:
     data, _ = built
     root = copy_of(data, tmp_path / "odd")
     manifest = json.loads((root / "manifest.json").read_text())
-    manifest["split"]["train"]["docs"] = "8-42"
+    edit(manifest)
     (root / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(DataError, match=r"split\.val\.docs and split\.train\.docs must be document ranges"):
+    with pytest.raises(DataError, match=re.escape(culprit)):
         load_data(recipe_for(root), CPU, quiet)
+    assert main(["data", "check", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert culprit in err and str(root / "manifest.json") in err and "Traceback" not in err
+
+
+def test_check_reads_a_manifest_without_files_and_flags_bad_validation_shards(built, tmp_path, capsys) -> None:
+    """The hub's manifest.json has no 'files'; a validation id over the vocabulary, a truncated shard and a stream
+    without BOS are problems (exit 1), reported without a traceback."""
+    data, _ = built
+    root = copy_of(data, tmp_path / "hubby")
+    (root / "manifest.json").write_text(json.dumps({"datasets": [], "tokenizers": []}))
+    write_shard(root / "fineweb_val_000000.bin", [1, 5, 400])
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "holds token id 400, but [model] vocab_size = 300" in out and "problem(s) in" in out
+    shard = root / "fineweb_val_000000.bin"
+    shard.write_bytes(shard.read_bytes()[:-2])
+    assert main(["data", "check", str(root)]) == 1
+    assert "fineweb_val_000000.bin size mismatch: header says 3 tokens" in capsys.readouterr().out
+    write_shard(shard, [5, 6, 7])
+    assert main(["data", "check", str(root)]) == 1
+    out = capsys.readouterr().out
+    assert "PROBLEM val: 0 documents" in out and "PROBLEM val: the stream starts with BOS (3 tokens" in out
+    assert main(["data", "check", str(root), "--tokenizer", str(tmp_path / "none.model")]) == 2
+    assert "none.model not found" in capsys.readouterr().err
+
+
+def test_build_refuses_a_tokenizer_whose_bos_is_not_1(tmp_path: Path, capsys) -> None:
+    docs = [d.strip() for d in sample_documents()[:20]]
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(docs), model_writer=model, vocab_size=200, model_type="bpe", bos_id=2, eos_id=1,
+        minloglevel=2, hard_vocab_limit=False,
+    )  # fmt: skip
+    (tmp_path / "eos1.model").write_bytes(model.getvalue())
+    text = jsonl(tmp_path / "d.jsonl", docs)
+    with pytest.raises(DataError, match=r"eos1\.model: BOS is id 2; the challenge's shards need BOS = 1"):
+        build_dataset([text], tmp_path / "eos1.model", tmp_path / "out", log=quiet)
+    assert main(["data", "build", "--text", str(text), "--tokenizer", "", "--out", str(tmp_path / "o")]) == 2
+    assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
