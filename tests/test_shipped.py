@@ -300,8 +300,8 @@ DATA_TOOLS_BUDGET = 531
 # the guard and inlining `tokenizer_sha256`: 2,675. Its data tools (the leak-proof split, `--tokenizer`, `--val-docs`,
 # the `pgolf data check` command's registration, a given tokenizer's BOS checked) were paid for by cuts (cli.py 128 ->
 # 116, the split's record and the file check shared with the audit): data tools 529 -> 531, under the 532 landed before.
-# The downloader's variants/checksums/manifest and the CaseOps build were built and tested too (394e611, 1c398b3) but did
-# not fit the data-tools budget: left out. The data audit's budget is its first version's size, 197.
+# The downloader's variants/checksums/manifest and the CaseOps build were built and tested too (394e611, 1c398b3) but
+# did not fit the data-tools budget: left out. The data audit's budget is its first version's size, 197.
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not
