@@ -14,6 +14,7 @@ sliding-window val_loss and val_bpb after TTT <= 2.1e-8 (tolerance 2e-6: >= 94x)
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -291,6 +292,8 @@ def _rank(rank: int, world: int, init: str, out: str) -> None:
         dist.barrier()  # neither rank tears gloo down while the other still talks to it (a SIGABRT under load)
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # its results are on disk: skip the interpreter's teardown, where a native thread can still abort
+    # the process (SIGABRT, "terminate called without an active exception", about 1 run in 10 here)
 
 
 @pytest.mark.slow
@@ -331,6 +334,8 @@ def _uneven_rank(rank: int, world: int, init: str, out: str) -> None:
         dist.barrier()  # neither rank tears gloo down while the other still talks to it
     finally:
         dist.destroy_process_group()
+    os._exit(0)  # its results are on disk: skip the interpreter's teardown, where a native thread can still abort
+    # the process (SIGABRT, "terminate called without an active exception", about 1 run in 10 here)
 
 
 @pytest.mark.slow
