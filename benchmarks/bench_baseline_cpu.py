@@ -24,8 +24,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-
 from benchmarks import reference_baseline as ref  # noqa: E402
+from benchmarks.results import append_row  # noqa: E402
 from pgolf_core.model import GPT, ModelSpec  # noqa: E402
 from pgolf_core.registry import create_manager  # noqa: E402
 from pgolf_core.run import build_model_with  # noqa: E402
@@ -137,22 +137,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write(result: dict) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + "\n\n" + HEADER.format(section=SECTION)
-    row = (
-        f"| {result['date']} | {result['config']} | {result['torch']} | {result['cpu']} | {result['runs']} | "
-        f"{result['load']} | {result['pgolf_ms']:.2f} | {result['ref_ms']:.2f} | {result['ratio']:.3f} |\n"
-    )
-    head, _, tail = text.partition(SECTION)
-    # The table ends at the first blank line after its header rows; rows are appended there.
-    lines = tail.split("\n")
-    end = next(i for i in range(len(lines)) if lines[i].startswith("|---")) + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, row.rstrip("\n"))
-    DOC.write_text(head + SECTION + "\n".join(lines))
-    print(f"appended to {DOC}")
+    r = result
+    cells = [r["date"], r["config"], r["torch"], r["cpu"], r["runs"], r["load"]]
+    cells += [f"{r['pgolf_ms']:.2f}", f"{r['ref_ms']:.2f}", f"{r['ratio']:.3f}"]
+    append_row(SECTION, HEADER.format(section=SECTION), [str(c) for c in cells])
 
 
 if __name__ == "__main__":

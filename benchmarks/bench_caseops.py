@@ -25,10 +25,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record  # noqa: E402
+from benchmarks.results import append_row  # noqa: E402
 from pgolf_core.data import caseops  # noqa: E402
 from pgolf_core.data.sample import sample_documents  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## CaseOps transform, CPU (one process), the embedded sample"
 HEADER = """{section}
 
@@ -79,16 +79,8 @@ def main(argv: list[str] | None = None) -> dict:
         cpu = f"{platform.machine()} {os.cpu_count()} cores"
         cells = [datetime.date.today().isoformat(), cpu, platform.python_version(), str(args.repeats), load_avg]
         cells += [f"{rate[k]:.2f}" for k in times] + [f"{result['encode_ratio']:.2f}", f"{result['decode_ratio']:.2f}"]
-        text = DOC.read_text(encoding="utf-8") if DOC.is_file() else "# Benchmarks\n"
-        if SECTION not in text:
-            table = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
-            text = text.rstrip("\n") + "\n\n" + HEADER.format(section=SECTION) + table
-        head, _, rest = text.partition(SECTION)
-        table_end = rest.find("\n\n", rest.find("|---"))
-        row = "| " + " | ".join(cells) + " |"
-        rest = rest + row + "\n" if table_end < 0 else rest[:table_end] + "\n" + row + rest[table_end:]
-        DOC.write_text(head + SECTION + rest, encoding="utf-8")
-        print(f"appended to {DOC}")
+        table = "| " + " | ".join(COLUMNS) + " |\n" + "|---" * len(COLUMNS) + "|\n"
+        append_row(SECTION, HEADER.format(section=SECTION) + table, cells)
     return result
 
 

@@ -29,9 +29,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record, perturb, pr414_record_kwargs  # noqa: E402
+from benchmarks.results import append_row  # noqa: E402
 from pgolf_core import build_model, load_recipe  # noqa: E402
 
-DOC = ROOT / "docs" / "benchmarks.md"
 SECTION = "## Full-size PR #414 model, CPU forward + backward (fp32, eager)"
 HEADER = """{section}
 
@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--repeats", type=int, default=5, help="repeats; the median is reported")
     ap.add_argument("--warmup", type=int, default=2, help="untimed steps of each model first")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--write", action="store_true", help=f"append the result to {DOC.relative_to(ROOT)}")
+    ap.add_argument("--write", action="store_true", help="append the result to docs/benchmarks.md")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
 
@@ -124,21 +124,10 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def write(result: dict) -> None:
-    text = DOC.read_text() if DOC.exists() else "# Benchmarks\n\n"
-    if SECTION not in text:
-        text = text.rstrip("\n") + "\n\n" + HEADER.format(section=SECTION)
-    row = (
-        f"| {result['date']} | {result['batch']} | {result['torch']} | {result['cpu']} | {result['runs']} | "
-        f"{result['load']} | {result['pgolf_ms']:.1f} | {result['record_ms']:.1f} | {result['ratio']:.3f} |"
-    )
-    head, _, tail = text.partition(SECTION)
-    lines = tail.split("\n")
-    end = next(i for i in range(len(lines)) if lines[i].startswith("|---")) + 1
-    while end < len(lines) and lines[end].startswith("|"):
-        end += 1
-    lines.insert(end, row)
-    DOC.write_text(head + SECTION + "\n".join(lines))
-    print(f"appended to {DOC}")
+    r = result
+    cells = [r["date"], r["batch"], r["torch"], r["cpu"], r["runs"], r["load"]]
+    cells += [f"{r['pgolf_ms']:.1f}", f"{r['record_ms']:.1f}", f"{r['ratio']:.3f}"]
+    append_row(SECTION, HEADER.format(section=SECTION), [str(c) for c in cells])
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Callable, Container, Iterable, Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,11 +40,10 @@ from typing import Any
 import numpy as np
 import sentencepiece as spm
 
-from pgolf_core.data.check import fingerprint, is_caseops, split_record
+from pgolf_core.data.check import Log, fingerprint, is_caseops, sha256_file, split_record
 from pgolf_core.data.tokens import load_tokenizer, write_shard
 from pgolf_core.types import DataError
 
-Log = Callable[[str], None]
 # The official sp1024 trainer settings (data/download_hf_docs_and_tokenize.py), with byte_fallback as
 # in the shipped model (false). vocab_size is the caller's.
 TRAINER_SETTINGS: dict[str, Any] = dict(
@@ -167,10 +166,6 @@ def write_split(
     return files, written
 
 
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
 def export_dataset(
     docs: Sequence[str],
     tokenizer: int | bytes,
@@ -209,15 +204,12 @@ def export_dataset(
         (tmp / "tokenizer.model").write_bytes(model)
         log(f"data: writing shards ({val_docs} validation, {len(docs) - val_docs} training documents)")
         val_files, val_digests = write_split(tmp, "val", docs[:val_docs], sp, shard_tokens, ())
-        train_files, train_digests = write_split(
-            tmp, "train", docs[val_docs:], sp, shard_tokens, frozenset(val_digests)
-        )
-        if dropped := len(docs) - val_docs - len(train_digests):
+        train_files, kept = write_split(tmp, "train", docs[val_docs:], sp, shard_tokens, set(val_digests))
+        if dropped := len(docs) - val_docs - len(kept):
             log(f"data: left {dropped} training documents out: copies of validation documents")
-        counts = dict(docs_total=len(docs), docs_val=val_docs, docs_train=len(train_digests))
+        counts = dict(docs_total=len(docs), docs_val=val_docs, docs_train=len(kept))
         for side, files in (("val", val_files), ("train", train_files)):
-            shards = [f for f in files.values() if f["kind"] == "tokens"]
-            counts |= {f"tokens_{side}": sum(f["tokens"] for f in shards), f"files_{side}": len(shards)}
+            counts |= {f"tokens_{side}": sum(f["tokens"] for f in files.values()), f"files_{side}": len(files)}
         # Everything that identifies the data, and nothing machine-specific (no paths, no times).
         manifest = {
             "schema": "pgolf.dataset/2", "source": source,
@@ -225,7 +217,7 @@ def export_dataset(
                           "vocab_size": sp.vocab_size(), "sentencepiece": spm.__version__,
                           "trainer": TRAINER_SETTINGS if isinstance(tokenizer, int) else None},
             "bos_id": 1, "append_eos": False, "shard_tokens": shard_tokens, "stats": counts,
-            "split": split_record(val_digests, train_digests, len(docs)),
+            "split": split_record(val_digests, kept, len(docs)),
             "files": {**val_files, **train_files},
         }  # fmt: skip
         (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

@@ -32,10 +32,10 @@ from pgolf_core.data.tokens import (
     shard_files,
     shard_token_count,
 )
-from pgolf_core.types import DataError
+from pgolf_core.types import DataConfig, DataError
 
 Log = Callable[[str], None]
-PATTERNS = {"val": "fineweb_val_*.bin", "train": "fineweb_train_*.bin", "bytes": "fineweb_val_bytes_*.bin"}
+PATTERNS = {"val": DataConfig.val_pattern, "train": DataConfig.train_pattern, "bytes": "fineweb_val_bytes_*.bin"}
 
 
 def fingerprint(ids: Iterable[int] | np.ndarray) -> bytes:
@@ -47,10 +47,14 @@ def side_fingerprint(digests: Sequence[bytes]) -> str:
     return hashlib.sha256(b"".join(digests)).hexdigest()
 
 
+def sha256_file(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
 def verify(path: Path, sha256: str | None = None, shard: bool = False) -> str:
     """`path`'s SHA-256, refused unless it is `sha256` (when given) and, for a `shard`, its header matches its size:
-    how a download is checked before it is trusted, and how the audit checks the files a manifest lists."""
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    how the audit checks the files a manifest lists."""
+    digest = sha256_file(path)
     if sha256 and digest != sha256:
         raise DataError(f"sha256 {digest}, expected {sha256}")
     if shard:
@@ -160,10 +164,9 @@ def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
     """Check the data directory `root`; log a report and return the problems found (empty: all good)."""
     problems: list[str] = []
 
-    def report(ok: bool, text: str) -> bool:
+    def report(ok: bool, text: str) -> None:
         log(f"{'ok     ' if ok else 'PROBLEM'} {text}")
         problems.extend([] if ok else [text])
-        return ok
 
     manifest = read_manifest(root)
     sides = {}

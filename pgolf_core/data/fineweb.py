@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from pgolf_core.data.build import Log
+from pgolf_core.data.check import Log
 from pgolf_core.data.tokens import shard_token_count
 from pgolf_core.types import DataError
 

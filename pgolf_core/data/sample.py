@@ -18,7 +18,8 @@ from pathlib import Path
 import sentencepiece as spm
 import zstandard
 
-from pgolf_core.data.build import TRAINER_SETTINGS, BuiltDataset, Log, export_dataset, sha256_file
+from pgolf_core.data.build import TRAINER_SETTINGS, BuiltDataset, export_dataset
+from pgolf_core.data.check import Log, sha256_file
 from pgolf_core.data.tokens import HEADER_BYTES
 from pgolf_core.types import DataError
 

@@ -11,7 +11,7 @@ import sentencepiece as spm
 import torch
 
 from pgolf_core.data import sample as sample_mod
-from pgolf_core.data.build import sha256_file
+from pgolf_core.data.check import sha256_file
 from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, sample_documents
 from pgolf_core.data.tokens import (
     build_byte_tables,

@@ -20,7 +20,7 @@ from pgolf_core.cli import main
 from pgolf_core.data.build import BuiltDataset, build_dataset
 from pgolf_core.data.check import audit, documents, side_fingerprint
 from pgolf_core.data.sample import ensure_sample_data, sample_documents
-from pgolf_core.data.tokens import document_starts, read_shard, shard_files, write_shard
+from pgolf_core.data.tokens import SidecarBytes, document_starts, read_shard, shard_files, write_shard
 from pgolf_core.recipe import read_recipe
 from pgolf_core.registry import plugin_classes
 from pgolf_core.run import load_data
@@ -133,7 +133,7 @@ def test_a_sidecar_renamed_as_a_token_shard_is_refused_by_the_manifest(tmp_path:
         manifest["files"][sidecar.name] = {"tokens": tokens.numel(), "kind": "bytes", "split": "val"}
     (data.path / "manifest.json").write_text(json.dumps(manifest))
     recipe = recipe_for(data.path, "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
-    load_data(recipe, CPU, quiet)  # as listed: read
+    assert isinstance(load_data(recipe, CPU, quiet).tables, SidecarBytes)  # as listed: BPB's bytes are the sidecar's
     (data.path / "fineweb_val_bytes_000000.bin").rename(data.path / "fineweb_val_000009.bin")
     with pytest.raises(DataError, match=r"fineweb_val_000009\.bin is not in .*manifest\.json as a tokens file"):
         load_data(recipe, CPU, quiet)
