@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.record_script import load_record  # noqa: E402
 from benchmarks.results import append_row  # noqa: E402
 from pgolf_core.data import caseops  # noqa: E402
-from pgolf_core.data.sample import sample_documents  # noqa: E402
+from pgolf_core.data.build import sample_documents  # noqa: E402
 
 SECTION = "## CaseOps transform, CPU (one process), the embedded sample"
 HEADER = """{section}

@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
     deadline = t0 + args.budget
     args.out.mkdir(parents=True, exist_ok=True)
     from pgolf_core import records
-    from pgolf_core.data.sample import ensure_sample_data
+    from pgolf_core.data.build import ensure_sample_data
     from pgolf_core.model import resolve_backend
 
     ensure_sample_data(log=print)  # once, before the recipes' processes read it

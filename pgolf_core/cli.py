@@ -1,4 +1,14 @@
-"""`pgolf` command line: run, eval, plugins, new-plugin, data. User errors exit 2 with one clear message."""
+"""`pgolf` command line: run, eval, plugins, new-plugin, ablate, data. User errors exit 2 with one clear message.
+
+`pgolf data ...` prepares data, and every one of its commands ends by printing where the data is, how many tokens
+it holds, and the `--set` options that point a recipe at it:
+
+    pgolf data sample [--cache DIR]
+    pgolf data build --text FILE [FILE ...] (--vocab-size N | --tokenizer MODEL) --out DIR
+                     [--val-docs N | --val-fraction F] [--caseops]
+    pgolf data check PATH [--tokenizer MODEL]
+    pgolf data fineweb [--variant sp1024] [--train-shards N] [--out DIR] [--repo-id ID] [--remote-root DIR]
+"""
 
 from __future__ import annotations
 
@@ -8,7 +18,10 @@ import sys
 from pathlib import Path
 
 from pgolf_core import __version__, evaluate, load_recipe, records, registry, train
-from pgolf_core.types import PgolfError, Recipe, RunFault, WriteFault
+from pgolf_core.data import check
+from pgolf_core.data.build import BuiltDataset, build_dataset, ensure_sample_data
+from pgolf_core.data.fineweb import KNOWN_REPOS, download_fineweb
+from pgolf_core.types import DataError, PgolfError, Recipe, RunFault, WriteFault
 
 # Exit 2: bad input, or a path the user gave (a file as --out, a read-only folder); other OSErrors keep their traceback.
 USER_ERRORS = (PgolfError, FileExistsError, FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError)
@@ -59,7 +72,7 @@ def eval_inputs(args: argparse.Namespace) -> tuple[str, str]:
     return str(resolved), checkpoint
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
+def cmd_eval(args: argparse.Namespace) -> None:
     """Score a checkpoint on the recipe's validation data. pgolf eval RUN_DIR reads RUN_DIR/recipe.resolved.toml
     (the run's recipe with every default, --set and --smoke setting filled in) and RUN_DIR/final_model.ptz;
     pgolf eval RUN_DIR/final_model.pt (or --checkpoint FILE alone) takes the recipe next to the checkpoint;
@@ -67,10 +80,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     --set, --enable and --disable apply on top of either recipe. (This docstring is the command's --help.)"""
     args.recipe, checkpoint = eval_inputs(args)
     evaluate(_load(args), checkpoint=checkpoint, plugin_dirs=tuple(args.plugins_dir))
-    return 0
 
 
-def cmd_plugins(args: argparse.Namespace) -> int:
+def cmd_plugins(args: argparse.Namespace) -> None:
     if args.recipe:
         pm = registry.create_manager(recipe := _load(args), args.plugins_dir)
         # the hooks each plugin registered (a plugin with two forms registers those of its configured form);
@@ -83,7 +95,7 @@ def cmd_plugins(args: argparse.Namespace) -> int:
         empty = "no plugins installed (entry-point group 'pgolf.plugins')"
     if args.json or not rows:
         print(json.dumps(rows, indent=2, default=str) if args.json else empty)
-        return 0
+        return
     for i, row in enumerate(rows, 1):
         if args.recipe:
             print(f"{i:>2}. {row['name']:<16} order={row['order']:<4} hooks: {', '.join(row['hooks'])}")
@@ -94,7 +106,59 @@ def cmd_plugins(args: argparse.Namespace) -> int:
             print(f"    hooks:  {', '.join(row['hooks']) or '-'}")
             if row["config"]:
                 print("    config: " + ", ".join(f"{k}={v!r}" for k, v in row["config"].items()))
-    return 0
+
+
+def _summary(data: BuiltDataset) -> None:
+    """Where `data` is, how many tokens it holds, and the settings that point a recipe at it."""
+    stats, vocab = data.manifest["stats"], data.manifest["tokenizer"]["vocab_size"]
+    sidecars = any(entry.get("kind") == "bytes" for entry in data.manifest["files"].values())
+    print(f"data:      {data.path}\ntokenizer: {data.tokenizer}")
+    print(f"tokens:    {stats['tokens_train']:,} train, {stats['tokens_val']:,} val")
+    use = f"--set data.path={data.path} --set data.tokenizer={data.tokenizer} --set model.vocab_size={vocab}"
+    print(f"use:       {use}" + " --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" * sidecars)
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    _summary(ensure_sample_data(args.cache))
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    if bool(args.tokenizer) == bool(args.vocab_size):
+        raise DataError("pgolf data build: give --vocab-size N (train a tokenizer) or --tokenizer MODEL, one of them")
+    tokenizer = args.tokenizer or args.vocab_size
+    _summary(build_dataset(args.text, tokenizer, args.out, args.val_fraction, args.val_docs, caseops=args.caseops))
+
+
+def cmd_fineweb(args: argparse.Namespace) -> None:
+    _summary(download_fineweb(args.variant, args.train_shards, args.out, args.repo_id, args.remote_root))
+
+
+# `pgolf data` subcommands: name, help, handler, then each option as (flag, add_argument keywords).
+DATA_COMMANDS = (
+    ("sample", "build (once) the embedded sample dataset; no network needed", cmd_sample, (
+        ("--cache", dict(metavar="DIR", help="cache directory (default $PGOLF_CACHE or ~/.cache/pgolf)")),
+    )),
+    ("build", "tokenizer + shards + manifest from your own .txt / .jsonl files", cmd_build, (
+        ("--text", dict(nargs="+", required=True, metavar="FILE",
+                        help='.txt (documents separated by blank lines) or .jsonl (one {"text": ...} per line)')),
+        ("--vocab-size", dict(type=int, metavar="N", help="train a tokenizer of N pieces, e.g. 1024")),
+        ("--tokenizer", dict(metavar="MODEL", help="or use this SentencePiece .model")),
+        ("--out", dict(required=True, metavar="DIR", help="new (or empty) output directory")),
+        ("--val-docs", dict(type=int, metavar="N", help="the first N documents are validation (the records: 50000)")),
+        ("--val-fraction", dict(type=float, default=0.1, metavar="F",
+                                help="else this leading fraction of the documents (default 0.1)")),
+        ("--caseops", dict(action="store_true", help="CaseOps transform, with the validation byte sidecar")),
+    )),
+    ("check", *check.COMMAND),
+    ("fineweb", "download published FineWeb shards and tokenizer (needs pgolf[data])", cmd_fineweb, (
+        ("--variant", dict(default="sp1024", help=f"{', '.join(KNOWN_REPOS)} (default sp1024), any with --repo-id")),
+        ("--train-shards", dict(type=int, default=80, metavar="N",
+                                help="training shards of 100M tokens to fetch (default 80, as the official script)")),
+        ("--out", dict(default="data", metavar="DIR", help="download root (default ./data)")),
+        ("--repo-id", dict(metavar="ID", help="another Hugging Face dataset of this layout (default: the variant's)")),
+        ("--remote-root", dict(default="datasets", metavar="DIR", help="its manifest.json folder (default: datasets)")),
+    )),
+)  # fmt: skip
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -132,11 +196,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--order", dest="recipe", metavar="RECIPE", help="print the resolved plugin order of RECIPE")
     p.add_argument("--plugins-dir", action="append", default=[], metavar="DIR")
     p.set_defaults(func=cmd_plugins, overrides=[], enable=[], disable=[], smoke=False, seed=None)
+    data = sub.add_parser("data", help="prepare data: the embedded sample, your own text, or FineWeb")
+    data_sub = data.add_subparsers(dest="data_command", required=True, metavar="{sample,build,check,fineweb}")
+    for name, text, func, options in DATA_COMMANDS:
+        p = data_sub.add_parser(name, help=text)
+        for flag, kwargs in options:
+            p.add_argument(flag, **kwargs)
+        p.set_defaults(func=func)
     from pgolf_core.ablate.cli import add_parser as add_ablate
     from pgolf_core.authoring import add_parser as add_new_plugin
-    from pgolf_core.data.commands import register
 
-    for add in (register, add_new_plugin, add_ablate):
+    for add in (add_new_plugin, add_ablate):
         add(sub)
     return parser
 

@@ -376,7 +376,7 @@ class Int8Format:
 
 CORE_DIR = Path(__file__).resolve().parent
 # Tools that are not part of a training run's code path (data preparation, the CLI front end, the kit).
-NOT_COUNTED = ("cli.py", "data/commands.py", "data/sample.py", "data/build.py", "data/fineweb.py", "data/caseops.py",
+NOT_COUNTED = ("cli.py", "data/build.py", "data/fineweb.py", "data/caseops.py",
                "ablate/", "testing.py", "authoring.py")  # fmt: skip
 
 

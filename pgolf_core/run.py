@@ -196,7 +196,7 @@ def load_data(recipe: Recipe, env: Env, log: Any, train: bool = True) -> Data:
     the validation tokens and the byte tables."""
     cfg = recipe.data
     if not cfg.path:
-        from pgolf_core.data.sample import ensure_sample_data
+        from pgolf_core.data.build import ensure_sample_data
 
         if env.rank != 0:  # rank 0 builds the sample data, the others wait for it
             env.barrier()

@@ -29,7 +29,7 @@ def isolated_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def sample_cache(isolated_cache: Path) -> Path:
     """Build the embedded sample data once per session in the isolated cache."""
     cache = isolated_cache
-    from pgolf_core.data.sample import ensure_sample_data
+    from pgolf_core.data.build import ensure_sample_data
 
     ensure_sample_data(log=lambda msg: None)
     return cache

@@ -23,12 +23,12 @@ LAYERS: list[tuple[str, list[str]]] = [
         "data building, catalog",
         ["data.check", "data.build", "hookspecs"],
     ),  # fmt: skip
-    ("data sources", ["data.sample", "data.fineweb"]),
+    ("data sources", ["data.fineweb"]),
     ("plugin system", ["registry"]),
     ("run records", ["records"]),
     ("the run", ["run"]),
     ("kit, ablate", ["testing", "authoring", "ablate.stats", "ablate.plan", "ablate.execute"]),
-    ("front ends", ["ablate.report", "ablate.cli", "data.commands"]),
+    ("front ends", ["ablate.report", "ablate.cli"]),
     ("CLI and the package", ["cli", "__init__"]),
 ]
 

@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.record_script import load_record  # noqa: E402
-from pgolf_core.data.sample import sample_documents  # noqa: E402
+from pgolf_core.data.build import sample_documents  # noqa: E402
 from tests.data import test_caseops as cases  # noqa: E402
 from tools.make_goldens import stamp  # noqa: E402
 

@@ -248,7 +248,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-# `pgolf data check`: help, handler, then each option as (flag, add_argument keywords); data/commands.py registers it.
+# `pgolf data check`: help, handler, then each option as (flag, add_argument keywords); cli.py registers it.
 COMMAND = ("audit a data directory: shards, sidecar, BOS, train/val overlap, bytes", cmd_check, (
     ("path", dict(metavar="PATH", help="the folder of the fineweb_*.bin shards")),
     ("--tokenizer", dict(metavar="MODEL", help="SentencePiece .model (default: the one beside the shards)")),

@@ -1,161 +1,164 @@
-"""Download the challenge's published FineWeb shards and tokenizer, as `data/cached_challenge_fineweb.py`.
+"""Download the published FineWeb shards and tokenizers, as the records' `data/cached_challenge_fineweb.py`.
 
-Same source (the Hugging Face dataset `willdepueoai/parameter-golf`, export rooted at `datasets/`),
-same manifest-driven file list (all validation shards, the first N training shards, the tokenizer
-artifacts of the variant) and the same local layout, so paths in recipes and READMEs carry over:
+Every variant the records used lives in a Hugging Face dataset of the same layout (`KNOWN_REPOS`; `--repo-id` and
+`--remote-root` reach any other): an export root (`datasets/`) with a `manifest.json` that lists each dataset's shard
+counts and tokenizer files. The local layout is the records', so paths in recipes and READMEs carry over:
 
-    OUT/manifest.json
+    OUT/manifest.json                                 the repo's manifest (fetched again if it lacks the variant)
     OUT/datasets/fineweb10B_sp1024/fineweb_{val,train}_NNNNNN.bin
-    OUT/tokenizers/fineweb_1024_bpe.model
+    OUT/datasets/fineweb10B_sp1024/manifest.json      ours, written last: the download completed (each file's
+    OUT/tokenizers/fineweb_1024_bpe.model             sha256, kind and split, the repo and its commit)
 
-Resumable: a file already present is kept when complete (a shard whose size matches its header;
-any other non-empty file), and each download lands under a temporary name and is renamed into
-place, so an interrupted run never leaves a partial file that a later run would trust.
-`huggingface_hub` is imported only when something must actually be downloaded.
+Resumable: a file already present is kept when complete (a shard whose size matches its header; any other non-empty
+file), so a rerun fetches only what is missing and needs no `huggingface_hub` when nothing is. A download goes
+through the hub's cache and is checked there (its sha256 against the hub's ETag, a shard's header against its size)
+before it is renamed into place: an interrupted or corrupt copy is never left where a rerun would trust it.
+Our manifest proves no split: the published sets hold no document fingerprints, so `pgolf run` warns on them.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
-from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
-from pgolf_core.data.check import Log
+from pgolf_core.data.build import BuiltDataset
+from pgolf_core.data.check import Log, read_manifest, sha256_file, verify
 from pgolf_core.data.tokens import shard_token_count
+from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError
 
-REPO_ID = "willdepueoai/parameter-golf"
-REMOTE_ROOT = "datasets"
+KNOWN_REPOS = {  # variant -> the Hugging Face dataset that publishes it
+    **dict.fromkeys(("sp1024", "byte260"), "willdepueoai/parameter-golf"),  # the official export
+    **dict.fromkeys(("sp4096", "sp8192"), "kevclark/parameter-golf"),
+    "sp8192_lossless_caps_caseops_v1_reserved": "romeerp/parameter-golf-caseops-v1",  # with the byte sidecars
+}
 
 
-@dataclass(frozen=True)
-class FinewebData:
-    """Where the files are, and how many were fetched now versus found complete."""
-
-    path: Path  # the dataset directory holding the shards
-    tokenizer: Path
-    val_files: list[Path]
-    train_files: list[Path]
-    downloaded: int
-    skipped: int
-
-
-def dataset_name(variant: str) -> str:
-    if variant == "byte260" or (variant.startswith("sp") and variant[2:].isdigit()):
-        return f"fineweb10B_{variant}"
-    raise DataError(f"unknown FineWeb variant {variant!r}; expected sp<VOCAB_SIZE> (e.g. sp1024) or byte260")
-
-
-def is_complete(path: Path) -> bool:
-    """True when `path` need not be downloaded again."""
-    if path.suffix == ".bin":
-        try:
-            shard_token_count(path)
-            return True
-        except DataError:
-            return False
-    return path.is_file() and path.stat().st_size > 0
-
-
-class _Fetcher:
-    """Maps remote paths (`datasets/...`) to local ones under `out_dir` and fetches missing ones."""
-
-    def __init__(self, out_dir: Path, log: Log):
-        self.out_dir, self.log = out_dir, log
-        self.downloaded = self.skipped = 0
-
-    def local(self, remote: str) -> Path:
-        """`datasets/<rest>` on the hub is `out_dir/<rest>` here: the export root is `out_dir`."""
-        return self.out_dir.joinpath(*PurePosixPath(remote).parts[1:])
-
-    def get(self, remote: str) -> Path:
-        dest = self.local(remote)
-        if is_complete(dest):
-            self.skipped += 1
-            return dest
-        try:  # imported only now: files already complete need no huggingface_hub
-            from huggingface_hub import hf_hub_download
-        except ImportError as exc:
-            raise DataError("downloading FineWeb needs huggingface_hub: pip install 'pgolf[data]'") from exc
-        self.log(f"data: downloading {remote} from {REPO_ID}")
-        folder, _, filename = remote.rpartition("/")
-        try:
-            cached = hf_hub_download(repo_id=REPO_ID, filename=filename, repo_type="dataset", subfolder=folder or None)
-        except Exception as exc:  # network, auth and offline errors all end here
-            raise DataError(
-                f"could not download {remote} from the Hugging Face dataset {REPO_ID} ({type(exc).__name__}: "
-                f"{exc}). Are you offline? Files already in {self.out_dir} are kept; rerun when connected to resume."
-            ) from exc
-        source = Path(cached).resolve(strict=True)  # the HF cache may hand back a snapshot symlink
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dest.with_name(f".{dest.name}.part-{os.getpid()}")
-        try:
-            try:
-                os.link(source, tmp)
-            except OSError:
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, dest)
-        finally:
-            tmp.unlink(missing_ok=True)
-        if dest.suffix == ".bin":
-            shard_token_count(dest)
-        self.downloaded += 1
-        return dest
+def _download(repo_id: str, remote: str, dest: Path, revision: str | None) -> tuple[str, str | None]:
+    """Fetch `remote` at `revision` (None: the newest) into the hub's cache, check it there, and only then link it
+    into place; its sha256 and the commit it came from."""
+    try:  # imported only now: files already complete need no huggingface_hub
+        from huggingface_hub import get_hf_file_metadata, hf_hub_download, hf_hub_url
+        from huggingface_hub.utils import EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
+    except ImportError as exc:
+        raise DataError("downloading FineWeb needs huggingface_hub: pip install 'pgolf[data]'") from exc
+    where = f"the Hugging Face dataset {repo_id}"
+    try:
+        meta = get_hf_file_metadata(hf_hub_url(repo_id, remote, repo_type="dataset", revision=revision))
+        revision = meta.commit_hash or revision
+        cached = Path(hf_hub_download(repo_id, remote, repo_type="dataset", revision=revision))
+    except (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise DataError(f"{remote} not found in {where} ({type(exc).__name__})") from exc
+    except Exception as exc:  # network, auth, offline and size errors all end here
+        raise DataError(f"could not download {remote} from {where} ({exc!r}); rerun to resume") from exc
+    source = cached.resolve(strict=True)  # the snapshot entry is a link to the blob, named by its ETag
+    lfs = meta.etag if re.fullmatch("[0-9a-f]{64}", meta.etag or "") else None  # an LFS file's ETag: its sha256
+    try:
+        digest = verify(source, lfs, dest.suffix == ".bin")
+    except DataError as exc:  # dropped from the cache too, or the hub client would hand it back next time
+        for path in {cached, source}:
+            path.unlink(missing_ok=True)
+        raise DataError(f"{remote} from {where} is corrupt ({exc}); removed from the local cache: rerun") from exc
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)  # a copy cut short, or another repo's manifest
+    try:
+        os.link(source, dest)  # at once: the whole file or none
+    except OSError:  # another file system: a copy beside it, renamed into place when complete
+        shutil.copyfile(source, tmp := dest.with_name(f".{dest.name}.part"))
+        os.replace(tmp, dest)
+    return digest, revision
 
 
-def _entry(manifest: Any, key: str, name: str, path: Path) -> dict[str, Any]:
-    """The object named `name` in the manifest's list `key`. One check of the manifest's shape: for a manifest
-    that is not a JSON object, the message's "got" shows the manifest itself."""
-    entries = manifest.get(key, []) if isinstance(manifest, dict) else manifest
-    if not isinstance(manifest, dict) or not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
-        raise DataError(
-            f"{path}: expected a JSON object with a list of objects under {key!r}, got {entries!r:.80}; delete it "
-            "to download it again"
-        )
-    entry = next((e for e in entries if e.get("name") == name), None)
-    if entry is None:
-        raise DataError(f"{path} lists no {key[:-1]} named {name!r}")
-    return entry
-
-
-def _count(dataset: dict[str, Any], key: str, path: Path) -> int:
-    stats = dataset.get("stats") or {}
-    value = stats.get(key, 0) if isinstance(stats, dict) else None
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise DataError(
-            f"{path}: datasets[{dataset.get('name')!r}].stats.{key} = {value!r}; expected an integer >= 0 "
-            "(a non-object 'stats' reads as None); delete the file to download it again"
-        )
-    return value
+def _entry(path: Path, key: str, name: str) -> dict[str, Any] | None:
+    """The object named `name` in the list `key` of the hub's manifest at `path` (None if none); the one check of
+    its shape."""
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except ValueError as exc:
+        raise DataError(f"{path} is not valid JSON ({exc}); delete it to fetch it again") from exc
+    entries = manifest.get(key) if isinstance(manifest, dict) else manifest
+    if not isinstance(entries, list) or not all(isinstance(e, dict) for e in entries):
+        raise DataError(f"{path}: expected a list of objects under {key!r}, got {entries!r:.80}; delete it to refetch")
+    return next((e for e in entries if e.get("name") == name), None)
 
 
 def download_fineweb(
-    variant: str = "sp1024", train_shards: int = 80, out_dir: str | Path = "data", *, log: Log = print
-) -> FinewebData:
-    """Fetch the validation split, the first `train_shards` training shards and the tokenizer of `variant`."""
-    name = dataset_name(variant)
+    variant: str = "sp1024",
+    train_shards: int = 80,
+    out_dir: str | Path = "data",
+    repo_id: str | None = None,
+    remote_root: str = "datasets",
+    *,
+    log: Log = print,
+) -> BuiltDataset:
+    """Fetch the validation shards (with their byte sidecars where the repo's manifest has `val_bytes_glob`), the
+    first `train_shards` training shards and the tokenizer of `variant` from `repo_id` (default: the repo that
+    publishes the variant), then write our manifest, last. A file found complete keeps the sha256 our manifest
+    already holds for it at its size: hashing 16 GB of shards again on every rerun would tell nothing new."""
+    name = f"fineweb10B_{variant}"  # a name the repo's manifest does not list is refused below
+    if (repo_id := repo_id or KNOWN_REPOS.get(variant)) is None:
+        raise DataError(f"no known repo has FineWeb {variant!r} (known: {', '.join(KNOWN_REPOS)}); give --repo-id")
     if train_shards < 0:
         raise DataError(f"train_shards must be >= 0, got {train_shards}")
-    fetch = _Fetcher(Path(out_dir).expanduser(), log)
-    manifest_path = fetch.get(f"{REMOTE_ROOT}/manifest.json")
-    try:
-        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise DataError(f"{manifest_path} is not valid JSON ({exc}); delete it to download it again") from exc
-    dataset = _entry(manifest, "datasets", name, manifest_path)
-    n_train, n_val = (_count(dataset, key, manifest_path) for key in ("files_train", "files_val"))
+    out, root = Path(out_dir).expanduser(), remote_root.strip("/")
+    revision: str | None = None  # pinned by the first download: the files of one run all come from one commit
+    fetched: dict[Path, str] = {}  # the sha256 of each file downloaded now (checked on the way)
+
+    def get(dest: Path, step: str = "", again: bool = False) -> Path:
+        """`dest` (under `out`), downloaded unless already complete (or `again`: the repo's manifest, when the copy
+        on disk turns out to be another repo's)."""
+        nonlocal revision
+        remote = f"{root}/{Path(os.path.relpath(dest, out)).as_posix()}".lstrip("/")
+        try:  # complete, so not downloaded again: a shard whose header matches its size, or a non-empty file
+            found = not again and (shard_token_count(dest) >= 0 if dest.suffix == ".bin" else dest.stat().st_size > 0)
+        except (DataError, OSError):  # missing, or cut short
+            found = False
+        log(f"data: {step}{remote}: {'already complete' if found else f'downloading from {repo_id}'}")
+        if not found:
+            fetched[dest], revision = _download(repo_id, remote, dest, revision)
+        return dest
+
+    manifest = get(out / "manifest.json")
+    if (dataset := _entry(manifest, "datasets", name)) is None and manifest not in fetched:
+        dataset = _entry(get(manifest, again=True), "datasets", name)  # the copy on disk is another repo's
+    if dataset is None:
+        raise DataError(f"{manifest} (from {repo_id}) lists no dataset named {name!r}")
+    stats: dict[str, Any] = dataset["stats"] if isinstance(dataset.get("stats"), dict) else {"files_train": None}
+    n_train, n_val = counts = [stats.get(k, 0) for k in ("files_train", "files_val")]  # they name the files to fetch
+    if not all(type(n) is int and n >= 0 for n in counts):
+        raise DataError(f"{manifest}: {name}: files_train = {n_train!r}, files_val = {n_val!r}; expected ints >= 0")
     if train_shards > n_train:
-        raise DataError(f"{variant} has only {n_train} training shards on {REPO_ID}; asked for {train_shards}")
-    tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name")), manifest_path)
-    artifacts = [str(tokenizer[k]) for k in ("model_path", "vocab_path", "path") if tokenizer.get(k)]
+        raise DataError(f"{variant} has only {n_train} training shards on {repo_id}; asked for {train_shards}")
+    tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name"))) or {}
+    artifacts = [out / str(tokenizer[k]) for k in ("model_path", "vocab_path", "path") if tokenizer.get(k)]
     if not artifacts:
-        raise DataError(f"{manifest_path}: tokenizer {tokenizer.get('name')!r} lists no files to download")
-    prefix = f"{REMOTE_ROOT}/datasets/{name}"
-    val = [fetch.get(f"{prefix}/fineweb_val_{i:06d}.bin") for i in range(n_val)]
-    train = [fetch.get(f"{prefix}/fineweb_train_{i:06d}.bin") for i in range(train_shards)]
-    tok_files = [fetch.get(f"{REMOTE_ROOT}/{a}") for a in artifacts]
-    model = next((p for p in tok_files if p.suffix in (".model", ".json")), tok_files[0])
-    return FinewebData(fetch.local(prefix), model, val, train, fetch.downloaded, fetch.skipped)
+        raise DataError(f"{manifest}: no tokenizer files listed for {name!r}")
+    data, glob = out / "datasets" / name, dataset.get("val_bytes_glob")
+    val = [data / f"fineweb_val_{i:06d}.bin" for i in range(n_val)]
+    sidecars = [data / str(glob).replace("*", f"{i:06d}") for i in range(n_val)] if glob else []
+    train = [data / f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
+    for i, path in enumerate(plan := val + sidecars + train + artifacts, 1):
+        get(path, f"[{i}/{len(plan)}] ")
+    known = (earlier := read_manifest(data) or {}).get("files", {})  # our manifest of an earlier run, if any
+    stats, files = dict(stats, tokens_train=0, tokens_val=0), dict[str, dict[str, Any]]()
+    for path in plan:  # named from the dataset's folder, as `pgolf data check` reads them
+        entry = known.get(key := Path(os.path.relpath(path, data)).as_posix(), {})
+        size = path.stat().st_size
+        digest = fetched.get(path) or (entry.get("bytes") == size and entry.get("sha256")) or sha256_file(path)
+        split = None if path in artifacts else "train" if path in train else "val"
+        files[key] = {"sha256": digest, "bytes": size, "kind": "tokenizer", "split": split}
+        if path.suffix == ".bin":
+            files[key] |= {"kind": "bytes" if path in sidecars else "tokens", "tokens": shard_token_count(path)}
+            stats[f"tokens_{split}"] += files[key]["tokens"] * (path not in sidecars)
+    stats |= {"files_train": len(train), "files_val": len(val)}
+    model = next((a for a in artifacts if a.suffix in (".model", ".json")), artifacts[0])
+    vocab = {"file": Path(os.path.relpath(model, data)).as_posix(), "vocab_size": tokenizer.get("vocab_size")}
+    record: dict[str, Any] = {"schema": "pgolf.download/1", "repo_id": repo_id, "remote_root": root, "variant": variant}
+    record |= {"revision": revision or earlier.get("revision"), "tokenizer": vocab, "stats": stats, "files": files}
+    write_atomic(data / "manifest.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))
+    log(f"data: {len(fetched)} files downloaded, {len(plan) + 1 - len(fetched)} already complete")
+    return BuiltDataset(data, model, record)

@@ -54,7 +54,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 @pytest.fixture(scope="module")
 def sample(sample_cache: Path) -> object:
-    from pgolf_core.data.sample import ensure_sample_data
+    from pgolf_core.data.build import ensure_sample_data
 
     return ensure_sample_data(log=lambda msg: None)
 

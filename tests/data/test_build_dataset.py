@@ -10,8 +10,7 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from pgolf_core.data.build import build_dataset, read_documents, training_sentences
-from pgolf_core.data.sample import sample_documents
+from pgolf_core.data.build import build_dataset, read_documents, sample_documents, training_sentences
 from pgolf_core.data.tokens import read_shard, shard_files
 from pgolf_core.types import DataError
 
@@ -52,7 +51,7 @@ def test_unreadable_inputs(tmp_path: Path) -> None:
     latin.write_bytes("caf\xe9".encode("latin-1"))
     with pytest.raises(DataError, match=r"latin\.txt is not UTF-8"):
         read_documents(latin)
-    with pytest.raises(DataError, match=r"missing\.txt not found"):
+    with pytest.raises(FileNotFoundError, match=r"missing\.txt"):  # the CLI's exit 2, naming the file
         read_documents(tmp_path / "missing.txt")
     (tmp_path / "x.csv").write_text("a,b")
     with pytest.raises(DataError, match=r"x\.csv: expected a \.txt or \.jsonl file, got '\.csv'"):
@@ -113,6 +112,6 @@ def test_build_dataset_errors(corpus: tuple[list[Path], list[str]], tmp_path: Pa
         build_dataset(files, 70_000, tmp_path / "o2", log=quiet)
     one = tmp_path / "one.txt"
     one.write_text("just one document")
-    with pytest.raises(DataError, match="need at least 2 non-empty documents"):
+    with pytest.raises(DataError, match="validation takes 1 of 1 non-empty documents: each side needs at least one"):
         build_dataset([one], 300, tmp_path / "o3", log=quiet)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["occupied", "one.txt"]  # nothing half-built

@@ -15,7 +15,7 @@ import torch
 
 from pgolf_core import evaluation
 from pgolf_core.data import caseops
-from pgolf_core.data.sample import sample_documents
+from pgolf_core.data.build import sample_documents
 from pgolf_core.data.tokens import SidecarBytes, build_byte_tables, shard_files, write_shard
 from pgolf_core.model import ModelSpec
 from pgolf_core.recipe import read_recipe

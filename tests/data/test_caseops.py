@@ -13,8 +13,8 @@ import pytest
 import torch
 
 from pgolf_core.data import caseops
+from pgolf_core.data.build import sample_documents
 from pgolf_core.data.caseops import ALLCAPS, CAPNEXT, ESC, TITLE, CaseOpsError
-from pgolf_core.data.sample import sample_documents
 
 GOLDEN = Path(__file__).parents[1] / "fixtures" / "caseops_golden.pt"
 

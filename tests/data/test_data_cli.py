@@ -9,20 +9,17 @@ from pathlib import Path
 
 import pytest
 
-from pgolf_core.data.commands import register
-from pgolf_core.data.sample import sample_documents
+from pgolf_core.cli import build_parser, main
+from pgolf_core.data.build import sample_documents
 from pgolf_core.types import DataError
 
 
 def parse(argv: list[str]) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="pgolf")
-    register(parser.add_subparsers(dest="command", required=True))
-    return parser.parse_args(argv)
+    return build_parser().parse_args(argv)
 
 
 def test_sample_prints_paths_and_counts(sample_cache: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    args = parse(["data", "sample", "--cache", str(sample_cache)])
-    assert args.func(args) == 0
+    assert main(["data", "sample", "--cache", str(sample_cache)]) == 0
     out = capsys.readouterr().out
     assert str(sample_cache) in out and "tokenizer.model" in out and " train, " in out
 
@@ -30,7 +27,7 @@ def test_sample_prints_paths_and_counts(sample_cache: Path, capsys: pytest.Captu
 def test_build_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     text = tmp_path / "docs.jsonl"
     text.write_text("".join(json.dumps({"text": d}) + "\n" for d in sample_documents()[:20]), encoding="utf-8")
-    args = parse(
+    code = main(
         [
             "data",
             "build",
@@ -44,7 +41,7 @@ def test_build_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> No
             "0.25",
         ]
     )
-    assert args.func(args) == 0
+    assert code == 0
     out = capsys.readouterr().out
     assert f"data.path={tmp_path / 'ds'}" in out and "model.vocab_size=256" in out
     assert len(list((tmp_path / "ds").glob("fineweb_val_*.bin"))) == 1

@@ -10,9 +10,9 @@ import pytest
 import sentencepiece as spm
 import torch
 
-from pgolf_core.data import sample as sample_mod
+from pgolf_core.data import build as sample_mod
+from pgolf_core.data.build import BuiltDataset, cache_root, ensure_sample_data, sample_documents
 from pgolf_core.data.check import sha256_file
-from pgolf_core.data.sample import SampleData, cache_root, ensure_sample_data, sample_documents
 from pgolf_core.data.tokens import (
     build_byte_tables,
     load_validation_tokens,
@@ -37,11 +37,11 @@ OFFICIAL_SETTINGS = {  # the official tokenizer's settings, byte_fallback as in 
 
 
 @pytest.fixture
-def sample(sample_cache: Path) -> SampleData:
+def sample(sample_cache: Path) -> BuiltDataset:
     return ensure_sample_data(log=lambda msg: None)
 
 
-def test_cached_sample_is_reused(sample_cache: Path, sample: SampleData) -> None:
+def test_cached_sample_is_reused(sample_cache: Path, sample: BuiltDataset) -> None:
     messages: list[str] = []
     again = ensure_sample_data(log=messages.append)
     assert again.path == sample.path and messages == []  # no rebuild
@@ -49,7 +49,7 @@ def test_cached_sample_is_reused(sample_cache: Path, sample: SampleData) -> None
     assert sample.path.name == f"sample-{sample_mod.sample_key()}"
 
 
-def test_manifest_and_layout(sample: SampleData) -> None:
+def test_manifest_and_layout(sample: BuiltDataset) -> None:
     m = sample.manifest
     docs = sample_documents()
     assert m["schema"] == "pgolf.dataset/2" and m["bos_id"] == 1 and m["append_eos"] is False
@@ -62,7 +62,7 @@ def test_manifest_and_layout(sample: SampleData) -> None:
     assert (len(val), len(train)) == (stats["files_val"], stats["files_train"]) and len(train) >= 2
     for p in val + train:
         assert m["files"][p.name]["tokens"] == read_shard(p).numel()
-    assert all(m["files"][p.name]["tokens"] == sample_mod.SHARD_TOKENS for p in train[:-1])
+    assert all(m["files"][p.name]["tokens"] == sample_mod.SAMPLE_SHARD for p in train[:-1])
     val_tokens = torch.cat([read_shard(p) for p in val]).to(torch.int64)
     train_tokens = torch.cat([read_shard(p) for p in train]).to(torch.int64)
     assert (val_tokens.numel(), train_tokens.numel()) == (stats["tokens_val"], stats["tokens_train"])
@@ -74,7 +74,7 @@ def test_manifest_and_layout(sample: SampleData) -> None:
     assert load_validation_tokens(val, 1024).numel() % 1024 == 1
 
 
-def test_tokenizer_behaves_like_the_official_settings(sample: SampleData) -> None:
+def test_tokenizer_behaves_like_the_official_settings(sample: BuiltDataset) -> None:
     sp = spm.SentencePieceProcessor(model_file=str(sample.tokenizer))
     assert (sp.vocab_size(), sp.pad_id(), sp.bos_id(), sp.eos_id(), sp.unk_id()) == (1024, 0, 1, 2, 3)
     assert not any(sp.is_byte(i) for i in range(sp.vocab_size()))  # byte_fallback false
@@ -83,7 +83,7 @@ def test_tokenizer_behaves_like_the_official_settings(sample: SampleData) -> Non
     assert sp.normalize("ﬁ\n\n  x") == "fi▁x"  # nmt_nfkc
 
 
-def test_val_documents_decode_back_in_order_and_bytes_add_up(sample: SampleData) -> None:
+def test_val_documents_decode_back_in_order_and_bytes_add_up(sample: BuiltDataset) -> None:
     """Shards hold the first 10% of documents in order; their BPB byte count equals the normalized text."""
     sp = spm.SentencePieceProcessor(model_file=str(sample.tokenizer))
     tables = build_byte_tables(sp, 1024)
@@ -98,7 +98,7 @@ def test_val_documents_decode_back_in_order_and_bytes_add_up(sample: SampleData)
             assert n_bytes == len(sp.decode(ids).encode())
 
 
-def test_rebuild_is_bit_identical(sample: SampleData, tmp_path: Path) -> None:
+def test_rebuild_is_bit_identical(sample: BuiltDataset, tmp_path: Path) -> None:
     other = ensure_sample_data(tmp_path / "cache", log=lambda msg: None)
     assert other.path != sample.path and other.path.name == sample.path.name
     names = sorted(p.name for p in sample.path.iterdir())
@@ -108,7 +108,7 @@ def test_rebuild_is_bit_identical(sample: SampleData, tmp_path: Path) -> None:
 
 
 def test_concurrent_builders_share_one_cache(tmp_path: Path) -> None:
-    results: list[SampleData] = []
+    results: list[BuiltDataset] = []
     errors: list[BaseException] = []
 
     def build() -> None:
@@ -127,7 +127,7 @@ def test_concurrent_builders_share_one_cache(tmp_path: Path) -> None:
     assert json.loads((results[0].path / "manifest.json").read_text())["files"]
 
 
-def test_incomplete_cache_is_reported(sample: SampleData, tmp_path: Path) -> None:
+def test_incomplete_cache_is_reported(sample: BuiltDataset, tmp_path: Path) -> None:
     copy = tmp_path / sample.path.name
     copy.mkdir()
     (copy / "manifest.json").write_bytes((sample.path / "manifest.json").read_bytes())

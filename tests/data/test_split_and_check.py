@@ -1,7 +1,8 @@
 """A split that cannot leak, and the audit a reviewer runs (issue #21): `pgolf data build` makes validation the first
 documents and training the rest without copies of them, records both sides' fingerprints, `pgolf run` refuses a
 directory whose manifest says the sides overlap (or does not list the files it reads) and warns when nothing proves
-the split, and `pgolf data check` recomputes everything from the shards.
+the split, and `pgolf data check` recomputes everything from the shards. The CaseOps build writes the validation
+byte sidecar whose sum is the original text's UTF-8 byte count, exactly.
 """
 
 from __future__ import annotations
@@ -17,10 +18,17 @@ import sentencepiece as spm
 import torch
 
 from pgolf_core.cli import main
-from pgolf_core.data.build import BuiltDataset, build_dataset
+from pgolf_core.data import caseops
+from pgolf_core.data.build import BuiltDataset, build_dataset, ensure_sample_data, sample_documents
 from pgolf_core.data.check import audit, documents, side_fingerprint
-from pgolf_core.data.sample import ensure_sample_data, sample_documents
-from pgolf_core.data.tokens import SidecarBytes, document_starts, read_shard, shard_files, write_shard
+from pgolf_core.data.tokens import (
+    SidecarBytes,
+    build_byte_tables,
+    document_starts,
+    read_shard,
+    shard_files,
+    write_shard,
+)
 from pgolf_core.recipe import read_recipe
 from pgolf_core.registry import plugin_classes
 from pgolf_core.run import load_data
@@ -171,13 +179,9 @@ def test_build_command_with_a_given_tokenizer(built, tmp_path: Path, capsys) -> 
     assert "model.vocab_size=300" in capsys.readouterr().out
     assert (tmp_path / "b" / "tokenizer.model").read_bytes() == data.tokenizer.read_bytes()
     assert json.loads((tmp_path / "b" / "manifest.json").read_text())["split"]["val"]["docs"] == [0, 5]
-    model = tmp_path / "caseops.model"
-    model.write_bytes(caseops_tokenizer(sample_documents()[:12]).serialized_model_proto())
     args[5] = str(tmp_path / "c")
-    assert main([*args, "--tokenizer", str(model)]) == 2  # no CaseOps data from this builder (yet): said so
-    assert (
-        "the tokenizer has the CaseOps markers: pgolf data build makes no CaseOps data yet" in capsys.readouterr().err
-    )
+    assert main([*args, "--tokenizer", str(data.tokenizer), "--caseops"]) == 2
+    assert "the tokenizer lacks the CaseOps markers (--caseops goes with them)" in capsys.readouterr().err
     assert main(args) == 2
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
 
@@ -240,3 +244,61 @@ def test_build_refuses_a_tokenizer_whose_bos_is_not_1(tmp_path: Path, capsys) ->
     assert main(["data", "build", "--text", str(text), "--tokenizer", "", "--out", str(tmp_path / "o")]) == 2
     assert "give --vocab-size N (train a tokenizer) or --tokenizer MODEL" in capsys.readouterr().err
     assert not (tmp_path / "out").exists() and not (tmp_path / "o").exists()
+
+
+def build_caseops(tmp_path: Path, **how) -> BuiltDataset:
+    docs = [d.strip() for d in sample_documents()[:30]]
+    text = jsonl(tmp_path / "docs.jsonl", docs)
+    return build_dataset([text], 400, tmp_path / "caseops", val_docs=6, log=quiet, caseops=True, **how)
+
+
+def test_caseops_build_writes_the_sidecar_of_the_original_bytes(tmp_path: Path) -> None:
+    data = build_caseops(tmp_path, shard_tokens=3000)
+    docs = [d.strip() for d in sample_documents()[:6]]
+    sidecars = shard_files(data.path, "fineweb_val_bytes_*.bin", sidecars=True)
+    tokens = shard_files(data.path, "fineweb_val_*.bin")
+    assert len(sidecars) == len(tokens) > 1 and data.manifest["caseops"]
+    assert not list(data.path.glob("fineweb_train_bytes_*"))  # the sidecar is the validation side's only
+    values = torch.cat([read_shard(f) for f in sidecars]).to(torch.int64)
+    val = torch.cat([read_shard(f) for f in tokens]).to(torch.int64)
+    original = sum(len(d.encode("utf-8")) for d in docs)
+    assert int(values.sum()) == original  # the denominator is the original text's bytes, exactly
+    sp = spm.SentencePieceProcessor(model_file=str(data.tokenizer))
+    assert [sp.piece_to_id(c) for c in caseops.RESERVED] == [4, 5, 6, 7]  # the first pieces after the controls
+    cuts = [*document_starts(val, 1).nonzero().flatten().tolist(), val.numel()]
+    for i, (a, b) in enumerate(zip(cuts, cuts[1:], strict=False)):
+        # The tokens' surfaces (the text each stands for, before SentencePiece's normalization) decode back to the
+        # original document exactly: the text whose bytes the sidecar counts.
+        pieces = sp.encode(caseops.encode(docs[i]), out_type="proto").pieces
+        assert [q.id for q in pieces] == val[a + 1 : b].tolist()
+        assert [0, *caseops.original_bytes(q.surface for q in pieces)] == values[a:b].tolist()
+        assert caseops.decode("".join(q.surface for q in pieces)) == docs[i]
+    # The run divides by that sum; the tokenizer's table would count another number.
+    recipe = recipe_for(data.path, "model.vocab_size=400", "data.val_bytes_pattern=fineweb_val_bytes_*.bin")
+    loaded = load_data(recipe, CPU, quiet, train=False)
+    assert isinstance(loaded.tables, SidecarBytes)
+    at = torch.arange(1, loaded.val_tokens.numel())
+    stream = loaded.val_tokens.to(torch.int64)
+    assert int(loaded.tables.target_bytes(stream[:-1], stream[1:], at).sum()) == int(values[1 : stream.numel()].sum())
+    table = build_byte_tables(sp, 400).target_bytes(val[:-1], val[1:], torch.arange(1, val.numel()))
+    assert int(table.to(torch.int64).sum()) > original * 1.005
+    lines: list[str] = []
+    assert audit(data.path, None, lines.append) == []
+    assert f"ok      byte sidecar: {original:,} bytes, one per validation token, 0 at BOS" in lines
+
+
+def test_caseops_build_command(tmp_path: Path, capsys) -> None:
+    """`--caseops` with a given CaseOps tokenizer: the same tokenizer, the sidecar, and the settings to use it; the
+    tokenizer without `--caseops` is refused (its shards would have no sidecar)."""
+    first = build_caseops(tmp_path)
+    text = jsonl(tmp_path / "more.jsonl", [d.strip() for d in sample_documents()[30:50]])
+    args = ["data", "build", "--text", str(text), "--tokenizer", str(first.tokenizer), "--val-docs", "5"]
+    assert main([*args, "--out", str(tmp_path / "b"), "--caseops"]) == 0
+    out = capsys.readouterr().out
+    assert f"--set data.path={tmp_path / 'b'} --set data.tokenizer={tmp_path / 'b' / 'tokenizer.model'}" in out
+    assert "--set model.vocab_size=400 --set data.val_bytes_pattern=fineweb_val_bytes_*.bin" in out
+    assert (tmp_path / "b" / "tokenizer.model").read_bytes() == first.tokenizer.read_bytes()
+    assert [p.name for p in (tmp_path / "b").glob("fineweb_val_bytes_*.bin")] == ["fineweb_val_bytes_000000.bin"]
+    assert main([*args, "--out", str(tmp_path / "c")]) == 2
+    assert "the tokenizer has the CaseOps markers (--caseops goes with them)" in capsys.readouterr().err
+    assert not (tmp_path / "c").exists()
