@@ -307,7 +307,9 @@ DATA_TOOLS_BUDGET = 524
 # and paid for them with cuts: the embedded sample's module merged into build.py and `pgolf data`'s into cli.py (their
 # imports), the handlers' `return 0` (main reads None as 0), the variant-name check (the repo's manifest is the
 # list), one link-or-copy without a temporary name for the link, the hub manifest's count check inline, a missing text
-# file's own FileNotFoundError (the CLI names it, exit 2), shorter messages: data tools 524.
+# file's own FileNotFoundError (the CLI names it, exit 2), shorter messages; its review's fixes (a rerun keeps to the
+# earlier record's commit, protobuf checked before a tokenizer is trained) were paid for by cuts too (the train-shard
+# range in one check, a redundant log line): data tools 524.
 
 
 # `pgolf ablate` drives `pgolf run` in subprocesses and reads their summaries: a tool on top of a run, not

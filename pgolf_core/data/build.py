@@ -190,10 +190,7 @@ def encode(sp: spm.SentencePieceProcessor, docs: Sequence[str], sidecar: bool) -
     input text each piece covers, before normalization) decoded by CaseOps (`original_bytes`); needs protobuf."""
     if not sidecar:
         return [(ids,) for ids in sp.encode(list(docs))]
-    try:
-        protos = sp.encode(list(docs), out_type="proto")
-    except ImportError as exc:  # sentencepiece >= 0.2.1 needs protobuf for the pieces' surfaces
-        raise DataError(f"the CaseOps byte sidecar needs protobuf: pip install 'pgolf[data]' ({exc})") from exc
+    protos = sp.encode(list(docs), out_type="proto")  # needs protobuf: checked before the build starts
     return [([q.id for q in p.pieces], caseops_text.original_bytes(q.surface for q in p.pieces)) for p in protos]
 
 
@@ -216,6 +213,11 @@ def export_dataset(
         raise DataError(f"validation takes {val_docs} of {len(docs)} non-empty documents: each side needs at least one")
     if shard_tokens <= 0:
         raise DataError(f"shard_tokens must be positive, got {shard_tokens}")
+    try:  # before a tokenizer is trained: sentencepiece >= 0.2.1 reads the pieces' surfaces through protobuf
+        if caseops:
+            import google.protobuf  # noqa: F401
+    except ImportError as exc:
+        raise DataError(f"the CaseOps byte sidecar needs protobuf: pip install 'pgolf[data]' ({exc})") from exc
     out_dir.parent.mkdir(parents=True, exist_ok=True)  # where the temporary build directory goes
     docs = [caseops_text.encode(doc) for doc in docs] if caseops else docs
     val_text = set(docs[:val_docs])  # a trained tokenizer sees no validation document, nor a copy of one
@@ -284,7 +286,6 @@ def build_dataset(
         raise DataError(f"tokenizer {tokenizer}: BOS is id {sp.bos_id()}; the challenge's shards need BOS = {BOS_ID}")
     model = tokenizer if isinstance(tokenizer, int) else sp.serialized_model_proto()
     docs = [doc for f in text_files for doc in read_documents(f)]
-    log(f"data: read {len(docs)} documents from {len(text_files)} file(s)")
     source = {"kind": "text", "files": [{"name": Path(f).name, "sha256": sha256_file(Path(f))} for f in text_files]}
     n_val = val_docs if val_docs is not None else max(1, int(len(docs) * val_fraction + 1e-9))  # int() is floor() here
     return export_dataset(
@@ -329,8 +330,7 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
         return BuiltDataset(path, path / "tokenizer.model", manifest)
     log(f"data: building the embedded sample dataset into {path} (once)")
     source = {"kind": "sample", "file": SAMPLE_TEXT.name, "sha256": sha256_file(SAMPLE_TEXT)}
-    docs = sample_documents()
-    n_val = int(len(docs) * SAMPLE_VAL)
+    n_val = int(len(docs := sample_documents()) * SAMPLE_VAL)
     sample = export_dataset(docs, SAMPLE_VOCAB, path, val_docs=n_val, shard_tokens=SAMPLE_SHARD, source=source, log=log)
     stats = sample.manifest["stats"]
     log(f"data: sample ready: {stats['tokens_train']:,} train / {stats['tokens_val']:,} val tokens in {path}")

@@ -191,7 +191,8 @@ def audit(root: Path, tokenizer: Path | None, log: Log) -> list[str]:
             except (DataError, OSError) as exc:
                 report(False, f"{name}: {exc}")
     official = sorted((root.parent.parent / "tokenizers").glob("*.model"))  # the download layout: one tokenizer
-    names = [tokenizer] if tokenizer else [root / "tokenizer.model", *(official if len(official) == 1 else [])]
+    listed = str(((manifest or {}).get("tokenizer") or {}).get("file", "tokenizer.model"))  # a build's or a download's
+    names = [tokenizer] if tokenizer else [root / listed, *(official if len(official) == 1 else [])]
     if not (found := [n for n in names if n.is_file()]):
         report(False, "no tokenizer found (give --tokenizer MODEL): the vocabulary and the bytes are not checked")
         return problems
@@ -240,8 +241,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     root = Path(args.path).expanduser()
     if not root.is_dir():
         raise DataError(f"{root} is not a directory (expected a folder of fineweb_*.bin shards)")
-    tokenizer = Path(args.tokenizer).expanduser() if args.tokenizer else None
-    if tokenizer is not None:
+    if (tokenizer := Path(args.tokenizer).expanduser() if args.tokenizer else None) is not None:
         load_tokenizer(tokenizer)  # a tokenizer named but missing or broken: bad input (exit 2), not a finding
     problems = audit(root, tokenizer, print)
     print(f"{len(problems)} problem(s) in {root}" if problems else f"{root}: no problems found")

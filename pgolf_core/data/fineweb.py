@@ -32,7 +32,7 @@ from pgolf_core.exporter import write_atomic
 from pgolf_core.types import DataError
 
 KNOWN_REPOS = {  # variant -> the Hugging Face dataset that publishes it
-    **dict.fromkeys(("sp1024", "byte260"), "willdepueoai/parameter-golf"),  # the official export
+    "sp1024": "willdepueoai/parameter-golf",  # the official export (its byte260 has no SentencePiece model)
     **dict.fromkeys(("sp4096", "sp8192"), "kevclark/parameter-golf"),
     "sp8192_lossless_caps_caseops_v1_reserved": "romeerp/parameter-golf-caseops-v1",  # with the byte sidecars
 }
@@ -68,7 +68,7 @@ def _download(repo_id: str, remote: str, dest: Path, revision: str | None) -> tu
     try:
         os.link(source, dest)  # at once: the whole file or none
     except OSError:  # another file system: a copy beside it, renamed into place when complete
-        shutil.copyfile(source, tmp := dest.with_name(f".{dest.name}.part"))
+        shutil.copyfile(source, tmp := dest.with_name(f".{dest.name}.part-{os.getpid()}"))
         os.replace(tmp, dest)
     return digest, revision
 
@@ -102,10 +102,10 @@ def download_fineweb(
     name = f"fineweb10B_{variant}"  # a name the repo's manifest does not list is refused below
     if (repo_id := repo_id or KNOWN_REPOS.get(variant)) is None:
         raise DataError(f"no known repo has FineWeb {variant!r} (known: {', '.join(KNOWN_REPOS)}); give --repo-id")
-    if train_shards < 0:
-        raise DataError(f"train_shards must be >= 0, got {train_shards}")
     out, root = Path(out_dir).expanduser(), remote_root.strip("/")
-    revision: str | None = None  # pinned by the first download: the files of one run all come from one commit
+    earlier = read_manifest(data := out / "datasets" / name) or {}  # our record of an earlier run, if any
+    same = [earlier.get("repo_id"), earlier.get("remote_root")] == [repo_id, root]  # what it holds carries over
+    revision: str | None = earlier.get("revision") if same else None  # else pinned by the first download now
     fetched: dict[Path, str] = {}  # the sha256 of each file downloaded now (checked on the way)
 
     def get(dest: Path, step: str = "", again: bool = False) -> Path:
@@ -127,24 +127,24 @@ def download_fineweb(
         dataset = _entry(get(manifest, again=True), "datasets", name)  # the copy on disk is another repo's
     if dataset is None:
         raise DataError(f"{manifest} (from {repo_id}) lists no dataset named {name!r}")
-    stats: dict[str, Any] = dataset["stats"] if isinstance(dataset.get("stats"), dict) else {"files_train": None}
-    n_train, n_val = counts = [stats.get(k, 0) for k in ("files_train", "files_val")]  # they name the files to fetch
+    hub: dict[str, Any] = dataset["stats"] if isinstance(dataset.get("stats"), dict) else {"files_train": None}
+    n_train, n_val = counts = [hub.get(k, 0) for k in ("files_train", "files_val")]  # they name the files to fetch
     if not all(type(n) is int and n >= 0 for n in counts):
         raise DataError(f"{manifest}: {name}: files_train = {n_train!r}, files_val = {n_val!r}; expected ints >= 0")
-    if train_shards > n_train:
-        raise DataError(f"{variant} has only {n_train} training shards on {repo_id}; asked for {train_shards}")
+    if not 0 <= train_shards <= n_train:
+        raise DataError(f"{variant} has {n_train} training shards on {repo_id}; asked for {train_shards}")
     tokenizer = _entry(manifest, "tokenizers", str(dataset.get("tokenizer_name"))) or {}
     artifacts = [out / str(tokenizer[k]) for k in ("model_path", "vocab_path", "path") if tokenizer.get(k)]
     if not artifacts:
         raise DataError(f"{manifest}: no tokenizer files listed for {name!r}")
-    data, glob = out / "datasets" / name, dataset.get("val_bytes_glob")
+    glob = dataset.get("val_bytes_glob")
     val = [data / f"fineweb_val_{i:06d}.bin" for i in range(n_val)]
     sidecars = [data / str(glob).replace("*", f"{i:06d}") for i in range(n_val)] if glob else []
     train = [data / f"fineweb_train_{i:06d}.bin" for i in range(train_shards)]
     for i, path in enumerate(plan := val + sidecars + train + artifacts, 1):
         get(path, f"[{i}/{len(plan)}] ")
-    known = (earlier := read_manifest(data) or {}).get("files", {})  # our manifest of an earlier run, if any
-    stats, files = dict(stats, tokens_train=0, tokens_val=0), dict[str, dict[str, Any]]()
+    known = earlier.get("files", {}) if same else {}
+    stats, files = dict(tokens_train=0, tokens_val=0), dict[str, dict[str, Any]]()
     for path in plan:  # named from the dataset's folder, as `pgolf data check` reads them
         entry = known.get(key := Path(os.path.relpath(path, data)).as_posix(), {})
         size = path.stat().st_size
@@ -155,10 +155,10 @@ def download_fineweb(
             files[key] |= {"kind": "bytes" if path in sidecars else "tokens", "tokens": shard_token_count(path)}
             stats[f"tokens_{split}"] += files[key]["tokens"] * (path not in sidecars)
     stats |= {"files_train": len(train), "files_val": len(val)}
-    model = next((a for a in artifacts if a.suffix in (".model", ".json")), artifacts[0])
+    model = next((a for a in artifacts if a.suffix == ".model"), artifacts[0])
     vocab = {"file": Path(os.path.relpath(model, data)).as_posix(), "vocab_size": tokenizer.get("vocab_size")}
     record: dict[str, Any] = {"schema": "pgolf.download/1", "repo_id": repo_id, "remote_root": root, "variant": variant}
-    record |= {"revision": revision or earlier.get("revision"), "tokenizer": vocab, "stats": stats, "files": files}
+    record |= {"revision": revision, "tokenizer": vocab, "stats": stats, "hub_stats": hub, "files": files}
     write_atomic(data / "manifest.json", (json.dumps(record, indent=2) + "\n").encode("utf-8"))
     log(f"data: {len(fetched)} files downloaded, {len(plan) + 1 - len(fetched)} already complete")
     return BuiltDataset(data, model, record)

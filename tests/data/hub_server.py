@@ -42,6 +42,8 @@ class Hub:
 
     def __init__(self, repos: dict[str, dict[str, bytes]]) -> None:
         self.repos = repos
+        self.head = {repo_id: commit_of(repo_id) for repo_id in repos}  # the commit "main" resolves to
+        self.history: dict[str, dict[str, dict[str, bytes]]] = {}  # repo id -> {earlier commit: its files}
         self.cut: dict[str, tuple[str, int]] = {}
         self.corrupt: set[str] = set()
         self.requests: list[tuple[str, str, str | None]] = []
@@ -56,6 +58,11 @@ class Hub:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+    def advance(self, repo_id: str, files: dict[str, bytes], commit: str) -> None:
+        """A new commit of `repo_id` becomes "main"; the one before stays reachable by its hash."""
+        self.history.setdefault(repo_id, {})[self.head[repo_id]] = self.repos[repo_id]
+        self.repos[repo_id], self.head[repo_id] = files, commit
 
     def gets(self) -> list[str]:
         """The paths fetched with GET, in order."""
@@ -81,11 +88,14 @@ class _Handler(BaseHTTPRequestHandler):
         repo_id = f"{owner}/{name}"
         if repo_id not in hub.repos:
             return self.error(404, "RepoNotFound", None)
-        if revision not in ("main", commit_of(repo_id)):
-            return self.error(404, "RevisionNotFound", commit_of(repo_id))
-        if path not in hub.repos[repo_id]:
-            return self.error(404, "EntryNotFound", commit_of(repo_id))
-        data = hub.repos[repo_id][path]
+        head = hub.head[repo_id]
+        commit = head if revision == "main" else revision
+        files = hub.repos[repo_id] if commit == head else hub.history.get(repo_id, {}).get(commit)
+        if files is None:
+            return self.error(404, "RevisionNotFound", head)
+        if path not in files:
+            return self.error(404, "EntryNotFound", commit)
+        data = files[path]
         lfs = path.endswith(LFS)
         etag = hashlib.sha256(data).hexdigest() if lfs else hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
         if path in hub.corrupt:
@@ -93,7 +103,7 @@ class _Handler(BaseHTTPRequestHandler):
         start = int(self.headers.get("Range", "bytes=0-")[len("bytes=") : -1])  # only "bytes=N-", the client's resume
         how, cut = hub.cut.pop(path, ("", None)) if body else ("", None)
         self.send_response(206 if start else 200)
-        self.send_header("X-Repo-Commit", commit_of(repo_id))
+        self.send_header("X-Repo-Commit", commit)
         self.send_header("ETag", f'"{etag}"')
         if lfs:
             self.send_header("X-Linked-Etag", f'"{etag}"')

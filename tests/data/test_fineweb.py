@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 
 from pgolf_core.data.build import BuiltDataset, ensure_sample_data
-from pgolf_core.data.check import guard
+from pgolf_core.data.check import audit, guard
 from pgolf_core.data.fineweb import KNOWN_REPOS, download_fineweb
 from pgolf_core.data.tokens import HEADER_INTS, MAGIC, VERSION, write_shard
 from pgolf_core.types import DataError
@@ -173,8 +173,8 @@ def test_download_layouts(tmp_path: Path, fineweb: Run, variant: str, repo_id: s
     vocab, model = int(variant[2:6]), f"tokenizers/fineweb_{variant[2:6]}_bpe{variant[6:]}.model"
     assert record["tokenizer"] == {"file": f"../../{model}", "vocab_size": vocab}
     docs = {"docs_val": 50000, "docs_train": 8181945} if variant == CASEOPS else {}
-    stats = {"files_val": 2, "files_train": 2, "tokens_val": 1200, "tokens_train": 804, **docs}
-    assert record["stats"] == stats  # the hub's stats, overlaid with what was fetched (sidecars hold no tokens)
+    assert record["stats"] == {"files_val": 2, "files_train": 2, "tokens_val": 1200, "tokens_train": 804}  # fetched
+    assert record["hub_stats"] == {"files_val": 2, "files_train": 3, **docs}  # the whole set, as the hub lists it
 
     def entry(name: str, body: bytes) -> dict[str, Any]:
         kind, split = "tokenizer", None
@@ -376,6 +376,23 @@ def test_download_returns_the_record_it_wrote(tmp_path: Path, client: Callable[[
     ]
 
 
+def test_a_rerun_keeps_to_the_commit_of_the_first_run(tmp_path: Path, client: Callable[[str], None]) -> None:
+    """The hub moved on since the first run: a rerun that fetches more shards takes them from the commit its record
+    names, so every file of the folder comes from one commit (and the hashes it carries over stay true)."""
+    first, moved = tiny_repo("sp1024"), tiny_repo("sp1024")
+    shard1 = f"{SP1024}/fineweb_train_000001.bin"
+    moved[f"datasets/{shard1}"] = shard([1, 2, 3])
+    out = tmp_path / "data"
+    with Hub({OFFICIAL: first}) as hub:
+        client(hub.url)
+        download_fineweb("sp1024", 1, out, log=lambda msg: None)
+        hub.advance(OFFICIAL, moved, "b" * 40)
+        got = download_fineweb("sp1024", 2, out, log=lambda msg: None)
+    assert (out / shard1).read_bytes() == first[f"datasets/{shard1}"] != moved[f"datasets/{shard1}"]
+    assert got.manifest["revision"] == commit_of(OFFICIAL)
+    assert got.manifest["files"]["fineweb_train_000001.bin"]["sha256"] == sha256(first[f"datasets/{shard1}"])
+
+
 def test_run_guard_accepts_a_download_with_a_warning(
     tmp_path: Path, client: Callable[[str], None], sample_cache: Path
 ) -> None:
@@ -396,6 +413,15 @@ def test_run_guard_accepts_a_download_with_a_warning(
     guard(got.path, shards, [], got.tokenizer, log.append)
     assert len(log) == 1 and log[0].startswith(f"warning: nothing proves the validation documents of {got.path} ")
     assert log[0].endswith(f"run `pgolf data check {got.path}`")
+    # The audit checks every file against the record, with the tokenizer the record names (another variant's
+    # tokenizer beside it, as after a second download into the same folder, does not confuse it).
+    (tmp_path / "data" / "tokenizers" / "fineweb_8192_bpe.model").write_bytes(got.tokenizer.read_bytes())
+    lines: list[str] = []
+    problems = audit(got.path, None, lines.append)
+    assert f"tokenizer {got.path / '../../tokenizers/fineweb_1024_bpe.model'} (1024 pieces, BOS 1)" in lines
+    assert sum(line.startswith("ok      ") and ": sha256 " in line for line in lines) == 5  # each file as recorded
+    # the one problem is the tiny repo's own: train shard 1 ends with token 1, a BOS starting an empty document
+    assert problems == ["train: 3 documents, 267.0 tokens on average, max 401, 1 empty"]
 
 
 # -- without the hub: files already complete ---------------------------------------------------------------------
@@ -429,11 +455,11 @@ def test_a_variant_without_a_known_repo_needs_repo_id(tmp_path: Path) -> None:
     """Each variant the records used goes to the repo that publishes it; any other needs --repo-id (whose manifest
     then decides: `test_missing_file_repo_or_dataset_is_named`)."""
     assert KNOWN_REPOS == {
-        "sp1024": OFFICIAL, "byte260": OFFICIAL, "sp4096": "kevclark/parameter-golf",
+        "sp1024": OFFICIAL, "sp4096": "kevclark/parameter-golf",
         "sp8192": "kevclark/parameter-golf", CASEOPS: "romeerp/parameter-golf-caseops-v1",
     }  # fmt: skip
-    known = rf"\(known: sp1024, byte260, sp4096, sp8192, {CASEOPS}\); give --repo-id"
-    for bad in ("gpt2", "sp2048", "byte256"):
+    known = rf"\(known: sp1024, sp4096, sp8192, {CASEOPS}\); give --repo-id"
+    for bad in ("gpt2", "sp2048", "byte260"):  # byte260 has no SentencePiece model: pgolf cannot train on it
         with pytest.raises(DataError, match=f"no known repo has FineWeb '{bad}' {known}"):
             download_fineweb(bad, 1, tmp_path / "unused", log=lambda msg: None)
     assert not (tmp_path / "unused").exists()
@@ -471,6 +497,7 @@ def test_complete_files_are_not_downloaded_again(tmp_path: Path, no_hub: None) -
         "revision": None,  # nothing downloaded, no earlier record
         "tokenizer": {"file": "../../tokenizers/fineweb_1024_bpe.model", "vocab_size": 1024},
         "stats": {"files_val": 1, "files_train": 2, "tokens_val": 3, "tokens_train": 8},
+        "hub_stats": {"files_val": 1, "files_train": 3},
         "files": {
             "fineweb_val_000000.bin": entry(data / "fineweb_val_000000.bin", "tokens", "val", tokens=3),
             "fineweb_train_000000.bin": entry(data / "fineweb_train_000000.bin", "tokens", "train", tokens=4),
@@ -489,12 +516,15 @@ def test_complete_files_are_not_downloaded_again(tmp_path: Path, no_hub: None) -
 
 
 def test_a_complete_file_of_the_recorded_size_is_not_hashed_again(tmp_path: Path, no_hub: None) -> None:
-    """A file found complete at the size the earlier record gives keeps that record's sha256 (hashing every shard
-    again on each rerun would tell nothing new); at another size it is hashed; the earlier commit is kept."""
+    """A file found complete at the size the earlier record of the same repo gives keeps that record's sha256
+    (hashing every shard again on each rerun would tell nothing new); at another size it is hashed; the earlier
+    commit is kept. A record of another repo carries nothing over."""
     data = populate(tmp_path, 2)
     train0, train1 = data / "fineweb_train_000000.bin", data / "fineweb_train_000001.bin"
     vocab = tmp_path / "tokenizers" / "fineweb_1024_bpe.vocab"
     earlier = {
+        "repo_id": OFFICIAL,
+        "remote_root": "datasets",
         "revision": "c" * 40,
         "files": {
             "fineweb_train_000000.bin": {"sha256": "e" * 64, "bytes": train0.stat().st_size + 1},
@@ -514,6 +544,11 @@ def test_a_complete_file_of_the_recorded_size_is_not_hashed_again(tmp_path: Path
         "../../tokenizers/fineweb_1024_bpe.vocab": "d" * 64,
     }
     assert sha256(vocab.read_bytes()) == sha256(b"x")
+    (data / "manifest.json").write_text(json.dumps({**earlier, "repo_id": "someone/else"}))
+    other = download_fineweb("sp1024", 2, tmp_path, log=lambda msg: None).manifest
+    assert other["revision"] is None and other["files"]["fineweb_train_000001.bin"]["sha256"] == sha256(
+        train1.read_bytes()
+    )
 
 
 def test_incomplete_shard_is_fetched_again(tmp_path: Path, no_hub: None) -> None:
@@ -527,10 +562,9 @@ def test_incomplete_shard_is_fetched_again(tmp_path: Path, no_hub: None) -> None
 
 def test_bad_requests(tmp_path: Path, no_hub: None) -> None:
     populate(tmp_path, 2)
-    with pytest.raises(DataError, match=f"sp1024 has only 3 training shards on {OFFICIAL}; asked for 4"):
-        download_fineweb("sp1024", 4, tmp_path, log=lambda msg: None)
-    with pytest.raises(DataError, match="train_shards must be >= 0, got -1"):
-        download_fineweb("sp1024", -1, tmp_path, log=lambda msg: None)
+    for asked in (4, -1):
+        with pytest.raises(DataError, match=f"sp1024 has 3 training shards on {OFFICIAL}; asked for {asked}"):
+            download_fineweb("sp1024", asked, tmp_path, log=lambda msg: None)
     # the manifest on disk is the official repo's: for sp4096 it fetches kevclark's, which needs the hub
     with pytest.raises(DataError, match=r"pip install 'pgolf\[data\]'"):
         download_fineweb("sp4096", 1, tmp_path, log=lambda msg: None)

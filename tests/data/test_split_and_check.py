@@ -11,6 +11,7 @@ import io
 import json
 import re
 import shutil
+import sys
 from pathlib import Path
 
 import pytest
@@ -285,6 +286,18 @@ def test_caseops_build_writes_the_sidecar_of_the_original_bytes(tmp_path: Path) 
     lines: list[str] = []
     assert audit(data.path, None, lines.append) == []
     assert f"ok      byte sidecar: {original:,} bytes, one per validation token, 0 at BOS" in lines
+
+
+def test_caseops_build_without_protobuf_stops_before_training(tmp_path: Path, monkeypatch) -> None:
+    """The sidecar reads the pieces' surfaces through protobuf: without it, a clear error before a tokenizer is
+    trained (hours at SP8192 on FineWeb), and nothing written; plain data needs no protobuf."""
+    monkeypatch.setitem(sys.modules, "google.protobuf", None)
+    text = jsonl(tmp_path / "docs.jsonl", [d.strip() for d in sample_documents()[:30]])
+    log: list[str] = []
+    with pytest.raises(DataError, match=r"the CaseOps byte sidecar needs protobuf: pip install 'pgolf\[data\]'"):
+        build_dataset([text], 400, tmp_path / "caseops", val_docs=6, log=log.append, caseops=True)
+    assert log == [] and not (tmp_path / "caseops").exists()
+    assert build_dataset([text], 300, tmp_path / "plain", val_docs=6, log=quiet).manifest["caseops"] is False
 
 
 def test_caseops_build_command(tmp_path: Path, capsys) -> None:
