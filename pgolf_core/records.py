@@ -10,7 +10,6 @@ Only rank 0 prints or writes.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -29,6 +28,7 @@ import torch
 from rich import progress as rp
 from rich.console import Console
 
+from pgolf_core.data.check import sha256_file
 from pgolf_core.data.tokens import Data, read_shard
 from pgolf_core.evaluation import EvalResult
 from pgolf_core.exporter import CORE_DIR, Written, write_atomic
@@ -364,7 +364,7 @@ def summarize(run: Finished) -> dict[str, Any]:
             "data": {
                 "train_shards": len(data.train_files), "train_dir": str(data.train_files[0].parent),
                 "val_tokens": int(data.val_tokens.numel() - 1), "tokenizer": str(data.tokenizer_path),
-                "tokenizer_sha256": hashlib.sha256(data.tokenizer_path.read_bytes()).hexdigest(),
+                "tokenizer_sha256": sha256_file(data.tokenizer_path),
                 "val_bytes_per_token": float(roundtrip.bytes / max(roundtrip.tokens, 1)),
             },
             "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),

@@ -50,7 +50,7 @@ import sentencepiece as spm
 import zstandard
 
 from pgolf_core.data import caseops as caseops_text
-from pgolf_core.data.check import Log, fingerprint, is_caseops, sha256_file, split_record
+from pgolf_core.data.check import Log, fingerprint, is_caseops, read_manifest, sha256_file, split_record
 from pgolf_core.data.tokens import HEADER_BYTES, load_tokenizer, write_shard
 from pgolf_core.types import DataError
 
@@ -322,8 +322,7 @@ def ensure_sample_data(cache_dir: str | Path | None = None, log: Log = print) ->
     """The sample dataset, built on first use (a few seconds) and cached under `cache_root()`; a published cache
     entry is checked against its manifest (a user may have deleted files)."""
     path = cache_root(cache_dir) / f"sample-{sample_key()}"
-    if (path / "manifest.json").is_file():
-        manifest = json.loads((path / "manifest.json").read_text(encoding="utf-8"))
+    if (manifest := read_manifest(path)) is not None:
         for name, info in {**manifest["files"], "tokenizer.model": None}.items():
             if not (f := path / name).is_file() or (info and f.stat().st_size != HEADER_BYTES + 2 * info["tokens"]):
                 raise DataError(f"sample data cache {path} is incomplete ({name}); delete that directory to rebuild it")
